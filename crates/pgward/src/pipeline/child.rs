@@ -1,0 +1,220 @@
+//! A child process's stdout as the pipeline's source.
+//!
+//! The rules (after ripgrep's `process.rs`, made stricter): the program is
+//! run directly, never through a shell; stderr is drained on its own thread,
+//! because a child blocked on a full stderr pipe would never finish writing
+//! stdout and both sides would wait forever; and success needs both the end
+//! of stdout *and* exit status 0, so a pg_dump that was killed, or that closed
+//! its output early, never passes.
+
+use std::io::{self, Read};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::thread::JoinHandle;
+
+/// Keep at most this much of a child's stderr (its last words matter most).
+const STDERR_LIMIT: usize = 64 * 1024;
+
+/// How a child ended when it did not succeed.
+#[derive(Debug)]
+pub struct ChildFailure {
+    pub status: ExitStatus,
+    /// The child's stderr, trimmed, possibly shortened from the front.
+    pub stderr: String,
+}
+
+impl ChildFailure {
+    /// `exited with status 1` or `was killed by signal 9 (SIGKILL)`.
+    pub fn describe_status(&self) -> String {
+        use std::os::unix::process::ExitStatusExt;
+        match (self.status.code(), self.status.signal()) {
+            (Some(code), _) => format!("exited with status {code}"),
+            (None, Some(signal)) => {
+                format!("was killed by signal {signal} ({})", signal_name(signal))
+            }
+            _ => "ended abnormally".to_string(),
+        }
+    }
+
+    /// The most telling line of stderr: the first `error:` line, else the last line.
+    pub fn key_line(&self) -> Option<&str> {
+        let lines = || self.stderr.lines().map(str::trim).filter(|l| !l.is_empty());
+        lines()
+            .find(|l| l.contains("error:") || l.contains("FATAL:") || l.contains("ERROR:"))
+            .or_else(|| lines().last())
+    }
+}
+
+pub fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        _ => "signal",
+    }
+}
+
+/// A running child whose stdout is read as a stream.
+pub struct ChildSource {
+    child: Child,
+    stdout: Option<ChildStdout>,
+    stderr: Option<JoinHandle<String>>,
+}
+
+impl ChildSource {
+    /// Starts `command` with stdin closed and stdout/stderr captured.
+    pub fn spawn(mut command: Command) -> io::Result<Self> {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn()?;
+        let stdout = child.stdout.take();
+        let mut stderr = child.stderr.take().expect("stderr was piped");
+        let drain = std::thread::Builder::new()
+            .name("child-stderr".into())
+            .spawn(move || {
+                let mut kept = Vec::new();
+                let mut buffer = [0u8; 8192];
+                loop {
+                    match stderr.read(&mut buffer) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            kept.extend_from_slice(&buffer[..n]);
+                            if kept.len() > STDERR_LIMIT {
+                                kept.drain(..kept.len() - STDERR_LIMIT);
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
+                }
+                String::from_utf8_lossy(&kept).trim().to_string()
+            })?;
+        Ok(ChildSource {
+            child,
+            stdout,
+            stderr: Some(drain),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Asks the child to stop (SIGTERM), e.g. when the sink failed.
+    pub fn terminate(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill(2) with a pid we own and have not reaped yet.
+            unsafe {
+                libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+            }
+        }
+    }
+
+    /// Waits for the child. Closes our end of stdout first so a child that is
+    /// still writing gets EPIPE instead of blocking forever.
+    pub fn finish(mut self) -> Result<String, ChildFailure> {
+        drop(self.stdout.take());
+        let status = self.child.wait();
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default();
+        match status {
+            Ok(status) if status.success() => Ok(stderr),
+            Ok(status) => Err(ChildFailure { status, stderr }),
+            Err(e) => Err(ChildFailure {
+                status: std::os::unix::process::ExitStatusExt::from_raw(1 << 8),
+                stderr: format!("could not wait for the child process: {e}"),
+            }),
+        }
+    }
+}
+
+impl Read for ChildSource {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.stdout {
+            Some(stdout) => stdout.read(buf),
+            None => Ok(0),
+        }
+    }
+}
+
+impl Drop for ChildSource {
+    fn drop(&mut self) {
+        // Never leave a child behind: an abandoned pg_dump would hold its
+        // snapshot and locks on the server.
+        if self.stderr.is_some() {
+            self.terminate();
+            drop(self.stdout.take());
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs a short command to completion and returns its stdout (for
+/// `pg_dump --version` and the like).
+pub fn run_to_string(mut command: Command) -> Result<String, String> {
+    command.stdin(Stdio::null());
+    let output = command.output().map_err(|e| e.to_string())?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        Err(format!("{} ({})", stderr.trim(), output.status))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Command {
+        let mut c = Command::new("/bin/sh");
+        c.arg("-c").arg(script);
+        c
+    }
+
+    #[test]
+    fn success_needs_exit_zero() {
+        let mut child = ChildSource::spawn(sh("printf hello; echo oops >&2")).unwrap();
+        let mut out = String::new();
+        child.read_to_string(&mut out).unwrap();
+        assert_eq!(out, "hello");
+        assert_eq!(child.finish().unwrap(), "oops");
+
+        let mut child =
+            ChildSource::spawn(sh("printf part; echo 'x: error: boom' >&2; exit 3")).unwrap();
+        child.read_to_string(&mut String::new()).unwrap();
+        let failure = child.finish().unwrap_err();
+        assert_eq!(failure.describe_status(), "exited with status 3");
+        assert_eq!(failure.key_line(), Some("x: error: boom"));
+    }
+
+    #[test]
+    fn a_killed_child_fails_even_with_empty_stderr() {
+        let mut child = ChildSource::spawn(sh("printf part; kill -9 $$")).unwrap();
+        child.read_to_string(&mut String::new()).unwrap();
+        let failure = child.finish().unwrap_err();
+        assert!(
+            failure.describe_status().contains("SIGKILL"),
+            "{}",
+            failure.describe_status()
+        );
+    }
+
+    #[test]
+    fn a_large_stderr_does_not_deadlock() {
+        let script = "head -c 1000000 /dev/zero | tr '\\0' x >&2; head -c 300000 /dev/zero";
+        let mut child = ChildSource::spawn(sh(script)).unwrap();
+        let mut out = Vec::new();
+        child.read_to_end(&mut out).unwrap();
+        assert_eq!(out.len(), 300000);
+        assert_eq!(child.finish().unwrap().len(), STDERR_LIMIT);
+    }
+}
