@@ -1,1 +1,212 @@
-fn main() {}
+//! The `pgward` binary: parses arguments, calls the library, renders the
+//! result for people or as JSON, and maps errors to the documented exit
+//! codes in one place. All behaviour lives in the `pgward` library crate.
+
+mod render;
+
+use clap::{Args, Parser, Subcommand};
+use pgward::{Config, Error, backup, list, verify};
+use std::path::PathBuf;
+
+/// Governed PostgreSQL backups that cannot fail silently.
+#[derive(Parser, Debug)]
+#[command(name = "pgward", version, about, max_term_width = 100)]
+struct Cli {
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Configuration file (TOML).
+    #[arg(long, global = true, env = "PGWARD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Backup repository directory (overrides `repository` in the config).
+    #[arg(long, global = true, env = "PGWARD_REPO", value_name = "DIR")]
+    repo: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Back up one database into the repository.
+    Backup(BackupArgs),
+    /// List the repository's backups (newest first) and its quarantine.
+    List,
+    /// Prove a backup's artifact intact against its manifest, offline.
+    Verify {
+        /// A backup id, or `latest`.
+        #[arg(value_name = "ID|latest")]
+        backup: String,
+    },
+}
+
+#[derive(Args, Debug)]
+struct BackupArgs {
+    /// Database name, `key=value` conninfo or `postgresql://` URI (default: libpq environment).
+    #[arg(long, value_name = "CONNINFO")]
+    dbname: Option<String>,
+    /// Only this schema (repeatable); replaces the config file's scope.
+    #[arg(long = "schema", value_name = "SCHEMA")]
+    schemas: Vec<String>,
+    /// Leave out this schema (repeatable); replaces the config file's scope.
+    #[arg(long = "exclude-schema", value_name = "SCHEMA")]
+    exclude_schemas: Vec<String>,
+    /// Only this table, as schema.table (repeatable); replaces the config file's scope.
+    #[arg(long = "table", value_name = "SCHEMA.TABLE")]
+    tables: Vec<String>,
+    /// Leave out this table, as schema.table (repeatable); replaces the config file's scope.
+    #[arg(long = "exclude-table", value_name = "SCHEMA.TABLE")]
+    exclude_tables: Vec<String>,
+    /// The pg_dump program to run.
+    #[arg(long, value_name = "PATH")]
+    pg_dump: Option<PathBuf>,
+    /// Smallest plausible archive, e.g. "1 MiB" (validation.min-size).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    min_size: Option<u64>,
+    /// Largest accepted shrink against the previous backup, in percent.
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=100))]
+    max_shrink_percent: Option<u8>,
+    /// Accept this backup even if it shrank beyond the limit.
+    #[arg(long)]
+    allow_shrink: bool,
+    /// zstd compression level (1-22).
+    #[arg(long, value_name = "LEVEL")]
+    compression_level: Option<i32>,
+    /// zstd worker threads (0: compress on the main thread).
+    #[arg(long, value_name = "N")]
+    compression_threads: Option<u32>,
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    pgward::config::parse_size(text)
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let json = cli.json;
+    let code = match run(cli) {
+        Ok(()) => 0,
+        Err(error) => {
+            render::error(&error, json);
+            error.kind().exit_code()
+        }
+    };
+    std::process::exit(code);
+}
+
+fn load_config(cli: &Cli) -> Result<Config, Error> {
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(repo) = &cli.repo {
+        config.repository = Some(repo.clone());
+    }
+    Ok(config)
+}
+
+fn open_repository(config: &Config) -> Result<pgward::Repository, Error> {
+    let path = config.repository.as_deref().ok_or_else(|| {
+        Error::config("no repository configured")
+            .with_hint("pass --repo DIR, set PGWARD_REPO or `repository` in the config file")
+    })?;
+    pgward::Repository::open(path)
+}
+
+fn run(cli: Cli) -> Result<(), Error> {
+    let mut config = load_config(&cli)?;
+    match cli.command {
+        Command::Backup(args) => {
+            apply_backup_args(&mut config, &args)?;
+            let mut progress = render::Progress::new(!cli.json);
+            let options = backup::BackupOptions {
+                allow_shrink: args.allow_shrink,
+            };
+            let outcome = backup::run(&config, &options, &pgward::process_env, &mut |p| {
+                progress.update(p.archive_bytes)
+            });
+            progress.clear();
+            render::backup(&outcome?, cli.json);
+        }
+        Command::List => {
+            let repo = open_repository(&config)?;
+            render::list(&list::run(&repo)?, cli.json);
+        }
+        Command::Verify { backup } => {
+            let repo = open_repository(&config)?;
+            let mut progress = render::Progress::new(!cli.json);
+            let report = verify::run(&repo, &backup, &mut |n| progress.update(n));
+            progress.clear();
+            let report = report?;
+            render::verify(&report, cli.json);
+            report.into_result()?;
+        }
+    }
+    Ok(())
+}
+
+fn apply_backup_args(config: &mut Config, args: &BackupArgs) -> Result<(), Error> {
+    if let Some(dbname) = &args.dbname {
+        config.connection.dbname = Some(dbname.clone());
+    }
+    let scope_given = !(args.schemas.is_empty()
+        && args.exclude_schemas.is_empty()
+        && args.tables.is_empty()
+        && args.exclude_tables.is_empty());
+    if scope_given {
+        config.scope = pgward::scope::Scope {
+            schemas: args.schemas.clone(),
+            exclude_schemas: args.exclude_schemas.clone(),
+            tables: args.tables.clone(),
+            exclude_tables: args.exclude_tables.clone(),
+        };
+        config.scope.validate()?;
+    }
+    if let Some(path) = &args.pg_dump {
+        config.pg_dump.path = Some(path.clone());
+    }
+    if let Some(size) = args.min_size {
+        config.validation.min_size = size;
+    }
+    if let Some(percent) = args.max_shrink_percent {
+        config.validation.max_shrink_percent = percent;
+    }
+    if let Some(level) = args.compression_level {
+        if !(1..=22).contains(&level) {
+            return Err(
+                Error::config(format!("compression level {level} is out of range"))
+                    .with_hint("use a zstd level from 1 to 22 (3 is the default)"),
+            );
+        }
+        config.compression.level = level;
+    }
+    if let Some(threads) = args.compression_threads {
+        config.compression.threads = Some(threads);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_has_help_text() {
+        Cli::command().debug_assert();
+        fn walk(cmd: &clap::Command) {
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                assert!(
+                    builtin || arg.get_help().is_some(),
+                    "--{} has no help",
+                    arg.get_id()
+                );
+            }
+            for sub in cmd.get_subcommands() {
+                assert!(sub.get_about().is_some(), "{} has no help", sub.get_name());
+                walk(sub);
+            }
+        }
+        walk(&Cli::command());
+    }
+}

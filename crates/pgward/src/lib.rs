@@ -1,2 +1,34 @@
+//! pgward: governed PostgreSQL backups that cannot fail silently.
+//!
+//! This crate holds all of pgward's behaviour; the `pgward` binary only
+//! parses arguments, renders results and maps errors to exit codes. Nothing
+//! here prints.
+//!
+//! ```no_run
+//! use pgward::{Config, backup};
+//!
+//! let mut config = Config::default();
+//! config.repository = Some("/var/backups/pgward".into());
+//! config.connection.dbname = Some("appdb".into());
+//! let outcome = backup::run(&config, &backup::BackupOptions::default(), &pgward::process_env, &mut |_| {})?;
+//! println!("{} -> {}", outcome.manifest.id, outcome.artifact_path.display());
+//! # Ok::<(), pgward::Error>(())
+//! ```
+
+pub mod backup;
+pub mod catalog;
+pub mod clock;
+pub mod config;
+pub mod dump;
 pub mod error;
+pub mod interrupt;
+pub mod list;
 pub mod pipeline;
+pub mod repository;
+pub mod scope;
+pub mod verify;
+
+pub use catalog::connect::process_env;
+pub use config::Config;
+pub use error::{Error, ErrorKind, Result};
+pub use repository::Repository;

@@ -40,7 +40,7 @@ impl ChildFailure {
         let lines = || self.stderr.lines().map(str::trim).filter(|l| !l.is_empty());
         lines()
             .find(|l| l.contains("error:") || l.contains("FATAL:") || l.contains("ERROR:"))
-            .or_else(|| lines().last())
+            .or_else(|| lines().next_back())
     }
 }
 

@@ -32,7 +32,9 @@ pub fn encoder<W: Write>(
 }
 
 /// A streaming decompressor; a truncated or corrupt frame is a read error.
-pub fn decoder<R: Read>(inner: R) -> io::Result<impl Read> {
+pub fn decoder<R: Read>(
+    inner: R,
+) -> io::Result<zstd::stream::read::Decoder<'static, io::BufReader<R>>> {
     zstd::stream::read::Decoder::new(inner)
 }
 

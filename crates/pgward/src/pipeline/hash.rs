@@ -1,7 +1,7 @@
-//! An observing stage: counts and hashes the bytes that pass through.
+//! An observer that counts and hashes the bytes that pass it.
 
+use super::Observer;
 use sha2::{Digest, Sha256};
-use std::io::{self, Read, Write};
 
 /// The identity of a byte stream: its length and SHA-256.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,11 +19,6 @@ pub struct StreamHasher {
 }
 
 impl StreamHasher {
-    pub fn update(&mut self, data: &[u8]) {
-        self.hasher.update(data);
-        self.bytes += data.len() as u64;
-    }
-
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
@@ -33,6 +28,13 @@ impl StreamHasher {
             bytes: self.bytes,
             sha256: to_hex(&self.hasher.finalize()),
         }
+    }
+}
+
+impl Observer for StreamHasher {
+    fn observe(&mut self, data: &[u8]) {
+        self.hasher.update(data);
+        self.bytes += data.len() as u64;
     }
 }
 
@@ -46,89 +48,33 @@ pub fn to_hex(bytes: &[u8]) -> String {
         })
 }
 
-/// A `Write` stage that hashes what it forwards to `inner`.
-pub struct HashingWriter<W> {
-    inner: W,
-    hasher: StreamHasher,
-}
-
-impl<W: Write> HashingWriter<W> {
-    pub fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            hasher: StreamHasher::default(),
-        }
-    }
-
-    pub fn bytes(&self) -> u64 {
-        self.hasher.bytes()
-    }
-
-    pub fn into_parts(self) -> (W, StreamDigest) {
-        (self.inner, self.hasher.finish())
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// A `Read` stage that hashes what it reads from `inner`.
-pub struct HashingReader<R> {
-    inner: R,
-    hasher: StreamHasher,
-}
-
-impl<R: Read> HashingReader<R> {
-    pub fn new(inner: R) -> Self {
-        HashingReader {
-            inner,
-            hasher: StreamHasher::default(),
-        }
-    }
-
-    pub fn bytes(&self) -> u64 {
-        self.hasher.bytes()
-    }
-
-    pub fn finish(self) -> StreamDigest {
-        self.hasher.finish()
-    }
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
+/// SHA-256 and length of a whole file, read in chunks.
+pub fn digest_file(path: &std::path::Path) -> std::io::Result<StreamDigest> {
+    let mut reader = super::ObserveRead::new(std::fs::File::open(path)?, StreamHasher::default());
+    std::io::copy(&mut reader, &mut std::io::sink())?;
+    Ok(reader.into_parts().1.finish())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::{ObserveRead, ObserveWrite};
+    use std::io::{self, Write};
 
     #[test]
     fn writer_and_reader_agree_with_known_digest() {
-        let mut w = HashingWriter::new(Vec::new());
+        let mut w = ObserveWrite::new(Vec::new(), StreamHasher::default());
         w.write_all(b"abc").unwrap();
-        let (inner, digest) = w.into_parts();
+        let (inner, hasher) = w.into_parts();
+        let digest = hasher.finish();
         assert_eq!(inner, b"abc");
         assert_eq!(digest.bytes, 3);
         assert_eq!(
             digest.sha256,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        let mut r = HashingReader::new(&b"abc"[..]);
+        let mut r = ObserveRead::new(&b"abc"[..], StreamHasher::default());
         io::copy(&mut r, &mut io::sink()).unwrap();
-        assert_eq!(r.finish(), digest);
+        assert_eq!(r.into_parts().1.finish(), digest);
     }
 }

@@ -20,6 +20,80 @@ pub mod hash;
 
 use std::io::{self, Read, Write};
 
+/// An "in" stage in pgBackRest's terms: sees every byte, changes none.
+pub trait Observer {
+    fn observe(&mut self, data: &[u8]);
+}
+
+impl<A: Observer, B: Observer> Observer for (A, B) {
+    fn observe(&mut self, data: &[u8]) {
+        self.0.observe(data);
+        self.1.observe(data);
+    }
+}
+
+impl Observer for archive::ArchiveInspector {
+    fn observe(&mut self, data: &[u8]) {
+        self.update(data);
+    }
+}
+
+/// A `Write` stage that shows what it forwards to an [`Observer`].
+pub struct ObserveWrite<W, O> {
+    inner: W,
+    observer: O,
+}
+
+impl<W: Write, O: Observer> ObserveWrite<W, O> {
+    pub fn new(inner: W, observer: O) -> Self {
+        ObserveWrite { inner, observer }
+    }
+
+    pub fn observer(&self) -> &O {
+        &self.observer
+    }
+
+    pub fn into_parts(self) -> (W, O) {
+        (self.inner, self.observer)
+    }
+}
+
+impl<W: Write, O: Observer> Write for ObserveWrite<W, O> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.observer.observe(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A `Read` stage that shows what it reads to an [`Observer`].
+pub struct ObserveRead<R, O> {
+    inner: R,
+    observer: O,
+}
+
+impl<R: Read, O: Observer> ObserveRead<R, O> {
+    pub fn new(inner: R, observer: O) -> Self {
+        ObserveRead { inner, observer }
+    }
+
+    pub fn into_parts(self) -> (R, O) {
+        (self.inner, self.observer)
+    }
+}
+
+impl<R: Read, O: Observer> Read for ObserveRead<R, O> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.observer.observe(&buf[..n]);
+        Ok(n)
+    }
+}
+
 /// Size of the chunks moved between stages: large enough to amortise
 /// syscalls, small enough to keep memory flat.
 pub const CHUNK_SIZE: usize = 256 * 1024;

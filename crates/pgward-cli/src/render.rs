@@ -1,0 +1,226 @@
+//! Rendering results: aligned text for people, one JSON document for
+//! machines (kebab-case fields, a `message-type` on every document, an
+//! `error` document on failure, as restic's scripting contract does).
+
+use pgward::Error;
+use pgward::backup::BackupOutcome;
+use pgward::list::Listing;
+use pgward::repository::manifest::ErrorRecord;
+use pgward::verify::VerifyReport;
+use serde_json::{Value, json};
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+/// Writes to stdout; a closed pipe (`pgward list | head`) is not an error.
+fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|_| stdout.flush());
+}
+
+fn out_json(value: &Value) {
+    out(&format!(
+        "{}\n",
+        serde_json::to_string_pretty(value).expect("JSON values serialise")
+    ));
+}
+
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+pub fn error(error: &Error, json: bool) {
+    eprintln!("pgward: error: {error}");
+    if json {
+        out_json(&json!({"message-type": "error", "error": ErrorRecord::from_error(error)}));
+    }
+}
+
+pub fn backup(outcome: &BackupOutcome, json: bool) {
+    let m = &outcome.manifest;
+    if json {
+        out_json(&json!({
+            "message-type": "backup",
+            "status": "complete",
+            "id": m.id,
+            "artifact-path": outcome.artifact_path,
+            "manifest-path": outcome.manifest_path,
+            "manifest": m,
+        }));
+        return;
+    }
+    let ratio = if m.archive.bytes > 0 {
+        100.0 * m.artifact.bytes as f64 / m.archive.bytes as f64
+    } else {
+        0.0
+    };
+    let secs = m.duration_ms as f64 / 1000.0;
+    let rate = if secs > 0.0 {
+        m.archive.bytes as f64 / secs
+    } else {
+        0.0
+    };
+    let rows: u64 = m.tables.iter().map(|t| t.rows).sum();
+    out(&format!(
+        "backup {id} complete\n  \
+         database  {db} on PostgreSQL {server} (system identifier {sysid})\n  \
+         archive   {abytes}, {tables} tables with data, {rows} rows, sha256 {asha}\n  \
+         stored    {sbytes} zstd-{level} ({ratio:.1}% of the archive), sha256 {ssha}\n  \
+         artifact  {artifact}\n  \
+         manifest  {manifest}\n  \
+         took      {secs:.1} s ({rate}/s)\n",
+        id = m.id,
+        db = m.database,
+        server = m.server.version,
+        sysid = m.server.system_identifier,
+        abytes = bytes(m.archive.bytes),
+        tables = m.tables.len(),
+        asha = m.archive.sha256,
+        sbytes = bytes(m.artifact.bytes),
+        level = m.artifact.compression.level,
+        ssha = m.artifact.sha256,
+        artifact = outcome.artifact_path.display(),
+        manifest = outcome.manifest_path.display(),
+        rate = bytes(rate as u64),
+    ));
+}
+
+pub fn list(listing: &Listing, json: bool) {
+    if json {
+        let backups: Vec<Value> = listing
+            .backups
+            .iter()
+            .map(|m| {
+                json!({
+                    "id": m.id, "status": m.status, "database": m.database,
+                    "started-at": m.started_at, "finished-at": m.finished_at,
+                    "archive-bytes": m.archive.bytes, "artifact-bytes": m.artifact.bytes,
+                    "artifact-sha256": m.artifact.sha256, "tables": m.tables.len(), "scope": m.scope,
+                })
+            })
+            .collect();
+        out_json(&json!({
+            "message-type": "list",
+            "backups": backups,
+            "quarantine": listing.quarantine,
+            "orphans": listing.orphans,
+        }));
+        return;
+    }
+    let mut text = String::new();
+    if listing.backups.is_empty() {
+        text.push_str("no backups\n");
+    } else {
+        text.push_str(&format!(
+            "{:<40} {:<24} {:<16} {:>10} {:>10} {:>6}  {}\n",
+            "ID", "STARTED (UTC)", "DATABASE", "ARCHIVE", "STORED", "TABLES", "STATUS"
+        ));
+        for m in &listing.backups {
+            text.push_str(&format!(
+                "{:<40} {:<24} {:<16} {:>10} {:>10} {:>6}  complete\n",
+                m.id,
+                m.started_at,
+                m.database,
+                bytes(m.archive.bytes),
+                bytes(m.artifact.bytes),
+                m.tables.len()
+            ));
+        }
+    }
+    if !listing.quarantine.is_empty() {
+        text.push_str(&format!(
+            "\nquarantine (failed runs, never counted as backups): {}\n",
+            listing.quarantine.len()
+        ));
+        for q in &listing.quarantine {
+            text.push_str(&format!(
+                "  {:<40} {:<24} {:<16} {}\n",
+                q.id, q.quarantined_at, q.database, q.error.message
+            ));
+        }
+    }
+    if !listing.orphans.is_empty() {
+        text.push_str("\nartifacts without a manifest (not backups):\n");
+        for name in &listing.orphans {
+            text.push_str(&format!("  {name}\n"));
+        }
+    }
+    out(&text);
+}
+
+pub fn verify(report: &VerifyReport, json: bool) {
+    if json {
+        let mut value = serde_json::to_value(report).expect("reports serialise");
+        value["message-type"] = json!("verify");
+        out_json(&value);
+        return;
+    }
+    let mut text = format!("verify {}\n", report.id);
+    for check in &report.checks {
+        text.push_str(&format!(
+            "  {:<4} {:<18} {}\n",
+            if check.ok { "ok" } else { "FAIL" },
+            check.name,
+            check.detail
+        ));
+    }
+    text.push_str(if report.ok {
+        "intact\n"
+    } else {
+        "NOT INTACT\n"
+    });
+    out(&text);
+}
+
+/// Bytes and rate on a terminal's stderr, redrawn at most 4 times a
+/// second; silent when stderr is not a terminal (cron, CI, pipes).
+pub struct Progress {
+    enabled: bool,
+    started: Instant,
+    last: Option<Instant>,
+}
+
+impl Progress {
+    pub fn new(wanted: bool) -> Progress {
+        Progress {
+            enabled: wanted && std::io::stderr().is_terminal(),
+            started: Instant::now(),
+            last: None,
+        }
+    }
+
+    pub fn update(&mut self, processed: u64) {
+        if !self.enabled
+            || self
+                .last
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(250))
+        {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        eprint!(
+            "\r\x1b[2K  {} read, {}/s",
+            bytes(processed),
+            bytes((processed as f64 / secs) as u64)
+        );
+    }
+
+    pub fn clear(&mut self) {
+        if self.enabled && self.last.is_some() {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! `pgward backup`: one database, dumped, compressed, validated, committed,
+//! or quarantined and reported. Never silently.
+//!
+//! The order of work is chosen so that cheap failures come first and
+//! nothing is written before it has to be: repository and lock (a second run
+//! exits at once), then the database session (scope resolution, server
+//! facts), then pg_dump's version, and only then the dump. From the moment
+//! the staging file exists, every failure path ends in `quarantine/`.
+
+use crate::catalog::connect::{ConnectionTarget, Env};
+use crate::catalog::{CatalogSession, ServerInfo};
+use crate::clock;
+use crate::config::Config;
+use crate::dump::{PgDump, ToolVersion};
+use crate::error::{Error, ErrorKind, Result};
+use crate::interrupt::InterruptWatch;
+use crate::pipeline::archive::{ArchiveInspector, ArchiveSummary};
+use crate::pipeline::child::{ChildSource, signal_name};
+use crate::pipeline::compress::{self, Compression};
+use crate::pipeline::hash::{StreamHasher, digest_file};
+use crate::pipeline::{CopyError, ObserveWrite, copy_stream};
+use crate::repository::manifest::{
+    ArchiveRecord, ArtifactRecord, BackupStatus, CompressionRecord, MANIFEST_FORMAT,
+    MANIFEST_VERSION, Manifest, PgDumpRecord, TableRecord,
+};
+use crate::repository::{ARTIFACT_SUFFIX, Repository, Staging, new_backup_id};
+use crate::scope::TableName;
+use std::path::{Path, PathBuf};
+
+/// Per-run choices that are not configuration.
+#[derive(Debug, Clone, Default)]
+pub struct BackupOptions {
+    /// Accept an archive that shrank beyond `validation.max-shrink-percent`.
+    pub allow_shrink: bool,
+}
+
+/// What a successful backup produced.
+#[derive(Debug, Clone)]
+pub struct BackupOutcome {
+    pub manifest: Manifest,
+    pub artifact_path: PathBuf,
+    pub manifest_path: PathBuf,
+}
+
+/// Running totals reported while the dump streams.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Archive bytes received from pg_dump so far.
+    pub archive_bytes: u64,
+    /// Compressed bytes written to the staging file so far.
+    pub stored_bytes: u64,
+}
+
+pub fn run(
+    config: &Config,
+    options: &BackupOptions,
+    env: Env,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<BackupOutcome> {
+    let repo_path = config.repository.as_deref().ok_or_else(|| {
+        Error::config("no repository configured")
+            .with_hint("pass --repo DIR, set PGWARD_REPO or `repository` in the config file")
+    })?;
+    let target = ConnectionTarget::resolve(&config.connection, env)?;
+    let repo = Repository::init(repo_path)?;
+    let _lock = repo.lock(&target.dbname)?;
+
+    let mut session = CatalogSession::open(&target)?;
+    let server = session.server_info()?;
+    let expected_tables = session.tables_with_data(&config.scope)?;
+    drop(session);
+
+    let pg_dump = PgDump::new(&config.pg_dump);
+    let pg_dump_version = pg_dump.version()?;
+    if pg_dump_version.major < server.major() {
+        return Err(Error::new(
+            ErrorKind::Dump,
+            format!(
+                "pg_dump {} is older than the server ({}); pg_dump refuses to dump a newer server",
+                pg_dump_version.version, server.version
+            ),
+        )
+        .with_hint(format!(
+            "install pg_dump {} or newer (Debian: postgresql-client-{}) and set pg-dump.path",
+            server.major(),
+            server.major()
+        )));
+    }
+    let previous = repo.previous(&server.database, &config.scope)?;
+
+    let started = clock::now();
+    let id = new_backup_id(&server.database, started);
+    let run = Run {
+        config,
+        options,
+        target: &target,
+        server: &server,
+        pg_dump: &pg_dump,
+        pg_dump_version: &pg_dump_version,
+        expected_tables: &expected_tables,
+        previous: previous.as_ref(),
+        id: &id,
+        started,
+    };
+    let watch = InterruptWatch::install().map_err(|e| {
+        Error::new(
+            ErrorKind::Dump,
+            format!("cannot install signal handlers: {e}"),
+        )
+    })?;
+    let (staging, file) = repo.create_staging(&id)?;
+    match run.dump_and_validate(file, &staging.path, &watch, progress) {
+        Ok(manifest) => {
+            let (artifact_path, manifest_path) = repo.commit(staging, &manifest)?;
+            Ok(BackupOutcome {
+                manifest,
+                artifact_path,
+                manifest_path,
+            })
+        }
+        Err(error) => Err(quarantine(&repo, staging, &server.database, started, error)),
+    }
+}
+
+/// Moves the staging file to quarantine and says where in the error.
+fn quarantine(
+    repo: &Repository,
+    staging: Staging,
+    database: &str,
+    started: jiff::Timestamp,
+    error: Error,
+) -> Error {
+    match repo.quarantine(staging, database, &clock::rfc3339(started), &error) {
+        Ok(partial) => {
+            let kind = error.kind();
+            let hint = error.hint().map(String::from);
+            let moved = Error::new(
+                kind,
+                format!(
+                    "{}; partial file quarantined at {}",
+                    error.message(),
+                    partial.display()
+                ),
+            );
+            match hint {
+                Some(h) => moved.with_hint(h),
+                None => moved,
+            }
+        }
+        Err(q) => error.context(format!("quarantine also failed ({q})")),
+    }
+}
+
+struct Run<'a> {
+    config: &'a Config,
+    options: &'a BackupOptions,
+    target: &'a ConnectionTarget,
+    server: &'a ServerInfo,
+    pg_dump: &'a PgDump,
+    pg_dump_version: &'a ToolVersion,
+    expected_tables: &'a [TableName],
+    previous: Option<&'a Manifest>,
+    id: &'a str,
+    started: jiff::Timestamp,
+}
+
+impl Run<'_> {
+    fn dump_and_validate(
+        &self,
+        file: std::fs::File,
+        staging_path: &Path,
+        watch: &InterruptWatch,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Manifest> {
+        let interrupted = |signal: i32| {
+            Error::new(
+                ErrorKind::Interrupted { signal },
+                format!("backup interrupted by {}", signal_name(signal)),
+            )
+        };
+        let compression = Compression {
+            level: self.config.compression.level,
+            workers: self
+                .config
+                .compression
+                .threads
+                .unwrap_or_else(compress::default_workers),
+        };
+        let write_error = |e: std::io::Error| Error::repository_io("cannot write", staging_path, e);
+
+        let stored = ObserveWrite::new(file, StreamHasher::default());
+        let encoder = compress::encoder(stored, compression).map_err(write_error)?;
+        let mut plain =
+            ObserveWrite::new(encoder, (StreamHasher::default(), ArchiveInspector::new()));
+
+        let command = self.pg_dump.dump_command(self.target, &self.config.scope);
+        let mut child = ChildSource::spawn(command).map_err(|e| {
+            Error::new(
+                ErrorKind::Dump,
+                format!("cannot start {}: {e}", self.pg_dump.display_program()),
+            )
+            .with_hint("check pg-dump.path and pg-dump.command-prefix")
+        })?;
+        watch.watch_child(child.pid());
+
+        let copied = copy_stream(&mut child, &mut plain, |archive_bytes| {
+            progress(Progress {
+                archive_bytes,
+                stored_bytes: 0,
+            });
+            watch.received().is_none()
+        });
+        if let Err(CopyError::Write(e)) = &copied {
+            child.terminate();
+            let e = std::io::Error::new(e.kind(), e.to_string());
+            let _ = child.finish();
+            return Err(write_error(e));
+        }
+        let child_result = child.finish();
+        watch.watch_child(0);
+        if let Some(signal) = watch.received() {
+            return Err(interrupted(signal));
+        }
+        if let Err(failure) = child_result {
+            let said = failure
+                .key_line()
+                .map(|line| format!(": {line}"))
+                .unwrap_or_else(|| " without a message".to_string());
+            return Err(Error::new(
+                ErrorKind::Dump,
+                format!("pg_dump {}{said}", failure.describe_status()),
+            )
+            .with_hint(dump_hint(&failure.stderr)));
+        }
+        match copied {
+            Ok(_) => {}
+            Err(CopyError::Read(e)) => {
+                return Err(Error::new(
+                    ErrorKind::Dump,
+                    format!("cannot read pg_dump's output: {e}"),
+                ));
+            }
+            Err(CopyError::Stopped) => return Err(interrupted(libc::SIGTERM)),
+            Err(CopyError::Write(_)) => unreachable!("handled above"),
+        }
+
+        let (encoder, (plain_hasher, inspector)) = plain.into_parts();
+        let stored = encoder.finish().map_err(write_error)?;
+        let (file, stored_hasher) = stored.into_parts();
+        file.sync_all().map_err(write_error)?;
+        drop(file);
+        let archive_digest = plain_hasher.finish();
+        let stored_digest = stored_hasher.finish();
+        progress(Progress {
+            archive_bytes: archive_digest.bytes,
+            stored_bytes: stored_digest.bytes,
+        });
+
+        let summary = inspector.finish().map_err(|e| {
+            Error::new(
+                ErrorKind::Validation,
+                format!("pg_dump's output is not a complete archive: {e}"),
+            )
+        })?;
+        self.check_tables(&summary)?;
+        self.check_size(archive_digest.bytes)?;
+
+        // Read back what reached the disk: the bytes we hashed on the way
+        // in must be the bytes the filesystem returns.
+        let on_disk = digest_file(staging_path)
+            .map_err(|e| Error::repository_io("cannot read back", staging_path, e))?;
+        if on_disk != stored_digest {
+            return Err(Error::new(
+                ErrorKind::Validation,
+                format!(
+                    "the staging file changed on disk (sha256 {} written, {} read back)",
+                    stored_digest.sha256, on_disk.sha256
+                ),
+            )
+            .with_hint("check the repository's disk and filesystem for errors"));
+        }
+
+        let finished = clock::now();
+        Ok(Manifest {
+            format: MANIFEST_FORMAT.to_string(),
+            format_version: MANIFEST_VERSION,
+            id: self.id.to_string(),
+            status: BackupStatus::Complete,
+            pgward_version: env!("CARGO_PKG_VERSION").to_string(),
+            database: self.server.database.clone(),
+            connection: self.target.describe(),
+            scope: self.config.scope.clone(),
+            started_at: clock::rfc3339(self.started),
+            finished_at: clock::rfc3339(finished),
+            duration_ms: finished.duration_since(self.started).as_millis().max(0) as u64,
+            server: self.server.clone(),
+            pg_dump: PgDumpRecord {
+                program: self.pg_dump.display_program(),
+                version: self.pg_dump_version.version.clone(),
+                arguments: self.pg_dump.dump_arguments(self.target, &self.config.scope),
+            },
+            archive: ArchiveRecord {
+                format: "tar".to_string(),
+                version: summary.archive_version.clone(),
+                bytes: archive_digest.bytes,
+                sha256: archive_digest.sha256,
+                toc_entries: summary.toc_entries,
+            },
+            artifact: ArtifactRecord {
+                file: format!("{}{ARTIFACT_SUFFIX}", self.id),
+                bytes: stored_digest.bytes,
+                sha256: stored_digest.sha256,
+                compression: CompressionRecord {
+                    algorithm: "zstd".to_string(),
+                    level: compression.level,
+                },
+            },
+            tables: summary
+                .table_data
+                .iter()
+                .map(|t| TableRecord {
+                    schema: t.schema.clone(),
+                    table: t.table.clone(),
+                    data: true,
+                    bytes: t.bytes,
+                    rows: t.rows,
+                })
+                .collect(),
+        })
+    }
+
+    /// Every table the catalog says is in scope has its data in the archive.
+    fn check_tables(&self, summary: &ArchiveSummary) -> Result<()> {
+        for table in self.expected_tables {
+            let present = summary
+                .table_data
+                .iter()
+                .any(|t| t.schema == table.schema && t.table == table.table);
+            if !present {
+                return Err(Error::new(
+                    ErrorKind::Validation,
+                    format!("table {table} is in scope but its data is not in the archive"),
+                )
+                .with_hint(
+                    "check that the backup role can read the table and that nothing excludes it",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The absolute floor, then the shrink limit against the previous backup.
+    fn check_size(&self, archive_bytes: u64) -> Result<()> {
+        let floor = self.config.validation.min_size;
+        if archive_bytes < floor {
+            return Err(Error::new(
+                ErrorKind::Validation,
+                format!("archive is {archive_bytes} bytes, below the minimum of {floor} bytes (validation.min-size)"),
+            )
+            .with_hint("if the database really is this small, lower validation.min-size"));
+        }
+        let Some(previous) = self.previous else {
+            return Ok(());
+        };
+        let limit = self.config.validation.max_shrink_percent as u64;
+        let before = previous.archive.bytes;
+        if self.options.allow_shrink || archive_bytes >= before {
+            return Ok(());
+        }
+        let shrink = (before - archive_bytes) * 100 / before.max(1);
+        if shrink > limit {
+            return Err(Error::new(
+                ErrorKind::Validation,
+                format!(
+                    "archive is {archive_bytes} bytes, {shrink}% smaller than the previous backup {} ({before} bytes); the limit is {limit}%",
+                    previous.id
+                ),
+            )
+            .with_hint("if the data really shrank, run again with --allow-shrink (or raise validation.max-shrink-percent)"));
+        }
+        Ok(())
+    }
+}
+
+/// The remedy for the usual pg_dump failures.
+fn dump_hint(stderr: &str) -> String {
+    if stderr.contains("permission denied") {
+        "grant the backup role USAGE on the schema and SELECT on its tables and sequences, or exclude them from the scope".to_string()
+    } else if stderr.contains("server version mismatch") {
+        "use a pg_dump whose major version is at least the server's (pg-dump.path)".to_string()
+    } else if stderr.contains("connection") || stderr.contains("password") {
+        "check the connection settings and the password that pg_dump receives (PGPASSWORD, PGPASSFILE, connection.password-file)".to_string()
+    } else if stderr.contains("row-level security") {
+        "the backup role must be allowed to bypass row-level security (BYPASSRLS) or the table must be excluded".to_string()
+    } else {
+        "read pg_dump's message above; the failed output is kept in quarantine/ for inspection"
+            .to_string()
+    }
+}

@@ -1,0 +1,133 @@
+//! pgward's own database session and the catalog queries it runs.
+//!
+//! Like pgBackRest's `db.c`, the session is hardened before any query: the
+//! search path is `pg_catalog` only and every statement is schema-qualified,
+//! so objects in user schemas can never shadow what pgward reads; the
+//! session is read-only, because pgward's backup role never needs to write.
+
+pub mod connect;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::scope::{Scope, TableName};
+use connect::ConnectionTarget;
+use serde::{Deserialize, Serialize};
+
+/// Facts about the server that go into every manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    /// e.g. "16.4 (Debian 16.4-1.pgdg120+1)".
+    pub version: String,
+    /// e.g. 160004.
+    pub version_num: u32,
+    /// The cluster's system identifier (pg_control_system()).
+    pub system_identifier: String,
+    /// The database actually connected to.
+    pub database: String,
+    pub user: String,
+}
+
+impl ServerInfo {
+    pub fn major(&self) -> u32 {
+        self.version_num / 10000
+    }
+}
+
+pub struct CatalogSession {
+    client: postgres::Client,
+}
+
+fn query_error(what: &str, e: postgres::Error) -> Error {
+    let detail = e
+        .as_db_error()
+        .map(|db| db.message().to_string())
+        .unwrap_or_else(|| e.to_string());
+    Error::new(ErrorKind::Connection, format!("{what}: {detail}"))
+}
+
+impl CatalogSession {
+    pub fn open(target: &ConnectionTarget) -> Result<CatalogSession> {
+        let mut client = target.connect()?;
+        client
+            .batch_execute(
+                "SET search_path = pg_catalog; \
+                 SET default_transaction_read_only = on; \
+                 SET statement_timeout = '60s';",
+            )
+            .map_err(|e| query_error("cannot prepare the catalog session", e))?;
+        Ok(CatalogSession { client })
+    }
+
+    pub fn server_info(&mut self) -> Result<ServerInfo> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT pg_catalog.current_setting('server_version'), \
+                        pg_catalog.current_setting('server_version_num')::int4, \
+                        (SELECT s.system_identifier::text FROM pg_catalog.pg_control_system() s), \
+                        pg_catalog.current_database()::text, current_user::text",
+                &[],
+            )
+            .map_err(|e| query_error("cannot read the server version", e))?;
+        Ok(ServerInfo {
+            version: row.get(0),
+            version_num: row.get::<_, i32>(1) as u32,
+            system_identifier: row.get(2),
+            database: row.get(3),
+            user: row.get(4),
+        })
+    }
+
+    /// The tables whose data pg_dump will write for `scope`: ordinary tables
+    /// and partitions, outside system schemas, not owned by an extension,
+    /// not temporary. Fails when a schema or table the scope names does not
+    /// exist (pg_dump's --strict-names would, later and less clearly).
+    pub fn tables_with_data(&mut self, scope: &Scope) -> Result<Vec<TableName>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT n.nspname::text, c.relname::text \
+                   FROM pg_catalog.pg_class c \
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                  WHERE c.relkind = 'r' AND c.relpersistence <> 't' \
+                    AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_' \
+                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+                                     WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                                       AND d.objid = c.oid AND d.deptype = 'e') \
+                  ORDER BY 1, 2",
+                &[],
+            )
+            .map_err(|e| query_error("cannot list tables", e))?;
+        let all: Vec<TableName> = rows
+            .iter()
+            .map(|r| TableName {
+                schema: r.get(0),
+                table: r.get(1),
+            })
+            .collect();
+
+        let schemas: Vec<String> = self
+            .client
+            .query("SELECT nspname::text FROM pg_catalog.pg_namespace", &[])
+            .map_err(|e| query_error("cannot list schemas", e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for schema in &scope.schemas {
+            if !schemas.contains(schema) {
+                return Err(
+                    Error::config(format!("schema {schema:?} in scope does not exist"))
+                        .with_hint("fix scope.schemas (names are exact and case-sensitive)"),
+                );
+            }
+        }
+        for table in scope.tables() {
+            if !all.contains(&table) {
+                return Err(
+                    Error::config(format!("table {table} in scope does not exist"))
+                        .with_hint("fix scope.tables (schema.table, exact and case-sensitive)"),
+                );
+            }
+        }
+        Ok(all.into_iter().filter(|t| scope.includes(t)).collect())
+    }
+}

@@ -1,0 +1,245 @@
+//! One definition of every setting, shared by the config file (TOML), the
+//! command line (which overrides individual fields) and library callers.
+//!
+//! Unknown keys are an error: a misspelt `exclude-schemas` must not silently
+//! widen or narrow what gets backed up.
+
+use crate::error::{Error, Result};
+use crate::scope::Scope;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// The backup repository directory.
+    pub repository: Option<PathBuf>,
+    #[serde(default)]
+    pub connection: ConnectionConfig,
+    #[serde(default)]
+    pub scope: Scope,
+    #[serde(default)]
+    pub pg_dump: PgDumpConfig,
+    #[serde(default)]
+    pub compression: CompressionConfig,
+    #[serde(default)]
+    pub validation: ValidationConfig,
+}
+
+/// Where the database is. Anything left unset comes from the libpq
+/// environment (PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD, PGPASSFILE,
+/// PGSERVICE) and libpq's defaults.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConnectionConfig {
+    /// A database name, a `key=value` conninfo string or a `postgresql://` URI.
+    pub dbname: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    /// A file whose first line is the password (never put the password itself here).
+    pub password_file: Option<PathBuf>,
+}
+
+/// How pg_dump is run.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PgDumpConfig {
+    /// The pg_dump program; found on PATH when unset.
+    pub path: Option<PathBuf>,
+    /// Words put before the pg_dump command, e.g.
+    /// `["docker", "exec", "-i", "-e", "PGPASSWORD", "db"]`.
+    #[serde(default)]
+    pub command_prefix: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CompressionConfig {
+    /// zstd level, 1 (fastest) to 19.
+    #[serde(default = "default_level")]
+    pub level: i32,
+    /// zstd worker threads; unset means one per core, at most 4.
+    pub threads: Option<u32>,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        CompressionConfig {
+            level: default_level(),
+            threads: None,
+        }
+    }
+}
+
+fn default_level() -> i32 {
+    crate::pipeline::compress::DEFAULT_LEVEL
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ValidationConfig {
+    /// The smallest plausible archive (uncompressed), in bytes or with a unit
+    /// ("1 MiB"). Set it near your real dump size: an empty dump is ~10 KiB.
+    #[serde(default = "default_min_size", deserialize_with = "deserialize_size")]
+    pub min_size: u64,
+    /// How much smaller (in percent of archive bytes) a backup may be than
+    /// the previous good backup of the same database and scope.
+    #[serde(default = "default_max_shrink")]
+    pub max_shrink_percent: u8,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        ValidationConfig {
+            min_size: default_min_size(),
+            max_shrink_percent: default_max_shrink(),
+        }
+    }
+}
+
+fn default_min_size() -> u64 {
+    4096
+}
+
+fn default_max_shrink() -> u8 {
+    50
+}
+
+fn deserialize_size<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Bytes(n) => Ok(n),
+        Size::Text(t) => parse_size(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Parses "4096", "64 KiB", "1MiB", "2 GB" (decimal and binary units).
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: u64 = digits.parse().map_err(|_| {
+        format!("invalid size {text:?}: expected a number of bytes such as \"1 MiB\"")
+    })?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "kib" | "k" => 1 << 10,
+        "mb" => 1000 * 1000,
+        "mib" | "m" => 1 << 20,
+        "gb" => 1000 * 1000 * 1000,
+        "gib" | "g" => 1 << 30,
+        other => {
+            return Err(format!(
+                "invalid size unit {other:?} in {text:?}: use B, KiB, MiB or GiB"
+            ));
+        }
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+impl Config {
+    /// Reads a config file; any unknown key or bad value is an error that
+    /// names the file and line.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::config(format!("cannot read config file {}: {e}", path.display()))
+                .with_hint("check the path given by --config or PGWARD_CONFIG")
+        })?;
+        Config::parse(&text).map_err(|e| e.context(format!("config file {}", path.display())))
+    }
+
+    pub fn parse(text: &str) -> Result<Config> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| text[..span.start].matches('\n').count() + 1)
+                .map(|line| format!("line {line}: "))
+                .unwrap_or_default();
+            Error::config(format!("{line}{}", e.message().trim().replace('\n', " ")))
+                .with_hint("see the configuration reference in README.md")
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !(1..=22).contains(&self.compression.level) {
+            return Err(Error::config(format!(
+                "compression level {} is out of range",
+                self.compression.level
+            ))
+            .with_hint("use a zstd level from 1 to 22 (3 is the default)"));
+        }
+        if self.validation.max_shrink_percent > 100 {
+            return Err(Error::config(
+                "validation.max-shrink-percent must be between 0 and 100",
+            ));
+        }
+        self.scope.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_config_parses() {
+        let config = Config::parse(
+            r#"
+            repository = "/var/backups/pgward"
+            [connection]
+            dbname = "appdb"
+            host = "/var/run/postgresql"
+            [scope]
+            schemas = ["public", "cutter_governance"]
+            exclude-tables = ["public.audit_log"]
+            [pg-dump]
+            command-prefix = ["docker", "exec", "-i", "db"]
+            [compression]
+            level = 5
+            [validation]
+            min-size = "1 MiB"
+            max-shrink-percent = 30
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.validation.min_size, 1 << 20);
+        assert_eq!(config.scope.schemas, vec!["public", "cutter_governance"]);
+        assert_eq!(config.pg_dump.command_prefix.len(), 4);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_line() {
+        let err =
+            Config::parse("repository = \"/x\"\n[scope]\nexclude-schema = [\"a\"]\n").unwrap_err();
+        assert_eq!(err.kind(), crate::error::ErrorKind::Config);
+        assert!(
+            err.message()
+                .starts_with("line 3: unknown field `exclude-schema`"),
+            "{}",
+            err.message()
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("64 KiB").unwrap(), 65536);
+        assert_eq!(parse_size("2GB").unwrap(), 2_000_000_000);
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("MiB").is_err());
+    }
+}

@@ -1,0 +1,145 @@
+//! Building and probing the pg_dump child process.
+//!
+//! pg_dump is run directly (no shell), optionally behind a command prefix
+//! such as `docker exec -i CONTAINER` for PostgreSQL in a container. It
+//! always writes the tar format to stdout, never prompts for a password
+//! (`--no-password`: a prompt would hang an unattended run), and gets the
+//! password only through its environment.
+
+use crate::catalog::connect::ConnectionTarget;
+use crate::config::PgDumpConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::pipeline::child::run_to_string;
+use crate::scope::Scope;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// How to start pg_dump.
+#[derive(Debug, Clone)]
+pub struct PgDump {
+    program: PathBuf,
+    prefix: Vec<String>,
+}
+
+/// A tool's version as it reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolVersion {
+    /// e.g. "15.18".
+    pub version: String,
+    pub major: u32,
+}
+
+impl PgDump {
+    pub fn new(config: &PgDumpConfig) -> PgDump {
+        PgDump {
+            program: config
+                .path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("pg_dump")),
+            prefix: config.command_prefix.clone(),
+        }
+    }
+
+    /// The command line as it will be shown in manifests and messages.
+    pub fn display_program(&self) -> String {
+        let mut words = self.prefix.clone();
+        words.push(self.program.display().to_string());
+        words.join(" ")
+    }
+
+    fn command(&self) -> Command {
+        match self.prefix.split_first() {
+            Some((first, rest)) => {
+                let mut command = Command::new(first);
+                command.args(rest).arg(&self.program);
+                command
+            }
+            None => Command::new(&self.program),
+        }
+    }
+
+    /// Runs `pg_dump --version`.
+    pub fn version(&self) -> Result<ToolVersion> {
+        let mut command = self.command();
+        command.arg("--version");
+        let output = run_to_string(command).map_err(|e| {
+            Error::new(
+                ErrorKind::Dump,
+                format!("cannot run {} --version: {e}", self.display_program()),
+            )
+            .with_hint(
+                "install pg_dump (Debian: postgresql-client) or set pg-dump.path in the config",
+            )
+        })?;
+        parse_version(&output).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Dump,
+                format!(
+                    "unrecognised version output from {}: {:?}",
+                    self.display_program(),
+                    output.trim()
+                ),
+            )
+        })
+    }
+
+    /// The arguments (after the program) of a tar-format dump of `scope`.
+    pub fn dump_arguments(&self, target: &ConnectionTarget, scope: &Scope) -> Vec<String> {
+        let mut args = vec![
+            "--format=tar".to_string(),
+            "--no-password".to_string(),
+            format!("--dbname={}", target.conninfo()),
+        ];
+        args.extend(scope.pg_dump_args());
+        args
+    }
+
+    /// The pg_dump command for a dump, password in the environment only.
+    pub fn dump_command(&self, target: &ConnectionTarget, scope: &Scope) -> Command {
+        let mut command = self.command();
+        command.args(self.dump_arguments(target, scope));
+        match target.password() {
+            Some(password) => command.env("PGPASSWORD", password.expose()),
+            None => command.env_remove("PGPASSWORD"),
+        };
+        command
+    }
+}
+
+/// Parses "pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)".
+pub fn parse_version(output: &str) -> Option<ToolVersion> {
+    let line = output.lines().next()?;
+    let version = line
+        .split_whitespace()
+        .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))?
+        .trim_end_matches(|c: char| !c.is_ascii_digit());
+    let major = version
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
+    Some(ToolVersion {
+        version: version.to_string(),
+        major,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        let v = parse_version("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n").unwrap();
+        assert_eq!((v.version.as_str(), v.major), ("15.18", 15));
+        assert_eq!(
+            parse_version("pg_dump (PostgreSQL) 17beta2").unwrap().major,
+            17
+        );
+        assert_eq!(
+            parse_version("pg_dump (PostgreSQL) 9.6.24").unwrap().major,
+            9
+        );
+        assert!(parse_version("command not found").is_none());
+    }
+}

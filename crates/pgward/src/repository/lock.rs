@@ -1,0 +1,56 @@
+//! One backup per repository and database at a time.
+//!
+//! The lock is an advisory `flock` on `locks/<database>.lock`, held by an
+//! open file descriptor: the kernel releases it when the process dies, so a
+//! crash never leaves a stale lock to remove by hand. The file keeps the
+//! holder's pid only to make the "busy" message useful.
+
+use crate::error::{Error, ErrorKind, Result};
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// Held for as long as this value lives.
+#[derive(Debug)]
+pub struct RepoLock {
+    _file: File,
+}
+
+impl RepoLock {
+    pub fn acquire(path: &Path, database: &str) -> Result<RepoLock> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| Error::repository_io("cannot open lock file", path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                let who = if holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {holder})")
+                };
+                return Err(Error::new(
+                    ErrorKind::Busy,
+                    format!("another pgward run is backing up database {database:?} to this repository{who}"),
+                )
+                .with_hint("wait for it to finish; the lock is released automatically when that process exits"));
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(Error::repository_io("cannot lock", path, e));
+            }
+        }
+        let _ = file.set_len(0);
+        let _ = file.rewind();
+        let _ = write!(file, "{}", std::process::id());
+        Ok(RepoLock { _file: file })
+    }
+}

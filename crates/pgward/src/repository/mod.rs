@@ -1,0 +1,471 @@
+//! The backup repository on local disk: its layout, the commit protocol
+//! that makes a backup exist, the quarantine where failures go, and the
+//! catalog of what is there.
+//!
+//! ```text
+//! REPO/pgward-repository.json      marker and layout version
+//! REPO/backups/ID.tar.zst          artifact (zstd-compressed pg_dump tar archive)
+//! REPO/backups/ID.manifest.json    manifest, written last: the completion mark
+//! REPO/quarantine/ID.tar.zst.partial + ID.reason.json   failed runs, kept for forensics
+//! REPO/tmp/                        staging files of runs in progress
+//! REPO/locks/DBKEY.lock            one run per database at a time
+//! ```
+//!
+//! Everything is created private (directories 0700, files 0600). Commit
+//! protocol (after rustic's and restic's local backends): write the staging
+//! file, fsync it, validate it, rename it into `backups/`, fsync the
+//! directory, then write the manifest the same way. A crash at any point
+//! leaves at worst a staging file, which the next run of that database moves
+//! to quarantine, or an artifact without a manifest, which is not a backup.
+
+pub mod lock;
+pub mod manifest;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::pipeline::Observer;
+use crate::pipeline::hash::StreamHasher;
+use lock::RepoLock;
+use manifest::{MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, QUARANTINE_FORMAT, QuarantineRecord};
+use serde::Serialize;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+const MARKER: &str = "pgward-repository.json";
+const LAYOUT_VERSION: u32 = 1;
+pub const ARTIFACT_SUFFIX: &str = ".tar.zst";
+const MANIFEST_SUFFIX: &str = ".manifest.json";
+const STAGING_SUFFIX: &str = ".tar.zst.tmp";
+const PARTIAL_SUFFIX: &str = ".tar.zst.partial";
+const REASON_SUFFIX: &str = ".reason.json";
+
+#[derive(Debug, Clone)]
+pub struct Repository {
+    root: PathBuf,
+}
+
+/// A staging file being written by a backup in progress.
+#[derive(Debug)]
+pub struct Staging {
+    pub id: String,
+    pub path: PathBuf,
+}
+
+impl Repository {
+    /// Opens the repository at `root`, creating it (and its layout) if needed.
+    pub fn init(root: &Path) -> Result<Repository> {
+        let repo = Repository {
+            root: root.to_path_buf(),
+        };
+        for dir in [
+            root.to_path_buf(),
+            repo.backups_dir(),
+            repo.quarantine_dir(),
+            repo.tmp_dir(),
+            repo.locks_dir(),
+        ] {
+            if !dir.is_dir() {
+                DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&dir)
+                    .map_err(|e| Error::repository_io("cannot create directory", &dir, e))?;
+            }
+        }
+        let marker = root.join(MARKER);
+        if !marker.exists() {
+            let body = serde_json::json!({"format": "pgward-repository", "layout-version": LAYOUT_VERSION});
+            write_json_durably(&marker, &repo.tmp_dir(), &body)?;
+        }
+        // Probe writability now rather than after pg_dump has run.
+        let probe = repo
+            .tmp_dir()
+            .join(format!(".probe-{}", std::process::id()));
+        create_private(&probe)
+            .and_then(|_| fs::remove_file(&probe))
+            .map_err(|e| Error::repository_io("cannot write to repository", &repo.tmp_dir(), e))?;
+        Ok(repo)
+    }
+
+    /// Opens an existing repository for reading.
+    pub fn open(root: &Path) -> Result<Repository> {
+        if !root.join(MARKER).is_file() {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("no pgward repository at {}", root.display()),
+            )
+            .with_hint("check --repo / PGWARD_REPO; a repository is created by the first backup"));
+        }
+        Ok(Repository {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn backups_dir(&self) -> PathBuf {
+        self.root.join("backups")
+    }
+
+    fn quarantine_dir(&self) -> PathBuf {
+        self.root.join("quarantine")
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    fn locks_dir(&self) -> PathBuf {
+        self.root.join("locks")
+    }
+
+    pub fn artifact_path(&self, manifest: &Manifest) -> PathBuf {
+        self.backups_dir().join(&manifest.artifact.file)
+    }
+
+    pub fn manifest_path(&self, id: &str) -> PathBuf {
+        self.backups_dir().join(format!("{id}{MANIFEST_SUFFIX}"))
+    }
+
+    /// Takes the per-database lock, then quarantines what earlier runs of
+    /// this database left in staging when they died without cleaning up.
+    pub fn lock(&self, database: &str) -> Result<RepoLock> {
+        let key = database_key(database);
+        let lock = RepoLock::acquire(&self.locks_dir().join(format!("{key}.lock")), database)?;
+        self.quarantine_leftovers(&key, database)?;
+        Ok(lock)
+    }
+
+    fn quarantine_leftovers(&self, key: &str, database: &str) -> Result<()> {
+        let entries = fs::read_dir(self.tmp_dir())
+            .map_err(|e| Error::repository_io("cannot read", &self.tmp_dir(), e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(id) = name.strip_suffix(STAGING_SUFFIX) else {
+                continue;
+            };
+            if id_database_key(id) != Some(key) {
+                continue;
+            }
+            let error = Error::new(
+                ErrorKind::Interrupted {
+                    signal: libc::SIGKILL,
+                },
+                "left behind by a run that died before it could clean up (killed, crashed or power loss)",
+            );
+            let staging = Staging {
+                id: id.to_string(),
+                path: entry.path(),
+            };
+            self.quarantine(staging, database, "unknown", &error)?;
+        }
+        Ok(())
+    }
+
+    /// A new, private, empty staging file for backup `id`.
+    pub fn create_staging(&self, id: &str) -> Result<(Staging, File)> {
+        let path = self.tmp_dir().join(format!("{id}{STAGING_SUFFIX}"));
+        let file =
+            create_private(&path).map_err(|e| Error::repository_io("cannot create", &path, e))?;
+        Ok((
+            Staging {
+                id: id.to_string(),
+                path,
+            },
+            file,
+        ))
+    }
+
+    /// Makes a validated staging file a backup: rename into `backups/`,
+    /// fsync the directory, then write the manifest (the completion mark).
+    pub fn commit(&self, staging: Staging, manifest: &Manifest) -> Result<(PathBuf, PathBuf)> {
+        let artifact = self.backups_dir().join(&manifest.artifact.file);
+        fs::rename(&staging.path, &artifact)
+            .map_err(|e| Error::repository_io("cannot move artifact into", &artifact, e))?;
+        sync_dir(&self.backups_dir())?;
+        let manifest_path = self.manifest_path(&manifest.id);
+        write_json_durably(&manifest_path, &self.tmp_dir(), manifest)?;
+        Ok((artifact, manifest_path))
+    }
+
+    /// Moves a failed run's staging file to `quarantine/` with a record of
+    /// why; returns the partial file's new path.
+    pub fn quarantine(
+        &self,
+        staging: Staging,
+        database: &str,
+        started_at: &str,
+        error: &Error,
+    ) -> Result<PathBuf> {
+        let partial = self
+            .quarantine_dir()
+            .join(format!("{}{PARTIAL_SUFFIX}", staging.id));
+        let partial_bytes = fs::metadata(&staging.path).map(|m| m.len()).unwrap_or(0);
+        fs::rename(&staging.path, &partial)
+            .map_err(|e| Error::repository_io("cannot quarantine", &staging.path, e))?;
+        let record = QuarantineRecord {
+            format: QUARANTINE_FORMAT.to_string(),
+            format_version: MANIFEST_VERSION,
+            id: staging.id.clone(),
+            database: database.to_string(),
+            started_at: started_at.to_string(),
+            quarantined_at: crate::clock::now_rfc3339(),
+            file: partial.file_name().unwrap().to_string_lossy().into_owned(),
+            partial_bytes,
+            error: manifest::ErrorRecord::from_error(error),
+        };
+        let reason = self
+            .quarantine_dir()
+            .join(format!("{}{REASON_SUFFIX}", staging.id));
+        write_json_durably(&reason, &self.tmp_dir(), &record)?;
+        Ok(partial)
+    }
+
+    /// All complete backups, newest first. A manifest that cannot be read is
+    /// an error: a damaged catalog must never look like a shorter one.
+    pub fn backups(&self) -> Result<Vec<Manifest>> {
+        let mut manifests = Vec::new();
+        for path in list_with_suffix(&self.backups_dir(), MANIFEST_SUFFIX)? {
+            let text = fs::read_to_string(&path)
+                .map_err(|e| Error::repository_io("cannot read manifest", &path, e))?;
+            let manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
+                Error::new(
+                    ErrorKind::Integrity,
+                    format!("manifest {} is unreadable: {e}", path.display()),
+                )
+            })?;
+            if manifest.format != MANIFEST_FORMAT || manifest.format_version > MANIFEST_VERSION {
+                return Err(Error::new(
+                    ErrorKind::Integrity,
+                    format!(
+                        "manifest {} has unsupported format {} v{}",
+                        path.display(),
+                        manifest.format,
+                        manifest.format_version
+                    ),
+                )
+                .with_hint("use a newer pgward to read this repository"));
+            }
+            manifests.push(manifest);
+        }
+        manifests.sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.id.cmp(&a.id)));
+        Ok(manifests)
+    }
+
+    /// Quarantined runs, newest first.
+    pub fn quarantined(&self) -> Result<Vec<QuarantineRecord>> {
+        let mut records = Vec::new();
+        for path in list_with_suffix(&self.quarantine_dir(), REASON_SUFFIX)? {
+            let text = fs::read_to_string(&path)
+                .map_err(|e| Error::repository_io("cannot read", &path, e))?;
+            match serde_json::from_str::<QuarantineRecord>(&text) {
+                Ok(record) => records.push(record),
+                Err(e) => {
+                    return Err(Error::new(
+                        ErrorKind::Integrity,
+                        format!("quarantine record {} is unreadable: {e}", path.display()),
+                    ));
+                }
+            }
+        }
+        records.sort_by(|a, b| {
+            b.quarantined_at
+                .cmp(&a.quarantined_at)
+                .then(b.id.cmp(&a.id))
+        });
+        Ok(records)
+    }
+
+    /// Artifacts in `backups/` that have no manifest (a crash between the
+    /// two renames): not backups, but worth showing.
+    pub fn orphans(&self) -> Result<Vec<String>> {
+        let manifests: Vec<String> = self
+            .backups()?
+            .into_iter()
+            .map(|m| m.artifact.file)
+            .collect();
+        Ok(list_with_suffix(&self.backups_dir(), ARTIFACT_SUFFIX)?
+            .into_iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .filter(|name| !manifests.contains(name))
+            .collect())
+    }
+
+    /// The backup named by `selector`: an id, or `latest`.
+    pub fn find(&self, selector: &str) -> Result<Manifest> {
+        let backups = self.backups()?;
+        let found = if selector == "latest" {
+            backups.into_iter().next()
+        } else {
+            backups.into_iter().find(|m| m.id == selector)
+        };
+        found.ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("no backup {selector:?} in {}", self.root.display()),
+            )
+            .with_hint("run `pgward list` to see the backups in this repository")
+        })
+    }
+
+    /// The newest complete backup of the same database and scope.
+    pub fn previous(
+        &self,
+        database: &str,
+        scope: &crate::scope::Scope,
+    ) -> Result<Option<Manifest>> {
+        Ok(self
+            .backups()?
+            .into_iter()
+            .find(|m| m.database == database && &m.scope == scope))
+    }
+}
+
+/// A file-name-safe key for a database name, unique per name.
+pub fn database_key(database: &str) -> String {
+    let safe: String = database
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    if safe == database {
+        safe
+    } else {
+        let mut hasher = StreamHasher::default();
+        hasher.observe(database.as_bytes());
+        format!("{safe}_{}", &hasher.finish().sha256[..8])
+    }
+}
+
+/// Backup ids are `YYYYMMDDTHHMMSSZ-DBKEY-XXXX`: sortable by time, readable,
+/// and unique even for two runs in the same second.
+pub fn new_backup_id(database: &str, now: jiff::Timestamp) -> String {
+    let mut hasher = StreamHasher::default();
+    hasher.observe(&now.as_nanosecond().to_le_bytes());
+    hasher.observe(&std::process::id().to_le_bytes());
+    let suffix = &hasher.finish().sha256[..4];
+    format!(
+        "{}-{}-{suffix}",
+        now.strftime("%Y%m%dT%H%M%SZ"),
+        database_key(database)
+    )
+}
+
+fn id_database_key(id: &str) -> Option<&str> {
+    let rest = id.get(17..)?; // after "YYYYMMDDTHHMMSSZ-"
+    rest.get(..rest.len().checked_sub(5)?) // before "-XXXX"
+}
+
+fn create_private(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::repository_io("cannot sync directory", dir, e))
+}
+
+/// Writes JSON to a staging file in `tmp`, fsyncs, renames it to `path` and
+/// fsyncs the directory: the file is either absent or whole.
+fn write_json_durably<T: Serialize + ?Sized>(path: &Path, tmp: &Path, value: &T) -> Result<()> {
+    let mut text = serde_json::to_vec_pretty(value).expect("records serialise");
+    text.push(b'\n');
+    let name = path
+        .file_name()
+        .expect("repository files have a name")
+        .to_string_lossy();
+    let staging = tmp.join(format!("{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut file = create_private(&staging)?;
+        file.write_all(&text)?;
+        file.sync_all()?;
+        fs::rename(&staging, path)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&staging);
+        return Err(Error::repository_io("cannot write", path, e));
+    }
+    sync_dir(path.parent().expect("repository files have a parent"))
+}
+
+fn list_with_suffix(dir: &Path, suffix: &str) -> Result<Vec<PathBuf>> {
+    let entries = fs::read_dir(dir).map_err(|e| Error::repository_io("cannot read", dir, e))?;
+    Ok(entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with(suffix))
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_carry_a_recoverable_database_key() {
+        let now: jiff::Timestamp = "2026-11-23T12:00:00Z".parse().unwrap();
+        for db in ["app", "a-b", "My DB", "x_1"] {
+            let id = new_backup_id(db, now);
+            assert!(id.starts_with("20261123T120000Z-"), "{id}");
+            assert_eq!(
+                id_database_key(&id),
+                Some(database_key(db).as_str()),
+                "{id}"
+            );
+        }
+        assert_ne!(database_key("a-b"), database_key("a_b"));
+    }
+
+    #[test]
+    fn layout_is_private_and_probed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let repo = Repository::init(&root).unwrap();
+        for sub in ["", "backups", "quarantine", "tmp", "locks"] {
+            let mode = fs::metadata(root.join(sub)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{sub}");
+        }
+        assert!(repo.backups().unwrap().is_empty());
+        assert!(
+            Repository::open(dir.path()).is_err(),
+            "a plain directory is not a repository"
+        );
+    }
+
+    #[test]
+    fn a_second_lock_on_the_same_database_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path()).unwrap();
+        let held = repo.lock("app").unwrap();
+        let err = repo.lock("app").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Busy);
+        assert!(
+            err.message()
+                .contains(&format!("pid {}", std::process::id()))
+        );
+        assert!(
+            repo.lock("other").is_ok(),
+            "other databases are independent"
+        );
+        drop(held);
+        assert!(repo.lock("app").is_ok());
+    }
+}
