@@ -80,13 +80,30 @@ fn parse_size(text: &str) -> Result<u64, String> {
     pgward::config::parse_size(text)
 }
 
+/// A failure, and whether its JSON document was already printed (a failed
+/// `verify` prints its report, which is the document).
+enum Failure {
+    Error(Error),
+    Reported(Error),
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        Failure::Error(error)
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     let json = cli.json;
     let code = match run(cli) {
         Ok(()) => 0,
-        Err(error) => {
+        Err(Failure::Error(error)) => {
             render::error(&error, json);
+            error.kind().exit_code()
+        }
+        Err(Failure::Reported(error)) => {
+            render::error(&error, false);
             error.kind().exit_code()
         }
     };
@@ -112,7 +129,7 @@ fn open_repository(config: &Config) -> Result<pgward::Repository, Error> {
     pgward::Repository::open(path)
 }
 
-fn run(cli: Cli) -> Result<(), Error> {
+fn run(cli: Cli) -> Result<(), Failure> {
     let mut config = load_config(&cli)?;
     match cli.command {
         Command::Backup(args) => {
@@ -138,7 +155,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             progress.clear();
             let report = report?;
             render::verify(&report, cli.json);
-            report.into_result()?;
+            report.into_result().map_err(Failure::Reported)?;
         }
     }
     Ok(())

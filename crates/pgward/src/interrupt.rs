@@ -4,13 +4,19 @@
 //! say so, and must not leave pg_dump running (it would keep its snapshot and
 //! locks on the server). A watcher thread records the signal and forwards
 //! SIGTERM to the registered child, which ends the child's output; the copy
-//! loop then sees the recorded signal and fails the backup.
+//! loop then sees the recorded signal and fails the backup. A child group
+//! that ignores SIGTERM gets SIGKILL after a grace period.
 
+use crate::pipeline::child::signal_group;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::{Handle, Signals};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How long a signalled child may take to exit before it is killed.
+const GRACE: Duration = Duration::from_secs(5);
 
 pub struct InterruptWatch {
     received: Arc<AtomicI32>,
@@ -33,9 +39,10 @@ impl InterruptWatch {
                     let _ = seen.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
                     let pid = target.load(Ordering::SeqCst);
                     if pid > 0 {
-                        // SAFETY: kill(2) on our own child's pid.
-                        unsafe {
-                            libc::kill(pid, libc::SIGTERM);
+                        signal_group(pid as u32, libc::SIGTERM);
+                        std::thread::sleep(GRACE);
+                        if target.load(Ordering::SeqCst) == pid {
+                            signal_group(pid as u32, libc::SIGKILL);
                         }
                     }
                 }
@@ -53,10 +60,7 @@ impl InterruptWatch {
         self.child.store(pid as i32, Ordering::SeqCst);
         // A signal that arrived just before the child existed still stops it.
         if pid > 0 && self.received().is_some() {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe {
-                libc::kill(pid as i32, libc::SIGTERM);
-            }
+            signal_group(pid, libc::SIGTERM);
         }
     }
 

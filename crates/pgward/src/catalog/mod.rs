@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 /// Facts about the server that go into every manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct ServerInfo {
     /// e.g. "16.4 (Debian 16.4-1.pgdg120+1)".
     pub version: String,

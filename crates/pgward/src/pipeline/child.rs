@@ -6,6 +6,11 @@
 //! stdout and both sides would wait forever; and success needs both the end
 //! of stdout *and* exit status 0, so a pg_dump that was killed, or that closed
 //! its output early, never passes.
+//!
+//! The child gets its own process group and is always signalled as a group:
+//! pg_dump often runs behind a wrapper (`docker exec`, a script), and a
+//! grandchild that survived its parent would keep the pipe open and leave
+//! pgward waiting for an end of stream that never comes.
 
 use std::io::{self, Read};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
@@ -44,6 +49,14 @@ impl ChildFailure {
     }
 }
 
+/// Sends `signal` to the process group led by `pid` (our child).
+pub fn signal_group(pid: u32, signal: i32) {
+    // SAFETY: kill(2) on the group of a child we started with process_group(0).
+    unsafe {
+        libc::kill(-(pid as libc::pid_t), signal);
+    }
+}
+
 pub fn signal_name(signal: i32) -> &'static str {
     match signal {
         libc::SIGHUP => "SIGHUP",
@@ -67,10 +80,12 @@ pub struct ChildSource {
 impl ChildSource {
     /// Starts `command` with stdin closed and stdout/stderr captured.
     pub fn spawn(mut command: Command) -> io::Result<Self> {
+        use std::os::unix::process::CommandExt;
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            .process_group(0);
         let mut child = command.spawn()?;
         let stdout = child.stdout.take();
         let mut stderr = child.stderr.take().expect("stderr was piped");
@@ -105,13 +120,10 @@ impl ChildSource {
         self.child.id()
     }
 
-    /// Asks the child to stop (SIGTERM), e.g. when the sink failed.
+    /// Asks the child's process group to stop (SIGTERM), e.g. when the sink failed.
     pub fn terminate(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            // SAFETY: kill(2) with a pid we own and have not reaped yet.
-            unsafe {
-                libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-            }
+            signal_group(self.child.id(), libc::SIGTERM);
         }
     }
 
@@ -206,6 +218,20 @@ mod tests {
             "{}",
             failure.describe_status()
         );
+    }
+
+    #[test]
+    fn terminate_reaches_grandchildren_holding_the_pipe() {
+        // The shell's `sleep` inherits stdout; killing only the shell would
+        // leave the pipe open for 60 seconds.
+        let mut child = ChildSource::spawn(sh("printf x; sleep 60; true")).unwrap();
+        let mut first = [0u8; 1];
+        child.read_exact(&mut first).unwrap();
+        let started = std::time::Instant::now();
+        child.terminate();
+        child.read_to_end(&mut Vec::new()).unwrap();
+        assert!(child.finish().is_err());
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
     }
 
     #[test]

@@ -39,17 +39,23 @@ const MANIFEST_SUFFIX: &str = ".manifest.json";
 const STAGING_SUFFIX: &str = ".tar.zst.tmp";
 const PARTIAL_SUFFIX: &str = ".tar.zst.partial";
 const REASON_SUFFIX: &str = ".reason.json";
+const RESERVED_REASON_SUFFIX: &str = ".reason.json.reserved";
+/// Space set aside for a quarantine record when a run starts, so that the
+/// record can still be written when the run failed because the disk is full.
+const REASON_RESERVE: usize = 8192;
 
 #[derive(Debug, Clone)]
 pub struct Repository {
     root: PathBuf,
 }
 
-/// A staging file being written by a backup in progress.
+/// A staging file being written by a backup in progress, and the space
+/// reserved for its quarantine record.
 #[derive(Debug)]
 pub struct Staging {
     pub id: String,
     pub path: PathBuf,
+    reserved_reason: PathBuf,
 }
 
 impl Repository {
@@ -156,27 +162,33 @@ impl Repository {
                 },
                 "left behind by a run that died before it could clean up (killed, crashed or power loss)",
             );
-            let staging = Staging {
-                id: id.to_string(),
-                path: entry.path(),
-            };
+            let staging = self.staging_paths(id);
             self.quarantine(staging, database, "unknown", &error)?;
         }
         Ok(())
     }
 
-    /// A new, private, empty staging file for backup `id`.
+    fn staging_paths(&self, id: &str) -> Staging {
+        Staging {
+            id: id.to_string(),
+            path: self.tmp_dir().join(format!("{id}{STAGING_SUFFIX}")),
+            reserved_reason: self.tmp_dir().join(format!("{id}{RESERVED_REASON_SUFFIX}")),
+        }
+    }
+
+    /// A new, private, empty staging file for backup `id`, with space for
+    /// its quarantine record reserved beside it.
     pub fn create_staging(&self, id: &str) -> Result<(Staging, File)> {
-        let path = self.tmp_dir().join(format!("{id}{STAGING_SUFFIX}"));
-        let file =
-            create_private(&path).map_err(|e| Error::repository_io("cannot create", &path, e))?;
-        Ok((
-            Staging {
-                id: id.to_string(),
-                path,
-            },
-            file,
-        ))
+        let staging = self.staging_paths(id);
+        create_private(&staging.reserved_reason)
+            .and_then(|mut f| {
+                f.write_all(&[b' '; REASON_RESERVE])?;
+                f.sync_all()
+            })
+            .map_err(|e| Error::repository_io("cannot create", &staging.reserved_reason, e))?;
+        let file = create_private(&staging.path)
+            .map_err(|e| Error::repository_io("cannot create", &staging.path, e))?;
+        Ok((staging, file))
     }
 
     /// Makes a validated staging file a backup: rename into `backups/`,
@@ -188,6 +200,7 @@ impl Repository {
         sync_dir(&self.backups_dir())?;
         let manifest_path = self.manifest_path(&manifest.id);
         write_json_durably(&manifest_path, &self.tmp_dir(), manifest)?;
+        let _ = fs::remove_file(&staging.reserved_reason);
         Ok((artifact, manifest_path))
     }
 
@@ -220,7 +233,7 @@ impl Repository {
         let reason = self
             .quarantine_dir()
             .join(format!("{}{REASON_SUFFIX}", staging.id));
-        write_json_durably(&reason, &self.tmp_dir(), &record)?;
+        write_reason(&staging.reserved_reason, &reason, &record)?;
         Ok(partial)
     }
 
@@ -400,6 +413,27 @@ fn write_json_durably<T: Serialize + ?Sized>(path: &Path, tmp: &Path, value: &T)
         return Err(Error::repository_io("cannot write", path, e));
     }
     sync_dir(path.parent().expect("repository files have a parent"))
+}
+
+/// Writes the record over the space reserved for it (JSON allows the
+/// trailing padding), then renames it into quarantine. Overwriting
+/// already-allocated blocks needs no free space; a record larger than the
+/// reservation simply extends the file.
+fn write_reason(reserved: &Path, reason: &Path, record: &QuarantineRecord) -> Result<()> {
+    let text = serde_json::to_vec_pretty(record).expect("records serialise");
+    let result = (|| {
+        let mut file = match OpenOptions::new().write(true).open(reserved) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_private(reserved)?,
+            Err(e) => return Err(e),
+        };
+        file.write_all(&text)?;
+        file.write_all(b"\n")?;
+        file.sync_all()?;
+        fs::rename(reserved, reason)
+    })();
+    result.map_err(|e| Error::repository_io("cannot write quarantine record", reason, e))?;
+    sync_dir(reason.parent().expect("quarantine files have a parent"))
 }
 
 fn list_with_suffix(dir: &Path, suffix: &str) -> Result<Vec<PathBuf>> {

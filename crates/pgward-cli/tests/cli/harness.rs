@@ -1,0 +1,403 @@
+//! The test harness: one throwaway PostgreSQL cluster per test binary, in a
+//! temp dir, on a Unix socket only, run as the `postgres` OS user when the
+//! tests run as root; each test makes its own databases, roles and
+//! repository, so tests run in parallel. The cluster is stopped and removed
+//! at process exit.
+//!
+//! Everything is real: initdb, postgres, pg_dump, psql. Fault injection is
+//! done with small wrapper scripts around the real pg_dump, never by faking
+//! the database.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub struct Cluster {
+    pub socket_dir: PathBuf,
+    pub port: u16,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+static CLEANUP: OnceLock<(u32, PathBuf)> = OnceLock::new();
+
+/// The role every test cluster has with password authentication
+/// (scram-sha-256 over the socket), for the password tests.
+pub const PASSWORD_ROLE: &str = "pw_backup";
+
+pub fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(Cluster::start)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// uid/gid of the `postgres` OS user.
+fn postgres_ids() -> (u32, u32) {
+    let name = std::ffi::CString::new("postgres").unwrap();
+    // SAFETY: getpwnam returns static storage or null; fields copied at once.
+    unsafe {
+        let pw = libc::getpwnam(name.as_ptr());
+        assert!(
+            !pw.is_null(),
+            "tests run as root need a `postgres` OS user (install postgresql)"
+        );
+        ((*pw).pw_uid, (*pw).pw_gid)
+    }
+}
+
+fn find_server_bin() -> PathBuf {
+    if let Ok(dir) = std::env::var("PGWARD_TEST_PGBIN") {
+        return PathBuf::from(dir);
+    }
+    let mut candidates: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let major = e.file_name().to_string_lossy().parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("postgres").exists().then_some((major, bin))
+        })
+        .collect();
+    candidates.sort();
+    candidates.pop().map(|(_, bin)| bin).expect(
+        "no PostgreSQL server binaries in /usr/lib/postgresql/*/bin: run scripts/install-deps.sh or set PGWARD_TEST_PGBIN",
+    )
+}
+
+extern "C" fn stop_cluster_at_exit() {
+    if let Some((pid, dir)) = CLEANUP.get() {
+        // SIGQUIT: immediate shutdown, nothing to keep.
+        unsafe {
+            libc::kill(*pid as i32, libc::SIGQUIT);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Reap it (we are its parent); waitpid returns its pid once it exited.
+        while Instant::now() < deadline
+            && unsafe { libc::waitpid(*pid as i32, std::ptr::null_mut(), libc::WNOHANG) } == 0
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let bin = find_server_bin();
+        let dir = std::env::temp_dir().join(format!("pgward-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let data = dir.join("data");
+        let socket_dir = dir.join("sock");
+        std::fs::create_dir_all(&socket_dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Other test users (the unwritable-repository test runs as nobody)
+        // must reach the socket.
+        std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let as_server_user = |cmd: &mut Command| {
+            if is_root() {
+                let (uid, gid) = postgres_ids();
+                cmd.uid(uid).gid(gid);
+            }
+        };
+        if is_root() {
+            let (uid, gid) = postgres_ids();
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
+            std::os::unix::fs::chown(&socket_dir, Some(uid), Some(gid)).unwrap();
+        }
+
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb
+            .args(["-D"])
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "--encoding=UTF8",
+                "--locale=C",
+            ])
+            .env("TZ", "UTC")
+            .current_dir(&dir);
+        as_server_user(&mut initdb);
+        let out = initdb.output().expect("run initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        // Password authentication for one role, trust for the rest.
+        let hba = data.join("pg_hba.conf");
+        let original = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(
+            &hba,
+            format!("local all {PASSWORD_ROLE} scram-sha-256\n{original}"),
+        )
+        .unwrap();
+
+        let port = 5432;
+        let log = std::fs::File::create(dir.join("postgres.log")).unwrap();
+        let mut postgres = Command::new(bin.join("postgres"));
+        postgres
+            .arg("-D")
+            .arg(&data)
+            .arg("-k")
+            .arg(&socket_dir)
+            .args([
+                "-p",
+                &port.to_string(),
+                "-c",
+                "listen_addresses=",
+                "-c",
+                "fsync=off",
+            ])
+            .args([
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=200",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .current_dir(&dir)
+            .process_group(0);
+        as_server_user(&mut postgres);
+        // Reaped with waitpid by stop_cluster_at_exit, not through `Child`.
+        #[allow(clippy::zombie_processes)]
+        let child = postgres.spawn().expect("start postgres");
+        let cluster = Cluster { socket_dir, port };
+        CLEANUP.set((child.id(), dir.clone())).ok();
+        // SAFETY: registering a plain extern "C" function.
+        unsafe {
+            libc::atexit(stop_cluster_at_exit);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = cluster.psql_raw("postgres", "postgres", "SELECT 1");
+            if ready.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "postgres did not start: {}",
+                std::fs::read_to_string(dir.join("postgres.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster.psql(
+            "postgres",
+            &format!("CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD 'Tr1cky pa$$ word'"),
+        );
+        cluster
+    }
+
+    /// Environment that points libpq clients at this cluster.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("PGHOST", self.socket_dir.display().to_string()),
+            ("PGPORT", self.port.to_string()),
+            ("PGUSER", "postgres".to_string()),
+        ]
+    }
+
+    fn psql_raw(&self, database: &str, user: &str, sql: &str) -> Output {
+        Command::new("psql")
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-U",
+                user,
+                "-d",
+                database,
+                "-c",
+                sql,
+            ])
+            .envs(self.env())
+            .env_remove("PGPASSWORD")
+            .env_remove("PGDATABASE")
+            .output()
+            .expect("run psql")
+    }
+
+    /// Runs SQL as the superuser and returns trimmed output; panics on error.
+    pub fn psql(&self, database: &str, sql: &str) -> String {
+        let out = self.psql_raw(database, "postgres", sql);
+        assert!(
+            out.status.success(),
+            "psql failed on {database}: {sql}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// A fresh database with a unique name derived from `hint`.
+    pub fn create_database(&self, hint: &str) -> String {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!("{hint}_{}", COUNTER.fetch_add(1, Ordering::SeqCst));
+        self.psql("postgres", &format!("CREATE DATABASE \"{name}\""));
+        name
+    }
+}
+
+/// A temp dir for one test: repository, scripts, config files.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        let dir = tempfile::Builder::new()
+            .prefix("pgward-ws-")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        Workspace { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn repo(&self) -> PathBuf {
+        self.path("repo")
+    }
+
+    /// Writes an executable script (a wrapper around a real tool).
+    pub fn script(&self, name: &str, body: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, format!("#!/bin/bash\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    pub fn file(&self, name: &str, body: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, body).unwrap();
+        path
+    }
+}
+
+/// The real pg_dump the wrappers call.
+pub fn real_pg_dump() -> String {
+    let out = Command::new("sh")
+        .args(["-c", "command -v pg_dump"])
+        .output()
+        .unwrap();
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!path.is_empty(), "pg_dump is not on PATH");
+    path
+}
+
+/// The result of one pgward run.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    #[track_caller]
+    pub fn assert_ok(&self) -> &Run {
+        assert_eq!(
+            self.code, 0,
+            "pgward failed:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// A `pgward` command pointed at the test cluster and a repository.
+pub fn pgward(repo: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgward"));
+    cmd.envs(cluster().env())
+        .env("PGWARD_REPO", repo)
+        .env_remove("PGPASSWORD")
+        .env_remove("PGDATABASE")
+        .env_remove("PGWARD_CONFIG")
+        .stdin(Stdio::null());
+    cmd
+}
+
+pub fn run(cmd: &mut Command) -> Run {
+    let out = cmd.output().expect("run pgward");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `pgward --json backup --dbname DB ARGS...`
+pub fn backup(repo: &Path, db: &str, args: &[&str]) -> Run {
+    run(pgward(repo)
+        .args(["--json", "backup", "--dbname", db])
+        .args(args))
+}
+
+/// Every file under `dir` with its bytes, for "nothing was touched" checks.
+pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                files.extend(snapshot(&path));
+            } else {
+                files.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Loads a table with `rows` rows of ~100 bytes of poorly compressible text.
+pub fn load_rows(db: &str, table: &str, rows: u32) {
+    cluster().psql(
+        db,
+        &format!(
+            "CREATE TABLE IF NOT EXISTS {table} (id int PRIMARY KEY, body text); \
+             INSERT INTO {table} SELECT g, md5(g::text) || md5((g * 7)::text) || md5((g * 13)::text) \
+             FROM generate_series((SELECT coalesce(max(id), 0) + 1 FROM {table}), \
+                                  (SELECT coalesce(max(id), 0) + {rows} FROM {table})) g"
+        ),
+    );
+}

@@ -1,0 +1,8 @@
+//! Integration tests for the `pgward` binary against a real PostgreSQL
+//! cluster that the harness starts itself, with real pg_dump, pg_restore and
+//! zstd. One test binary (as ripgrep does) so the cluster is shared.
+
+mod backup;
+mod failures;
+mod harness;
+mod verify;

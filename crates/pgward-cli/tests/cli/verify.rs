@@ -1,0 +1,160 @@
+//! `verify` finds every kind of damage: flipped bits anywhere, truncation,
+//! a manifest that no longer matches, and damage hidden behind a forged
+//! artifact digest.
+
+use crate::harness::*;
+use std::path::{Path, PathBuf};
+
+fn backed_up(hint: &str) -> (Workspace, serde_json::Value, PathBuf) {
+    let ws = Workspace::new();
+    let db = cluster().create_database(hint);
+    load_rows(&db, "public.items", 2000);
+    let res = backup(&ws.repo(), &db, &[]);
+    res.assert_ok();
+    let manifest = res.json()["manifest"].clone();
+    let artifact = ws
+        .repo()
+        .join("backups")
+        .join(manifest["artifact"]["file"].as_str().unwrap());
+    (ws, manifest, artifact)
+}
+
+fn verify(repo: &Path, id: &str) -> Run {
+    run(pgward(repo).args(["--json", "verify", id]))
+}
+
+#[test]
+fn one_flipped_bit_anywhere_fails_verification() {
+    let (ws, manifest, artifact) = backed_up("bitflip");
+    let id = manifest["id"].as_str().unwrap();
+    let original = std::fs::read(&artifact).unwrap();
+    verify(&ws.repo(), id).assert_ok();
+    let len = original.len();
+    for (pos, bit) in [
+        (0, 0),
+        (5, 3),
+        (len / 3, 7),
+        (len / 2, 1),
+        (len - 5, 4),
+        (len - 1, 0),
+    ] {
+        let mut damaged = original.clone();
+        damaged[pos] ^= 1 << bit;
+        std::fs::write(&artifact, &damaged).unwrap();
+        let res = verify(&ws.repo(), id);
+        assert_eq!(res.code, 1, "flip at {pos} passed");
+        assert!(
+            res.stderr.contains("failed verification: artifact sha256"),
+            "{}",
+            res.stderr
+        );
+        assert_eq!(res.json()["ok"], false);
+    }
+    std::fs::write(&artifact, &original).unwrap();
+    verify(&ws.repo(), "latest").assert_ok();
+}
+
+#[test]
+fn truncation_and_a_missing_artifact_fail_verification() {
+    let (ws, manifest, artifact) = backed_up("truncate");
+    let id = manifest["id"].as_str().unwrap();
+    let original = std::fs::read(&artifact).unwrap();
+    for keep in [0, 10, original.len() / 2, original.len() - 1] {
+        std::fs::write(&artifact, &original[..keep]).unwrap();
+        let res = verify(&ws.repo(), id);
+        assert_eq!(res.code, 1, "truncated to {keep} passed");
+        assert!(
+            res.stderr.contains("artifact size: manifest says"),
+            "{}",
+            res.stderr
+        );
+    }
+    std::fs::remove_file(&artifact).unwrap();
+    let res = verify(&ws.repo(), id);
+    assert_eq!(res.code, 1);
+    assert!(res.stderr.contains("artifact present"), "{}", res.stderr);
+}
+
+/// Damage whose artifact digest was forged in the manifest is still caught
+/// by decompression and archive inspection.
+#[test]
+fn damage_behind_a_forged_digest_is_still_found() {
+    let (ws, manifest, artifact) = backed_up("forged");
+    let id = manifest["id"].as_str().unwrap();
+    let manifest_path = ws
+        .repo()
+        .join("backups")
+        .join(format!("{id}.manifest.json"));
+    let mut damaged = std::fs::read(&artifact).unwrap();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x20;
+    std::fs::write(&artifact, &damaged).unwrap();
+    let out = std::process::Command::new("sha256sum")
+        .arg(&artifact)
+        .output()
+        .unwrap();
+    let forged = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let text = std::fs::read_to_string(&manifest_path).unwrap();
+    std::fs::write(
+        &manifest_path,
+        text.replace(manifest["artifact"]["sha256"].as_str().unwrap(), &forged),
+    )
+    .unwrap();
+
+    let res = verify(&ws.repo(), id);
+    assert_eq!(res.code, 1, "{}", res.stdout);
+    let report = res.json();
+    let failed: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        failed.contains(&"decompression") || failed.contains(&"archive sha256"),
+        "forged damage passed: {report}"
+    );
+}
+
+#[test]
+fn a_manifest_that_disagrees_with_the_archive_fails() {
+    let (ws, manifest, _) = backed_up("manifest");
+    let id = manifest["id"].as_str().unwrap();
+    let manifest_path = ws
+        .repo()
+        .join("backups")
+        .join(format!("{id}.manifest.json"));
+    let mut edited: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    edited["tables"][0]["rows"] = serde_json::json!(1999);
+    std::fs::write(
+        &manifest_path,
+        serde_json::to_string_pretty(&edited).unwrap(),
+    )
+    .unwrap();
+    let res = verify(&ws.repo(), id);
+    assert_eq!(res.code, 1);
+    assert!(
+        res.stderr.contains("table data: differs from the manifest"),
+        "{}",
+        res.stderr
+    );
+}
+
+#[test]
+fn an_unknown_backup_is_a_usage_error() {
+    let (ws, _, _) = backed_up("unknown");
+    let res = verify(&ws.repo(), "20200101T000000Z-nope-0000");
+    assert_eq!(res.code, 2);
+    assert!(
+        res.stderr
+            .contains("no backup \"20200101T000000Z-nope-0000\""),
+        "{}",
+        res.stderr
+    );
+}
