@@ -1,0 +1,322 @@
+#!/usr/bin/env bash
+# bench/backup.sh: how fast and how lean is `pgward backup` next to pg_dump?
+#
+# Why it exists: pgward streams pg_dump through hash, compress and encrypt
+# stages; its promise is to cost little more than pg_dump itself while writing
+# much less than `pg_dump -Fc` and keeping its own memory flat. This script
+# measures exactly that on a database of a chosen size. It is a benchmark, not
+# a test: it prints figures and PASS/MISS per target, and exits 0 when every
+# figure could be measured (2 when pgward could not be built or run).
+#
+# Usage: bench/backup.sh [--scale N] [--keep] [--dir DIR]
+#   --scale N  pgbench scale (default 70); the database also gets the
+#              events table (N*25000 rows) and audit.log (N*6250 rows). Each
+#              scale step is ~15 MB of pgbench plus ~15 MB of events: scale 2
+#              is ~70 MB, scale 70 ~2.1 GB
+#   --keep     keep the cluster dir (stopped) for re-runs
+#   --dir DIR  cluster dir to use; if it holds a loaded sandbox from an earlier
+#              --keep run, the data load is skipped
+# Environment: PGWARD_TMPDIR (default /var/tmp) for the temp dir,
+#   PGWARD_BENCH_TIMEOUT (default 3600) seconds before a pgward run is killed,
+#   PGWARD_BENCH_SAMPLE (default 0.05) seconds between RSS samples of pgward.
+#
+# Each command runs twice, in sequence (floor, -Fc, gzip, pgward, then again);
+# the table shows the best (lowest) wall time of the two and the highest peak
+# RSS seen. Targets: pgward time <= 1.15 x floor; pgward time <= 0.6 x
+# `pg_dump -Fc` time; pgward's own peak RSS <= 64 MiB.
+#
+# On peak RSS: GNU time's %M is ru_maxrss from wait4(), which Linux fills
+# with the maximum of the process's own peak and the peaks of all descendants
+# it waited for: the largest single process in the tree, not a sum. Measured
+# here: a 100 MB python child under a 5 MB parent gives %M of ~210 MB. So for
+# `pgward` (whose pg_dump child can be larger than pgward) %M is
+# max(pgward, pg_dump); that figure is shown as "tree", and pgward's own peak
+# is read from VmHWM in /proc/<pid>/status of the pgward process, sampled
+# every PGWARD_BENCH_SAMPLE seconds while it runs (VmHWM only grows, so the
+# last sample is the peak up to then; growth in the final interval is missed).
+# For the baselines %M is what we want (pg_dump's, or the larger of pg_dump
+# and gzip).
+set -euo pipefail
+export LC_NUMERIC=C
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/pg-sandbox.sh
+source "$root/scripts/pg-sandbox.sh"
+
+scale=70
+keep=0
+dir=""
+scale_given=0
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --scale)
+      [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || {
+        echo "bench: --scale needs a positive integer" >&2
+        exit 2
+      }
+      scale=$2 scale_given=1
+      shift 2
+      ;;
+    --keep)
+      keep=1
+      shift
+      ;;
+    --dir)
+      [[ -n ${2:-} ]] || {
+        echo "bench: --dir needs a path" >&2
+        exit 2
+      }
+      dir=$(pgsb_abspath "$2")
+      shift 2
+      ;;
+    -h | --help)
+      awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"
+      exit 0
+      ;;
+    *)
+      echo "bench: unknown argument $1 (try --help)" >&2
+      exit 2
+      ;;
+  esac
+done
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+timeout_s=${PGWARD_BENCH_TIMEOUT:-3600}
+sample_s=${PGWARD_BENCH_SAMPLE:-0.05}
+[[ $timeout_s =~ ^[0-9]+$ ]] || {
+  log "PGWARD_BENCH_TIMEOUT must be a whole number of seconds"
+  exit 2
+}
+[[ -x /usr/bin/time ]] || {
+  log "GNU time (/usr/bin/time) is missing: run scripts/install-deps.sh"
+  exit 1
+}
+
+# --- the cluster dir: new, or reused from an earlier --keep run ------------
+created_dir=0
+if [[ -z $dir ]]; then
+  dir=$(pgsb_mktemp pgward-bench)
+  created_dir=1
+elif [[ ! -e $dir ]]; then
+  mkdir -p "$dir"
+  chmod 711 "$dir"
+  created_dir=1
+elif [[ ! -f $dir/.pg-sandbox && -n $(ls -A "$dir") ]]; then
+  log "$dir is neither empty nor a sandbox from an earlier run: refusing to use it"
+  exit 2
+fi
+out="$dir/out"
+
+cleanup() {
+  local rc=$?
+  rm -rf -- "$out"
+  pgsb_stop "$dir"
+  if [[ $keep -eq 1 || $created_dir -eq 0 ]]; then
+    log "kept $dir (cluster stopped); re-run: bench/backup.sh --dir $dir --keep"
+  else
+    rm -rf -- "$dir"
+  fi
+  return "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- build pgward first -----------------------------------------------------
+if ! command -v cargo >/dev/null 2>&1 && [[ -x ${CARGO_HOME:-$HOME/.cargo}/bin/cargo ]]; then
+  PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+fi
+pgward="$root/target/release/pgward"
+pgward_problem=""
+log "cargo build --release"
+if ! (cd "$root" && cargo build --release); then
+  pgward_problem="cargo build --release failed"
+elif [[ ! -x $pgward ]]; then
+  pgward_problem="no binary at $pgward after cargo build --release"
+fi
+[[ -z $pgward_problem ]] || log "pgward will not be measured: $pgward_problem"
+
+# --- data -------------------------------------------------------------------
+pgsb_start "$dir"
+mkdir -p "$out"
+if [[ -f $dir/loaded-scale ]]; then
+  loaded=$(<"$dir/loaded-scale")
+  if [[ $scale_given -eq 1 && $loaded != "$scale" ]]; then
+    log "warning: $dir holds scale $loaded, not $scale; using it as it is"
+  fi
+  scale=$loaded
+  log "reusing the database demo (scale $scale) in $dir"
+else
+  # A load that did not finish (no marker) is redone from scratch.
+  PGOPTIONS='-c client_min_messages=warning' pgsb_psql -d postgres -c 'DROP DATABASE IF EXISTS demo'
+  t0=$EPOCHREALTIME
+  pgsb_load_sample demo "$scale" "$((scale * 25000))"
+  log "VACUUM ANALYZE"
+  pgsb_psql -d demo -c 'VACUUM ANALYZE'
+  printf '%s\n' "$scale" >"$dir/loaded-scale"
+  log "loaded in $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.0f", b - a }')s"
+fi
+db_bytes=$(pgsb_psql -d demo -At -c "SELECT pg_database_size('demo')")
+printf '\ndatabase demo: scale %s, %s bytes (%s)\n' "$scale" "$db_bytes" \
+  "$(pgsb_psql -d demo -At -c "SELECT pg_size_pretty(pg_database_size('demo'))")"
+printf 'pg_dump: %s; cores: %s\n\n' "$(pg_dump --version)" "$(nproc)"
+
+# --- measurements -------------------------------------------------------------
+# Results per key: best seconds, max RSS KiB, output bytes, and for pgward the
+# tree RSS too. Keys: floor, fc, gzip, pgward.
+declare -A best_s=() rss_kib=() out_bytes=() tree_kib=()
+keys=(floor fc gzip pgward)
+declare -A label=(
+  [floor]="pg_dump -Ft demo > /dev/null (floor)"
+  [fc]="pg_dump -Fc demo > file"
+  [gzip]="pg_dump demo | gzip > file"
+  [pgward]="pgward backup --allow-shrink"
+)
+
+record() { # key seconds rss_kib(may be empty: unknown) bytes
+  local k=$1 s=$2 r=$3 b=$4
+  if [[ -z ${best_s[$k]:-} ]] || awk -v a="$s" -v b="${best_s[$k]}" 'BEGIN { exit !(a < b) }'; then
+    best_s[$k]=$s
+  fi
+  if [[ -n $r ]] && [[ -z ${rss_kib[$k]:-} || $r -gt ${rss_kib[$k]} ]]; then rss_kib[$k]=$r; fi
+  out_bytes[$k]=$b
+}
+
+# time_baseline KEY SCRIPT ARGS...: one run under GNU time, in bash -c so
+# that redirects and pipes are inside the measurement.
+time_baseline() {
+  local k=$1 script=$2 tf="$out/time.$1" f="$out/dump.$1" rc=0 s r b=""
+  shift 2
+  rm -f "$f"
+  /usr/bin/time -f '%e %M' -o "$tf" bash -c "set -o pipefail; $script" _ "$f" "$@" || rc=$?
+  if [[ $rc -ne 0 ]]; then
+    log "${label[$k]} failed (exit $rc)"
+    return 1
+  fi
+  read -r s r <"$tf"
+  [[ -f $f ]] && b=$(stat -c %s "$f")
+  record "$k" "$s" "$r" "$b"
+  printf '  %-40s %8.2fs %10s KiB RSS\n' "${label[$k]}" "$s" "$r"
+  rm -f "$f"
+}
+
+# time_pgward: one run with a fresh repository; wall time and tree RSS from
+# GNU time, pgward's own peak RSS from VmHWM samples (see header).
+time_pgward() {
+  local repo="$out/repo" tf="$out/time.pgward" lg="$out/pgward.log"
+  local tpid ppid="" hwm=0 rc=0 s r key val _unit timed_out=0 nap files deadline
+  rm -rf "$repo"
+  mkdir -p "$repo"
+  /usr/bin/time -f '%e %M' -o "$tf" "$pgward" --repo "$repo" backup --dbname demo --allow-shrink \
+    </dev/null >"$lg" 2>&1 &
+  tpid=$!
+  deadline=$((SECONDS + timeout_s))
+  # The loop forks only `sleep` (and pgrep until pgward is seen): cheap
+  # enough to poll often on a 2-core machine.
+  while kill -0 "$tpid" 2>/dev/null; do
+    [[ -n $ppid ]] || ppid=$(pgrep -P "$tpid" -x pgward || true)
+    nap=$sample_s
+    [[ -n $ppid ]] || nap=0.02 # catch even a short run
+    if [[ -n $ppid && -r /proc/$ppid/status ]]; then
+      while read -r key val _unit; do
+        if [[ $key == VmHWM: ]]; then
+          ((val > hwm)) && hwm=$val
+          break
+        fi
+      done 2>/dev/null <"/proc/$ppid/status" || true
+    fi
+    if ((SECONDS > deadline)); then
+      log "pgward still running after ${timeout_s}s: killing it"
+      if [[ -n $ppid ]]; then kill "$ppid" 2>/dev/null || true; fi
+      kill "$tpid" 2>/dev/null || true
+      timed_out=1
+      break
+    fi
+    sleep "$nap"
+  done
+  wait "$tpid" || rc=$?
+  if [[ $rc -ne 0 ]]; then
+    log "pgward backup failed (exit $rc); its output:"
+    tail -n 30 "$lg" | sed 's/^/    /' >&2
+    pgward_problem="pgward backup exited $rc"
+    [[ $timed_out -eq 0 ]] || pgward_problem="pgward backup killed after ${timeout_s}s"
+    return 1
+  fi
+  files=$(find "$repo" -type f -size +0 | wc -l)
+  if [[ $files -eq 0 ]]; then
+    log "pgward backup exited 0 but wrote no file to the repository; its output:"
+    tail -n 30 "$lg" | sed 's/^/    /' >&2
+    pgward_problem="pgward backup exited 0 but wrote nothing"
+    return 1
+  fi
+  read -r s r <"$tf"
+  if [[ $hwm -eq 0 ]]; then
+    log "pgward ended before its RSS could be sampled: own peak RSS unknown"
+    hwm=""
+  fi
+  record pgward "$s" "$hwm" "$(du -sb "$repo" | cut -f1)"
+  if [[ -z ${tree_kib[pgward]:-} || $r -gt ${tree_kib[pgward]} ]]; then tree_kib[pgward]=$r; fi
+  printf '  %-40s %8.2fs %10s KiB RSS (own), %s KiB (tree), %s files\n' \
+    "${label[pgward]}" "$s" "${hwm:-?}" "$r" "$files"
+  rm -rf "$repo"
+}
+
+# The scripts below are run by `bash -c SCRIPT _ FILE`: "$1" is the output file.
+# shellcheck disable=SC2016
+for pass in 1 2; do
+  printf 'pass %s of 2\n' "$pass"
+  time_baseline floor 'pg_dump -Ft demo > /dev/null'
+  time_baseline fc 'pg_dump -Fc demo > "$1"'
+  time_baseline gzip 'pg_dump demo | gzip > "$1"'
+  if [[ -z $pgward_problem ]]; then
+    time_pgward || true
+  else
+    printf '  %-40s skipped: %s\n' "${label[pgward]}" "$pgward_problem"
+  fi
+done
+
+# --- report -------------------------------------------------------------------
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+printf '\n%-40s %9s %12s %14s\n' command seconds "output MiB" "peak RSS MiB"
+for k in "${keys[@]}"; do
+  if [[ -z ${best_s[$k]:-} ]]; then
+    printf '%-40s %9s %12s %14s\n' "${label[$k]}" n/a n/a n/a
+    continue
+  fi
+  size=-
+  [[ -n ${out_bytes[$k]} ]] && size=$(awk -v b="${out_bytes[$k]}" 'BEGIN { printf "%.1f", b / 1048576 }')
+  rss=n/a
+  [[ -n ${rss_kib[$k]:-} ]] && rss=$(mib "${rss_kib[$k]}")
+  note=""
+  [[ $k == pgward ]] && note="  (pgward's own; with its pg_dump child: $(mib "${tree_kib[pgward]}"))"
+  printf '%-40s %9.2f %12s %14s%s\n' "${label[$k]}" "${best_s[$k]}" "$size" "$rss" "$note"
+done
+
+# verdict NAME VALUE TARGET UNIT: PASS when VALUE <= TARGET.
+verdict() {
+  local name=$1 v=$2 t=$3 unit=$4
+  if [[ -z $v ]]; then
+    printf '%-40s %9s   target <= %-9s MISS (not measured)\n' "$name" n/a "$t$unit"
+  else
+    printf '%-40s %9s   target <= %-9s %s\n' "$name" "$v$unit" "$t$unit" \
+      "$(awk -v v="$v" -v t="$t" 'BEGIN { print (v <= t) ? "PASS" : "MISS" }')"
+  fi
+}
+# ratio A B: A / B to two decimals, or nothing when either is unknown.
+ratio() { if [[ -n ${1:-} && -n ${2:-} ]]; then awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; fi; }
+printf '\n'
+pw=${best_s[pgward]:-}
+verdict "time pgward / floor" "$(ratio "$pw" "${best_s[floor]:-}")" 1.15 ""
+verdict "time pgward / pg_dump -Fc" "$(ratio "$pw" "${best_s[fc]:-}")" 0.6 ""
+own_mib=""
+if [[ -n ${rss_kib[pgward]:-} ]]; then own_mib=$(mib "${rss_kib[pgward]}"); fi
+verdict "pgward own peak RSS" "$own_mib" 64 " MiB"
+if [[ -n $pw ]]; then
+  printf '%-40s %9s   (information only)\n' "size pgward / pg_dump -Fc" \
+    "$(ratio "${out_bytes[pgward]}" "${out_bytes[fc]}")"
+fi
+
+if [[ -n $pgward_problem ]]; then
+  log "pgward was not measured: $pgward_problem"
+  exit 2
+fi
