@@ -5,7 +5,7 @@
 mod render;
 
 use clap::{Args, Parser, Subcommand};
-use pgward::{Config, Error, backup, list, verify};
+use pgward::{Config, Error, ErrorKind, backup, check, grants, list, verify};
 use std::path::PathBuf;
 
 /// Governed PostgreSQL backups that cannot fail silently.
@@ -29,6 +29,10 @@ struct Cli {
 enum Command {
     /// Back up one database into the repository.
     Backup(BackupArgs),
+    /// The readiness matrix: tools, connection, scope, privileges, repository. Never writes.
+    Check(TargetArgs),
+    /// The narrowest GRANTs that close the backup role's privilege gaps, and their rollback.
+    Grants(GrantsArgs),
     /// List the repository's backups (newest first) and its quarantine.
     List,
     /// Prove a backup's artifact intact against its manifest, offline.
@@ -39,8 +43,10 @@ enum Command {
     },
 }
 
+/// Which database, which part of it, and which pg_dump: shared by the
+/// commands that look at a database.
 #[derive(Args, Debug)]
-struct BackupArgs {
+struct TargetArgs {
     /// Database name, `key=value` conninfo or `postgresql://` URI (default: libpq environment).
     #[arg(long, value_name = "CONNINFO")]
     dbname: Option<String>,
@@ -59,6 +65,15 @@ struct BackupArgs {
     /// The pg_dump program to run.
     #[arg(long, value_name = "PATH")]
     pg_dump: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct BackupArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Run the readiness check and show what would be dumped; dump and write nothing.
+    #[arg(long)]
+    dry_run: bool,
     /// Smallest plausible archive, e.g. "1 MiB" (validation.min-size).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     min_size: Option<u64>,
@@ -74,6 +89,24 @@ struct BackupArgs {
     /// zstd worker threads (0: compress on the main thread).
     #[arg(long, value_name = "N")]
     compression_threads: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+struct GrantsArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Print the rollback (REVOKE) script instead of the grants.
+    #[arg(long)]
+    revoke: bool,
+    /// With --revoke: the rollback of a saved plan (an id, or `latest`) instead of the current one.
+    #[arg(long, value_name = "ID|latest", requires = "revoke")]
+    plan: Option<String>,
+    /// Run the plan in one transaction through the admin connection, then re-check.
+    #[arg(long, conflicts_with = "revoke")]
+    execute: bool,
+    /// Privileged connection for --execute (overrides [admin-connection]); never the backup role.
+    #[arg(long, value_name = "CONNINFO")]
+    admin_dbname: Option<String>,
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
@@ -132,7 +165,15 @@ fn open_repository(config: &Config) -> Result<pgward::Repository, Error> {
 fn run(cli: Cli) -> Result<(), Failure> {
     let mut config = load_config(&cli)?;
     match cli.command {
+        Command::Backup(args) if args.dry_run => {
+            apply_target_args(&mut config, &args.target)?;
+            apply_backup_args(&mut config, &args)?;
+            let plan = backup::dry_run(&config, &pgward::process_env)?;
+            render::dry_run(&plan, cli.json);
+            check_verdict(&plan.check)?;
+        }
         Command::Backup(args) => {
+            apply_target_args(&mut config, &args.target)?;
             apply_backup_args(&mut config, &args)?;
             let mut progress = render::Progress::new(!cli.json);
             let options = backup::BackupOptions {
@@ -143,6 +184,21 @@ fn run(cli: Cli) -> Result<(), Failure> {
             });
             progress.clear();
             render::backup(&outcome?, cli.json);
+        }
+        Command::Check(args) => {
+            apply_target_args(&mut config, &args)?;
+            let report = check::run(&config, &pgward::process_env)?;
+            render::check(&report, cli.json);
+            check_verdict(&report)?;
+        }
+        Command::Grants(args) => {
+            apply_target_args(&mut config, &args.target)?;
+            if let Some(admin) = &args.admin_dbname {
+                let mut admin_config = config.admin_connection.clone().unwrap_or_default();
+                admin_config.dbname = Some(admin.clone());
+                config.admin_connection = Some(admin_config);
+            }
+            run_grants(&config, &args, cli.json)?;
         }
         Command::List => {
             let repo = open_repository(&config)?;
@@ -161,7 +217,88 @@ fn run(cli: Cli) -> Result<(), Failure> {
     Ok(())
 }
 
-fn apply_backup_args(config: &mut Config, args: &BackupArgs) -> Result<(), Error> {
+/// A failed readiness check is exit 1; its report was the output.
+fn check_verdict(report: &check::CheckReport) -> Result<(), Failure> {
+    if report.verdict != check::Status::Fail {
+        return Ok(());
+    }
+    let first = report
+        .matrix
+        .items
+        .iter()
+        .find(|i| i.status == check::Status::Fail);
+    let error = Error::new(
+        ErrorKind::Validation,
+        format!(
+            "readiness check failed: {} item(s) FAIL, first: {}: {}",
+            report.matrix.failures(),
+            first.map(|i| i.id.as_str()).unwrap_or("?"),
+            first.map(|i| i.evidence.as_str()).unwrap_or("?")
+        ),
+    );
+    Err(Failure::Reported(
+        match first.and_then(|i| i.hint.clone()) {
+            Some(hint) => error.with_hint(hint),
+            None => error,
+        },
+    ))
+}
+
+fn run_grants(config: &Config, args: &GrantsArgs, json: bool) -> Result<(), Failure> {
+    let repo = match &config.repository {
+        Some(path) if path.join("pgward-repository.json").is_file() => {
+            Some(pgward::Repository::open(path)?)
+        }
+        Some(path) if args.execute || (!args.revoke && args.plan.is_none()) => {
+            Some(pgward::Repository::init(path)?)
+        }
+        _ => None,
+    };
+    if let Some(selector) = &args.plan {
+        let repo = repo.ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                "no repository to read saved plans from",
+            )
+            .with_hint("pass --repo DIR or set PGWARD_REPO")
+        })?;
+        let database = config.connection.dbname.as_deref();
+        let plan = grants::load(
+            &repo,
+            selector,
+            database.filter(|d| !d.contains('=') && !d.contains("://")),
+        )?;
+        render::grants(&plan, true, None, json);
+        return Ok(());
+    }
+    let (plan, report) = grants::plan(config, &pgward::process_env)?;
+    let saved = match &repo {
+        Some(repo) => grants::save(repo, &plan)?,
+        None => None,
+    };
+    if !args.execute {
+        render::grants(&plan, args.revoke, saved.as_deref(), json);
+        return Ok(());
+    }
+    if plan.is_empty() {
+        render::grants(&plan, false, saved.as_deref(), json);
+        return Ok(());
+    }
+    let execution = grants::execute(config, &pgward::process_env, &plan, &report)?;
+    render::execution(&plan, &execution, saved.as_deref(), json);
+    if !execution.gaps_after.is_empty() {
+        return Err(Failure::Reported(Error::new(
+            ErrorKind::Validation,
+            format!(
+                "{} privilege gap(s) remain after the grants",
+                execution.gaps_after.len()
+            ),
+        )));
+    }
+    Ok(())
+}
+
+fn apply_target_args(config: &mut Config, args: &TargetArgs) -> Result<(), Error> {
     if let Some(dbname) = &args.dbname {
         config.connection.dbname = Some(dbname.clone());
     }
@@ -181,6 +318,10 @@ fn apply_backup_args(config: &mut Config, args: &BackupArgs) -> Result<(), Error
     if let Some(path) = &args.pg_dump {
         config.pg_dump.path = Some(path.clone());
     }
+    Ok(())
+}
+
+fn apply_backup_args(config: &mut Config, args: &BackupArgs) -> Result<(), Error> {
     if let Some(size) = args.min_size {
         config.validation.min_size = size;
     }

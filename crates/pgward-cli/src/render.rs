@@ -3,7 +3,9 @@
 //! `error` document on failure, as restic's scripting contract does).
 
 use pgward::Error;
-use pgward::backup::BackupOutcome;
+use pgward::backup::{BackupOutcome, DryRun};
+use pgward::check::{CheckReport, Status};
+use pgward::grants::{Execution, GrantPlan};
 use pgward::list::Listing;
 use pgward::repository::manifest::ErrorRecord;
 use pgward::verify::VerifyReport;
@@ -26,20 +28,7 @@ fn out_json(value: &Value) {
     ));
 }
 
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
+use pgward::config::format_size as bytes;
 
 pub fn error(error: &Error, json: bool) {
     eprintln!("pgward: error: {error}");
@@ -181,6 +170,157 @@ pub fn verify(report: &VerifyReport, json: bool) {
     } else {
         "NOT INTACT\n"
     });
+    out(&text);
+}
+
+fn matrix_text(report: &CheckReport) -> String {
+    let mut text = format!("pgward check: {}\n", report.target);
+    for item in &report.matrix.items {
+        let status = match item.status {
+            Status::Pass => "PASS",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+        };
+        text.push_str(&format!(
+            "  {status:<4}  {:<30} {}\n",
+            item.id, item.evidence
+        ));
+        if let Some(hint) = &item.hint
+            && item.status != Status::Pass
+        {
+            text.push_str(&format!("        {:<30} hint: {hint}\n", ""));
+        }
+    }
+    let warnings = report
+        .matrix
+        .items
+        .iter()
+        .filter(|i| i.status == Status::Warn)
+        .count();
+    text.push_str(&format!(
+        "verdict: {} ({} items, {} failed, {warnings} warnings)\n",
+        match report.verdict {
+            Status::Pass => "PASS",
+            Status::Warn => "PASS with warnings",
+            Status::Fail => "FAIL",
+        },
+        report.matrix.items.len(),
+        report.matrix.failures()
+    ));
+    text
+}
+
+pub fn check(report: &CheckReport, json: bool) {
+    if json {
+        let mut value = serde_json::to_value(report).expect("reports serialise");
+        value["message-type"] = json!("check");
+        out_json(&value);
+    } else {
+        out(&matrix_text(report));
+    }
+}
+
+pub fn dry_run(plan: &DryRun, json: bool) {
+    if json {
+        let mut value = serde_json::to_value(plan).expect("plans serialise");
+        value["message-type"] = json!("backup-plan");
+        out_json(&value);
+        return;
+    }
+    let mut text = matrix_text(&plan.check);
+    text.push_str(&format!(
+        "\ndry run: nothing was dumped or written. A backup would dump {} tables:\n",
+        plan.check.tables.len()
+    ));
+    for table in &plan.check.tables {
+        text.push_str(&format!("  {table}\n"));
+    }
+    if let Some(size) = plan.check.expected_backup_bytes {
+        text.push_str(&format!("estimated stored size: ~{}\n", bytes(size)));
+    }
+    text.push_str(&format!("artifact: {}\n", plan.artifact_path.display()));
+    text.push_str(&format!(
+        "command:  {} {}\n",
+        plan.pg_dump_program,
+        plan.pg_dump_arguments.join(" ")
+    ));
+    out(&text);
+}
+
+pub fn grants(plan: &GrantPlan, revoke: bool, saved: Option<&std::path::Path>, json: bool) {
+    if json {
+        out_json(&json!({
+            "message-type": if revoke { "revokes" } else { "grants" },
+            "plan": plan,
+            "sql": if revoke { plan.revoke_sql() } else { plan.grant_sql() },
+            "saved-as": saved,
+        }));
+        return;
+    }
+    let mut text = if revoke {
+        plan.revoke_sql()
+    } else {
+        plan.grant_sql()
+    };
+    if let Some(path) = saved {
+        text.push_str(&format!(
+            "-- plan and rollback saved as {}\n",
+            path.display()
+        ));
+    }
+    out(&text);
+}
+
+pub fn execution(
+    plan: &GrantPlan,
+    execution: &Execution,
+    saved: Option<&std::path::Path>,
+    json: bool,
+) {
+    if json {
+        out_json(&json!({
+            "message-type": "grants-executed",
+            "plan": plan,
+            "execution": execution,
+            "saved-as": saved,
+        }));
+        return;
+    }
+    let mut text = format!(
+        "executed plan {} as {} in one transaction:\n",
+        plan.id, execution.executed_as
+    );
+    for statement in &execution.statements {
+        text.push_str(&format!("  {statement}\n"));
+    }
+    text.push_str(&format!("before: {} gap(s)\n", execution.gaps_before.len()));
+    for gap in &execution.gaps_before {
+        text.push_str(&format!(
+            "  role {} had no {} on {}\n",
+            plan.role, gap.privilege, gap.object
+        ));
+    }
+    text.push_str(&format!(
+        "after (re-checked as {}): {} gap(s)\n",
+        plan.role,
+        execution.gaps_after.len()
+    ));
+    for gap in &execution.gaps_after {
+        text.push_str(&format!(
+            "  role {} has no {} on {}\n",
+            plan.role, gap.privilege, gap.object
+        ));
+    }
+    for acl in &execution.acl_after {
+        text.push_str(&format!("  {}: {}\n", acl.object, acl.acl.join(" ")));
+    }
+    if let Some(path) = saved {
+        text.push_str(&format!(
+            "rollback: `pgward grants --revoke --plan {}` (saved as {})\n",
+            plan.id,
+            path.display()
+        ));
+    }
     out(&text);
 }
 

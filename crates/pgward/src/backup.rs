@@ -67,10 +67,11 @@ pub fn run(
 
     let mut session = CatalogSession::open(&target)?;
     let server = session.server_info()?;
+    check_pin(config, &server)?;
     let expected_tables = session.tables_with_data(&config.scope)?;
     drop(session);
 
-    let pg_dump = PgDump::new(&config.pg_dump);
+    let pg_dump = PgDump::pg_dump(&config.pg_dump);
     let pg_dump_version = pg_dump.version()?;
     if pg_dump_version.major < server.major() {
         return Err(Error::new(
@@ -120,6 +121,52 @@ pub fn run(
         }
         Err(error) => Err(quarantine(&repo, staging, &server.database, started, error)),
     }
+}
+
+/// Refuses a cluster other than the one the configuration pins.
+fn check_pin(config: &Config, server: &ServerInfo) -> Result<()> {
+    match &config.connection.system_identifier {
+        Some(pin) if *pin != server.system_identifier => Err(Error::config(format!(
+            "connected to cluster {} but connection.system-identifier pins {pin}",
+            server.system_identifier
+        ))
+        .with_hint("this is not the cluster the configuration is for: fix the connection, or the pin if the cluster was rebuilt on purpose")),
+        _ => Ok(()),
+    }
+}
+
+/// What `backup --dry-run` reports: the readiness matrix and what the
+/// backup would do. Nothing is dumped or written.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DryRun {
+    pub check: crate::check::CheckReport,
+    /// Where the artifact would be stored (the id is an example: the real
+    /// one carries the real start time).
+    pub artifact_path: PathBuf,
+    pub pg_dump_program: String,
+    pub pg_dump_arguments: Vec<String>,
+}
+
+pub fn dry_run(config: &Config, env: Env) -> Result<DryRun> {
+    let check = crate::check::run(config, env)?;
+    let target = ConnectionTarget::resolve(&config.connection, env)?;
+    let database = check
+        .server
+        .as_ref()
+        .map(|s| s.database.clone())
+        .unwrap_or(target.dbname.clone());
+    let root = config.repository.clone().unwrap_or_default();
+    let pg_dump = PgDump::pg_dump(&config.pg_dump);
+    Ok(DryRun {
+        artifact_path: root.join("backups").join(format!(
+            "{}{ARTIFACT_SUFFIX}",
+            new_backup_id(&database, clock::now())
+        )),
+        pg_dump_program: pg_dump.display_program(),
+        pg_dump_arguments: pg_dump.dump_arguments(&target, &config.scope),
+        check,
+    })
 }
 
 /// Moves the staging file to quarantine and says where in the error.

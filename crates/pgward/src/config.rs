@@ -19,8 +19,13 @@ pub struct Config {
     pub connection: ConnectionConfig,
     #[serde(default)]
     pub scope: Scope,
+    /// A privileged connection used only by `pgward grants --execute`
+    /// (never the backup role's).
+    pub admin_connection: Option<ConnectionConfig>,
     #[serde(default)]
-    pub pg_dump: PgDumpConfig,
+    pub pg_dump: ToolConfig,
+    #[serde(default)]
+    pub pg_restore: ToolConfig,
     #[serde(default)]
     pub compression: CompressionConfig,
     #[serde(default)]
@@ -40,13 +45,16 @@ pub struct ConnectionConfig {
     pub user: Option<String>,
     /// A file whose first line is the password (never put the password itself here).
     pub password_file: Option<PathBuf>,
+    /// The cluster's expected system identifier: a safety pin against
+    /// backing up (or later restoring to) the wrong cluster.
+    pub system_identifier: Option<String>,
 }
 
-/// How pg_dump is run.
+/// How a PostgreSQL client tool (pg_dump, pg_restore) is run.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct PgDumpConfig {
-    /// The pg_dump program; found on PATH when unset.
+pub struct ToolConfig {
+    /// The program; found on PATH when unset.
     pub path: Option<PathBuf>,
     /// Words put before the pg_dump command, e.g.
     /// `["docker", "exec", "-i", "-e", "PGPASSWORD", "db"]`.
@@ -147,6 +155,22 @@ pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
     number
         .checked_mul(factor)
         .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+/// Formats a byte count in binary units: "512 B", "1.5 MiB".
+pub fn format_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 impl Config {

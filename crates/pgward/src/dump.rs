@@ -1,4 +1,5 @@
-//! Building and probing the pg_dump child process.
+//! Building and probing the PostgreSQL client tools (pg_dump, pg_restore)
+//! that pgward runs as child processes.
 //!
 //! pg_dump is run directly (no shell), optionally behind a command prefix
 //! such as `docker exec -i CONTAINER` for PostgreSQL in a container. It
@@ -7,19 +8,23 @@
 //! password only through its environment.
 
 use crate::catalog::connect::ConnectionTarget;
-use crate::config::PgDumpConfig;
+use crate::config::ToolConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::child::run_to_string;
 use crate::scope::Scope;
 use std::path::PathBuf;
 use std::process::Command;
 
-/// How to start pg_dump.
+/// How to start a client tool.
 #[derive(Debug, Clone)]
-pub struct PgDump {
+pub struct Tool {
+    name: &'static str,
     program: PathBuf,
     prefix: Vec<String>,
 }
+
+/// pg_dump is the tool pgward runs most; the name documents intent.
+pub type PgDump = Tool;
 
 /// A tool's version as it reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,15 +34,37 @@ pub struct ToolVersion {
     pub major: u32,
 }
 
-impl PgDump {
-    pub fn new(config: &PgDumpConfig) -> PgDump {
-        PgDump {
-            program: config
-                .path
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("pg_dump")),
+impl Tool {
+    pub fn pg_dump(config: &ToolConfig) -> Tool {
+        Tool::new("pg_dump", config)
+    }
+
+    pub fn pg_restore(config: &ToolConfig) -> Tool {
+        Tool::new("pg_restore", config)
+    }
+
+    fn new(name: &'static str, config: &ToolConfig) -> Tool {
+        Tool {
+            name,
+            program: config.path.clone().unwrap_or_else(|| PathBuf::from(name)),
             prefix: config.command_prefix.clone(),
         }
+    }
+
+    /// Where the program is: its path, resolved on PATH when it is a bare
+    /// name and runs on this host (behind a prefix it runs elsewhere).
+    pub fn location(&self) -> String {
+        if self.prefix.is_empty() && self.program.components().count() == 1 {
+            let found = std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join(&self.program))
+                    .find(|candidate| candidate.is_file())
+            });
+            if let Some(path) = found {
+                return path.display().to_string();
+            }
+        }
+        self.display_program()
     }
 
     /// The command line as it will be shown in manifests and messages.
@@ -67,9 +94,11 @@ impl PgDump {
                 ErrorKind::Dump,
                 format!("cannot run {} --version: {e}", self.display_program()),
             )
-            .with_hint(
-                "install pg_dump (Debian: postgresql-client) or set pg-dump.path in the config",
-            )
+            .with_hint(format!(
+                "install {} (Debian: postgresql-client) or set {}.path in the config",
+                self.name,
+                self.name.replace('_', "-")
+            ))
         })?;
         parse_version(&output).ok_or_else(|| {
             Error::new(

@@ -17,10 +17,12 @@
 
 pub mod backup;
 pub mod catalog;
+pub mod check;
 pub mod clock;
 pub mod config;
 pub mod dump;
 pub mod error;
+pub mod grants;
 pub mod interrupt;
 pub mod list;
 pub mod pipeline;

@@ -3,6 +3,7 @@
 //! zstd. One test binary (as ripgrep does) so the cluster is shared.
 
 mod backup;
+mod check;
 mod failures;
 mod harness;
 mod verify;

@@ -6,6 +6,7 @@
 //! session is read-only, because pgward's backup role never needs to write.
 
 pub mod connect;
+pub mod privileges;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::scope::{Scope, TableName};
@@ -37,7 +38,7 @@ pub struct CatalogSession {
     client: postgres::Client,
 }
 
-fn query_error(what: &str, e: postgres::Error) -> Error {
+pub(crate) fn query_error(what: &str, e: postgres::Error) -> Error {
     let detail = e
         .as_db_error()
         .map(|db| db.message().to_string())

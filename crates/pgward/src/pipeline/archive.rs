@@ -11,6 +11,11 @@
 //! promised data has its member. A pg_dump that stopped half-way, a truncated
 //! or bit-flipped file, or anything that is not a pg_dump archive fails here.
 //!
+//! Large objects are the exception to "one member per data entry": their
+//! TOC entry (`BLOBS`) points to a list member (`blobs.toc`, or
+//! `blobs_ID.toc` from pg_dump 17 on) that names one `blob_OID.dat` member
+//! per large object; each of those must be present.
+//!
 //! The parser is push-based (`update` takes chunks of any size) because the
 //! pipeline hands it whatever the pipe delivered; its memory is one tar header
 //! plus the TOC, never a table's data.
@@ -22,6 +27,8 @@ use std::fmt;
 const BLOCK: usize = 512;
 /// Refuse a TOC larger than this rather than grow without bound on garbage.
 const MAX_TOC_BYTES: usize = 512 * 1024 * 1024;
+/// Same for the lists of large objects (one short line per object).
+const MAX_BLOB_LIST_BYTES: usize = 256 * 1024 * 1024;
 /// Bytes kept from the end of each data member to check its COPY trailer.
 const TAIL: usize = 16;
 
@@ -154,6 +161,8 @@ pub struct ArchiveInspector {
     current: Option<String>,
     toc_bytes: Vec<u8>,
     toc: Option<Toc>,
+    /// Contents of large-object list members, by member name.
+    blob_lists: BTreeMap<String, Vec<u8>>,
     members: BTreeMap<String, MemberStats>,
     member_count: usize,
     offset: u64,
@@ -175,6 +184,7 @@ impl ArchiveInspector {
             current: None,
             toc_bytes: Vec::new(),
             toc: None,
+            blob_lists: BTreeMap::new(),
             members: BTreeMap::new(),
             member_count: 0,
             offset: 0,
@@ -311,6 +321,13 @@ impl ArchiveInspector {
                 if let Some(stats) = self.members.get_mut(name) {
                     stats.update(chunk);
                 }
+                if is_blob_list(name) {
+                    let list = self.blob_lists.entry(name.to_string()).or_default();
+                    if list.len() + chunk.len() > MAX_BLOB_LIST_BYTES {
+                        return fail(format!("{name} is larger than 256 MiB"));
+                    }
+                    list.extend_from_slice(chunk);
+                }
             }
             None => {}
         }
@@ -327,7 +344,7 @@ impl ArchiveInspector {
     }
 
     /// Ends the inspection: the archive must be complete and consistent.
-    pub fn finish(self) -> Result<ArchiveSummary, ArchiveError> {
+    pub fn finish(mut self) -> Result<ArchiveSummary, ArchiveError> {
         if let Some(e) = self.error {
             return Err(e);
         }
@@ -344,11 +361,15 @@ impl ArchiveInspector {
                 ));
             }
         }
-        let Some(toc) = self.toc else {
+        let Some(toc) = self.toc.take() else {
             return fail("archive has no table of contents (toc.dat)");
         };
         let mut table_data = Vec::new();
         for entry in &toc.entries {
+            if entry.desc == "BLOBS" {
+                self.check_blobs(entry)?;
+                continue;
+            }
             let Some(member) = &entry.member else {
                 continue;
             };
@@ -385,6 +406,40 @@ impl ArchiveInspector {
             table_data,
             members: self.member_count,
         })
+    }
+}
+
+fn is_blob_list(name: &str) -> bool {
+    name == "blobs.toc" || name.starts_with("blobs_") && name.ends_with(".toc")
+}
+
+impl ArchiveInspector {
+    /// A `BLOBS` entry's list member exists and every large object it names
+    /// has its member.
+    fn check_blobs(&self, entry: &TocEntry) -> Result<(), ArchiveError> {
+        let per_entry = format!("blobs_{}.toc", entry.dump_id);
+        let list = self
+            .blob_lists
+            .get(&per_entry)
+            .or_else(|| self.blob_lists.get("blobs.toc"))
+            .ok_or_else(|| {
+                ArchiveError(format!(
+                    "archive is missing the large object list of entry {}",
+                    entry.dump_id
+                ))
+            })?;
+        for line in String::from_utf8_lossy(list)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+        {
+            let file = line.split_whitespace().nth(1).unwrap_or_default();
+            if !self.members.contains_key(file) {
+                return fail(format!(
+                    "archive is missing large object member {file:?} listed as {line:?}"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

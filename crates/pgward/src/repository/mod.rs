@@ -18,6 +18,7 @@
 //! leaves at worst a staging file, which the next run of that database moves
 //! to quarantine, or an artifact without a manifest, which is not a backup.
 
+pub mod inspect;
 pub mod lock;
 pub mod manifest;
 
@@ -324,6 +325,59 @@ impl Repository {
         })
     }
 
+    fn grants_dir(&self) -> PathBuf {
+        self.root.join("grants")
+    }
+
+    pub fn grant_plan_path(&self, id: &str) -> PathBuf {
+        self.grants_dir().join(format!("{id}.json"))
+    }
+
+    /// Saves a grant plan as JSON with its two SQL scripts beside it.
+    pub fn save_grant_plan(
+        &self,
+        plan: &crate::grants::GrantPlan,
+        grant_sql: &str,
+        revoke_sql: &str,
+    ) -> Result<PathBuf> {
+        let dir = self.grants_dir();
+        if !dir.is_dir() {
+            DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| Error::repository_io("cannot create directory", &dir, e))?;
+        }
+        for (suffix, text) in [("grant.sql", grant_sql), ("revoke.sql", revoke_sql)] {
+            let path = dir.join(format!("{}.{suffix}", plan.id));
+            write_bytes_durably(&path, &self.tmp_dir(), text.as_bytes())?;
+        }
+        let path = self.grant_plan_path(&plan.id);
+        write_json_durably(&path, &self.tmp_dir(), plan)?;
+        Ok(path)
+    }
+
+    /// Saved grant plans, newest first.
+    pub fn grant_plans(&self) -> Result<Vec<crate::grants::GrantPlan>> {
+        let dir = self.grants_dir();
+        if !dir.is_dir() {
+            return Ok(Vec::new());
+        }
+        let mut plans = Vec::new();
+        for path in list_with_suffix(&dir, ".json")? {
+            let text = fs::read_to_string(&path)
+                .map_err(|e| Error::repository_io("cannot read", &path, e))?;
+            let plan: crate::grants::GrantPlan = serde_json::from_str(&text).map_err(|e| {
+                Error::new(
+                    ErrorKind::Integrity,
+                    format!("grant plan {} is unreadable: {e}", path.display()),
+                )
+            })?;
+            plans.push(plan);
+        }
+        plans.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        Ok(plans)
+    }
+
     /// The newest complete backup of the same database and scope.
     pub fn previous(
         &self,
@@ -392,11 +446,16 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::repository_io("cannot sync directory", dir, e))
 }
 
-/// Writes JSON to a staging file in `tmp`, fsyncs, renames it to `path` and
-/// fsyncs the directory: the file is either absent or whole.
+/// Writes JSON durably (see `write_bytes_durably`).
 fn write_json_durably<T: Serialize + ?Sized>(path: &Path, tmp: &Path, value: &T) -> Result<()> {
     let mut text = serde_json::to_vec_pretty(value).expect("records serialise");
     text.push(b'\n');
+    write_bytes_durably(path, tmp, &text)
+}
+
+/// Writes bytes to a staging file in `tmp`, fsyncs, renames it to `path`
+/// and fsyncs the directory: the file is either absent or whole.
+fn write_bytes_durably(path: &Path, tmp: &Path, text: &[u8]) -> Result<()> {
     let name = path
         .file_name()
         .expect("repository files have a name")
@@ -404,7 +463,7 @@ fn write_json_durably<T: Serialize + ?Sized>(path: &Path, tmp: &Path, value: &T)
     let staging = tmp.join(format!("{name}.{}.tmp", std::process::id()));
     let result = (|| {
         let mut file = create_private(&staging)?;
-        file.write_all(&text)?;
+        file.write_all(text)?;
         file.sync_all()?;
         fs::rename(&staging, path)
     })();

@@ -1,0 +1,469 @@
+//! `pgward check`: the fail-closed readiness matrix (episode 3), computed
+//! instead of filled in by hand. It never writes: not to the database (the
+//! session is read-only), not to the repository (it is only looked at).
+//!
+//! The matrix is a list of items, each PASS, WARN or FAIL with its evidence
+//! and, when it is not PASS, a hint. Each concern contributes its own rows
+//! through one function (`tools`, `connection`, `scope`, `privileges`,
+//! `repository`); later features (encryption keys, alert endpoints) add a
+//! function of their own. An item that cannot be evaluated is a FAIL that
+//! says why: the matrix never passes by omission.
+
+use crate::catalog::connect::{ConnectionTarget, Env};
+use crate::catalog::privileges::PrivilegeReport;
+use crate::catalog::{CatalogSession, ServerInfo};
+use crate::config::{Config, format_size};
+use crate::dump::{Tool, ToolVersion};
+use crate::error::Result;
+use crate::repository::inspect::{RepositoryState, inspect};
+use crate::scope::TableName;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Status {
+    Pass,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Item {
+    /// Stable identifier, e.g. `privilege.schema-usage`.
+    pub id: String,
+    pub status: Status,
+    pub evidence: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Matrix {
+    pub items: Vec<Item>,
+}
+
+impl Matrix {
+    pub fn add(
+        &mut self,
+        id: &str,
+        status: Status,
+        evidence: impl Into<String>,
+        hint: Option<String>,
+    ) {
+        self.items.push(Item {
+            id: id.to_string(),
+            status,
+            evidence: evidence.into(),
+            hint,
+        });
+    }
+
+    pub fn pass(&mut self, id: &str, evidence: impl Into<String>) {
+        self.add(id, Status::Pass, evidence, None);
+    }
+
+    pub fn warn(&mut self, id: &str, evidence: impl Into<String>, hint: impl Into<String>) {
+        self.add(id, Status::Warn, evidence, Some(hint.into()));
+    }
+
+    pub fn fail(&mut self, id: &str, evidence: impl Into<String>, hint: impl Into<String>) {
+        self.add(id, Status::Fail, evidence, Some(hint.into()));
+    }
+
+    /// FAIL carrying an error's message and hint.
+    pub fn fail_with(&mut self, id: &str, error: &crate::error::Error) {
+        self.add(
+            id,
+            Status::Fail,
+            error.message(),
+            error.hint().map(String::from),
+        );
+    }
+
+    /// FAIL for an item whose prerequisite failed.
+    fn not_evaluated(&mut self, id: &str, because: &str) {
+        self.fail(
+            id,
+            format!("not evaluated: {because}"),
+            "fix the failed item above first",
+        );
+    }
+
+    /// The worst status: the matrix passes only if nothing failed.
+    pub fn verdict(&self) -> Status {
+        self.items
+            .iter()
+            .map(|i| i.status)
+            .max()
+            .unwrap_or(Status::Fail)
+    }
+
+    pub fn failures(&self) -> usize {
+        self.items
+            .iter()
+            .filter(|i| i.status == Status::Fail)
+            .count()
+    }
+}
+
+/// Everything `check` learned, for rendering and for `backup --dry-run`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct CheckReport {
+    pub verdict: Status,
+    pub target: String,
+    pub matrix: Matrix,
+    /// Tables whose data the backup will contain (when the scope resolved).
+    pub tables: Vec<TableName>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub privileges: Option<PrivilegeReport>,
+    /// Stored size of the next backup: the previous one's, else the database size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_backup_bytes: Option<u64>,
+}
+
+struct Context<'a> {
+    config: &'a Config,
+    target: &'a ConnectionTarget,
+    session: Option<CatalogSession>,
+    server: Option<ServerInfo>,
+    pg_dump: Option<ToolVersion>,
+    tables: Option<Vec<TableName>>,
+    privileges: Option<PrivilegeReport>,
+    database_size: Option<u64>,
+}
+
+/// Runs every check. Only an unusable configuration is an `Err`; every
+/// other problem is a FAIL row.
+pub fn run(config: &Config, env: Env) -> Result<CheckReport> {
+    let target = ConnectionTarget::resolve(&config.connection, env)?;
+    let mut ctx = Context {
+        config,
+        target: &target,
+        session: None,
+        server: None,
+        pg_dump: None,
+        tables: None,
+        privileges: None,
+        database_size: None,
+    };
+    let mut matrix = Matrix::default();
+    for section in [tools, connection, scope, privileges, repository] {
+        section(&mut ctx, &mut matrix);
+    }
+    let expected_backup_bytes = expected_size(&ctx);
+    Ok(CheckReport {
+        verdict: matrix.verdict(),
+        target: target.describe(),
+        matrix,
+        tables: ctx.tables.unwrap_or_default(),
+        server: ctx.server,
+        privileges: ctx.privileges,
+        expected_backup_bytes,
+    })
+}
+
+fn tools(ctx: &mut Context, m: &mut Matrix) {
+    let pg_dump = Tool::pg_dump(&ctx.config.pg_dump);
+    match pg_dump.version() {
+        Ok(v) => {
+            m.pass(
+                "tools.pg-dump",
+                format!("pg_dump {} at {}", v.version, pg_dump.location()),
+            );
+            ctx.pg_dump = Some(v);
+        }
+        Err(e) => m.fail_with("tools.pg-dump", &e),
+    }
+    let pg_restore = Tool::pg_restore(&ctx.config.pg_restore);
+    match pg_restore.version() {
+        Ok(v) => m.pass(
+            "tools.pg-restore",
+            format!("pg_restore {} at {}", v.version, pg_restore.location()),
+        ),
+        Err(e) => m.fail_with("tools.pg-restore", &e),
+    }
+}
+
+fn connection(ctx: &mut Context, m: &mut Matrix) {
+    let session =
+        CatalogSession::open(ctx.target).and_then(|mut s| s.server_info().map(|info| (s, info)));
+    let (session, server) = match session {
+        Ok(pair) => pair,
+        Err(e) => {
+            m.fail_with("connection", &e);
+            m.not_evaluated("cluster.identity", "no connection");
+            m.not_evaluated("tools.version-match", "no connection");
+            return;
+        }
+    };
+    m.pass(
+        "connection",
+        format!(
+            "connected to {} as {} on PostgreSQL {}",
+            server.database, server.user, server.version
+        ),
+    );
+    match &ctx.target_pin() {
+        Some(pin) if *pin == server.system_identifier => m.pass(
+            "cluster.identity",
+            format!("system identifier {} matches the pin", server.system_identifier),
+        ),
+        Some(pin) => m.fail(
+            "cluster.identity",
+            format!(
+                "connected to cluster {} but connection.system-identifier pins {pin}",
+                server.system_identifier
+            ),
+            "this is not the cluster the configuration is for: fix the connection, or the pin if the cluster was rebuilt on purpose",
+        ),
+        None => m.pass(
+            "cluster.identity",
+            format!(
+                "system identifier {} (not pinned; set connection.system-identifier to pin it)",
+                server.system_identifier
+            ),
+        ),
+    }
+    match &ctx.pg_dump {
+        Some(v) if v.major >= server.major() => m.pass(
+            "tools.version-match",
+            format!("pg_dump {} can dump server {}", v.major, server.major()),
+        ),
+        Some(v) => m.fail(
+            "tools.version-match",
+            format!(
+                "pg_dump {} is older than server {}: pg_dump refuses to dump a newer server",
+                v.version, server.version
+            ),
+            format!(
+                "install pg_dump {} or newer (Debian: postgresql-client-{}) and set pg-dump.path",
+                server.major(),
+                server.major()
+            ),
+        ),
+        None => m.not_evaluated("tools.version-match", "pg_dump's version is unknown"),
+    }
+    ctx.session = Some(session);
+    ctx.server = Some(server);
+}
+
+impl Context<'_> {
+    fn target_pin(&self) -> Option<String> {
+        self.config.connection.system_identifier.clone()
+    }
+}
+
+fn scope(ctx: &mut Context, m: &mut Matrix) {
+    let Some(session) = ctx.session.as_mut() else {
+        m.not_evaluated("scope", "no connection");
+        return;
+    };
+    match session.tables_with_data(&ctx.config.scope) {
+        Ok(tables) => {
+            let mut schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+            schemas.dedup();
+            let what = if ctx.config.scope.is_whole_database() {
+                "whole database"
+            } else {
+                "configured scope"
+            };
+            if tables.is_empty() {
+                m.warn(
+                    "scope",
+                    format!("{what}: no tables with data"),
+                    "check the scope: the backup would contain no table data",
+                );
+            } else {
+                m.pass(
+                    "scope",
+                    format!(
+                        "{what}: {} tables with data in {} schemas ({})",
+                        tables.len(),
+                        schemas.len(),
+                        schemas.join(", ")
+                    ),
+                );
+            }
+            ctx.tables = Some(tables);
+        }
+        Err(e) => m.fail_with("scope", &e),
+    }
+    ctx.database_size = session.database_size().ok();
+}
+
+fn privileges(ctx: &mut Context, m: &mut Matrix) {
+    let Some(session) = ctx.session.as_mut() else {
+        m.not_evaluated("privileges", "no connection");
+        return;
+    };
+    if ctx.tables.is_none() {
+        m.not_evaluated("privileges", "the scope did not resolve");
+        return;
+    }
+    let report = match session.privileges(&ctx.config.scope) {
+        Ok(report) => report,
+        Err(e) => {
+            m.fail_with("privileges", &e);
+            return;
+        }
+    };
+    let role = &report.role;
+    for gap in &report.gaps {
+        let id = match gap.object {
+            crate::catalog::privileges::Object::Schema { .. } => "privilege.schema-usage",
+            crate::catalog::privileges::Object::Table { .. } => "privilege.table-select",
+            crate::catalog::privileges::Object::Sequence { .. } => "privilege.sequence-select",
+            crate::catalog::privileges::Object::LargeObject { .. } => {
+                "privilege.large-object-select"
+            }
+        };
+        m.fail(
+            id,
+            format!("role {role} has no {} on {}", gap.privilege, gap.object),
+            "run `pgward grants` for the narrowest GRANT that closes this gap (and `pgward grants --revoke` for its rollback)",
+        );
+    }
+    for block in &report.row_security {
+        m.fail(
+            "privilege.row-security",
+            format!(
+                "row-level security on table {} would stop pg_dump: role {role} is not its owner and has no BYPASSRLS{}",
+                block.table,
+                if block.forced { " (and the table forces RLS on its owner)" } else { "" }
+            ),
+            "no GRANT fixes this: give the backup role BYPASSRLS (ALTER ROLE ... BYPASSRLS, by a superuser) or exclude the table from the scope",
+        );
+    }
+    if report.gaps.is_empty() && report.row_security.is_empty() {
+        m.pass(
+            "privileges",
+            format!(
+                "role {role} can read everything pg_dump touches: {} schemas, {} tables, {} sequences, {} large objects",
+                report.schemas_checked, report.tables_checked, report.sequences_checked, report.large_objects_checked
+            ),
+        );
+    }
+    ctx.privileges = Some(report);
+}
+
+fn expected_size(ctx: &Context) -> Option<u64> {
+    let root = ctx.config.repository.as_deref()?;
+    let database = ctx
+        .server
+        .as_ref()
+        .map(|s| s.database.as_str())
+        .unwrap_or(&ctx.target.dbname);
+    let state = inspect(root, database, &ctx.config.scope);
+    state
+        .previous
+        .map(|p| p.artifact.bytes)
+        .or(ctx.database_size)
+}
+
+fn repository(ctx: &mut Context, m: &mut Matrix) {
+    let Some(root) = ctx.config.repository.as_deref() else {
+        m.fail(
+            "repository",
+            "no repository configured",
+            "pass --repo DIR, set PGWARD_REPO or `repository` in the config file",
+        );
+        return;
+    };
+    let database = ctx
+        .server
+        .as_ref()
+        .map(|s| s.database.clone())
+        .unwrap_or(ctx.target.dbname.clone());
+    let state: RepositoryState = inspect(root, &database, &ctx.config.scope);
+    match (&state.not_writable, state.exists) {
+        (Some(why), _) => m.fail(
+            "repository",
+            format!("cannot write to {}: {why}", root.display()),
+            "make the repository directory writable by the user running pgward, or choose another with --repo",
+        ),
+        (None, true) => m.pass("repository", format!("{} exists and is writable", root.display())),
+        (None, false) => m.pass(
+            "repository",
+            format!("{} does not exist yet; the first backup will create it", root.display()),
+        ),
+    }
+    if let Some(error) = &state.catalog_error {
+        m.fail(
+            "repository.catalog",
+            error.clone(),
+            "inspect the damaged manifest; pgward will not guess",
+        );
+    }
+    match &state.lock_holder {
+        Some(pid) => m.fail(
+            "repository.lock",
+            format!("a backup of {database:?} is running now (pid {pid})"),
+            "wait for it to finish",
+        ),
+        None => m.pass(
+            "repository.lock",
+            format!("no backup of {database:?} is running"),
+        ),
+    }
+    let expected = state
+        .previous
+        .as_ref()
+        .map(|p| (p.artifact.bytes, format!("previous backup {}", p.id)));
+    let expected = expected.or(ctx
+        .database_size
+        .map(|size| (size, "database size".to_string())));
+    match (state.free_bytes, expected) {
+        (None, _) => m.fail(
+            "repository.space",
+            format!("cannot read free space for {}", root.display()),
+            "check that the repository's filesystem is mounted",
+        ),
+        (Some(_), None) => m.not_evaluated(
+            "repository.space",
+            "the expected backup size is unknown (no connection)",
+        ),
+        (Some(free), Some((need, basis))) => {
+            let evidence = format!(
+                "{} free, next backup expected ~{} ({basis})",
+                format_size(free),
+                format_size(need)
+            );
+            if free < need {
+                m.fail(
+                    "repository.space",
+                    evidence,
+                    "free space on the repository's filesystem or move the repository",
+                );
+            } else if free < need.saturating_mul(3) {
+                m.warn(
+                    "repository.space",
+                    evidence,
+                    "less than three backups' worth of free space is left",
+                );
+            } else {
+                m.pass("repository.space", evidence);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdict_is_the_worst_item_and_empty_fails_closed() {
+        let mut m = Matrix::default();
+        assert_eq!(m.verdict(), Status::Fail, "an empty matrix proves nothing");
+        m.pass("a", "ok");
+        m.warn("b", "meh", "look");
+        assert_eq!(m.verdict(), Status::Warn);
+        m.fail("c", "broken", "fix");
+        assert_eq!(m.verdict(), Status::Fail);
+        assert_eq!(m.failures(), 1);
+    }
+}
