@@ -423,3 +423,54 @@ fn check_and_dry_run_write_nothing() {
         text.stdout
     );
 }
+
+/// While a backup of the database runs, `check` reports the lock as taken
+/// (with the holder's pid) without disturbing the run.
+#[test]
+fn check_reports_a_running_backup_and_does_not_disturb_it() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let r = roles("lockheld");
+    let started = r.ws.path("started");
+    let slow = r.ws.script(
+        "pg_dump",
+        &format!(
+            "if [ \"$1\" = --version ]; then exec '{real}' --version; fi\ntouch '{}'\nsleep 2\nexec '{real}' \"$@\"",
+            started.display(),
+            real = real_pg_dump()
+        ),
+    );
+    let running = pgward(&r.ws.repo())
+        .args([
+            "backup",
+            "--dbname",
+            &r.db,
+            "--pg-dump",
+            slow.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !started.exists() {
+        assert!(Instant::now() < deadline, "backup never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let check = run(pgward(&r.ws.repo()).args(["--json", "check", "--dbname", &r.db]));
+    assert_eq!(check.code, 1);
+    let failing = failing_items(&check);
+    assert_eq!(failing.len(), 1, "{failing:?}");
+    assert_eq!(failing[0].0, "repository.lock");
+    assert!(
+        failing[0].1.contains(&format!("pid {}", running.id())),
+        "{failing:?}"
+    );
+    let out = running.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    run(pgward(&r.ws.repo()).args(["check", "--dbname", &r.db])).assert_ok();
+}
