@@ -65,11 +65,13 @@ pub fn run(
     let repo = Repository::init(repo_path)?;
     let _lock = repo.lock(&target.dbname)?;
 
+    // The session stays open, holding the exported snapshot, until pg_dump
+    // has finished: the table list below and the dump see the same state.
     let mut session = CatalogSession::open(&target)?;
+    let snapshot = session.export_snapshot()?;
     let server = session.server_info()?;
     check_pin(config, &server)?;
     let expected_tables = session.tables_with_data(&config.scope)?;
-    drop(session);
 
     let pg_dump = PgDump::pg_dump(&config.pg_dump);
     let pg_dump_version = pg_dump.version()?;
@@ -99,6 +101,7 @@ pub fn run(
         pg_dump: &pg_dump,
         pg_dump_version: &pg_dump_version,
         expected_tables: &expected_tables,
+        snapshot: snapshot.as_deref(),
         previous: previous.as_ref(),
         id: &id,
         started,
@@ -164,7 +167,7 @@ pub fn dry_run(config: &Config, env: Env) -> Result<DryRun> {
             new_backup_id(&database, clock::now())
         )),
         pg_dump_program: pg_dump.display_program(),
-        pg_dump_arguments: pg_dump.dump_arguments(&target, &config.scope),
+        pg_dump_arguments: pg_dump.dump_arguments(&target, &config.scope, None),
         check,
     })
 }
@@ -206,6 +209,7 @@ struct Run<'a> {
     pg_dump: &'a PgDump,
     pg_dump_version: &'a ToolVersion,
     expected_tables: &'a [TableName],
+    snapshot: Option<&'a str>,
     previous: Option<&'a Manifest>,
     id: &'a str,
     started: jiff::Timestamp,
@@ -240,7 +244,9 @@ impl Run<'_> {
         let mut plain =
             ObserveWrite::new(encoder, (StreamHasher::default(), ArchiveInspector::new()));
 
-        let command = self.pg_dump.dump_command(self.target, &self.config.scope);
+        let command = self
+            .pg_dump
+            .dump_command(self.target, &self.config.scope, self.snapshot);
         let mut child = ChildSource::spawn(command).map_err(|e| {
             Error::new(
                 ErrorKind::Dump,
@@ -309,6 +315,7 @@ impl Run<'_> {
                 format!("pg_dump's output is not a complete archive: {e}"),
             )
         })?;
+        self.check_identity(&summary)?;
         self.check_tables(&summary)?;
         self.check_size(archive_digest.bytes)?;
 
@@ -344,7 +351,11 @@ impl Run<'_> {
             pg_dump: PgDumpRecord {
                 program: self.pg_dump.display_program(),
                 version: self.pg_dump_version.version.clone(),
-                arguments: self.pg_dump.dump_arguments(self.target, &self.config.scope),
+                arguments: self.pg_dump.dump_arguments(
+                    self.target,
+                    &self.config.scope,
+                    self.snapshot,
+                ),
             },
             archive: ArchiveRecord {
                 format: "tar".to_string(),
@@ -374,6 +385,24 @@ impl Run<'_> {
                 })
                 .collect(),
         })
+    }
+
+    /// The archive is of the database pgward checked: same name, same
+    /// server version (the snapshot already proved the server, where one
+    /// could be exported).
+    fn check_identity(&self, summary: &ArchiveSummary) -> Result<()> {
+        let server_version = summary.server_version.as_deref().unwrap_or_default();
+        if summary.database_name != self.server.database || server_version != self.server.version {
+            return Err(Error::new(
+                ErrorKind::Validation,
+                format!(
+                    "pg_dump dumped database {:?} on server {server_version:?}, but pgward checked {:?} on {:?}",
+                    summary.database_name, self.server.database, self.server.version
+                ),
+            )
+            .with_hint("pg_dump reached another server or database: check pg-dump.command-prefix and the connection settings"));
+        }
+        Ok(())
     }
 
     /// Every table the catalog says is in scope has its data in the archive.

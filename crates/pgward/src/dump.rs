@@ -26,6 +26,21 @@ pub struct Tool {
 /// pg_dump is the tool pgward runs most; the name documents intent.
 pub type PgDump = Tool;
 
+/// libpq environment variables that choose where a client connects.
+const REDIRECTING_VARIABLES: &[&str] = &[
+    "PGHOST",
+    "PGHOSTADDR",
+    "PGPORT",
+    "PGDATABASE",
+    "PGUSER",
+    "PGSERVICE",
+    "PGSERVICEFILE",
+    "PGSYSCONFDIR",
+    "PGTARGETSESSIONATTRS",
+    "PGOPTIONS",
+    "PGPASSFILE",
+];
+
 /// A tool's version as it reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToolVersion {
@@ -112,21 +127,41 @@ impl Tool {
         })
     }
 
-    /// The arguments (after the program) of a tar-format dump of `scope`.
-    pub fn dump_arguments(&self, target: &ConnectionTarget, scope: &Scope) -> Vec<String> {
+    /// The arguments (after the program) of a tar-format dump of `scope`,
+    /// in the exported `snapshot` when there is one.
+    pub fn dump_arguments(
+        &self,
+        target: &ConnectionTarget,
+        scope: &Scope,
+        snapshot: Option<&str>,
+    ) -> Vec<String> {
         let mut args = vec![
             "--format=tar".to_string(),
             "--no-password".to_string(),
             format!("--dbname={}", target.conninfo()),
         ];
+        if let Some(snapshot) = snapshot {
+            args.push(format!("--snapshot={snapshot}"));
+        }
         args.extend(scope.pg_dump_args());
         args
     }
 
     /// The pg_dump command for a dump, password in the environment only.
-    pub fn dump_command(&self, target: &ConnectionTarget, scope: &Scope) -> Command {
+    /// libpq variables that could send pg_dump somewhere other than the
+    /// conninfo says (PGHOSTADDR, a service file, ...) are removed: pg_dump
+    /// must reach exactly the server pgward resolved and checked.
+    pub fn dump_command(
+        &self,
+        target: &ConnectionTarget,
+        scope: &Scope,
+        snapshot: Option<&str>,
+    ) -> Command {
         let mut command = self.command();
-        command.args(self.dump_arguments(target, scope));
+        command.args(self.dump_arguments(target, scope, snapshot));
+        for variable in REDIRECTING_VARIABLES {
+            command.env_remove(variable);
+        }
         match target.password() {
             Some(password) => command.env("PGPASSWORD", password.expose()),
             None => command.env_remove("PGPASSWORD"),

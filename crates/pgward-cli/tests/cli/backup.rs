@@ -294,7 +294,7 @@ fn the_password_never_reaches_argv_or_records() {
     let wrapper = ws.script(
         "pg_dump",
         &format!(
-            "printf '%s\\n' \"$@\" >> '{log}'\n[ -n \"$PGPASSWORD\" ] && echo PGPASSWORD-present >> '{log}'\nexec '{real}' \"$@\"",
+            "printf '%s\\n' \"$@\" >> '{log}'\n[ -n \"$PGPASSWORD\" ] && echo PGPASSWORD-present >> '{log}'\n[ -n \"$PGHOSTADDR\" ] && echo PGHOSTADDR-present >> '{log}'\nexec '{real}' \"$@\"",
             log = argv_log.display(),
             real = real_pg_dump()
         ),

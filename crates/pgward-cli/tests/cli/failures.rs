@@ -516,3 +516,30 @@ fn leftovers_of_a_killed_run_are_quarantined_by_the_next_run() {
     );
     assert!(names_in(&base.repo().join("tmp")).is_empty());
 }
+
+/// Review finding: a pg_dump that reaches another database or server than
+/// the one pgward checked (PGHOSTADDR, a service file, a container's own
+/// settings) must fail, not produce a "complete" backup of the wrong data.
+/// The exported snapshot makes PostgreSQL refuse it.
+#[test]
+fn a_pg_dump_that_reaches_another_database_fails_loudly() {
+    let base = baseline("redirect", 100);
+    let other = cluster().create_database("redirect_target");
+    load_rows(&other, "public.items", 100);
+    let socket = cluster().socket_dir.display().to_string();
+    let wrapper = pg_dump_wrapper(
+        &base.ws,
+        "pg_dump_elsewhere",
+        &format!(
+            "exec \"$REAL\" \"$@\" \"--dbname=host={socket} port={} user=postgres dbname={other}\"",
+            cluster().port
+        ),
+    );
+    let res = backup(
+        &base.repo(),
+        &base.db,
+        &["--pg-dump", wrapper.to_str().unwrap()],
+    );
+    let record = base.assert_failed_cleanly(&res, 1, "snapshot");
+    assert_eq!(record["error"]["kind"], "dump");
+}

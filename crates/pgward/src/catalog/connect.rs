@@ -446,6 +446,16 @@ fn read_service(name: &str, env: Env) -> Result<Vec<(String, String)>> {
             }
         }
         if let Some(entries) = found {
+            if let Some((key, _)) = entries
+                .iter()
+                .find(|(k, _)| !KNOWN_KEYS.contains(&k.as_str()))
+            {
+                return Err(Error::config(format!(
+                    "service {name:?} in {} sets {key:?}, which pgward does not support",
+                    file.display()
+                ))
+                .with_hint(format!("pgward understands: {}", KNOWN_KEYS.join(", "))));
+            }
             return Ok(entries);
         }
     }

@@ -59,6 +59,34 @@ impl CatalogSession {
         Ok(CatalogSession { client })
     }
 
+    /// Starts a REPEATABLE READ transaction and exports its snapshot for
+    /// pg_dump (`--snapshot`). Two things follow: what pgward resolved (the
+    /// tables in scope) and what pg_dump dumps are the same state of the
+    /// database, and PostgreSQL refuses the import unless pg_dump reached
+    /// the same database on the same server, so a pg_dump that went
+    /// elsewhere fails loudly instead of dumping the wrong cluster. The
+    /// session must stay open until pg_dump has started.
+    ///
+    /// Returns None where snapshots cannot be exported (a standby before
+    /// PostgreSQL 10); the caller then relies on its other identity checks.
+    pub fn export_snapshot(&mut self) -> Result<Option<String>> {
+        self.client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .map_err(|e| query_error("cannot start the snapshot transaction", e))?;
+        match self
+            .client
+            .query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
+        {
+            Ok(row) => Ok(Some(row.get(0))),
+            Err(_) => {
+                self.client
+                    .batch_execute("ROLLBACK")
+                    .map_err(|e| query_error("cannot end the snapshot transaction", e))?;
+                Ok(None)
+            }
+        }
+    }
+
     pub fn server_info(&mut self) -> Result<ServerInfo> {
         let row = self
             .client
