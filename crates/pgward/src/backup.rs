@@ -114,14 +114,17 @@ pub fn run(
     })?;
     let (staging, file) = repo.create_staging(&id)?;
     match run.dump_and_validate(file, &staging.path, &watch, progress) {
-        Ok(manifest) => {
-            let (artifact_path, manifest_path) = repo.commit(staging, &manifest)?;
-            Ok(BackupOutcome {
+        Ok(manifest) => match repo.commit(staging, &manifest) {
+            Ok((artifact_path, manifest_path)) => Ok(BackupOutcome {
                 manifest,
                 artifact_path,
                 manifest_path,
-            })
-        }
+            }),
+            Err(failed) => {
+                let (staging, error) = *failed;
+                Err(quarantine(&repo, staging, &server.database, started, error))
+            }
+        },
         Err(error) => Err(quarantine(&repo, staging, &server.database, started, error)),
     }
 }

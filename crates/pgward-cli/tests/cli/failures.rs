@@ -543,3 +543,42 @@ fn a_pg_dump_that_reaches_another_database_fails_loudly() {
     let record = base.assert_failed_cleanly(&res, 1, "snapshot");
     assert_eq!(record["error"]["kind"], "dump");
 }
+
+/// A run that died between the two renames of its commit leaves an
+/// artifact without a manifest: never listed or verifiable as a backup,
+/// and moved to quarantine by the next run of that database.
+#[test]
+fn an_artifact_without_its_manifest_is_quarantined_by_the_next_run() {
+    let base = baseline("orphan", 200);
+    let id = &base.ids[0];
+    let manifest = base
+        .repo()
+        .join("backups")
+        .join(format!("{id}.manifest.json"));
+    std::fs::remove_file(&manifest).unwrap();
+    let list = run(pgward(&base.repo()).args(["--json", "list"]));
+    list.assert_ok();
+    assert!(list.json()["backups"].as_array().unwrap().is_empty());
+    assert_eq!(
+        list.json()["orphans"],
+        serde_json::json!([format!("{id}.tar.zst")])
+    );
+    assert_eq!(run(pgward(&base.repo()).args(["verify", id])).code, 2);
+
+    backup(&base.repo(), &base.db, &[]).assert_ok();
+    let records = quarantine_records(&base.repo());
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert!(
+        records[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("artifact without a manifest")
+    );
+    assert!(
+        base.repo()
+            .join("quarantine")
+            .join(format!("{id}.tar.zst.partial"))
+            .is_file()
+    );
+    assert_eq!(listed_ids(&base.repo()).len(), 1);
+}

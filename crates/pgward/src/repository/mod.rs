@@ -166,6 +166,25 @@ impl Repository {
             let staging = self.staging_paths(id);
             self.quarantine(staging, database, "unknown", &error)?;
         }
+        // An artifact without its manifest: a run died between the two
+        // renames of its commit. Not a backup; keep it for inspection.
+        for orphan in self.orphans()? {
+            let Some(id) = orphan.strip_suffix(ARTIFACT_SUFFIX) else {
+                continue;
+            };
+            if id_database_key(id) != Some(key) {
+                continue;
+            }
+            let error = Error::new(
+                ErrorKind::Interrupted {
+                    signal: libc::SIGKILL,
+                },
+                "artifact without a manifest: its run died while committing",
+            );
+            let mut staging = self.staging_paths(id);
+            staging.path = self.backups_dir().join(&orphan);
+            self.quarantine(staging, database, "unknown", &error)?;
+        }
         Ok(())
     }
 
@@ -192,15 +211,46 @@ impl Repository {
         Ok((staging, file))
     }
 
-    /// Makes a validated staging file a backup: rename into `backups/`,
-    /// fsync the directory, then write the manifest (the completion mark).
-    pub fn commit(&self, staging: Staging, manifest: &Manifest) -> Result<(PathBuf, PathBuf)> {
+    /// Makes a validated staging file a backup. The manifest is written and
+    /// synced in `tmp/` first, so that the commit itself is two renames
+    /// that need no free space: artifact into `backups/`, then the manifest
+    /// (the completion mark), then a directory sync. Renames never replace
+    /// an existing file. On failure the staging value says where the
+    /// artifact is now, for the caller to quarantine it.
+    pub fn commit(
+        &self,
+        mut staging: Staging,
+        manifest: &Manifest,
+    ) -> Result<(PathBuf, PathBuf), Box<(Staging, Error)>> {
         let artifact = self.backups_dir().join(&manifest.artifact.file);
-        fs::rename(&staging.path, &artifact)
-            .map_err(|e| Error::repository_io("cannot move artifact into", &artifact, e))?;
-        sync_dir(&self.backups_dir())?;
         let manifest_path = self.manifest_path(&manifest.id);
-        write_json_durably(&manifest_path, &self.tmp_dir(), manifest)?;
+        let manifest_staging = self
+            .tmp_dir()
+            .join(format!("{}{MANIFEST_SUFFIX}.tmp", manifest.id));
+        let mut text = serde_json::to_vec_pretty(manifest).expect("manifests serialise");
+        text.push(b'\n');
+        let written = create_private(&manifest_staging).and_then(|mut file| {
+            file.write_all(&text)?;
+            file.sync_all()
+        });
+        if let Err(e) = written {
+            let _ = fs::remove_file(&manifest_staging);
+            let error = Error::repository_io("cannot write", &manifest_staging, e);
+            return Err(Box::new((staging, error)));
+        }
+        if let Err(e) = rename_no_replace(&staging.path, &artifact) {
+            let _ = fs::remove_file(&manifest_staging);
+            let error = Error::repository_io("cannot move artifact into", &artifact, e);
+            return Err(Box::new((staging, error)));
+        }
+        staging.path = artifact.clone();
+        let committed = rename_no_replace(&manifest_staging, &manifest_path)
+            .map_err(|e| Error::repository_io("cannot move manifest into", &manifest_path, e))
+            .and_then(|()| sync_dir(&self.backups_dir()));
+        if let Err(e) = committed {
+            let _ = fs::remove_file(&manifest_staging);
+            return Err(Box::new((staging, e)));
+        }
         let _ = fs::remove_file(&staging.reserved_reason);
         Ok((artifact, manifest_path))
     }
@@ -218,7 +268,7 @@ impl Repository {
             .quarantine_dir()
             .join(format!("{}{PARTIAL_SUFFIX}", staging.id));
         let partial_bytes = fs::metadata(&staging.path).map(|m| m.len()).unwrap_or(0);
-        fs::rename(&staging.path, &partial)
+        rename_no_replace(&staging.path, &partial)
             .map_err(|e| Error::repository_io("cannot quarantine", &staging.path, e))?;
         let record = QuarantineRecord {
             format: QUARANTINE_FORMAT.to_string(),
@@ -432,6 +482,36 @@ fn id_database_key(id: &str) -> Option<&str> {
     rest.get(..rest.len().checked_sub(5)?) // before "-XXXX"
 }
 
+/// rename(2) that fails instead of replacing an existing target (Linux
+/// renameat2 RENAME_NOREPLACE; link and unlink where a filesystem lacks it).
+fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c =
+        |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let (cfrom, cto) = (c(from)?, c(to)?);
+    // SAFETY: valid NUL-terminated paths relative to the current directory.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            cfrom.as_ptr(),
+            libc::AT_FDCWD,
+            cto.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let error = std::io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::EINVAL) | Some(libc::ENOSYS) => {
+            fs::hard_link(from, to)?;
+            fs::remove_file(from)
+        }
+        _ => Err(error),
+    }
+}
+
 fn create_private(path: &Path) -> std::io::Result<File> {
     OpenOptions::new()
         .write(true)
@@ -541,6 +621,22 @@ mod tests {
             Repository::open(dir.path()).is_err(),
             "a plain directory is not a repository"
         );
+    }
+
+    #[test]
+    fn renames_never_replace_an_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        fs::write(&a, "new").unwrap();
+        fs::write(&b, "earlier backup").unwrap();
+        let err = rename_no_replace(&a, &b).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read_to_string(&b).unwrap(), "earlier backup");
+        assert_eq!(fs::read_to_string(&a).unwrap(), "new");
+        fs::remove_file(&b).unwrap();
+        rename_no_replace(&a, &b).unwrap();
+        assert_eq!(fs::read_to_string(&b).unwrap(), "new");
+        assert!(!a.exists());
     }
 
     #[test]
