@@ -30,8 +30,18 @@ fn out_json(value: &Value) {
 
 use pgward::config::format_size as bytes;
 
+/// Writes to stderr; a vanished terminal (EIO, EPIPE) is not a reason to
+/// panic half-way through a backup.
+fn err(text: &str) -> bool {
+    let mut stderr = std::io::stderr().lock();
+    stderr
+        .write_all(text.as_bytes())
+        .and_then(|_| stderr.flush())
+        .is_ok()
+}
+
 pub fn error(error: &Error, json: bool) {
-    eprintln!("pgward: error: {error}");
+    err(&format!("pgward: error: {error}\n"));
     if json {
         out_json(&json!({"message-type": "error", "error": ErrorRecord::from_error(error)}));
     }
@@ -351,16 +361,18 @@ impl Progress {
         }
         self.last = Some(Instant::now());
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
-        eprint!(
+        let line = format!(
             "\r\x1b[2K  {} read, {}/s",
             bytes(processed),
             bytes((processed as f64 / secs) as u64)
         );
+        // After the first failed write (the terminal went away) stay silent.
+        self.enabled = err(&line);
     }
 
     pub fn clear(&mut self) {
         if self.enabled && self.last.is_some() {
-            eprint!("\r\x1b[2K");
+            err("\r\x1b[2K");
         }
     }
 }

@@ -106,14 +106,24 @@ pub fn run(
         id: &id,
         started,
     };
-    let watch = InterruptWatch::install().map_err(|e| {
+    let mut watch = InterruptWatch::install().map_err(|e| {
         Error::new(
             ErrorKind::Dump,
             format!("cannot install signal handlers: {e}"),
         )
     })?;
     let (staging, file) = repo.create_staging(&id)?;
-    match run.dump_and_validate(file, &staging.path, &watch, progress) {
+    let result = run.dump_and_validate(file, &staging.path, &watch, progress);
+    // A signal that arrived after pg_dump finished (during validation or
+    // read-back) still stops the run: nothing is committed after a signal.
+    let result = match (result, watch.received()) {
+        (Ok(_), Some(signal)) => Err(interrupted(signal)),
+        (result, _) => result,
+    };
+    if watch.received().is_some() {
+        watch.acknowledge();
+    }
+    match result {
         Ok(manifest) => match repo.commit(staging, &manifest) {
             Ok((artifact_path, manifest_path)) => Ok(BackupOutcome {
                 manifest,
@@ -127,6 +137,13 @@ pub fn run(
         },
         Err(error) => Err(quarantine(&repo, staging, &server.database, started, error)),
     }
+}
+
+fn interrupted(signal: i32) -> Error {
+    Error::new(
+        ErrorKind::Interrupted { signal },
+        format!("backup interrupted by {}", signal_name(signal)),
+    )
 }
 
 /// Refuses a cluster other than the one the configuration pins.
@@ -226,12 +243,6 @@ impl Run<'_> {
         watch: &InterruptWatch,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Manifest> {
-        let interrupted = |signal: i32| {
-            Error::new(
-                ErrorKind::Interrupted { signal },
-                format!("backup interrupted by {}", signal_name(signal)),
-            )
-        };
         let compression = Compression {
             level: self.config.compression.level,
             workers: self
@@ -266,8 +277,14 @@ impl Run<'_> {
             });
             watch.received().is_none()
         });
-        if let Err(CopyError::Write(e)) = &copied {
+        if matches!(
+            copied,
+            Err(CopyError::Write(_)) | Err(CopyError::Stopped) | Err(CopyError::Read(_))
+        ) {
+            // Stop pg_dump (SIGKILL if SIGTERM is not enough) before waiting for it.
             child.terminate();
+        }
+        if let Err(CopyError::Write(e)) = &copied {
             let e = std::io::Error::new(e.kind(), e.to_string());
             let _ = child.finish();
             return Err(write_error(e));

@@ -26,6 +26,10 @@ pub struct Tool {
 /// pg_dump is the tool pgward runs most; the name documents intent.
 pub type PgDump = Tool;
 
+/// A `--version` probe that takes longer than this is a broken tool (or a
+/// container that does not start).
+const VERSION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// libpq environment variables that choose where a client connects.
 const REDIRECTING_VARIABLES: &[&str] = &[
     "PGHOST",
@@ -104,7 +108,7 @@ impl Tool {
     pub fn version(&self) -> Result<ToolVersion> {
         let mut command = self.command();
         command.arg("--version");
-        let output = run_to_string(command).map_err(|e| {
+        let output = run_to_string(command, VERSION_TIMEOUT).map_err(|e| {
             Error::new(
                 ErrorKind::Dump,
                 format!("cannot run {} --version: {e}", self.display_program()),

@@ -1,84 +1,121 @@
 //! Turning SIGINT, SIGTERM and SIGHUP into an orderly failure.
 //!
 //! A backup stopped by a signal must still quarantine its partial file and
-//! say so, and must not leave pg_dump running (it would keep its snapshot and
-//! locks on the server). A watcher thread records the signal and forwards
-//! SIGTERM to the registered child, which ends the child's output; the copy
-//! loop then sees the recorded signal and fails the backup. A child group
-//! that ignores SIGTERM gets SIGKILL after a grace period.
+//! say so, and must not leave pg_dump running (it would keep its snapshot
+//! and locks on the server). The handler is deliberately tiny and
+//! async-signal-safe: it records the first signal and forwards SIGTERM to the
+//! registered child's process group. The copy loop, which wakes at least
+//! every few hundred milliseconds (see `pipeline::child`), then sees the
+//! recorded signal, stops the child (SIGKILL if it ignores SIGTERM) and fails
+//! the backup.
+//!
+//! While a watch is installed the previous handlers are saved; dropping the
+//! watch restores them, and a signal that arrived but was never
+//! acknowledged by the caller is raised again, so neither the CLI nor a
+//! program embedding the library loses a Ctrl-C.
 
-use crate::pipeline::child::signal_group;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use signal_hook::iterator::{Handle, Signals};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
-/// How long a signalled child may take to exit before it is killed.
-const GRACE: Duration = Duration::from_secs(5);
+const SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+static RECEIVED: AtomicI32 = AtomicI32::new(0);
+static CHILD_GROUP: AtomicI32 = AtomicI32::new(0);
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(signal: libc::c_int) {
+    let _ = RECEIVED.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+    let group = CHILD_GROUP.load(Ordering::SeqCst);
+    if group > 0 {
+        // SAFETY: kill(2) is async-signal-safe; the group is our child's.
+        unsafe {
+            libc::kill(-group, libc::SIGTERM);
+        }
+    }
+}
 
 pub struct InterruptWatch {
-    received: Arc<AtomicI32>,
-    child: Arc<AtomicI32>,
-    handle: Handle,
-    thread: Option<JoinHandle<()>>,
+    previous: Vec<(i32, libc::sigaction)>,
+    acknowledged: bool,
 }
 
 impl InterruptWatch {
+    /// Installs the handlers; only one watch may exist at a time.
     pub fn install() -> std::io::Result<InterruptWatch> {
-        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
-        let handle = signals.handle();
-        let received = Arc::new(AtomicI32::new(0));
-        let child = Arc::new(AtomicI32::new(0));
-        let (seen, target) = (received.clone(), child.clone());
-        let thread = std::thread::Builder::new()
-            .name("signal-watch".into())
-            .spawn(move || {
-                for signal in signals.forever() {
-                    let _ = seen.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
-                    let pid = target.load(Ordering::SeqCst);
-                    if pid > 0 {
-                        signal_group(pid as u32, libc::SIGTERM);
-                        std::thread::sleep(GRACE);
-                        if target.load(Ordering::SeqCst) == pid {
-                            signal_group(pid as u32, libc::SIGKILL);
-                        }
-                    }
+        if INSTALLED.swap(true, Ordering::SeqCst) {
+            return Err(std::io::Error::other("a signal watch is already installed"));
+        }
+        RECEIVED.store(0, Ordering::SeqCst);
+        CHILD_GROUP.store(0, Ordering::SeqCst);
+        let mut previous = Vec::new();
+        for signal in SIGNALS {
+            // SAFETY: a zeroed sigaction with our handler and an empty mask;
+            // the old action is saved to be restored on drop.
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+                action.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut action.sa_mask);
+                let mut old: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(signal, &action, &mut old) != 0 {
+                    let error = std::io::Error::last_os_error();
+                    restore(&previous);
+                    INSTALLED.store(false, Ordering::SeqCst);
+                    return Err(error);
                 }
-            })?;
+                previous.push((signal, old));
+            }
+        }
         Ok(InterruptWatch {
-            received,
-            child,
-            handle,
-            thread: Some(thread),
+            previous,
+            acknowledged: false,
         })
     }
 
-    /// Forward signals to this child from now on (0 to stop forwarding).
+    /// Forward signals to this child's process group from now on (0 stops).
     pub fn watch_child(&self, pid: u32) {
-        self.child.store(pid as i32, Ordering::SeqCst);
+        CHILD_GROUP.store(pid as i32, Ordering::SeqCst);
         // A signal that arrived just before the child existed still stops it.
         if pid > 0 && self.received().is_some() {
-            signal_group(pid, libc::SIGTERM);
+            crate::pipeline::child::signal_group(pid, libc::SIGTERM);
         }
     }
 
     /// The first signal received, if any.
     pub fn received(&self) -> Option<i32> {
-        match self.received.load(Ordering::SeqCst) {
+        match RECEIVED.load(Ordering::SeqCst) {
             0 => None,
             signal => Some(signal),
+        }
+    }
+
+    /// The caller has turned the signal into its own failure (and exit
+    /// code); do not raise it again on drop.
+    pub fn acknowledge(&mut self) {
+        self.acknowledged = true;
+    }
+}
+
+fn restore(previous: &[(i32, libc::sigaction)]) {
+    for (signal, action) in previous {
+        // SAFETY: restoring an action previously returned by sigaction.
+        unsafe {
+            libc::sigaction(*signal, action, std::ptr::null_mut());
         }
     }
 }
 
 impl Drop for InterruptWatch {
     fn drop(&mut self) {
-        self.child.store(0, Ordering::SeqCst);
-        self.handle.close();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        CHILD_GROUP.store(0, Ordering::SeqCst);
+        restore(&self.previous);
+        INSTALLED.store(false, Ordering::SeqCst);
+        if let Some(signal) = self.received()
+            && !self.acknowledged
+        {
+            // SAFETY: re-raising a signal under the restored disposition.
+            unsafe {
+                libc::raise(signal);
+            }
         }
     }
 }

@@ -582,3 +582,28 @@ fn an_artifact_without_its_manifest_is_quarantined_by_the_next_run() {
     );
     assert_eq!(listed_ids(&base.repo()).len(), 1);
 }
+
+/// Review finding: a wrapper that leaves a descendant (in its own session,
+/// out of reach of the process group) holding pg_dump's stdout must not
+/// hang pgward: the run fails within seconds and is quarantined.
+#[test]
+fn a_descendant_holding_the_output_open_fails_instead_of_hanging() {
+    let base = baseline("heldopen", 200);
+    let wrapper = pg_dump_wrapper(
+        &base.ws,
+        "pg_dump_leaky",
+        "\"$REAL\" \"$@\"\nsetsid sleep 60 &\nexit 0",
+    );
+    let started = Instant::now();
+    let res = backup(
+        &base.repo(),
+        &base.db,
+        &["--pg-dump", wrapper.to_str().unwrap()],
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    base.assert_failed_cleanly(&res, 1, "still held open by another process");
+}

@@ -13,11 +13,21 @@
 //! pgward waiting for an end of stream that never comes.
 
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
-use std::thread::JoinHandle;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 /// Keep at most this much of a child's stderr (its last words matter most).
 const STDERR_LIMIT: usize = 64 * 1024;
+/// How long a read waits for data before handing control back to the
+/// caller (which checks for signals), as `ErrorKind::Interrupted`.
+const POLL_INTERVAL_MS: i32 = 250;
+/// How long after the child exited its pipes may stay open (held by a
+/// descendant that escaped the process group) before pgward gives up on them.
+const ORPHANED_PIPE_GRACE: Duration = Duration::from_secs(5);
+/// How long a terminated child may take before it is killed.
+const TERMINATE_GRACE: Duration = Duration::from_secs(5);
 
 /// How a child ended when it did not succeed.
 #[derive(Debug)]
@@ -71,10 +81,17 @@ pub fn signal_name(signal: i32) -> &'static str {
 }
 
 /// A running child whose stdout is read as a stream.
+///
+/// Reads wait at most a quarter of a second and then return
+/// `ErrorKind::Interrupted` (which `std::io` helpers retry), so a caller's
+/// loop regains control while the child is silent. If the child has exited
+/// but its stdout stays open (a descendant holds it), reads fail after a
+/// grace period instead of waiting forever.
 pub struct ChildSource {
     child: Child,
     stdout: Option<ChildStdout>,
-    stderr: Option<JoinHandle<String>>,
+    stderr: Option<Receiver<String>>,
+    exited_at: Option<Instant>,
 }
 
 impl ChildSource {
@@ -89,7 +106,8 @@ impl ChildSource {
         let mut child = command.spawn()?;
         let stdout = child.stdout.take();
         let mut stderr = child.stderr.take().expect("stderr was piped");
-        let drain = std::thread::Builder::new()
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
             .name("child-stderr".into())
             .spawn(move || {
                 let mut kept = Vec::new();
@@ -107,12 +125,13 @@ impl ChildSource {
                         Err(_) => break,
                     }
                 }
-                String::from_utf8_lossy(&kept).trim().to_string()
+                let _ = sender.send(String::from_utf8_lossy(&kept).trim().to_string());
             })?;
         Ok(ChildSource {
             child,
             stdout,
-            stderr: Some(drain),
+            stderr: Some(receiver),
+            exited_at: None,
         })
     }
 
@@ -120,11 +139,21 @@ impl ChildSource {
         self.child.id()
     }
 
-    /// Asks the child's process group to stop (SIGTERM), e.g. when the sink failed.
+    /// Stops the child's process group: SIGTERM, then SIGKILL if it is
+    /// still running after a grace period.
     pub fn terminate(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            signal_group(self.child.id(), libc::SIGTERM);
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
         }
+        signal_group(self.child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + TERMINATE_GRACE;
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        signal_group(self.child.id(), libc::SIGKILL);
     }
 
     /// Waits for the child. Closes our end of stdout first so a child that is
@@ -132,11 +161,17 @@ impl ChildSource {
     pub fn finish(mut self) -> Result<String, ChildFailure> {
         drop(self.stdout.take());
         let status = self.child.wait();
-        let stderr = self
+        let stderr = match self
             .stderr
             .take()
-            .and_then(|t| t.join().ok())
-            .unwrap_or_default();
+            .map(|r| r.recv_timeout(ORPHANED_PIPE_GRACE))
+        {
+            Some(Ok(text)) => text,
+            Some(Err(RecvTimeoutError::Timeout)) => {
+                "(stderr is still held open by another process after the child exited)".to_string()
+            }
+            _ => String::new(),
+        };
         match status {
             Ok(status) if status.success() => Ok(stderr),
             Ok(status) => Err(ChildFailure { status, stderr }),
@@ -150,10 +185,34 @@ impl ChildSource {
 
 impl Read for ChildSource {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match &mut self.stdout {
-            Some(stdout) => stdout.read(buf),
-            None => Ok(0),
+        let Some(stdout) = &mut self.stdout else {
+            return Ok(0);
+        };
+        let mut fd = libc::pollfd {
+            fd: stdout.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for a descriptor we own.
+        let ready = unsafe { libc::poll(&mut fd, 1, POLL_INTERVAL_MS) };
+        if ready < 0 {
+            return Err(io::Error::last_os_error());
         }
+        if ready > 0 {
+            return stdout.read(buf);
+        }
+        if self.exited_at.is_none() && matches!(self.child.try_wait(), Ok(Some(_))) {
+            self.exited_at = Some(Instant::now());
+        }
+        if self
+            .exited_at
+            .is_some_and(|t| t.elapsed() > ORPHANED_PIPE_GRACE)
+        {
+            return Err(io::Error::other(
+                "the child exited but its output is still held open by another process",
+            ));
+        }
+        Err(io::ErrorKind::Interrupted.into())
     }
 }
 
@@ -169,16 +228,33 @@ impl Drop for ChildSource {
     }
 }
 
-/// Runs a short command to completion and returns its stdout (for
-/// `pg_dump --version` and the like).
-pub fn run_to_string(mut command: Command) -> Result<String, String> {
-    command.stdin(Stdio::null());
-    let output = command.output().map_err(|e| e.to_string())?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        Err(format!("{} ({})", stderr.trim(), output.status))
+/// Runs a short command to completion within `timeout` and returns its
+/// stdout (for `pg_dump --version` and the like).
+pub fn run_to_string(command: Command, timeout: Duration) -> Result<String, String> {
+    let mut child = ChildSource::spawn(command).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + timeout;
+    let mut output = Vec::new();
+    let mut buffer = [0u8; 8192];
+    loop {
+        match child.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => output.extend_from_slice(&buffer[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                if Instant::now() > deadline {
+                    child.terminate();
+                    return Err(format!("no answer within {} s", timeout.as_secs()));
+                }
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    match child.finish() {
+        Ok(_) => Ok(String::from_utf8_lossy(&output).into_owned()),
+        Err(failure) => Err(format!(
+            "{} ({})",
+            failure.stderr,
+            failure.describe_status()
+        )),
     }
 }
 
@@ -232,6 +308,36 @@ mod tests {
         child.read_to_end(&mut Vec::new()).unwrap();
         assert!(child.finish().is_err());
         assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_descendant_holding_the_pipes_does_not_hang_the_reader() {
+        // The shell exits at once, but a process in its own session keeps
+        // stdout and stderr open for a minute.
+        let mut child = ChildSource::spawn(sh("printf x; setsid sleep 60 & exit 0")).unwrap();
+        let started = std::time::Instant::now();
+        let mut out = Vec::new();
+        let err = child.read_to_end(&mut out).unwrap_err();
+        assert!(err.to_string().contains("held open"), "{err}");
+        assert_eq!(out, b"x");
+        assert!(child.finish().is_ok());
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_version_probe_that_never_answers_times_out() {
+        let started = std::time::Instant::now();
+        let err = run_to_string(sh("sleep 60"), Duration::from_secs(1)).unwrap_err();
+        assert!(err.contains("no answer within 1 s"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!(
+            run_to_string(sh("echo 15.2"), Duration::from_secs(5)).unwrap(),
+            "15.2\n"
+        );
     }
 
     #[test]
