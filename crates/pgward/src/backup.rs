@@ -71,7 +71,8 @@ pub fn run(
     let snapshot = session.export_snapshot()?;
     let server = session.server_info()?;
     check_pin(config, &server)?;
-    let expected_tables = session.tables_with_data(&config.scope)?;
+    let dump_scope = session.resolve_scope(&config.scope)?;
+    let expected_tables = session.tables_with_data(&dump_scope)?;
 
     let pg_dump = PgDump::pg_dump(&config.pg_dump);
     let pg_dump_version = pg_dump.version()?;
@@ -101,6 +102,7 @@ pub fn run(
         pg_dump: &pg_dump,
         pg_dump_version: &pg_dump_version,
         expected_tables: &expected_tables,
+        dump_scope: &dump_scope,
         snapshot: snapshot.as_deref(),
         previous: previous.as_ref(),
         id: &id,
@@ -187,7 +189,11 @@ pub fn dry_run(config: &Config, env: Env) -> Result<DryRun> {
             new_backup_id(&database, clock::now())
         )),
         pg_dump_program: pg_dump.display_program(),
-        pg_dump_arguments: pg_dump.dump_arguments(&target, &config.scope, None),
+        pg_dump_arguments: pg_dump.dump_arguments(
+            &target,
+            check.resolved_scope.as_ref().unwrap_or(&config.scope),
+            None,
+        ),
         check,
     })
 }
@@ -229,6 +235,9 @@ struct Run<'a> {
     pg_dump: &'a PgDump,
     pg_dump_version: &'a ToolVersion,
     expected_tables: &'a [TableName],
+    /// The scope as given to pg_dump (partitions of named partitioned
+    /// tables added); the manifest records the configured scope.
+    dump_scope: &'a crate::scope::Scope,
     snapshot: Option<&'a str>,
     previous: Option<&'a Manifest>,
     id: &'a str,
@@ -260,7 +269,7 @@ impl Run<'_> {
 
         let command = self
             .pg_dump
-            .dump_command(self.target, &self.config.scope, self.snapshot);
+            .dump_command(self.target, self.dump_scope, self.snapshot);
         let mut child = ChildSource::spawn(command).map_err(|e| {
             Error::new(
                 ErrorKind::Dump,
@@ -371,11 +380,9 @@ impl Run<'_> {
             pg_dump: PgDumpRecord {
                 program: self.pg_dump.display_program(),
                 version: self.pg_dump_version.version.clone(),
-                arguments: self.pg_dump.dump_arguments(
-                    self.target,
-                    &self.config.scope,
-                    self.snapshot,
-                ),
+                arguments: self
+                    .pg_dump
+                    .dump_arguments(self.target, self.dump_scope, self.snapshot),
             },
             archive: ArchiveRecord {
                 format: "tar".to_string(),

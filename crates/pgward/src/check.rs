@@ -116,6 +116,9 @@ pub struct CheckReport {
     pub matrix: Matrix,
     /// Tables whose data the backup will contain (when the scope resolved).
     pub tables: Vec<TableName>,
+    /// The scope as pg_dump gets it: partitions of named partitioned tables added.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_scope: Option<crate::scope::Scope>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<ServerInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -132,6 +135,8 @@ struct Context<'a> {
     server: Option<ServerInfo>,
     pg_dump: Option<ToolVersion>,
     tables: Option<Vec<TableName>>,
+    /// The scope as pg_dump will get it (see `CatalogSession::resolve_scope`).
+    scope: Option<crate::scope::Scope>,
     privileges: Option<PrivilegeReport>,
     database_size: Option<u64>,
 }
@@ -147,6 +152,7 @@ pub fn run(config: &Config, env: Env) -> Result<CheckReport> {
         server: None,
         pg_dump: None,
         tables: None,
+        scope: None,
         privileges: None,
         database_size: None,
     };
@@ -160,6 +166,7 @@ pub fn run(config: &Config, env: Env) -> Result<CheckReport> {
         target: target.describe(),
         matrix,
         tables: ctx.tables.unwrap_or_default(),
+        resolved_scope: ctx.scope,
         server: ctx.server,
         privileges: ctx.privileges,
         expected_backup_bytes,
@@ -262,7 +269,14 @@ fn scope(ctx: &mut Context, m: &mut Matrix) {
         m.not_evaluated("scope", "no connection");
         return;
     };
-    match session.tables_with_data(&ctx.config.scope) {
+    let resolved = match session.resolve_scope(&ctx.config.scope) {
+        Ok(resolved) => resolved,
+        Err(e) => {
+            m.fail_with("scope", &e);
+            return;
+        }
+    };
+    match session.tables_with_data(&resolved) {
         Ok(tables) => {
             let mut schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
             schemas.dedup();
@@ -289,6 +303,7 @@ fn scope(ctx: &mut Context, m: &mut Matrix) {
                 );
             }
             ctx.tables = Some(tables);
+            ctx.scope = Some(resolved);
         }
         Err(e) => m.fail_with("scope", &e),
     }
@@ -300,11 +315,11 @@ fn privileges(ctx: &mut Context, m: &mut Matrix) {
         m.not_evaluated("privileges", "no connection");
         return;
     };
-    if ctx.tables.is_none() {
+    let Some(scope) = &ctx.scope else {
         m.not_evaluated("privileges", "the scope did not resolve");
         return;
-    }
-    let report = match session.privileges(&ctx.config.scope) {
+    };
+    let report = match session.privileges(scope) {
         Ok(report) => report,
         Err(e) => {
             m.fail_with("privileges", &e);

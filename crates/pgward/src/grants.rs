@@ -248,8 +248,9 @@ pub fn plan(config: &Config, env: Env) -> Result<(GrantPlan, PrivilegeReport)> {
     let target = ConnectionTarget::resolve(&config.connection, env)?;
     let mut session = CatalogSession::open(&target)?;
     let server = session.server_info()?;
-    session.tables_with_data(&config.scope)?;
-    let report = session.privileges(&config.scope)?;
+    let scope = session.resolve_scope(&config.scope)?;
+    session.tables_with_data(&scope)?;
+    let report = session.privileges(&scope)?;
     Ok((
         build_plan(
             &report,
@@ -382,7 +383,8 @@ pub fn execute(
         .map_err(|e| query_error("grant transaction failed to commit, nothing was changed", e))?;
 
     let mut session = CatalogSession::open(&backup_target)?;
-    let after = session.privileges(&config.scope)?;
+    let scope = session.resolve_scope(&config.scope)?;
+    let after = session.privileges(&scope)?;
     let mut acl_after = Vec::new();
     for gap in &before.gaps {
         acl_after.push(AclBaseline {

@@ -99,9 +99,11 @@ impl ConnectionTarget {
         }
 
         let port = match params.get("port") {
+            // The value is not echoed: in a mangled URI it may be part of a password.
             Some(p) => p.parse().map_err(|_| {
-                Error::config(format!("invalid port {p:?}"))
-                    .with_hint("set a port number from 1 to 65535")
+                Error::config("invalid port in the connection settings").with_hint(
+                    "set a port number from 1 to 65535; in a URI, percent-encode / : @ in passwords",
+                )
             })?,
             None => 5432,
         };
@@ -129,10 +131,11 @@ impl ConnectionTarget {
         } else if let Some(p) = env("PGPASSWORD") {
             Some(p)
         } else {
-            let passfile = params
-                .get("passfile")
-                .map(PathBuf::from)
-                .or_else(|| env("HOME").map(|h| Path::new(&h).join(".pgpass")));
+            let passfile = params.get("passfile").map(PathBuf::from).or_else(|| {
+                env("HOME")
+                    .or_else(os_home_dir)
+                    .map(|h| Path::new(&h).join(".pgpass"))
+            });
             passfile.and_then(|f| password_from_passfile(&f, &host, port, &dbname, &user))
         };
 
@@ -235,15 +238,30 @@ fn conninfo_quote(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
+/// Debian's libpq default socket directory.
+const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
+
 /// libpq's default: the first of its socket directories that has a socket
 /// for the port, else /var/run/postgresql (Debian's default).
 fn default_socket_dir(port: u16) -> String {
-    for dir in ["/var/run/postgresql", "/tmp"] {
+    for dir in [DEFAULT_SOCKET_DIR, "/tmp"] {
         if Path::new(dir).join(format!(".s.PGSQL.{port}")).exists() {
             return dir.to_string();
         }
     }
-    "/var/run/postgresql".to_string()
+    DEFAULT_SOCKET_DIR.to_string()
+}
+
+fn os_home_dir() -> Option<String> {
+    // SAFETY: as in os_user_name.
+    unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        if pw.is_null() {
+            return None;
+        }
+        let dir = std::ffi::CStr::from_ptr((*pw).pw_dir);
+        Some(dir.to_string_lossy().into_owned())
+    }
 }
 
 fn os_user_name() -> Option<String> {
@@ -375,6 +393,12 @@ fn parse_uri(text: &str) -> Result<BTreeMap<String, String>> {
         }
         None => authority,
     };
+    if hostport.contains(',') {
+        return Err(
+            Error::config("connection URIs with several hosts are not supported")
+                .with_hint("name one host; pgward and pg_dump must reach the same server"),
+        );
+    }
     let (host, port) = if let Some(bracketed) = hostport.strip_prefix('[') {
         let (host, after) = bracketed
             .split_once(']')
@@ -481,7 +505,9 @@ fn password_from_passfile(
         return None;
     }
     let text = std::fs::read_to_string(path).ok()?;
-    let host = if host.starts_with('/') {
+    // libpq matches its own default socket directory as "localhost" and any
+    // other socket directory literally.
+    let host = if host == DEFAULT_SOCKET_DIR {
         "localhost"
     } else {
         host
@@ -598,8 +624,13 @@ mod tests {
         .unwrap();
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(
-            password_from_passfile(&file, "/run/pg", 5432, "app", "bob").as_deref(),
+            password_from_passfile(&file, "/var/run/postgresql", 5432, "app", "bob").as_deref(),
             Some("pa:ss")
+        );
+        assert_eq!(
+            password_from_passfile(&file, "/run/other", 5432, "app", "bob").as_deref(),
+            Some("fallback"),
+            "other socket directories match literally, as in libpq"
         );
         assert_eq!(
             password_from_passfile(&file, "db", 5432, "app", "bob").as_deref(),

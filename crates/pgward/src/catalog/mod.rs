@@ -109,16 +109,19 @@ impl CatalogSession {
 
     /// The tables whose data pg_dump will write for `scope`: ordinary tables
     /// and partitions, outside system schemas, not owned by an extension,
-    /// not temporary. Fails when a schema or table the scope names does not
+    /// not temporary, and not unlogged on a standby (pg_dump skips their
+    /// data there). Fails when a schema or table the scope names does not
     /// exist (pg_dump's --strict-names would, later and less clearly).
+    /// `scope` should be the result of [`CatalogSession::resolve_scope`].
     pub fn tables_with_data(&mut self, scope: &Scope) -> Result<Vec<TableName>> {
         let rows = self
             .client
             .query(
-                "SELECT n.nspname::text, c.relname::text \
+                "SELECT n.nspname::text, c.relname::text, \
+                        c.relkind = 'r' AND NOT (c.relpersistence = 'u' AND pg_catalog.pg_is_in_recovery()) \
                    FROM pg_catalog.pg_class c \
                    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                  WHERE c.relkind = 'r' AND c.relpersistence <> 't' \
+                  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND c.relpersistence <> 't' \
                     AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_' \
                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
                                      WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
@@ -127,11 +130,14 @@ impl CatalogSession {
                 &[],
             )
             .map_err(|e| query_error("cannot list tables", e))?;
-        let all: Vec<TableName> = rows
+        let relations: Vec<(TableName, bool)> = rows
             .iter()
-            .map(|r| TableName {
-                schema: r.get(0),
-                table: r.get(1),
+            .map(|r| {
+                let name = TableName {
+                    schema: r.get(0),
+                    table: r.get(1),
+                };
+                (name, r.get(2))
             })
             .collect();
 
@@ -151,13 +157,56 @@ impl CatalogSession {
             }
         }
         for table in scope.tables() {
-            if !all.contains(&table) {
+            if !relations.iter().any(|(name, _)| *name == table) {
                 return Err(
                     Error::config(format!("table {table} in scope does not exist"))
                         .with_hint("fix scope.tables (schema.table, exact and case-sensitive)"),
                 );
             }
         }
-        Ok(all.into_iter().filter(|t| scope.includes(t)).collect())
+        Ok(relations
+            .into_iter()
+            .filter(|(name, has_data)| *has_data && scope.includes(name))
+            .map(|(name, _)| name)
+            .collect())
+    }
+
+    /// The scope pg_dump should be given: every partitioned table named in
+    /// `tables` or `exclude-tables` brings its partitions along. pg_dump
+    /// (before 16's --table-and-children) would otherwise dump a parent
+    /// without its partitions, or partitions whose parent was excluded,
+    /// which restores only with errors.
+    pub fn resolve_scope(&mut self, scope: &Scope) -> Result<Scope> {
+        let mut resolved = scope.clone();
+        let lists = [
+            (scope.tables(), &mut resolved.tables),
+            (scope.excluded_tables(), &mut resolved.exclude_tables),
+        ];
+        for (names, list) in lists {
+            for name in names {
+                let rows = self
+                    .client
+                    .query(
+                        "SELECT n.nspname::text, c.relname::text \
+                           FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass($1)) t \
+                           JOIN pg_catalog.pg_class c ON c.oid = t.relid \
+                           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                          WHERE t.level > 0 ORDER BY t.level, 1, 2",
+                        &[&privileges::qualified(&name)],
+                    )
+                    .map_err(|e| query_error("cannot list partitions", e))?;
+                for row in rows {
+                    let child = format!(
+                        "{}.{}",
+                        crate::scope::quote_ident(&row.get::<_, String>(0)),
+                        crate::scope::quote_ident(&row.get::<_, String>(1))
+                    );
+                    if !list.contains(&child) {
+                        list.push(child);
+                    }
+                }
+            }
+        }
+        Ok(resolved)
     }
 }

@@ -27,7 +27,17 @@ impl RepoLock {
             .mode(0o600)
             .open(path)
             .map_err(|e| Error::repository_io("cannot open lock file", path, e))?;
-        match file.try_lock() {
+        // A `pgward check` probing the lock holds it for an instant: retry
+        // briefly before calling the repository busy.
+        let mut attempt = file.try_lock();
+        for _ in 0..10 {
+            if !matches!(attempt, Err(TryLockError::WouldBlock)) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            attempt = file.try_lock();
+        }
+        match attempt {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 let mut holder = String::new();
