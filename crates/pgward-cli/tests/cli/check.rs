@@ -428,8 +428,6 @@ fn check_and_dry_run_write_nothing() {
 /// (with the holder's pid) without disturbing the run.
 #[test]
 fn check_reports_a_running_backup_and_does_not_disturb_it() {
-    use std::process::Stdio;
-    use std::time::{Duration, Instant};
     let r = roles("lockheld");
     let started = r.ws.path("started");
     let slow = r.ws.script(
@@ -440,23 +438,7 @@ fn check_reports_a_running_backup_and_does_not_disturb_it() {
             real = real_pg_dump()
         ),
     );
-    let running = pgward(&r.ws.repo())
-        .args([
-            "backup",
-            "--dbname",
-            &r.db,
-            "--pg-dump",
-            slow.to_str().unwrap(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !started.exists() {
-        assert!(Instant::now() < deadline, "backup never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let running = spawn_backup_until(&r.ws.repo(), &r.db, &slow, &started);
     let check = run(pgward(&r.ws.repo()).args(["--json", "check", "--dbname", &r.db]));
     assert_eq!(check.code, 1);
     let failing = failing_items(&check);

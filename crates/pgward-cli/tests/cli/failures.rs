@@ -6,7 +6,7 @@
 use crate::harness::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A repository with one good backup, and what it looked like.
@@ -204,24 +204,7 @@ fn a_concurrent_run_exits_at_once_and_touches_nothing() {
             started.display()
         ),
     );
-    let first = pgward(&base.repo())
-        .args([
-            "--json",
-            "backup",
-            "--dbname",
-            &base.db,
-            "--pg-dump",
-            wrapper.to_str().unwrap(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !started.exists() {
-        assert!(Instant::now() < deadline, "first run never started pg_dump");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let first = spawn_backup_until(&base.repo(), &base.db, &wrapper, &started);
     let t = Instant::now();
     let second = backup(&base.repo(), &base.db, &[]);
     assert!(
@@ -265,29 +248,12 @@ fn interrupt_mid_dump(signal: i32, expected_code: i32, name: &str) {
         &base.ws,
         "pg_dump_pausing",
         &format!(
-            "\"$REAL\" \"$@\" | {{ head -c 30000; touch '{m}'; sh -c 'echo $$ > {p}; exec sleep 60'; cat; }}",
+            "\"$REAL\" \"$@\" | {{ head -c 30000; sh -c 'echo $$ > {p}; touch {m}; exec sleep 60'; cat; }}",
             m = marker.display(),
             p = sleeper_pid.display()
         ),
     );
-    let child = pgward(&base.repo())
-        .args([
-            "--json",
-            "backup",
-            "--dbname",
-            &base.db,
-            "--pg-dump",
-            wrapper.to_str().unwrap(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !(marker.exists() && sleeper_pid.exists()) {
-        assert!(Instant::now() < deadline, "dump never paused");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let child = spawn_backup_until(&base.repo(), &base.db, &wrapper, &marker);
     std::thread::sleep(Duration::from_millis(300));
     unsafe {
         libc::kill(child.id() as i32, signal);
@@ -475,23 +441,7 @@ fn leftovers_of_a_killed_run_are_quarantined_by_the_next_run() {
             marker.display()
         ),
     );
-    let mut child = pgward(&base.repo())
-        .args([
-            "backup",
-            "--dbname",
-            &base.db,
-            "--pg-dump",
-            wrapper.to_str().unwrap(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !marker.exists() {
-        assert!(Instant::now() < deadline, "dump never paused");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = spawn_backup_until(&base.repo(), &base.db, &wrapper, &marker);
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(

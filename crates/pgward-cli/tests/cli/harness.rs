@@ -401,3 +401,30 @@ pub fn load_rows(db: &str, table: &str, rows: u32) {
         ),
     );
 }
+
+/// Starts `pgward --json backup --dbname DB --pg-dump WRAPPER` in the
+/// background and returns once the wrapper has created `marker` (so the
+/// run holds its lock and pg_dump is running).
+pub fn spawn_backup_until(
+    repo: &Path,
+    db: &str,
+    wrapper: &Path,
+    marker: &Path,
+) -> std::process::Child {
+    let child = pgward(repo)
+        .args(["--json", "backup", "--dbname", db, "--pg-dump"])
+        .arg(wrapper)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !marker.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the backup never reached {marker:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}

@@ -113,7 +113,7 @@ impl ConnectionTarget {
         };
         let user = match params.get("user") {
             Some(u) => u.clone(),
-            None => os_user_name().ok_or_else(|| {
+            None => os_user().map(|(name, _)| name).ok_or_else(|| {
                 Error::config("no database user given and the OS user name is unknown")
                     .with_hint("set PGUSER or connection.user")
             })?,
@@ -133,7 +133,7 @@ impl ConnectionTarget {
         } else {
             let passfile = params.get("passfile").map(PathBuf::from).or_else(|| {
                 env("HOME")
-                    .or_else(os_home_dir)
+                    .or_else(|| os_user().map(|(_, home)| home))
                     .map(|h| Path::new(&h).join(".pgpass"))
             });
             passfile.and_then(|f| password_from_passfile(&f, &host, port, &dbname, &user))
@@ -252,28 +252,22 @@ fn default_socket_dir(port: u16) -> String {
     DEFAULT_SOCKET_DIR.to_string()
 }
 
-fn os_home_dir() -> Option<String> {
-    // SAFETY: as in os_user_name.
+/// The effective user's name and home directory from the user database.
+fn os_user() -> Option<(String, String)> {
+    // SAFETY: getpwuid returns a pointer to static storage or null; both
+    // strings are copied out before any other call could overwrite it.
     unsafe {
         let pw = libc::getpwuid(libc::geteuid());
         if pw.is_null() {
             return None;
         }
-        let dir = std::ffi::CStr::from_ptr((*pw).pw_dir);
-        Some(dir.to_string_lossy().into_owned())
-    }
-}
-
-fn os_user_name() -> Option<String> {
-    // SAFETY: getpwuid returns a pointer to static storage or null; we copy
-    // the name out before any other call could overwrite it.
-    unsafe {
-        let pw = libc::getpwuid(libc::geteuid());
-        if pw.is_null() {
-            return None;
-        }
-        let name = std::ffi::CStr::from_ptr((*pw).pw_name);
-        Some(name.to_string_lossy().into_owned())
+        let name = std::ffi::CStr::from_ptr((*pw).pw_name)
+            .to_string_lossy()
+            .into_owned();
+        let home = std::ffi::CStr::from_ptr((*pw).pw_dir)
+            .to_string_lossy()
+            .into_owned();
+        Some((name, home))
     }
 }
 

@@ -34,6 +34,15 @@ impl ServerInfo {
     }
 }
 
+/// The condition (on `pg_class c` joined to `pg_namespace n`) for a
+/// relation pg_dump treats as user data: not temporary, outside the system
+/// schemas, not a member of an extension.
+pub(crate) const USER_RELATION: &str = "c.relpersistence <> 't' \
+    AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_' \
+    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e \
+                     WHERE e.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                       AND e.objid = c.oid AND e.deptype = 'e')";
+
 pub struct CatalogSession {
     client: postgres::Client,
 }
@@ -117,16 +126,12 @@ impl CatalogSession {
         let rows = self
             .client
             .query(
-                "SELECT n.nspname::text, c.relname::text, \
+                &format!("SELECT n.nspname::text, c.relname::text, \
                         c.relkind = 'r' AND NOT (c.relpersistence = 'u' AND pg_catalog.pg_is_in_recovery()) \
                    FROM pg_catalog.pg_class c \
                    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND c.relpersistence <> 't' \
-                    AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_' \
-                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
-                                     WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
-                                       AND d.objid = c.oid AND d.deptype = 'e') \
-                  ORDER BY 1, 2",
+                  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND {USER_RELATION} \
+                  ORDER BY 1, 2"),
                 &[],
             )
             .map_err(|e| query_error("cannot list tables", e))?;

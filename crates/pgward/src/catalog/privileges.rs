@@ -14,7 +14,7 @@
 //! Privileges are effective ones (`has_*_privilege`, so role membership
 //! counts), evaluated for `current_user`.
 
-use super::{CatalogSession, query_error};
+use super::{CatalogSession, USER_RELATION, query_error};
 use crate::error::Result;
 use crate::scope::{Scope, TableName, quote_ident};
 use serde::Serialize;
@@ -126,7 +126,7 @@ impl CatalogSession {
         let rows = self
             .client
             .query(
-                "SELECT n.nspname::text, c.relname::text, c.relkind::text, \
+                &format!("SELECT n.nspname::text, c.relname::text, c.relkind::text, \
                         own_n.nspname::text, own_c.relname::text, \
                         pg_catalog.pg_get_userbyid(c.relowner)::text, \
                         CASE WHEN c.relkind = 'S' THEN pg_catalog.has_sequence_privilege(c.oid, 'SELECT') \
@@ -146,12 +146,8 @@ impl CatalogSession {
                         AND d.deptype IN ('a', 'i') AND c.relkind = 'S' \
                    LEFT JOIN pg_catalog.pg_class own_c ON own_c.oid = d.refobjid \
                    LEFT JOIN pg_catalog.pg_namespace own_n ON own_n.oid = own_c.relnamespace \
-                  WHERE c.relkind IN ('r', 'p', 'S') AND c.relpersistence <> 't' \
-                    AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_' \
-                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e \
-                                     WHERE e.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
-                                       AND e.objid = c.oid AND e.deptype = 'e') \
-                  ORDER BY 1, 2",
+                  WHERE c.relkind IN ('r', 'p', 'S') AND {USER_RELATION} \
+                  ORDER BY 1, 2"),
                 &[],
             )
             .map_err(|e| query_error("cannot read privileges", e))?;

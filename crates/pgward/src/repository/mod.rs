@@ -147,42 +147,38 @@ impl Repository {
     }
 
     fn quarantine_leftovers(&self, key: &str, database: &str) -> Result<()> {
-        let entries = fs::read_dir(self.tmp_dir())
-            .map_err(|e| Error::repository_io("cannot read", &self.tmp_dir(), e))?;
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(id) = name.strip_suffix(STAGING_SUFFIX) else {
-                continue;
-            };
-            if id_database_key(id) != Some(key) {
-                continue;
-            }
-            let error = Error::new(
-                ErrorKind::Interrupted {
-                    signal: libc::SIGKILL,
-                },
-                "left behind by a run that died before it could clean up (killed, crashed or power loss)",
-            );
-            let staging = self.staging_paths(id);
-            self.quarantine(staging, database, "unknown", &error)?;
-        }
-        // An artifact without its manifest: a run died between the two
-        // renames of its commit. Not a backup; keep it for inspection.
-        for orphan in self.orphans()? {
-            let Some(id) = orphan.strip_suffix(ARTIFACT_SUFFIX) else {
-                continue;
-            };
-            if id_database_key(id) != Some(key) {
-                continue;
-            }
-            let error = Error::new(
-                ErrorKind::Interrupted {
-                    signal: libc::SIGKILL,
-                },
+        // Staging files of runs that died without cleaning up, and artifacts
+        // without a manifest (a run died between the two renames of its
+        // commit). Neither is a backup; both are kept for inspection.
+        let staged = fs::read_dir(self.tmp_dir())
+            .map_err(|e| Error::repository_io("cannot read", &self.tmp_dir(), e))?
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let id = name.strip_suffix(STAGING_SUFFIX)?.to_string();
+                Some((id, entry.path(), "left behind by a run that died before it could clean up (killed, crashed or power loss)"))
+            });
+        let orphans = self.orphans()?.into_iter().filter_map(|name| {
+            let id = name.strip_suffix(ARTIFACT_SUFFIX)?.to_string();
+            Some((
+                id,
+                self.backups_dir().join(&name),
                 "artifact without a manifest: its run died while committing",
+            ))
+        });
+        let leftovers: Vec<_> = staged.chain(orphans).collect();
+        for (id, path, why) in leftovers {
+            if id_database_key(&id) != Some(key) {
+                continue;
+            }
+            let error = Error::new(
+                ErrorKind::Interrupted {
+                    signal: libc::SIGKILL,
+                },
+                why,
             );
-            let mut staging = self.staging_paths(id);
-            staging.path = self.backups_dir().join(&orphan);
+            let mut staging = self.staging_paths(&id);
+            staging.path = path;
             self.quarantine(staging, database, "unknown", &error)?;
         }
         Ok(())
