@@ -329,18 +329,12 @@ fn apply_backup_args(config: &mut Config, args: &BackupArgs) -> Result<(), Error
         config.validation.max_shrink_percent = percent;
     }
     if let Some(level) = args.compression_level {
-        if !(1..=22).contains(&level) {
-            return Err(
-                Error::config(format!("compression level {level} is out of range"))
-                    .with_hint("use a zstd level from 1 to 22 (3 is the default)"),
-            );
-        }
         config.compression.level = level;
     }
     if let Some(threads) = args.compression_threads {
         config.compression.threads = Some(threads);
     }
-    Ok(())
+    config.validate()
 }
 
 #[cfg(test)]

@@ -198,13 +198,18 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks values that serde cannot (ranges, combinations); run again
+    /// after command-line overrides.
+    pub fn validate(&self) -> Result<()> {
         if !(1..=22).contains(&self.compression.level) {
             return Err(Error::config(format!(
                 "compression level {} is out of range",
                 self.compression.level
             ))
-            .with_hint("use a zstd level from 1 to 22 (3 is the default)"));
+            .with_hint(format!(
+                "use a zstd level from 1 to 22 ({} is the default)",
+                default_level()
+            )));
         }
         if self.validation.max_shrink_percent > 100 {
             return Err(Error::config(
