@@ -83,8 +83,8 @@ struct BackupArgs {
     /// Accept this backup even if it shrank beyond the limit.
     #[arg(long)]
     allow_shrink: bool,
-    /// zstd compression level (1-22).
-    #[arg(long, value_name = "LEVEL")]
+    /// zstd compression level (1-22, or -1 to -7 for zstd's fast levels).
+    #[arg(long, value_name = "LEVEL", allow_negative_numbers = true)]
     compression_level: Option<i32>,
     /// zstd worker threads (0: compress on the main thread).
     #[arg(long, value_name = "N")]

@@ -65,7 +65,7 @@ pub struct ToolConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct CompressionConfig {
-    /// zstd level, 1 (fastest) to 19.
+    /// zstd level: 1 to 22, or -1 to -7 for zstd's fast levels.
     #[serde(default = "default_level")]
     pub level: i32,
     /// zstd worker threads; unset means one per core, at most 4.
@@ -201,13 +201,13 @@ impl Config {
     /// Checks values that serde cannot (ranges, combinations); run again
     /// after command-line overrides.
     pub fn validate(&self) -> Result<()> {
-        if !(1..=22).contains(&self.compression.level) {
+        if !(-7..=22).contains(&self.compression.level) || self.compression.level == 0 {
             return Err(Error::config(format!(
                 "compression level {} is out of range",
                 self.compression.level
             ))
             .with_hint(format!(
-                "use a zstd level from 1 to 22 ({} is the default)",
+                "use a zstd level from 1 to 22, or -1 to -7 for zstd's fast levels ({} is the default)",
                 default_level()
             )));
         }
