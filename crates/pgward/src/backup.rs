@@ -47,8 +47,6 @@ pub struct BackupOutcome {
 pub struct Progress {
     /// Archive bytes received from pg_dump so far.
     pub archive_bytes: u64,
-    /// Compressed bytes written to the staging file so far.
-    pub stored_bytes: u64,
 }
 
 pub fn run(
@@ -76,20 +74,7 @@ pub fn run(
 
     let pg_dump = PgDump::pg_dump(&config.pg_dump);
     let pg_dump_version = pg_dump.version()?;
-    if pg_dump_version.major < server.major() {
-        return Err(Error::new(
-            ErrorKind::Dump,
-            format!(
-                "pg_dump {} is older than the server ({}); pg_dump refuses to dump a newer server",
-                pg_dump_version.version, server.version
-            ),
-        )
-        .with_hint(format!(
-            "install pg_dump {} or newer (Debian: postgresql-client-{}) and set pg-dump.path",
-            server.major(),
-            server.major()
-        )));
-    }
+    crate::dump::require_can_dump(&pg_dump_version, &server)?;
     let previous = repo.previous(&server.database, &config.scope)?;
 
     let started = clock::now();
@@ -280,10 +265,7 @@ impl Run<'_> {
         watch.watch_child(child.pid());
 
         let copied = copy_stream(&mut child, &mut plain, |archive_bytes| {
-            progress(Progress {
-                archive_bytes,
-                stored_bytes: 0,
-            });
+            progress(Progress { archive_bytes });
             watch.received().is_none()
         });
         if matches!(
@@ -335,7 +317,6 @@ impl Run<'_> {
         let stored_digest = stored_hasher.finish();
         progress(Progress {
             archive_bytes: archive_digest.bytes,
-            stored_bytes: stored_digest.bytes,
         });
 
         let summary = inspector.finish().map_err(|e| {

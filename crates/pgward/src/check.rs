@@ -236,22 +236,13 @@ fn connection(ctx: &mut Context, m: &mut Matrix) {
         ),
     }
     match &ctx.pg_dump {
-        Some(v) if v.major >= server.major() => m.pass(
-            "tools.version-match",
-            format!("pg_dump {} can dump server {}", v.major, server.major()),
-        ),
-        Some(v) => m.fail(
-            "tools.version-match",
-            format!(
-                "pg_dump {} is older than server {}: pg_dump refuses to dump a newer server",
-                v.version, server.version
+        Some(v) => match crate::dump::require_can_dump(v, &server) {
+            Ok(()) => m.pass(
+                "tools.version-match",
+                format!("pg_dump {} can dump server {}", v.major, server.major()),
             ),
-            format!(
-                "install pg_dump {} or newer (Debian: postgresql-client-{}) and set pg-dump.path",
-                server.major(),
-                server.major()
-            ),
-        ),
+            Err(e) => m.fail_with("tools.version-match", &e),
+        },
         None => m.not_evaluated("tools.version-match", "pg_dump's version is unknown"),
     }
     ctx.session = Some(session);

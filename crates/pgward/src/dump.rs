@@ -174,6 +174,25 @@ impl Tool {
     }
 }
 
+/// pg_dump refuses servers of a newer major version; say so before trying.
+pub fn require_can_dump(pg_dump: &ToolVersion, server: &crate::catalog::ServerInfo) -> Result<()> {
+    if pg_dump.major >= server.major() {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::Dump,
+        format!(
+            "pg_dump {} is older than the server ({}); pg_dump refuses to dump a newer server",
+            pg_dump.version, server.version
+        ),
+    )
+    .with_hint(format!(
+        "install pg_dump {} or newer (Debian: postgresql-client-{}) and set pg-dump.path",
+        server.major(),
+        server.major()
+    )))
+}
+
 /// Parses "pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)".
 pub fn parse_version(output: &str) -> Option<ToolVersion> {
     let line = output.lines().next()?;

@@ -365,7 +365,7 @@ fn a_pg_dump_older_than_the_server_is_refused_before_dumping() {
     assert!(
         failing[0]
             .1
-            .starts_with("pg_dump 9.6.24 is older than server"),
+            .starts_with("pg_dump 9.6.24 is older than the server"),
         "{failing:?}"
     );
     let backup = backup(&r.ws.repo(), &r.db, &["--pg-dump", old.to_str().unwrap()]);
