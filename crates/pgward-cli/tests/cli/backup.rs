@@ -130,21 +130,7 @@ fn backup_list_verify_and_stock_tools_read_the_artifact() {
 
     // Stock tools: zstd -d | pg_restore restores it into a new database
     // with the same rows.
-    let restored = cluster().create_database("restored");
-    let script = format!(
-        "zstd -dc '{}' | pg_restore --exit-on-error --no-owner -d '{restored}'",
-        artifact.display()
-    );
-    let out = Command::new("bash")
-        .args(["-o", "pipefail", "-c", &script])
-        .envs(cluster().env())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pg_restore failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let restored = restore_with_stock_tools(&artifact, "restored");
     let checksum =
         "SELECT count(*) || ':' || md5(string_agg(o::text, ',' ORDER BY id)) FROM public.orders o";
     assert_eq!(
@@ -162,6 +148,27 @@ fn backup_list_verify_and_stock_tools_read_the_artifact() {
     let text = run(pgward(&ws.repo()).arg("list"));
     text.assert_ok();
     assert!(text.stdout.contains(&id), "{}", text.stdout);
+}
+
+/// `zstd -dc ARTIFACT | pg_restore --exit-on-error --no-owner` into a new
+/// database (named from `hint`), which is returned; panics on any error.
+fn restore_with_stock_tools(artifact: &std::path::Path, hint: &str) -> String {
+    let target = cluster().create_database(hint);
+    let script = format!(
+        "zstd -dc '{}' | pg_restore --exit-on-error --no-owner -d '{target}'",
+        artifact.display()
+    );
+    let out = Command::new("bash")
+        .args(["-o", "pipefail", "-c", &script])
+        .envs(cluster().env())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "restore failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    target
 }
 
 fn run_list(ws: &Workspace) -> serde_json::Value {
@@ -397,22 +404,7 @@ fn partitioned_tables_in_scope_bring_their_partitions() {
             .repo()
             .join("backups")
             .join(manifest["artifact"]["file"].as_str().unwrap());
-        let target = cluster().create_database("parts_restored");
-        let script = format!(
-            "zstd -dc '{}' | pg_restore --exit-on-error -d '{target}'",
-            artifact.display()
-        );
-        let out = Command::new("bash")
-            .args(["-o", "pipefail", "-c", &script])
-            .envs(cluster().env())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "restore failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        target
+        restore_with_stock_tools(&artifact, "parts_restored")
     };
     let table_names = |manifest: &serde_json::Value| -> Vec<String> {
         let mut names: Vec<String> = manifest["tables"]
