@@ -79,12 +79,8 @@ impl GrantPlan {
         if self.grants.is_empty() {
             sql.push_str("-- nothing to grant: the role can read everything pg_dump touches\n");
         } else {
-            sql.push_str("-- run as the owner of these objects or a superuser\nBEGIN;\n");
-            for statement in &self.grants {
-                sql.push_str(statement);
-                sql.push('\n');
-            }
-            sql.push_str("COMMIT;\n");
+            sql.push_str("-- run as the owner of these objects or a superuser\n");
+            sql.push_str(&transaction(&self.grants));
         }
         if !self.optional_default_privileges.is_empty() {
             sql.push_str(
@@ -107,12 +103,7 @@ impl GrantPlan {
         if self.revokes.is_empty() {
             sql.push_str("-- nothing to revoke: the plan grants nothing\n");
         } else {
-            sql.push_str("BEGIN;\n");
-            for statement in &self.revokes {
-                sql.push_str(statement);
-                sql.push('\n');
-            }
-            sql.push_str("COMMIT;\n");
+            sql.push_str(&transaction(&self.revokes));
         }
         if !self.optional_default_privileges_revokes.is_empty() {
             sql.push_str("\n-- only if the optional default privileges were applied:\n");
@@ -122,6 +113,11 @@ impl GrantPlan {
         }
         sql
     }
+}
+
+/// Statements wrapped in one transaction: all of them apply, or none.
+fn transaction(statements: &[String]) -> String {
+    format!("BEGIN;\n{}\nCOMMIT;\n", statements.join("\n"))
 }
 
 fn list(objects: &[&Gap], kind: &str) -> Option<String> {
