@@ -3,8 +3,10 @@
 //! codes in one place. All behaviour lives in the `pgward` library crate.
 
 mod render;
+mod tty;
 
 use clap::{Args, Parser, Subcommand};
+use pgward::encryption::{certificate::Certificate, keygen, secret};
 use pgward::{Config, Error, ErrorKind, backup, check, grants, list, verify};
 use std::path::PathBuf;
 
@@ -36,10 +38,54 @@ enum Command {
     /// List the repository's backups (newest first) and its quarantine.
     List,
     /// Prove a backup's artifact intact against its manifest, offline.
-    Verify {
-        /// A backup id, or `latest`.
-        #[arg(value_name = "ID|latest")]
-        backup: String,
+    Verify(VerifyArgs),
+    /// OpenPGP keys for encrypted backups.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    /// A backup id, or `latest`.
+    #[arg(value_name = "ID|latest")]
+    backup: String,
+    #[command(flatten)]
+    decrypt: DecryptArgs,
+}
+
+/// How to decrypt encrypted artifacts (overrides [decryption]).
+#[derive(Args, Debug)]
+struct DecryptArgs {
+    /// Secret key file that decrypts encrypted artifacts (decryption.secret-key).
+    #[arg(long, env = "PGWARD_SECRET_KEY", value_name = "FILE")]
+    secret_key: Option<PathBuf>,
+    /// File whose first line is the secret key's passphrase (decryption.passphrase-file).
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+    /// Decrypt by running `gpg --batch --quiet --decrypt` (your keyring, agent or smartcard).
+    #[arg(long, conflicts_with = "secret_key")]
+    gpg: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCommand {
+    /// Create a keypair for backups: PREFIX.sec.asc (passphrase-protected) and PREFIX.pub.asc.
+    Generate {
+        /// Path prefix of the two files to create (neither may exist).
+        #[arg(long, value_name = "PREFIX")]
+        out: PathBuf,
+        /// The key's user id.
+        #[arg(long, value_name = "NAME", default_value = "pgward backups")]
+        user_id: String,
+        /// File whose first line is the new passphrase (default: PGWARD_PASSPHRASE_FILE, then a prompt).
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Show a certificate's fingerprint, algorithms, expiry and encryption capability.
+    Show {
+        /// A certificate (or secret key) file, armored or binary.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
     },
 }
 
@@ -204,14 +250,43 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let repo = open_repository(&config)?;
             render::list(&list::run(&repo)?, cli.json);
         }
-        Command::Verify { backup } => {
+        Command::Verify(args) => {
+            apply_decrypt_args(&mut config, &args.decrypt);
             let repo = open_repository(&config)?;
             let mut progress = render::Progress::new(!cli.json);
-            let report = verify::run(&repo, &backup, &mut |n| progress.update(n));
+            let decryption = config.decryption.clone();
+            let mut decryptor =
+                || secret::decryptor(&decryption, &pgward::process_env, &tty::ask_passphrase);
+            let report = verify::run(&repo, &args.backup, &mut decryptor, &mut |n| {
+                progress.update(n)
+            });
             progress.clear();
             let report = report?;
             render::verify(&report, cli.json);
             report.into_result().map_err(Failure::Reported)?;
+        }
+        Command::Key(KeyCommand::Generate {
+            out,
+            user_id,
+            passphrase_file,
+        }) => {
+            let passphrase = new_passphrase(passphrase_file)?;
+            let key = keygen::generate(&user_id, Some(&passphrase))?;
+            let written = keygen::write(&key, &out)?;
+            render::key_generated(&written, cli.json);
+        }
+        Command::Key(KeyCommand::Show { file }) => {
+            let certificate = match Certificate::load(&file) {
+                Ok(c) => c,
+                Err(not_public) => match secret::load(&file) {
+                    Ok(key) => Certificate {
+                        path: file.clone(),
+                        key: key.to_public_key(),
+                    },
+                    Err(_) => return Err(not_public.into()),
+                },
+            };
+            render::key_info(&certificate.info(pgward::clock::now()), cli.json);
         }
     }
     Ok(())
@@ -296,6 +371,48 @@ fn run_grants(config: &Config, args: &GrantsArgs, json: bool) -> Result<(), Fail
         )));
     }
     Ok(())
+}
+
+fn apply_decrypt_args(config: &mut Config, args: &DecryptArgs) {
+    if let Some(key) = &args.secret_key {
+        config.decryption.secret_key = Some(key.clone());
+        config.decryption.command.clear();
+    }
+    if let Some(file) = &args.passphrase_file {
+        config.decryption.passphrase_file = Some(file.clone());
+    }
+    if args.gpg {
+        config.decryption.secret_key = None;
+        config.decryption.command = ["gpg", "--batch", "--quiet", "--decrypt"]
+            .map(String::from)
+            .to_vec();
+    }
+}
+
+/// A new key's passphrase: from a file, the file PGWARD_PASSPHRASE_FILE
+/// names, or asked twice on the terminal. Never from argv.
+fn new_passphrase(file: Option<PathBuf>) -> Result<String, Error> {
+    let file = file.or_else(|| std::env::var_os(secret::PASSPHRASE_FILE_ENV).map(PathBuf::from));
+    if let Some(file) = file {
+        return secret::read_passphrase_file(&file);
+    }
+    let no_terminal = || {
+        Error::config("a new key needs a passphrase and there is no terminal to ask on").with_hint(
+            format!(
+                "pass --passphrase-file FILE or set {} to a file holding it",
+                secret::PASSPHRASE_FILE_ENV
+            ),
+        )
+    };
+    let first =
+        tty::ask_passphrase("Passphrase for the new secret key: ").ok_or_else(no_terminal)?;
+    let again = tty::ask_passphrase("Repeat the passphrase: ").ok_or_else(no_terminal)?;
+    if first != again {
+        return Err(Error::config(
+            "the two passphrases differ; nothing was written",
+        ));
+    }
+    Ok(first)
 }
 
 fn apply_target_args(config: &mut Config, args: &TargetArgs) -> Result<(), Error> {

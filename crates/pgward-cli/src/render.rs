@@ -56,6 +56,7 @@ pub fn backup(outcome: &BackupOutcome, json: bool) {
             "id": m.id,
             "artifact-path": outcome.artifact_path,
             "manifest-path": outcome.manifest_path,
+            "envelope": m.envelope(),
             "manifest": m,
         }));
         return;
@@ -77,6 +78,7 @@ pub fn backup(outcome: &BackupOutcome, json: bool) {
          database  {db} on PostgreSQL {server} (system identifier {sysid})\n  \
          archive   {abytes}, {tables} tables with data, {rows} rows, sha256 {asha}\n  \
          stored    {sbytes} zstd-{level} ({ratio:.1}% of the archive), sha256 {ssha}\n  \
+         encrypted {encrypted}\n  \
          artifact  {artifact}\n  \
          manifest  {manifest}\n  \
          took      {secs:.1} s ({rate}/s)\n",
@@ -90,6 +92,10 @@ pub fn backup(outcome: &BackupOutcome, json: bool) {
         sbytes = bytes(m.artifact.bytes),
         level = m.artifact.compression.level,
         ssha = m.artifact.sha256,
+        encrypted = match &m.artifact.encryption {
+            Some(e) => format!("{} to {}", e.scheme, recipients(e)),
+            None => "no (no recipient configured)".to_string(),
+        },
         artifact = outcome.artifact_path.display(),
         manifest = outcome.manifest_path.display(),
         rate = bytes(rate as u64),
@@ -107,6 +113,7 @@ pub fn list(listing: &Listing, json: bool) {
                     "started-at": m.started_at, "finished-at": m.finished_at,
                     "archive-bytes": m.archive.bytes, "artifact-bytes": m.artifact.bytes,
                     "artifact-sha256": m.artifact.sha256, "tables": m.tables.len(), "scope": m.scope,
+                    "encryption": m.artifact.encryption,
                 })
             })
             .collect();
@@ -123,18 +130,23 @@ pub fn list(listing: &Listing, json: bool) {
         text.push_str("no backups\n");
     } else {
         text.push_str(&format!(
-            "{:<40} {:<24} {:<16} {:>10} {:>10} {:>6}  {}\n",
-            "ID", "STARTED (UTC)", "DATABASE", "ARCHIVE", "STORED", "TABLES", "STATUS"
+            "{:<40} {:<24} {:<16} {:>10} {:>10} {:>6}  {:<10} {}\n",
+            "ID", "STARTED (UTC)", "DATABASE", "ARCHIVE", "STORED", "TABLES", "KEY", "STATUS"
         ));
         for m in &listing.backups {
+            let key = match &m.artifact.encryption {
+                Some(e) => recipients(e),
+                None => "none".to_string(),
+            };
             text.push_str(&format!(
-                "{:<40} {:<24} {:<16} {:>10} {:>10} {:>6}  complete\n",
+                "{:<40} {:<24} {:<16} {:>10} {:>10} {:>6}  {:<10} complete\n",
                 m.id,
                 m.started_at,
                 m.database,
                 bytes(m.archive.bytes),
                 bytes(m.artifact.bytes),
-                m.tables.len()
+                m.tables.len(),
+                key
             ));
         }
     }
@@ -170,12 +182,18 @@ pub fn verify(report: &VerifyReport, json: bool) {
     for check in &report.checks {
         text.push_str(&format!(
             "  {:<4} {:<18} {}\n",
-            if check.ok { "ok" } else { "FAIL" },
+            match (check.ok, check.skipped) {
+                (_, true) => "skip",
+                (true, false) => "ok",
+                (false, false) => "FAIL",
+            },
             check.name,
             check.detail
         ));
     }
-    text.push_str(if report.ok {
+    text.push_str(if report.ok && !report.content_checked {
+        "stored bytes intact; content NOT checked (give --secret-key or --gpg to decrypt)\n"
+    } else if report.ok {
         "intact\n"
     } else {
         "NOT INTACT\n"
@@ -375,4 +393,83 @@ impl Progress {
             err("\r\x1b[2K");
         }
     }
+}
+
+/// Recipients as people read them: last 8 digits of each fingerprint.
+fn recipients(encryption: &pgward::repository::manifest::EncryptionRecord) -> String {
+    encryption
+        .recipients
+        .iter()
+        .map(|r| pgward::encryption::short(&r.fingerprint))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn key_generated(key: &pgward::encryption::keygen::WrittenKey, json: bool) {
+    if json {
+        let mut value = serde_json::to_value(key).expect("keys serialise");
+        value["message-type"] = json!("key-generated");
+        out_json(&value);
+        return;
+    }
+    out(&format!(
+        "key generated\n  \
+         fingerprint     {fpr}\n  \
+         encryption key  {enc}\n  \
+         secret key      {secret} (passphrase-protected; move it to your vault, keep it off the backup host)\n  \
+         certificate     {public}\n\
+         add to the configuration:\n  \
+         [[encryption.recipient]]\n  \
+         certificate = {public:?}\n  \
+         fingerprint = \"{fpr}\"\n",
+        fpr = key.fingerprint,
+        enc = key.encryption_key,
+        secret = key.secret_key.display(),
+        public = key.certificate.display().to_string(),
+    ));
+}
+
+pub fn key_info(info: &pgward::encryption::certificate::CertificateInfo, json: bool) {
+    if json {
+        let mut value = serde_json::to_value(info).expect("certificates serialise");
+        value["message-type"] = json!("key");
+        out_json(&value);
+        return;
+    }
+    let expires = |e: &Option<String>| e.clone().unwrap_or_else(|| "never".to_string());
+    let mut text = format!(
+        "certificate {}\n  fingerprint  {}\n  primary      {}, created {}, expires {}{}\n",
+        info.file,
+        info.fingerprint,
+        info.algorithm,
+        info.created,
+        expires(&info.expires),
+        if info.revoked { ", REVOKED" } else { "" },
+    );
+    for uid in &info.user_ids {
+        text.push_str(&format!("  user id      {uid}\n"));
+    }
+    for sub in &info.subkeys {
+        text.push_str(&format!(
+            "  subkey       {} {}, created {}, expires {}{}{}\n",
+            sub.fingerprint,
+            sub.algorithm,
+            sub.created,
+            expires(&sub.expires),
+            if sub.encryption_capable {
+                ", encrypt"
+            } else {
+                ", no encryption"
+            },
+            if sub.revoked { ", REVOKED" } else { "" },
+        ));
+    }
+    text.push_str(&match &info.encryption_key {
+        Some(key) => format!("  encrypts to  {key}\n"),
+        None => {
+            "  encrypts to  nothing: no usable encryption key (signing-only, expired or revoked)\n"
+                .to_string()
+        }
+    });
+    out(&text);
 }

@@ -12,18 +12,20 @@ use crate::catalog::{CatalogSession, ServerInfo};
 use crate::clock;
 use crate::config::Config;
 use crate::dump::{PgDump, ToolVersion};
+use crate::encryption::EncryptionPlan;
 use crate::error::{Error, ErrorKind, Result};
 use crate::interrupt::InterruptWatch;
 use crate::pipeline::archive::{ArchiveInspector, ArchiveSummary};
 use crate::pipeline::child::{ChildSource, signal_name};
 use crate::pipeline::compress::{self, Compression};
+use crate::pipeline::encrypt::{EncryptStage, EncryptWriter};
 use crate::pipeline::hash::{StreamHasher, digest_file};
 use crate::pipeline::{CopyError, ObserveWrite, copy_stream};
 use crate::repository::manifest::{
     ArchiveRecord, ArtifactRecord, BackupStatus, CompressionRecord, MANIFEST_FORMAT,
     MANIFEST_VERSION, Manifest, PgDumpRecord, TableRecord,
 };
-use crate::repository::{ARTIFACT_SUFFIX, Repository, Staging, new_backup_id};
+use crate::repository::{Repository, Staging, artifact_file, new_backup_id};
 use crate::scope::TableName;
 use std::path::{Path, PathBuf};
 
@@ -60,6 +62,9 @@ pub fn run(
             .with_hint("pass --repo DIR, set PGWARD_REPO or `repository` in the config file")
     })?;
     let target = ConnectionTarget::resolve(&config.connection, env)?;
+    // Recipients are checked before anything is written: a backup that
+    // cannot be encrypted as configured does not start.
+    let encryption = crate::encryption::plan(&config.encryption, jiff::Timestamp::now())?;
     let repo = Repository::init(repo_path)?;
     let _lock = repo.lock(&target.dbname)?;
 
@@ -90,6 +95,7 @@ pub fn run(
         dump_scope: &dump_scope,
         snapshot: snapshot.as_deref(),
         previous: previous.as_ref(),
+        encryption: encryption.as_ref(),
         id: &id,
         started,
     };
@@ -169,9 +175,9 @@ pub fn dry_run(config: &Config, env: Env) -> Result<DryRun> {
     let root = config.repository.clone().unwrap_or_default();
     let pg_dump = PgDump::pg_dump(&config.pg_dump);
     Ok(DryRun {
-        artifact_path: root.join("backups").join(format!(
-            "{}{ARTIFACT_SUFFIX}",
-            new_backup_id(&database, clock::now())
+        artifact_path: root.join("backups").join(artifact_file(
+            &new_backup_id(&database, clock::now()),
+            !config.encryption.recipients.is_empty(),
         )),
         pg_dump_program: pg_dump.display_program(),
         pg_dump_arguments: pg_dump.dump_arguments(
@@ -225,6 +231,7 @@ struct Run<'a> {
     dump_scope: &'a crate::scope::Scope,
     snapshot: Option<&'a str>,
     previous: Option<&'a Manifest>,
+    encryption: Option<&'a EncryptionPlan>,
     id: &'a str,
     started: jiff::Timestamp,
 }
@@ -247,8 +254,16 @@ impl Run<'_> {
         };
         let write_error = |e: std::io::Error| Error::repository_io("cannot write", staging_path, e);
 
+        // dump -> hash, inspect -> compress -> encrypt -> hash -> file
         let stored = ObserveWrite::new(file, StreamHasher::default());
-        let encoder = compress::encoder(stored, compression).map_err(write_error)?;
+        let sealed = match self.encryption {
+            None => EncryptStage::Plain(stored),
+            Some(plan) => EncryptStage::Encrypted(
+                EncryptWriter::new(stored, plan.encryption_keys())
+                    .map_err(|e| Error::config(format!("cannot start encryption: {e}")))?,
+            ),
+        };
+        let encoder = compress::encoder(sealed, compression).map_err(write_error)?;
         let mut plain =
             ObserveWrite::new(encoder, (StreamHasher::default(), ArchiveInspector::new()));
 
@@ -309,7 +324,8 @@ impl Run<'_> {
         }
 
         let (encoder, (plain_hasher, inspector)) = plain.into_parts();
-        let stored = encoder.finish().map_err(write_error)?;
+        let sealed = encoder.finish().map_err(write_error)?;
+        let stored = sealed.finish().map_err(write_error)?;
         let (file, stored_hasher) = stored.into_parts();
         file.sync_all().map_err(write_error)?;
         drop(file);
@@ -373,13 +389,14 @@ impl Run<'_> {
                 toc_entries: summary.toc_entries,
             },
             artifact: ArtifactRecord {
-                file: format!("{}{ARTIFACT_SUFFIX}", self.id),
+                file: artifact_file(self.id, self.encryption.is_some()),
                 bytes: stored_digest.bytes,
                 sha256: stored_digest.sha256,
                 compression: CompressionRecord {
                     algorithm: "zstd".to_string(),
                     level: compression.level,
                 },
+                encryption: self.encryption.map(EncryptionPlan::record),
             },
             tables: summary
                 .table_data

@@ -30,6 +30,58 @@ pub struct Config {
     pub compression: CompressionConfig,
     #[serde(default)]
     pub validation: ValidationConfig,
+    #[serde(default)]
+    pub encryption: EncryptionConfig,
+    #[serde(default)]
+    pub decryption: DecryptionConfig,
+}
+
+/// Who backups are encrypted to.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EncryptionConfig {
+    /// Refuse to back up without a usable recipient. Unset means: required
+    /// as soon as a recipient is configured.
+    pub required: Option<bool>,
+    /// `[[encryption.recipient]]` tables; every backup is encrypted to all.
+    #[serde(default, rename = "recipient")]
+    pub recipients: Vec<RecipientConfig>,
+}
+
+/// One recipient: a public certificate and the fingerprint it must have.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RecipientConfig {
+    /// An OpenPGP certificate (public key), armored or binary.
+    pub certificate: PathBuf,
+    /// The full fingerprint the certificate must have (spaces allowed).
+    pub fingerprint: String,
+}
+
+impl RecipientConfig {
+    pub fn pin(&self) -> Result<crate::encryption::Fingerprint> {
+        crate::encryption::Fingerprint::parse(&self.fingerprint).map_err(|e| {
+            Error::config(format!(
+                "encryption.recipient {}: fingerprint {e}",
+                self.certificate.display()
+            ))
+        })
+    }
+}
+
+/// How pgward decrypts where it reads artifacts (`verify`): a secret key
+/// file, or an external command such as `gpg --decrypt`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DecryptionConfig {
+    /// An OpenPGP secret key file (armored or binary).
+    pub secret_key: Option<PathBuf>,
+    /// A file holding the secret key's passphrase (first line).
+    pub passphrase_file: Option<PathBuf>,
+    /// A command that reads the encrypted artifact on stdin and writes the
+    /// plaintext on stdout, e.g. ["gpg", "--batch", "--decrypt"].
+    #[serde(default)]
+    pub command: Vec<String>,
 }
 
 /// Where the database is. Anything left unset comes from the libpq
@@ -215,6 +267,15 @@ impl Config {
             return Err(Error::config(
                 "validation.max-shrink-percent must be between 0 and 100",
             ));
+        }
+        for recipient in &self.encryption.recipients {
+            recipient.pin()?;
+        }
+        if self.decryption.secret_key.is_some() && !self.decryption.command.is_empty() {
+            return Err(Error::config(
+                "decryption.secret-key and decryption.command are both set",
+            )
+            .with_hint("choose one: a secret key file pgward reads, or a command (gpg) that decrypts"));
         }
         self.scope.validate()
     }

@@ -21,6 +21,7 @@ pub mod check;
 pub mod clock;
 pub mod config;
 pub mod dump;
+pub mod encryption;
 pub mod error;
 pub mod grants;
 pub mod interrupt;

@@ -1,27 +1,38 @@
 //! `pgward verify`: offline proof that an artifact is what its manifest
 //! says, without a database.
 //!
-//! One pass over the stored file: its sha256 and size against the manifest
-//! (any flipped bit fails here), full zstd decompression (frame checksums),
-//! and the same archive inspection a backup runs, whose results (archive
-//! sha256 and size, table list, per-table bytes and rows) must equal the
-//! manifest's.
+//! First the stored file's size and sha256 against the manifest (any
+//! flipped bit fails here; no key needed, so this always runs). Then the
+//! content: decryption if the artifact is encrypted and a key or command
+//! was given (the MDC proves the ciphertext), full zstd decompression
+//! (frame checksums), and the same archive inspection a backup runs, whose
+//! results (archive sha256 and size, table list, per-table bytes and rows)
+//! must equal the manifest's.
 
+use crate::encryption::secret::Decryptor;
+use crate::encryption::{SCHEME, short};
 use crate::error::{Error, ErrorKind, Result};
+use crate::pipeline::ObserveWrite;
 use crate::pipeline::archive::ArchiveInspector;
 use crate::pipeline::compress;
+use crate::pipeline::decrypt::{DecryptError, decrypt};
 use crate::pipeline::hash::StreamHasher;
-use crate::pipeline::{ObserveRead, ObserveWrite};
+use crate::pipeline::hash::digest_file;
 use crate::repository::Repository;
+use crate::repository::manifest::EncryptionRecord;
 use crate::repository::manifest::Manifest;
 use serde::Serialize;
 use std::fs::File;
+use std::path::Path;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Check {
     pub name: String,
     pub ok: bool,
+    /// Not run (ok stays true): nothing was proven either way.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
     pub detail: String,
 }
 
@@ -31,6 +42,9 @@ pub struct VerifyReport {
     pub id: String,
     pub artifact: String,
     pub ok: bool,
+    /// False when the artifact is encrypted and no key was given: only
+    /// the stored bytes were checked.
+    pub content_checked: bool,
     pub checks: Vec<Check>,
 }
 
@@ -64,9 +78,19 @@ impl Checks {
         self.0.push(Check {
             name: name.to_string(),
             ok,
+            skipped: false,
             detail: detail.into(),
         });
         ok
+    }
+
+    fn skip(&mut self, name: &str, detail: impl Into<String>) {
+        self.0.push(Check {
+            name: name.to_string(),
+            ok: true,
+            skipped: true,
+            detail: detail.into(),
+        });
     }
 
     fn compare<T: PartialEq + std::fmt::Display>(
@@ -87,78 +111,199 @@ impl Checks {
 pub fn run(
     repo: &Repository,
     selector: &str,
+    decryptor: &mut dyn FnMut() -> Result<Option<Decryptor>>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<VerifyReport> {
     let manifest = repo.find(selector)?;
     let path = repo.artifact_path(&manifest);
     let mut checks = Checks(Vec::new());
-    verify_artifact(&manifest, &path, &mut checks, progress);
+    let mut content_checked = false;
+    if verify_stored(&manifest, &path, &mut checks) {
+        match &manifest.artifact.encryption {
+            None => {
+                content_checked = true;
+                if let Some(file) = open(&path, &mut checks) {
+                    verify_content(&manifest, file, &mut checks, progress);
+                }
+            }
+            Some(encryption) => match decryptor()? {
+                None => checks.skip(
+                    "decryption",
+                    "no secret key or decryption command given: only the stored bytes were checked",
+                ),
+                Some(decryptor) => {
+                    require_recipient(&manifest, encryption, &decryptor)?;
+                    content_checked = true;
+                    if let Some(file) = open(&path, &mut checks) {
+                        verify_encrypted(&manifest, file, &decryptor, &mut checks, progress)?;
+                    }
+                }
+            },
+        }
+    }
     Ok(VerifyReport {
         id: manifest.id.clone(),
         artifact: path.display().to_string(),
         ok: checks.0.iter().all(|c| c.ok),
+        content_checked,
         checks: checks.0,
     })
 }
 
-fn verify_artifact(
-    manifest: &Manifest,
-    path: &std::path::Path,
-    checks: &mut Checks,
-    progress: &mut dyn FnMut(u64),
-) {
-    let file = match File::open(path) {
-        Ok(f) => f,
+fn open(path: &Path, checks: &mut Checks) -> Option<File> {
+    match File::open(path) {
+        Ok(f) => Some(f),
         Err(e) => {
             checks.add(
                 "artifact present",
                 false,
                 format!("{}: {e}", path.display()),
             );
-            return;
+            None
         }
+    }
+}
+
+/// The stored bytes against the manifest: size and sha256. Needs no key,
+/// so it runs first and always. False when there is nothing to go on.
+fn verify_stored(manifest: &Manifest, path: &Path, checks: &mut Checks) -> bool {
+    let Some(file) = open(path, checks) else {
+        return false;
     };
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    if !checks.compare("artifact size", manifest.artifact.bytes, size) {
-        // Keep going: the hash and decompression say more about the damage.
+    drop(file);
+    checks.compare("artifact size", manifest.artifact.bytes, size);
+    match digest_file(path) {
+        Ok(stored) => {
+            checks.compare(
+                "artifact sha256",
+                manifest.artifact.sha256.as_str(),
+                stored.sha256.as_str(),
+            );
+            true
+        }
+        Err(e) => {
+            checks.add("artifact sha256", false, format!("cannot read: {e}"));
+            false
+        }
     }
+}
 
-    let stored = ObserveRead::new(file, StreamHasher::default());
+/// A secret key that is none of the recipients' is an operator mistake,
+/// not damage: say so instead of reporting a failed decryption.
+fn require_recipient(
+    manifest: &Manifest,
+    encryption: &EncryptionRecord,
+    decryptor: &Decryptor,
+) -> Result<()> {
+    let Decryptor::SecretKey(key) = decryptor else {
+        return Ok(());
+    };
+    let ours = key.fingerprints();
+    let matches = encryption
+        .recipients
+        .iter()
+        .any(|r| ours.contains(&r.fingerprint) || ours.contains(&r.encryption_key));
+    if matches {
+        return Ok(());
+    }
+    Err(not_a_recipient(manifest, encryption, &decryptor.describe()))
+}
+
+fn not_a_recipient(manifest: &Manifest, encryption: &EncryptionRecord, what: &str) -> Error {
+    let recipients: Vec<String> = encryption
+        .recipients
+        .iter()
+        .map(|r| short(&r.fingerprint))
+        .collect();
+    Error::config(format!(
+        "{what} cannot decrypt backup {}: it is encrypted to {}",
+        manifest.id,
+        recipients.join(", ")
+    ))
+    .with_hint("give the secret key of one of those recipients (the manifest names the key each backup was encrypted to)")
+}
+
+fn verify_encrypted(
+    manifest: &Manifest,
+    file: File,
+    decryptor: &Decryptor,
+    checks: &mut Checks,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    let decrypting = match decrypt(file, decryptor) {
+        Ok(d) => d,
+        Err(DecryptError::NotARecipient) => {
+            let encryption = manifest.artifact.encryption.as_ref().expect("encrypted");
+            return Err(not_a_recipient(manifest, encryption, &decryptor.describe()));
+        }
+        Err(DecryptError::Command(e)) => {
+            return Err(Error::config(format!(
+                "cannot run decryption.command `{}`: {e}",
+                match decryptor {
+                    Decryptor::Command(argv) => argv.join(" "),
+                    Decryptor::SecretKey(_) => String::new(),
+                }
+            )));
+        }
+        Err(e @ DecryptError::Malformed(_)) => {
+            checks.add("decryption", false, e.to_string());
+            return Ok(());
+        }
+    };
+    let mut decrypting = decrypting;
+    let finished = verify_content(manifest, &mut decrypting, checks, progress);
+    match decrypting.finish() {
+        Ok(()) if finished => {
+            checks.add(
+                "decryption",
+                true,
+                format!("{SCHEME} with {}", decryptor.describe()),
+            );
+        }
+        Ok(()) => {}
+        Err(e) => {
+            checks.add("decryption", false, e);
+        }
+    }
+    Ok(())
+}
+
+/// Decompresses and inspects the plaintext, comparing everything with the
+/// manifest. Returns whether the stream was read to its end.
+fn verify_content(
+    manifest: &Manifest,
+    compressed: impl std::io::Read,
+    checks: &mut Checks,
+    progress: &mut dyn FnMut(u64),
+) -> bool {
     let mut plain_sink = ObserveWrite::new(
         std::io::sink(),
         (StreamHasher::default(), ArchiveInspector::new()),
     );
-    let mut decoder = match compress::decoder(stored) {
+    let mut decoder = match compress::decoder(compressed) {
         Ok(d) => d,
         Err(e) => {
             checks.add("decompression", false, e.to_string());
-            return;
+            return false;
         }
     };
     let copied = crate::pipeline::copy_stream(&mut decoder, &mut plain_sink, |n| {
         progress(n);
         true
     });
-    // The decoder owns the stored-bytes observer; drain whatever is left of
-    // the file through it so the hash covers every byte even when
-    // decompression stopped early.
-    let stored_digest = {
-        let mut rest = decoder_into_inner(decoder);
-        let _ = std::io::copy(&mut rest, &mut std::io::sink());
-        rest.into_parts().1.finish()
-    };
-    checks.compare(
-        "artifact sha256",
-        manifest.artifact.sha256.as_str(),
-        stored_digest.sha256.as_str(),
-    );
     if let Err(e) = copied {
         let detail = match e {
             crate::pipeline::CopyError::Read(e) => e.to_string(),
             other => format!("{other:?}"),
         };
-        checks.add("decompression", false, detail);
-        return;
+        let stage = if detail.starts_with("decryption failed") {
+            "decryption"
+        } else {
+            "decompression"
+        };
+        checks.add(stage, false, detail);
+        return false;
     }
     checks.add(
         "decompression",
@@ -178,7 +323,7 @@ fn verify_artifact(
         Ok(s) => s,
         Err(e) => {
             checks.add("archive structure", false, e.to_string());
-            return;
+            return true;
         }
     };
     checks.add(
@@ -224,12 +369,5 @@ fn verify_artifact(
         )
     };
     checks.add("table data", same, detail);
-}
-
-/// zstd's reader hides its inner reader behind a buffered wrapper; this gets
-/// the observing reader back so the rest of the file can be hashed.
-fn decoder_into_inner<R: std::io::Read>(
-    decoder: zstd::stream::read::Decoder<'static, std::io::BufReader<R>>,
-) -> R {
-    decoder.finish().into_inner()
+    true
 }

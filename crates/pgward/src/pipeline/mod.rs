@@ -16,6 +16,8 @@
 pub mod archive;
 pub mod child;
 pub mod compress;
+pub mod decrypt;
+pub mod encrypt;
 pub mod hash;
 
 use std::io::{self, Read, Write};

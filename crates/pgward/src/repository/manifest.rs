@@ -6,12 +6,14 @@
 //! README.md; fields are only ever added within a version.
 
 use crate::catalog::ServerInfo;
+use crate::encryption::Fingerprint;
 use crate::error::ErrorKind;
 use crate::scope::Scope;
 use serde::{Deserialize, Serialize};
 
 pub const MANIFEST_FORMAT: &str = "pgward-backup-manifest";
-pub const MANIFEST_VERSION: u32 = 1;
+/// 2 added `artifact.encryption`; version 1 manifests are still read.
+pub const MANIFEST_VERSION: u32 = 2;
 pub const QUARANTINE_FORMAT: &str = "pgward-quarantine-record";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +77,67 @@ pub struct ArtifactRecord {
     pub bytes: u64,
     pub sha256: String,
     pub compression: CompressionRecord,
+    /// Absent when the artifact is not encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionRecord>,
+}
+
+/// How the stored file is encrypted, and to whom.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct EncryptionRecord {
+    /// Always [`crate::encryption::SCHEME`] in this version.
+    pub scheme: String,
+    pub recipients: Vec<RecipientRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RecipientRecord {
+    /// The certificate's (primary key's) fingerprint.
+    pub fingerprint: Fingerprint,
+    /// The subkey the session key was encrypted to.
+    pub encryption_key: Fingerprint,
+    /// The certificate file as configured when the backup was taken.
+    pub certificate: String,
+}
+
+/// What `backup --json` promises a calling program: every field always
+/// present, so a missing one is a reason to stop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Envelope {
+    pub id: String,
+    /// The artifact's path relative to the repository root.
+    pub artifact_ref: String,
+    pub stored_bytes: u64,
+    pub stored_sha256: String,
+    pub archive_bytes: u64,
+    pub archive_sha256: String,
+    /// [`crate::encryption::SCHEME`], or "none" for an unencrypted artifact.
+    pub encryption_scheme: String,
+    /// Full fingerprints of the recipient certificates; empty when unencrypted.
+    pub recipient_fingerprints: Vec<Fingerprint>,
+}
+
+impl Manifest {
+    pub fn envelope(&self) -> Envelope {
+        let encryption = self.artifact.encryption.as_ref();
+        Envelope {
+            id: self.id.clone(),
+            artifact_ref: format!("backups/{}", self.artifact.file),
+            stored_bytes: self.artifact.bytes,
+            stored_sha256: self.artifact.sha256.clone(),
+            archive_bytes: self.archive.bytes,
+            archive_sha256: self.archive.sha256.clone(),
+            encryption_scheme: encryption
+                .map(|e| e.scheme.clone())
+                .unwrap_or_else(|| "none".to_string()),
+            recipient_fingerprints: encryption
+                .map(|e| e.recipients.iter().map(|r| r.fingerprint.clone()).collect())
+                .unwrap_or_default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,6 +5,7 @@
 //! ```text
 //! REPO/pgward-repository.json      marker and layout version
 //! REPO/backups/ID.tar.zst          artifact (zstd-compressed pg_dump tar archive)
+//! REPO/backups/ID.tar.zst.gpg      the same, encrypted (an OpenPGP message)
 //! REPO/backups/ID.manifest.json    manifest, written last: the completion mark
 //! REPO/quarantine/ID.tar.zst.partial + ID.reason.json   failed runs, kept for forensics
 //! REPO/tmp/                        staging files of runs in progress
@@ -36,6 +37,7 @@ use std::path::{Path, PathBuf};
 const MARKER: &str = "pgward-repository.json";
 const LAYOUT_VERSION: u32 = 1;
 pub const ARTIFACT_SUFFIX: &str = ".tar.zst";
+pub const ENCRYPTED_ARTIFACT_SUFFIX: &str = ".tar.zst.gpg";
 const MANIFEST_SUFFIX: &str = ".manifest.json";
 const STAGING_SUFFIX: &str = ".tar.zst.tmp";
 const PARTIAL_SUFFIX: &str = ".tar.zst.partial";
@@ -159,7 +161,7 @@ impl Repository {
                 Some((id, entry.path(), "left behind by a run that died before it could clean up (killed, crashed or power loss)"))
             });
         let orphans = self.orphans()?.into_iter().filter_map(|name| {
-            let id = name.strip_suffix(ARTIFACT_SUFFIX)?.to_string();
+            let id = artifact_id(&name)?.to_string();
             Some((
                 id,
                 self.backups_dir().join(&name),
@@ -347,11 +349,18 @@ impl Repository {
             .into_iter()
             .map(|m| m.artifact.file)
             .collect();
-        Ok(list_with_suffix(&self.backups_dir(), ARTIFACT_SUFFIX)?
+        let mut found = list_with_suffix(&self.backups_dir(), ARTIFACT_SUFFIX)?;
+        found.extend(list_with_suffix(
+            &self.backups_dir(),
+            ENCRYPTED_ARTIFACT_SUFFIX,
+        )?);
+        let mut names: Vec<String> = found
             .into_iter()
             .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .filter(|name| !manifests.contains(name))
-            .collect())
+            .collect();
+        names.sort();
+        Ok(names)
     }
 
     /// The backup named by `selector`: an id, or `latest`.
@@ -569,6 +578,22 @@ fn write_reason(reserved: &Path, reason: &Path, record: &QuarantineRecord) -> Re
     })();
     result.map_err(|e| Error::repository_io("cannot write quarantine record", reason, e))?;
     sync_dir(reason.parent().expect("quarantine files have a parent"))
+}
+
+/// The artifact file name for backup `id`.
+pub fn artifact_file(id: &str, encrypted: bool) -> String {
+    let suffix = if encrypted {
+        ENCRYPTED_ARTIFACT_SUFFIX
+    } else {
+        ARTIFACT_SUFFIX
+    };
+    format!("{id}{suffix}")
+}
+
+/// The backup id of an artifact file name.
+fn artifact_id(name: &str) -> Option<&str> {
+    name.strip_suffix(ARTIFACT_SUFFIX)
+        .or_else(|| name.strip_suffix(ENCRYPTED_ARTIFACT_SUFFIX))
 }
 
 fn list_with_suffix(dir: &Path, suffix: &str) -> Result<Vec<PathBuf>> {

@@ -1,0 +1,178 @@
+//! The decryption stage: a `Read` adapter over an encrypted artifact,
+//! either in-process with a secret key or through an external command
+//! (`gpg --decrypt`) fed on stdin.
+//!
+//! In-process decryption streams (rPGP's SEIPDv1 `Streaming` mode): memory
+//! stays flat, and the MDC is checked when the end of the message is read,
+//! which is an error from `read` if the ciphertext was altered. Every
+//! consumer here reads to the end and compares the plaintext's sha256 with
+//! the manifest's before anything is trusted.
+
+use crate::encryption::secret::Decryptor;
+use pgp::composed::{DecryptionOptions, Message, TheRing};
+use pgp::types::Seipdv1ReadMode;
+use std::io::{self, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
+
+/// Why decryption could not start.
+#[derive(Debug)]
+pub enum DecryptError {
+    /// The secret key is not one the message was encrypted to.
+    NotARecipient,
+    /// The message is not a valid OpenPGP message (damage, wrong file).
+    Malformed(String),
+    /// The external command could not be started.
+    Command(io::Error),
+}
+
+impl std::fmt::Display for DecryptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecryptError::NotARecipient => f.write_str("the secret key is not a recipient"),
+            DecryptError::Malformed(e) => write!(f, "not a readable OpenPGP message: {e}"),
+            DecryptError::Command(e) => write!(f, "cannot start the decryption command: {e}"),
+        }
+    }
+}
+
+/// Plaintext from an encrypted source.
+pub struct Decrypting {
+    reader: Box<dyn Read + Send>,
+    external: Option<External>,
+}
+
+struct External {
+    child: Child,
+    feeder: JoinHandle<io::Result<()>>,
+    stderr: JoinHandle<String>,
+}
+
+impl Read for Decrypting {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.reader.read(buf)
+    }
+}
+
+impl Decrypting {
+    /// Waits for an external command and reports its failure with its
+    /// own last words; in-process decryption has nothing to wait for.
+    pub fn finish(self) -> Result<(), String> {
+        let Some(mut external) = self.external else {
+            return Ok(());
+        };
+        drop(self.reader);
+        let status = external.child.wait().map_err(|e| e.to_string())?;
+        let fed = external.feeder.join();
+        let said = external.stderr.join().unwrap_or_default();
+        let last_line = said
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no message")
+            .trim()
+            .to_string();
+        if !status.success() {
+            return Err(format!(
+                "the decryption command failed ({status}): {last_line}"
+            ));
+        }
+        match fed {
+            Ok(Ok(())) => Ok(()),
+            // The command exited without reading all of its input: a
+            // success status does not cover the bytes it never saw.
+            Ok(Err(e)) => Err(format!(
+                "the decryption command did not read the whole artifact: {e}"
+            )),
+            Err(_) => Err("the thread feeding the decryption command panicked".to_string()),
+        }
+    }
+}
+
+/// rPGP's parser wants its source to be `Debug`.
+struct Source<R>(R);
+
+impl<R> std::fmt::Debug for Source<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("artifact")
+    }
+}
+
+impl<R: Read> Read for Source<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+pub fn decrypt<R: Read + Send + 'static>(
+    ciphertext: R,
+    decryptor: &Decryptor,
+) -> Result<Decrypting, DecryptError> {
+    match decryptor {
+        Decryptor::SecretKey(secret) => {
+            let message = Message::from_bytes(BufReader::new(Source(ciphertext)))
+                .map_err(|e| DecryptError::Malformed(e.to_string()))?;
+            let ring = TheRing {
+                secret_keys: vec![&secret.key],
+                key_passwords: vec![&secret.password],
+                decrypt_options: DecryptionOptions::new()
+                    .set_seipdv1_read_mode(Seipdv1ReadMode::Streaming),
+                ..Default::default()
+            };
+            let (plaintext, _) = message.decrypt_the_ring(ring, true).map_err(|e| match e {
+                pgp::errors::Error::MissingKey => DecryptError::NotARecipient,
+                other => DecryptError::Malformed(other.to_string()),
+            })?;
+            Ok(Decrypting {
+                reader: Box::new(PlaintextReader(plaintext)),
+                external: None,
+            })
+        }
+        Decryptor::Command(argv) => {
+            let (program, args) = argv.split_first().expect("config rejects an empty command");
+            let mut child = Command::new(program)
+                .args(args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(DecryptError::Command)?;
+            let mut stdin = child.stdin.take().expect("stdin was piped");
+            let mut ciphertext = ciphertext;
+            let feeder = std::thread::Builder::new()
+                .name("decrypt-feed".into())
+                .spawn(move || {
+                    io::copy(&mut ciphertext, &mut stdin)?;
+                    stdin.flush()
+                })
+                .map_err(DecryptError::Command)?;
+            let mut stderr = child.stderr.take().expect("stderr was piped");
+            let stderr = std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = (&mut stderr).take(64 * 1024).read_to_string(&mut text);
+                text
+            });
+            let stdout = child.stdout.take().expect("stdout was piped");
+            Ok(Decrypting {
+                reader: Box::new(stdout),
+                external: Some(External {
+                    child,
+                    feeder,
+                    stderr,
+                }),
+            })
+        }
+    }
+}
+
+/// rPGP's decrypted message, with its errors made `io::Error`s that say
+/// what failed (an MDC mismatch is how damage shows up).
+struct PlaintextReader(Message<'static>);
+
+impl Read for PlaintextReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0
+            .read(buf)
+            .map_err(|e| io::Error::new(e.kind(), format!("decryption failed: {e}")))
+    }
+}
