@@ -5,7 +5,7 @@
 //! The matrix is a list of items, each PASS, WARN or FAIL with its evidence
 //! and, when it is not PASS, a hint. Each concern contributes its own rows
 //! through one function (`tools`, `connection`, `scope`, `privileges`,
-//! `repository`); later features (encryption keys, alert endpoints) add a
+//! `repository`, `encryption`); later features (alert endpoints) add a
 //! function of their own. An item that cannot be evaluated is a FAIL that
 //! says why: the matrix never passes by omission.
 
@@ -14,6 +14,7 @@ use crate::catalog::privileges::PrivilegeReport;
 use crate::catalog::{CatalogSession, ServerInfo};
 use crate::config::{Config, format_size};
 use crate::dump::{Tool, ToolVersion};
+use crate::encryption::certificate;
 use crate::error::Result;
 use crate::repository::inspect::{RepositoryState, inspect};
 use crate::scope::TableName;
@@ -157,7 +158,7 @@ pub fn run(config: &Config, env: Env) -> Result<CheckReport> {
         database_size: None,
     };
     let mut matrix = Matrix::default();
-    for section in [tools, connection, scope, privileges, repository] {
+    for section in [tools, connection, scope, privileges, repository, encryption] {
         section(&mut ctx, &mut matrix);
     }
     let expected_backup_bytes = expected_size(&ctx);
@@ -454,6 +455,85 @@ fn repository(ctx: &mut Context, m: &mut Matrix) {
                 m.pass("repository.space", evidence);
             }
         }
+    }
+}
+
+/// A recipient that expires within this many days is a warning: the
+/// nightly backup will fail closed when it does.
+const EXPIRY_WARNING_DAYS: i64 = 30;
+
+fn encryption(ctx: &mut Context, m: &mut Matrix) {
+    use crate::encryption::{self, certificate::Certificate, short};
+    let config = &ctx.config.encryption;
+    let now = crate::clock::now();
+    if config.recipients.is_empty() {
+        if encryption::required(config) {
+            m.fail(
+                "encryption",
+                "encryption required but no recipient certificate configured",
+                "add an [[encryption.recipient]] with certificate and fingerprint (see `pgward key generate`)",
+            );
+        } else {
+            m.warn(
+                "encryption",
+                "no recipient configured: backups are written unencrypted",
+                "add an [[encryption.recipient]] (see `pgward key generate`); backups usually leave this host",
+            );
+        }
+    }
+    for (n, configured) in config.recipients.iter().enumerate() {
+        let id = format!("encryption.recipient.{}", n + 1);
+        let checked = configured
+            .pin()
+            .and_then(|pin| Certificate::load(&configured.certificate)?.as_recipient(&pin, now));
+        let recipient = match checked {
+            Ok(r) => r,
+            Err(e) => {
+                m.fail_with(&id, &e);
+                continue;
+            }
+        };
+        let algorithm = recipient
+            .certificate
+            .subkey(&recipient.encryption_key)
+            .map(|s| certificate::algorithm_name(pgp::types::KeyDetails::public_params(&s.key)))
+            .unwrap_or_default();
+        let evidence = format!(
+            "{} {} matches its pin; encrypts to subkey {} ({algorithm}); expires {}",
+            configured.certificate.display(),
+            short(&recipient.fingerprint),
+            short(&recipient.encryption_key),
+            recipient
+                .expires
+                .map(crate::clock::rfc3339)
+                .unwrap_or_else(|| "never".to_string())
+        );
+        let soon = now
+            .checked_add(jiff::SignedDuration::from_hours(24 * EXPIRY_WARNING_DAYS))
+            .unwrap_or(jiff::Timestamp::MAX);
+        match recipient.expires {
+            Some(at) if at <= soon => m.warn(
+                &id,
+                format!("{evidence} (within {EXPIRY_WARNING_DAYS} days)"),
+                "extend the key's expiry (gpg --quick-set-expire FPR 1y '*') and export the certificate again, or rotate to a new key",
+            ),
+            _ => m.pass(&id, evidence),
+        }
+    }
+    match encryption::round_trip() {
+        Ok(bytes) => m.pass(
+            "encryption.round-trip",
+            format!(
+                "{} encrypted and decrypted in memory with a throwaway key ({}): identical",
+                format_size(bytes as u64),
+                encryption::SCHEME
+            ),
+        ),
+        Err(e) => m.fail(
+            "encryption.round-trip",
+            format!("in-memory encrypt/decrypt failed: {e}"),
+            "this is a defect in pgward: report it with `pgward --version`",
+        ),
     }
 }
 
