@@ -20,10 +20,14 @@
 #   PGWARD_BENCH_TIMEOUT (default 3600) seconds before a pgward run is killed,
 #   PGWARD_BENCH_SAMPLE (default 0.05) seconds between RSS samples of pgward.
 #
-# Each command runs twice, in sequence (floor, -Fc, gzip, pgward, then again);
-# the table shows the best (lowest) wall time of the two and the highest peak
-# RSS seen. Targets: pgward time <= 1.15 x floor; pgward time <= 0.6 x
-# `pg_dump -Fc` time; pgward's own peak RSS <= 64 MiB.
+# Each command runs twice, in sequence (floor, -Fc, gzip, -Fc | gpg, pgward,
+# pgward encrypted, then again); the table shows the best (lowest) wall time
+# of the two and the highest peak RSS seen. Targets: pgward time <= 1.15 x
+# floor; pgward time <= 0.6 x `pg_dump -Fc` time; encrypted pgward time <=
+# 1.15 x floor and <= 0.55 x `pg_dump -Fc | gpg --encrypt`; pgward's own peak
+# RSS <= 64 MiB, encrypted or not. Both encrypt to the same key, gpg 2.2's
+# default (RSA-3072 primary and encryption subkey), made by gpg in a
+# throwaway GNUPGHOME.
 #
 # On peak RSS: GNU time's %M is ru_maxrss from wait4(), which Linux fills
 # with the maximum of the process's own peak and the peaks of all descendants
@@ -109,6 +113,7 @@ out="$dir/out"
 
 cleanup() {
   local rc=$?
+  if [[ -d $out/gnupg ]]; then GNUPGHOME="$out/gnupg" gpgconf --kill all 2>/dev/null || true; fi
   rm -rf -- "$out"
   pgsb_stop "$dir"
   if [[ $keep -eq 1 || $created_dir -eq 0 ]]; then
@@ -165,13 +170,28 @@ printf 'pg_dump: %s; cores: %s\n\n' "$(pg_dump --version)" "$(nproc)"
 # Results per key: best seconds, max RSS KiB, output bytes, and for pgward the
 # tree RSS too. Keys: floor, fc, gzip, pgward.
 declare -A best_s=() rss_kib=() out_bytes=() tree_kib=()
-keys=(floor fc gzip pgward)
+keys=(floor fc gzip gpg pgward pgward_enc)
 declare -A label=(
   [floor]="pg_dump -Ft demo > /dev/null (floor)"
   [fc]="pg_dump -Fc demo > file"
   [gzip]="pg_dump demo | gzip > file"
+  [gpg]="pg_dump -Fc demo | gpg --encrypt > file"
   [pgward]="pgward backup --allow-shrink"
+  [pgward_enc]="pgward backup, encrypted"
 )
+
+# The recipient key for both encrypted pipelines.
+export GNUPGHOME="$out/gnupg"
+mkdir -m 700 "$GNUPGHOME"
+gpg --batch --quiet --pinentry-mode loopback --passphrase '' \
+  --quick-gen-key 'pgward bench <bench@example.invalid>' default default never 2>/dev/null
+fpr=$(gpg --with-colons --list-keys | awk -F: '/^fpr/ { print $10; exit }')
+gpg --export --armor "$fpr" >"$out/recipient.asc"
+cat >"$out/encrypted.toml" <<EOF
+[[encryption.recipient]]
+certificate = "$out/recipient.asc"
+fingerprint = "$fpr"
+EOF
 
 record() { # key seconds rss_kib(may be empty: unknown) bytes
   local k=$1 s=$2 r=$3 b=$4
@@ -200,14 +220,16 @@ time_baseline() {
   rm -f "$f"
 }
 
-# time_pgward: one run with a fresh repository; wall time and tree RSS from
-# GNU time, pgward's own peak RSS from VmHWM samples (see header).
+# time_pgward KEY [ARGS...]: one run with a fresh repository; wall time and
+# tree RSS from GNU time, pgward's own peak RSS from VmHWM samples (see
+# header). ARGS go before the subcommand (e.g. --config FILE).
 time_pgward() {
-  local repo="$out/repo" tf="$out/time.pgward" lg="$out/pgward.log"
+  local k=$1 repo="$out/repo" tf="$out/time.pgward" lg="$out/pgward.log"
   local tpid ppid="" hwm=0 rc=0 s r key val _unit timed_out=0 nap files deadline
+  shift
   rm -rf "$repo"
   mkdir -p "$repo"
-  /usr/bin/time -f '%e %M' -o "$tf" "$pgward" --repo "$repo" backup --dbname demo --allow-shrink \
+  /usr/bin/time -f '%e %M' -o "$tf" "$pgward" "$@" --repo "$repo" backup --dbname demo --allow-shrink \
     </dev/null >"$lg" 2>&1 &
   tpid=$!
   deadline=$((SECONDS + timeout_s))
@@ -254,10 +276,14 @@ time_pgward() {
     log "pgward ended before its RSS could be sampled: own peak RSS unknown"
     hwm=""
   fi
-  record pgward "$s" "$hwm" "$(du -sb "$repo" | cut -f1)"
-  if [[ -z ${tree_kib[pgward]:-} || $r -gt ${tree_kib[pgward]} ]]; then tree_kib[pgward]=$r; fi
+  if [[ $k == pgward_enc ]] && ! compgen -G "$repo/backups/*.tar.zst.gpg" >/dev/null; then
+    pgward_problem="the encrypted run wrote no .tar.zst.gpg artifact"
+    return 1
+  fi
+  record "$k" "$s" "$hwm" "$(du -sb "$repo" | cut -f1)"
+  if [[ -z ${tree_kib[$k]:-} || $r -gt ${tree_kib[$k]} ]]; then tree_kib[$k]=$r; fi
   printf '  %-40s %8.2fs %10s KiB RSS (own), %s KiB (tree), %s files\n' \
-    "${label[pgward]}" "$s" "${hwm:-?}" "$r" "$files"
+    "${label[$k]}" "$s" "${hwm:-?}" "$r" "$files"
   rm -rf "$repo"
 }
 
@@ -268,8 +294,10 @@ for pass in 1 2; do
   time_baseline floor 'pg_dump -Ft demo > /dev/null'
   time_baseline fc 'pg_dump -Fc demo > "$1"'
   time_baseline gzip 'pg_dump demo | gzip > "$1"'
+  time_baseline gpg 'pg_dump -Fc demo | gpg --batch --trust-model always --encrypt -r "$2" > "$1"' "$fpr"
   if [[ -z $pgward_problem ]]; then
-    time_pgward || true
+    time_pgward pgward || true
+    time_pgward pgward_enc --config "$out/encrypted.toml" || true
   else
     printf '  %-40s skipped: %s\n' "${label[pgward]}" "$pgward_problem"
   fi
@@ -288,7 +316,7 @@ for k in "${keys[@]}"; do
   rss=n/a
   [[ -n ${rss_kib[$k]:-} ]] && rss=$(mib "${rss_kib[$k]}")
   note=""
-  [[ $k == pgward ]] && note="  (pgward's own; with its pg_dump child: $(mib "${tree_kib[pgward]}"))"
+  [[ $k == pgward* ]] && note="  (pgward's own; with its pg_dump child: $(mib "${tree_kib[$k]}"))"
   printf '%-40s %9.2f %12s %14s%s\n' "${label[$k]}" "${best_s[$k]}" "$size" "$rss" "$note"
 done
 
@@ -311,6 +339,12 @@ verdict "time pgward / pg_dump -Fc" "$(ratio "$pw" "${best_s[fc]:-}")" 0.6 ""
 own_mib=""
 if [[ -n ${rss_kib[pgward]:-} ]]; then own_mib=$(mib "${rss_kib[pgward]}"); fi
 verdict "pgward own peak RSS" "$own_mib" 64 " MiB"
+pe=${best_s[pgward_enc]:-}
+verdict "time encrypted pgward / floor" "$(ratio "$pe" "${best_s[floor]:-}")" 1.15 ""
+verdict "time encrypted pgward / -Fc | gpg" "$(ratio "$pe" "${best_s[gpg]:-}")" 0.55 ""
+enc_mib=""
+if [[ -n ${rss_kib[pgward_enc]:-} ]]; then enc_mib=$(mib "${rss_kib[pgward_enc]}"); fi
+verdict "encrypted pgward own peak RSS" "$enc_mib" 64 " MiB"
 if [[ -n $pw ]]; then
   printf '%-40s %9s   (information only)\n' "size pgward / pg_dump -Fc" \
     "$(ratio "${out_bytes[pgward]}" "${out_bytes[fc]}")"

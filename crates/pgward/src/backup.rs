@@ -81,6 +81,11 @@ pub fn run(
     let pg_dump_version = pg_dump.version()?;
     crate::dump::require_can_dump(&pg_dump_version, &server)?;
     let previous = repo.previous(&server.database, &config.scope)?;
+    crate::encryption::require_continuity(
+        &config.encryption,
+        encryption.as_ref(),
+        previous.as_ref(),
+    )?;
 
     let started = clock::now();
     let id = new_backup_id(&server.database, started);

@@ -140,6 +140,8 @@ struct Context<'a> {
     scope: Option<crate::scope::Scope>,
     privileges: Option<PrivilegeReport>,
     database_size: Option<u64>,
+    /// The previous backup of this database and scope, if any.
+    previous: Option<crate::repository::manifest::Manifest>,
 }
 
 /// Runs every check. Only an unusable configuration is an `Err`; every
@@ -156,6 +158,7 @@ pub fn run(config: &Config, env: Env) -> Result<CheckReport> {
         scope: None,
         privileges: None,
         database_size: None,
+        previous: None,
     };
     let mut matrix = Matrix::default();
     for section in [tools, connection, scope, privileges, repository, encryption] {
@@ -386,6 +389,7 @@ fn repository(ctx: &mut Context, m: &mut Matrix) {
         .map(|s| s.database.clone())
         .unwrap_or(ctx.target.dbname.clone());
     let state: RepositoryState = inspect(root, &database, &ctx.config.scope);
+    ctx.previous = state.previous.clone();
     match (&state.not_writable, state.exists) {
         (Some(why), _) => m.fail(
             "repository",
@@ -467,7 +471,9 @@ fn encryption(ctx: &mut Context, m: &mut Matrix) {
     let config = &ctx.config.encryption;
     let now = crate::clock::now();
     if config.recipients.is_empty() {
-        if encryption::required(config) {
+        if let Err(e) = encryption::require_continuity(config, None, ctx.previous.as_ref()) {
+            m.fail_with("encryption", &e);
+        } else if encryption::required(config) {
             m.fail(
                 "encryption",
                 "encryption required but no recipient certificate configured",

@@ -14,7 +14,7 @@ pub mod secret;
 
 use crate::config::EncryptionConfig;
 use crate::error::{Error, Result};
-use crate::repository::manifest::{EncryptionRecord, RecipientRecord};
+use crate::repository::manifest::{EncryptionRecord, Manifest, RecipientRecord};
 use certificate::{Certificate, Recipient};
 use pgp::types::KeyDetails;
 use serde::{Deserialize, Serialize};
@@ -114,6 +114,29 @@ impl EncryptionPlan {
 /// a recipient is configured.
 pub fn required(config: &EncryptionConfig) -> bool {
     config.required.unwrap_or(!config.recipients.is_empty())
+}
+
+/// Refuses to drop encryption by accident: when the previous backup of
+/// the same database and scope was encrypted and no recipient is
+/// configured now, only an explicit `encryption.required = false` allows
+/// an unencrypted backup. (A recipients section lost in a config edit
+/// must not turn into plaintext backups leaving the host.)
+pub fn require_continuity(
+    config: &EncryptionConfig,
+    plan: Option<&EncryptionPlan>,
+    previous: Option<&Manifest>,
+) -> Result<()> {
+    let Some(previous) = previous else {
+        return Ok(());
+    };
+    if plan.is_some() || config.required.is_some() || previous.artifact.encryption.is_none() {
+        return Ok(());
+    }
+    Err(Error::config(format!(
+        "the previous backup {} was encrypted but no recipient certificate is configured now",
+        previous.id
+    ))
+    .with_hint("restore the [[encryption.recipient]] settings, or set encryption.required = false to write unencrypted backups on purpose"))
 }
 
 /// Loads and checks every configured recipient at time `now`. `None` means
