@@ -73,14 +73,20 @@ impl VerifyReport {
 
 struct Checks(Vec<Check>);
 
-impl Checks {
-    fn add(&mut self, name: &str, ok: bool, detail: impl Into<String>) -> bool {
-        self.0.push(Check {
+impl Check {
+    fn new(name: &str, ok: bool, detail: impl Into<String>) -> Check {
+        Check {
             name: name.to_string(),
             ok,
             skipped: false,
             detail: detail.into(),
-        });
+        }
+    }
+}
+
+impl Checks {
+    fn add(&mut self, name: &str, ok: bool, detail: impl Into<String>) -> bool {
+        self.0.push(Check::new(name, ok, detail));
         ok
     }
 
@@ -252,18 +258,38 @@ fn verify_encrypted(
         }
     };
     let mut decrypting = decrypting;
+    // The decryption row goes before the rows of what it feeds, so that a
+    // decryption failure is the first failure named.
+    let position = checks.0.len();
     let finished = verify_content(manifest, &mut decrypting, checks, progress);
-    match decrypting.finish() {
-        Ok(()) if finished => {
-            checks.add(
-                "decryption",
-                true,
-                format!("{SCHEME} with {}", decryptor.describe()),
-            );
-        }
-        Ok(()) => {}
-        Err(e) => {
-            checks.add("decryption", false, e);
+    // Read to the very end, so the MDC after the last plaintext byte is
+    // checked even if decompression stopped at its frame's end.
+    let rest = std::io::copy(&mut decrypting, &mut std::io::sink());
+    let outcome = match (decrypting.finish(), rest) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Err(e)) => Err(e.to_string()),
+        (Ok(()), Ok(extra)) if extra > 0 => Err(format!(
+            "{extra} bytes of plaintext follow the compressed archive"
+        )),
+        (Ok(()), Ok(_)) => Ok(()),
+    };
+    let row = match outcome {
+        Ok(()) if finished => Some(Check::new(
+            "decryption",
+            true,
+            format!(
+                "{SCHEME} with {}, integrity (MDC) verified",
+                decryptor.describe()
+            ),
+        )),
+        // A failure downstream already says what went wrong.
+        Ok(()) => None,
+        Err(e) => Some(Check::new("decryption", false, e)),
+    };
+    if let Some(row) = row {
+        // If the content check already blamed decryption, keep its row.
+        if !checks.0[position..].iter().any(|c| c.name == "decryption") {
+            checks.0.insert(position, row);
         }
     }
     Ok(())

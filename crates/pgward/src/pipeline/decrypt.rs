@@ -124,7 +124,10 @@ pub fn decrypt<R: Read + Send + 'static>(
                 other => DecryptError::Malformed(other.to_string()),
             })?;
             Ok(Decrypting {
-                reader: Box::new(PlaintextReader(plaintext)),
+                reader: Box::new(PlaintextReader {
+                    message: plaintext,
+                    state: ReadState::Reading,
+                }),
                 external: None,
             })
         }
@@ -166,13 +169,38 @@ pub fn decrypt<R: Read + Send + 'static>(
 }
 
 /// rPGP's decrypted message, with its errors made `io::Error`s that say
-/// what failed (an MDC mismatch is how damage shows up).
-struct PlaintextReader(Message<'static>);
+/// what failed (an MDC mismatch is how damage shows up). rPGP's readers
+/// must not be read again after an error or the end (they panic), so both
+/// are remembered here and repeated.
+struct PlaintextReader {
+    message: Message<'static>,
+    state: ReadState,
+}
+
+enum ReadState {
+    Reading,
+    Ended,
+    Failed(io::ErrorKind, String),
+}
 
 impl Read for PlaintextReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0
-            .read(buf)
-            .map_err(|e| io::Error::new(e.kind(), format!("decryption failed: {e}")))
+        match &self.state {
+            ReadState::Ended => return Ok(0),
+            ReadState::Failed(kind, message) => return Err(io::Error::new(*kind, message.clone())),
+            ReadState::Reading => {}
+        }
+        match self.message.read(buf) {
+            Ok(0) if !buf.is_empty() => {
+                self.state = ReadState::Ended;
+                Ok(0)
+            }
+            Ok(n) => Ok(n),
+            Err(e) => {
+                let message = format!("decryption failed: {e}");
+                self.state = ReadState::Failed(e.kind(), message.clone());
+                Err(io::Error::new(e.kind(), message))
+            }
+        }
     }
 }
