@@ -233,3 +233,63 @@ impl Read for ChunkReader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encryption::keygen;
+    use crate::encryption::secret::{Decryptor, SecretKey};
+    use crate::pipeline::decrypt::decrypt;
+
+    fn key() -> (PublicSubkey, Decryptor) {
+        let key = keygen::generate("test", None).unwrap();
+        let public = key.public.public_subkeys[0].key.clone();
+        let decryptor = Decryptor::SecretKey(Box::new(SecretKey {
+            path: "test".into(),
+            key: key.secret,
+            password: pgp::types::Password::empty(),
+        }));
+        (public, decryptor)
+    }
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn finished_stream_decrypts_to_the_same_bytes_across_chunks() {
+        let (public, decryptor) = key();
+        let plaintext = data(3 * CHUNK + 17);
+        let mut writer = EncryptWriter::new(Vec::new(), vec![public]).unwrap();
+        // Odd-sized writes, as zstd makes them.
+        for piece in plaintext.chunks(70_001) {
+            writer.write_all(piece).unwrap();
+        }
+        let ciphertext = writer.finish().unwrap();
+        let mut back = Vec::new();
+        decrypt(io::Cursor::new(ciphertext), &decryptor)
+            .unwrap()
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, plaintext);
+    }
+
+    #[test]
+    fn abandoned_stream_never_decrypts_as_complete() {
+        let (public, decryptor) = key();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let mut writer = EncryptWriter::new(file.reopen().unwrap(), vec![public]).unwrap();
+        writer.write_all(&data(2 * CHUNK + 5)).unwrap();
+        drop(writer); // an error or a signal: no finish()
+        let ciphertext = std::fs::read(file.path()).unwrap();
+        let mut back = Vec::new();
+        let result = decrypt(io::Cursor::new(ciphertext), &decryptor)
+            .map_err(|e| e.to_string())
+            .and_then(|mut d| d.read_to_end(&mut back).map_err(|e| e.to_string()));
+        assert!(
+            result.is_err(),
+            "a partial message decrypted cleanly ({} bytes)",
+            back.len()
+        );
+    }
+}
