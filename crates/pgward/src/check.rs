@@ -473,6 +473,11 @@ fn encryption(ctx: &mut Context, m: &mut Matrix) {
     if config.recipients.is_empty() {
         if let Err(e) = encryption::require_continuity(config, None, ctx.previous.as_ref()) {
             m.fail_with("encryption", &e);
+        } else if config.required == Some(false) {
+            m.pass(
+                "encryption",
+                "encryption.required = false: backups are written unencrypted, as configured",
+            );
         } else if encryption::required(config) {
             m.fail(
                 "encryption",

@@ -240,8 +240,17 @@ fn verify_encrypted(
     let decrypting = match decrypt(file, decryptor) {
         Ok(d) => d,
         Err(DecryptError::NotARecipient) => {
-            let encryption = manifest.artifact.encryption.as_ref().expect("encrypted");
-            return Err(not_a_recipient(manifest, encryption, &decryptor.describe()));
+            // The manifest says this key is a recipient (checked before),
+            // so a session key that does not decrypt is damage.
+            checks.add(
+                "decryption",
+                false,
+                format!(
+                    "no session key in the artifact decrypts with {}, one of its recipients: the key packets are damaged",
+                    decryptor.describe()
+                ),
+            );
+            return Ok(());
         }
         Err(DecryptError::Command(e)) => {
             return Err(Error::config(format!(
@@ -273,6 +282,13 @@ fn verify_encrypted(
         )),
         (Ok(()), Ok(_)) => Ok(()),
     };
+    // gpg's way of saying "not a recipient": an operator mistake, not damage.
+    if let Err(said) = &outcome
+        && said.contains("No secret key")
+    {
+        let encryption = manifest.artifact.encryption.as_ref().expect("encrypted");
+        return Err(not_a_recipient(manifest, encryption, &decryptor.describe()));
+    }
     let row = match outcome {
         Ok(()) if finished => Some(Check::new(
             "decryption",

@@ -390,7 +390,18 @@ fn check_and_dry_run_write_nothing() {
     let r = roles("dryrun");
     let check = r.as_backup(&["--json", "check"]);
     check.assert_ok();
-    assert_eq!(check.json()["verdict"], "PASS");
+    // The only warning: no recipient is configured, so backups would be
+    // unencrypted. Everything else passes.
+    let report = check.json();
+    assert_eq!(report["verdict"], "WARN");
+    let warned: Vec<&str> = report["matrix"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["status"] != "PASS")
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(warned, ["encryption"]);
     assert!(!r.ws.repo().exists(), "check created the repository");
 
     let plan = r.as_backup(&["--json", "backup", "--dry-run"]);
