@@ -1419,3 +1419,90 @@ fn a_flipped_bit_in_the_session_key_packet_is_damage_not_a_wrong_key() {
     }
     std::fs::write(&artifact, &original).unwrap();
 }
+
+/// `check` gains its encryption rows: a good recipient PASSes with its
+/// pin shown last-8 only, one that expires within 30 days WARNs, a pin
+/// mismatch FAILs, and the in-memory round trip PASSes. It still writes
+/// nothing.
+#[test]
+fn check_reports_recipients_expiry_and_the_round_trip() {
+    let ws = Workspace::new();
+    let gpg = Gpg::new(&ws, "g");
+    let ops = make_key(&ws, &gpg, "ops");
+    let soon_uid = "soon <soon@example.invalid>";
+    let soon_fpr = gpg.generate(soon_uid, "default", "default", "10d", &[]);
+    let soon_cert = ws.path("soon.pub.asc");
+    gpg.export_public(&soon_fpr, &soon_cert, true);
+    let db = cluster().create_database("enc_check");
+    load_rows(&db, "public.items", 100);
+    let check = |config: &Path| {
+        run(pgward(&ws.repo())
+            .arg("--config")
+            .arg(config)
+            .args(["--json", "check", "--dbname", &db]))
+    };
+    let rows = |res: &Run| -> BTreeMap<String, (String, String)> {
+        res.json()["matrix"]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["id"].as_str().unwrap().starts_with("encryption"))
+            .map(|i| {
+                (
+                    i["id"].as_str().unwrap().to_string(),
+                    (
+                        i["status"].as_str().unwrap().to_string(),
+                        i["evidence"].as_str().unwrap().to_string(),
+                    ),
+                )
+            })
+            .collect()
+    };
+
+    let config = recipients_config(
+        &ws,
+        "two.toml",
+        &[
+            (&ops.certificate, &ops.fingerprint),
+            (&soon_cert, &soon_fpr),
+        ],
+        "",
+    );
+    let res = check(&config);
+    assert_eq!(res.code, 0, "{}", res.stderr);
+    assert_eq!(res.json()["verdict"], "WARN");
+    let found = rows(&res);
+    let (status, evidence) = &found["encryption.recipient.1"];
+    assert_eq!(status, "PASS", "{evidence}");
+    assert!(
+        evidence.contains(&format!("{} matches its pin", short(&ops.fingerprint))),
+        "{evidence}"
+    );
+    assert!(
+        !evidence.contains(&ops.fingerprint[..32]),
+        "fingerprints are shown last-8 only: {evidence}"
+    );
+    let (status, evidence) = &found["encryption.recipient.2"];
+    assert_eq!(status, "WARN", "{evidence}");
+    assert!(evidence.contains("within 30 days"), "{evidence}");
+    let (status, evidence) = &found["encryption.round-trip"];
+    assert_eq!(status, "PASS", "{evidence}");
+    assert!(evidence.contains("identical"), "{evidence}");
+    assert!(!ws.repo().exists(), "check wrote the repository");
+
+    let wrong_pin = recipients_config(&ws, "wrong.toml", &[(&ops.certificate, &soon_fpr)], "");
+    let res = check(&wrong_pin);
+    assert_eq!(res.code, 1, "{}", res.stderr);
+    let found = rows(&res);
+    let (status, evidence) = &found["encryption.recipient.1"];
+    assert_eq!(status, "FAIL");
+    assert!(
+        evidence.contains(&format!(
+            "has fingerprint {} but the configuration pins {}",
+            short(&ops.fingerprint),
+            short(&soon_fpr)
+        )),
+        "{evidence}"
+    );
+    assert!(!ws.repo().exists(), "check wrote the repository");
+}
