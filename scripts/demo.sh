@@ -2,7 +2,8 @@
 # demo.sh: the README's first command. Sets everything up and runs pgward's
 # main job end to end on a throwaway local PostgreSQL with sample data:
 # install deps, build, start a sandbox cluster, load ~250 MB of sample data,
-# then `pgward backup`, `pgward list`, `pgward verify latest`.
+# then `pgward backup`, `pgward list`, `pgward verify latest`, and the same
+# encrypted to a key made by `pgward key generate`.
 #
 # Why it exists: one command that proves, on a fresh machine, that pgward
 # backs up a real database and can verify what it wrote. Nothing outside a
@@ -101,6 +102,30 @@ backup_secs=$(elapsed_since "$t_backup")
 step "pgward list" "$pgward" --repo "$repo" list
 step "pgward verify latest" "$pgward" --repo "$repo" verify latest
 
+# Encrypted: a keypair made by pgward, the public half as the recipient,
+# then a backup that no one without the secret key can read, and a verify
+# that decrypts it (the passphrase comes from a file, never from argv).
+keys="$work/keys"
+mkdir -m 700 "$keys"
+printf 'demo passphrase, not for production\n' >"$keys/passphrase"
+chmod 600 "$keys/passphrase"
+step "pgward key generate" "$pgward" key generate --out "$keys/demo" --user-id "pgward demo" \
+  --passphrase-file "$keys/passphrase"
+fpr=$("$pgward" --json key show "$keys/demo.pub.asc" |
+  sed -n 's/^  "fingerprint": "\([0-9A-F]*\)",$/\1/p')
+[[ -n $fpr ]] || {
+  printf 'demo: no fingerprint from pgward key show\n' >&2
+  exit 1
+}
+printf '[[encryption.recipient]]\ncertificate = "%s"\nfingerprint = "%s"\n' \
+  "$keys/demo.pub.asc" "$fpr" >"$work/encrypted.toml"
+step "pgward backup (encrypted to $fpr)" "$pgward" --config "$work/encrypted.toml" --repo "$repo" \
+  backup --dbname demo
+step "pgward verify latest (stored bytes only: no key given)" "$pgward" --repo "$repo" verify latest
+step "pgward verify latest --secret-key (decrypts and checks everything)" "$pgward" --repo "$repo" \
+  verify latest --secret-key "$keys/demo.sec.asc" --passphrase-file "$keys/passphrase"
+step "pgward list" "$pgward" --repo "$repo" list
+
 # The repository layout is pgward's business: find the newest file whose name
 # says it is a manifest rather than assume a path.
 manifest=$(find "$repo" -type f -iname '*manifest*' -printf '%T@ %p\n' 2>/dev/null |
@@ -112,6 +137,6 @@ mib() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
 kept_note=" (removed on exit; --keep keeps it)"
 [[ $keep -eq 0 ]] || kept_note=""
 printf '\nmanifest: %s%s\n' "${manifest:-(no file named *manifest* under $repo)}" "$kept_note"
-printf 'summary: backed up database demo (%s) into %s (%s, %s files) in %ss, verified; total %ss\n' \
+printf 'summary: backed up database demo (%s) into %s (%s, %s files) in %ss, verified; then encrypted and verified again; total %ss\n' \
   "$(mib "$db_bytes")" "$repo" "$(mib "$repo_bytes")" "$(find "$repo" -type f | wc -l)" \
   "$backup_secs" "$(elapsed_since "$t_start")"

@@ -62,8 +62,8 @@ struct DecryptArgs {
     /// File whose first line is the secret key's passphrase (decryption.passphrase-file).
     #[arg(long, value_name = "FILE")]
     passphrase_file: Option<PathBuf>,
-    /// Decrypt by running `gpg --batch --quiet --decrypt` (your keyring, agent or smartcard).
-    #[arg(long, conflicts_with = "secret_key")]
+    /// Decrypt by running `gpg --batch --quiet --decrypt` (your keyring, agent or smartcard); wins over --secret-key.
+    #[arg(long)]
     gpg: bool,
 }
 
@@ -391,22 +391,21 @@ fn apply_decrypt_args(config: &mut Config, args: &DecryptArgs) {
 
 /// A new key's passphrase: from a file, the file PGWARD_PASSPHRASE_FILE
 /// names, or asked twice on the terminal. Never from argv.
-fn new_passphrase(file: Option<PathBuf>) -> Result<String, Error> {
+fn new_passphrase(file: Option<PathBuf>) -> Result<secret::Zeroizing<String>, Error> {
     let file = file.or_else(|| std::env::var_os(secret::PASSPHRASE_FILE_ENV).map(PathBuf::from));
     if let Some(file) = file {
         return secret::read_passphrase_file(&file);
     }
     let no_terminal = || {
-        Error::config("a new key needs a passphrase and there is no terminal to ask on").with_hint(
-            format!(
+        Error::config("a new key needs a passphrase: none was entered and no file was given")
+            .with_hint(format!(
                 "pass --passphrase-file FILE or set {} to a file holding it",
                 secret::PASSPHRASE_FILE_ENV
-            ),
-        )
+            ))
     };
-    let first =
-        tty::ask_passphrase("Passphrase for the new secret key: ").ok_or_else(no_terminal)?;
-    let again = tty::ask_passphrase("Repeat the passphrase: ").ok_or_else(no_terminal)?;
+    let ask = |prompt| tty::ask_passphrase(prompt).map(secret::Zeroizing::new);
+    let first = ask("Passphrase for the new secret key: ").ok_or_else(no_terminal)?;
+    let again = ask("Repeat the passphrase: ").ok_or_else(no_terminal)?;
     if first != again {
         return Err(Error::config(
             "the two passphrases differ; nothing was written",

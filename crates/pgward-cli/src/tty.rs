@@ -8,7 +8,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 
 /// Reads one line from the controlling terminal with echo off; `None` when
-/// there is no terminal (cron, CI, a service).
+/// there is no terminal (cron, CI, a service), when nothing was entered, or
+/// when the operator pressed Ctrl-C. Signals from the keyboard are off
+/// while the prompt waits (Ctrl-C arrives as a character), so the
+/// terminal's settings are always restored.
 pub fn ask_passphrase(prompt: &str) -> Option<String> {
     let tty = OpenOptions::new()
         .read(true)
@@ -22,7 +25,7 @@ pub fn ask_passphrase(prompt: &str) -> Option<String> {
         return None;
     }
     let mut quiet = saved;
-    quiet.c_lflag &= !libc::ECHO;
+    quiet.c_lflag &= !(libc::ECHO | libc::ISIG);
     quiet.c_lflag |= libc::ECHONL;
     (&tty).write_all(prompt.as_bytes()).ok()?;
     // SAFETY: as above; the saved settings are restored below on every path.
@@ -31,6 +34,13 @@ pub fn ask_passphrase(prompt: &str) -> Option<String> {
     let read = BufReader::new(&tty).read_line(&mut line);
     unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
     read.ok()?;
+    if line.contains(['\x03', '\x1c']) {
+        let _ = (&tty).write_all(b"\n");
+        // SAFETY: raise has no preconditions; the process ends as if the
+        // key had sent SIGINT, with the terminal already restored.
+        unsafe { libc::raise(libc::SIGINT) };
+        return None;
+    }
     let line = line.trim_end_matches(['\n', '\r']).to_string();
     (!line.is_empty()).then_some(line)
 }

@@ -492,6 +492,7 @@ fn encryption(ctx: &mut Context, m: &mut Matrix) {
             );
         }
     }
+    let mut seen = Vec::new();
     for (n, configured) in config.recipients.iter().enumerate() {
         let id = format!("encryption.recipient.{}", n + 1);
         let checked = configured
@@ -504,6 +505,18 @@ fn encryption(ctx: &mut Context, m: &mut Matrix) {
                 continue;
             }
         };
+        if seen.contains(&recipient.fingerprint) {
+            m.fail(
+                &id,
+                format!(
+                    "recipient {} is configured twice",
+                    short(&recipient.fingerprint)
+                ),
+                "remove the duplicate [[encryption.recipient]]",
+            );
+            continue;
+        }
+        seen.push(recipient.fingerprint.clone());
         let algorithm = recipient
             .certificate
             .subkey(&recipient.encryption_key)

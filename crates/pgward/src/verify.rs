@@ -15,7 +15,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::ObserveWrite;
 use crate::pipeline::archive::ArchiveInspector;
 use crate::pipeline::compress;
-use crate::pipeline::decrypt::{DecryptError, decrypt};
+use crate::pipeline::decrypt::{DecryptError, decrypt, is_decrypt_failure};
 use crate::pipeline::hash::StreamHasher;
 use crate::pipeline::hash::digest_file;
 use crate::repository::Repository;
@@ -335,14 +335,12 @@ fn verify_content(
         true
     });
     if let Err(e) = copied {
-        let detail = match e {
-            crate::pipeline::CopyError::Read(e) => e.to_string(),
-            other => format!("{other:?}"),
-        };
-        let stage = if detail.starts_with("decryption failed") {
-            "decryption"
-        } else {
-            "decompression"
+        let (stage, detail) = match e {
+            crate::pipeline::CopyError::Read(e) if is_decrypt_failure(&e) => {
+                ("decryption", e.to_string())
+            }
+            crate::pipeline::CopyError::Read(e) => ("decompression", e.to_string()),
+            other => ("decompression", format!("{other:?}")),
         };
         checks.add(stage, false, detail);
         return false;

@@ -876,6 +876,23 @@ fn unusable_recipients_are_refused_before_anything_is_written() {
         "1d",
         &["--faked-system-time", "20200101T000000"],
     );
+    // A user id added and then revoked while the key was still valid: the
+    // revocation is the newest self-made signature, and must not be read
+    // as a self-signature without an expiry ("never expires").
+    gpg.ok(&[
+        "--faked-system-time",
+        "20200101T010000",
+        "--quick-add-uid",
+        &old,
+        "extra <extra@example.invalid>",
+    ]);
+    gpg.ok(&[
+        "--faked-system-time",
+        "20200101T020000",
+        "--quick-revoke-uid",
+        &old,
+        "extra <extra@example.invalid>",
+    ]);
     let old_cert = ws.path("old.pub.asc");
     gpg.export_public(&old, &old_cert, true);
     let gone = make_key(&ws, &gpg, "gone");
@@ -914,7 +931,7 @@ fn unusable_recipients_are_refused_before_anything_is_written() {
             "signing-only",
             recipients_config(&ws, "signing.toml", &[(&signer_cert, &signer)], ""),
             format!(
-                "recipient certificate signer.pub.asc ({}) has no usable encryption key: it is for signing only",
+                "recipient certificate signer.pub.asc ({}) has no usable encryption key: it has no encryption subkey (signing only)",
                 short(&signer)
             ),
         ),

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use pgp::composed::{Deserializable, SignedPublicKey, SignedPublicSubKey};
 use pgp::packet::{Signature, SignatureType};
 use pgp::ser::Serialize as _;
-use pgp::types::{KeyDetails, PublicParams, Tag};
+use pgp::types::{KeyDetails, KeyVersion, PublicParams, Tag};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -118,6 +118,19 @@ impl Certificate {
             ))
             .with_hint("the certificate file is not the key you pinned: confirm the fingerprint with the key's owner before changing either"));
         }
+        let usable = self.usable_encryption_key(now)?;
+        Ok(Recipient {
+            certificate: self.clone(),
+            fingerprint,
+            encryption_key: usable.fingerprint,
+            expires: usable.expires,
+        })
+    }
+
+    /// The rules themselves, shared by `backup` and `key show` so the two
+    /// can never disagree: the subkey a message would be encrypted to now,
+    /// or why there is none.
+    fn usable_encryption_key(&self, now: jiff::Timestamp) -> Result<UsableKey> {
         let primary = self.primary_state(now);
         if let Some(reason) = primary.revoked {
             return Err(Error::config(format!(
@@ -141,18 +154,22 @@ impl Certificate {
             ))
             .with_hint("extend it (gpg --quick-set-expire FPR 1y '*'), export it again, or configure a new key"));
         }
-        let usable = self
-            .subkey_states(now)
-            .into_iter()
-            .filter(|s| s.encryption_capable && s.revoked.is_none())
-            .filter(|s| s.expires.is_none_or(|at| at > now))
+        let subkeys = self.subkey_states(now);
+        let valid = |s: &&SubkeyState| {
+            s.encryption_capable && s.revoked.is_none() && s.expires.is_none_or(|at| at > now)
+        };
+        let usable = subkeys
+            .iter()
+            .filter(valid)
+            .filter(|s| s.gnupg_2_2_can_decrypt)
             .max_by_key(|s| s.created);
         let Some(subkey) = usable else {
-            let capable = self.subkey_states(now).iter().any(|s| s.encryption_capable);
-            let why = if capable {
+            let why = if subkeys.iter().any(|s| valid(&s)) {
+                "its encryption keys use RFC 9580 (v6) algorithms that GnuPG 2.2 cannot decrypt"
+            } else if subkeys.iter().any(|s| s.encryption_capable) {
                 "its encryption subkeys are expired or revoked"
             } else {
-                "it is for signing only"
+                "it has no encryption subkey (signing only)"
             };
             return Err(Error::config(format!(
                 "recipient certificate {} has no usable encryption key: {why}",
@@ -165,10 +182,8 @@ impl Certificate {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        Ok(Recipient {
-            certificate: self.clone(),
-            fingerprint,
-            encryption_key: subkey.fingerprint,
+        Ok(UsableKey {
+            fingerprint: subkey.fingerprint.clone(),
             expires,
         })
     }
@@ -185,13 +200,7 @@ impl Certificate {
     pub fn info(&self, now: jiff::Timestamp) -> CertificateInfo {
         let primary = self.primary_state(now);
         let subkeys = self.subkey_states(now);
-        let encryption_key = subkeys
-            .iter()
-            .filter(|s| s.encryption_capable && s.revoked.is_none())
-            .filter(|s| s.expires.is_none_or(|at| at > now))
-            .filter(|_| primary.revoked.is_none() && primary.expires.is_none_or(|at| at > now))
-            .max_by_key(|s| s.created)
-            .map(|s| s.fingerprint.clone());
+        let encryption_key = self.usable_encryption_key(now).ok().map(|k| k.fingerprint);
         CertificateInfo {
             file: self.path.display().to_string(),
             fingerprint: self.fingerprint(),
@@ -221,32 +230,55 @@ impl Certificate {
         }
     }
 
-    fn primary_state(&self, _now: jiff::Timestamp) -> PrimaryState<'_> {
+    /// The primary key's state at `now`. Its governing self-signature is
+    /// the newest one that verifies and is not dated in the future, among
+    /// direct-key signatures and the certifications of user ids that are
+    /// not revoked (a user id's newest verified signature decides, so a
+    /// later certification revocation retires it). Revocations of the
+    /// key itself win outright.
+    fn primary_state(&self, now: jiff::Timestamp) -> PrimaryState<'_> {
         let primary = &self.key.primary_key;
+        let not_future = |sig: &&Signature| signed_at(sig) <= now.as_second();
         let revoked = self
             .key
             .details
             .revocation_signatures
             .iter()
-            .find(|sig| sig.verify_key(primary).is_ok())
+            .filter(not_future)
+            .find(|sig| {
+                sig.typ() == Some(SignatureType::KeyRevocation) && sig.verify_key(primary).is_ok()
+            })
             .map(revocation_reason);
-        let certifications = self.key.details.users.iter().flat_map(|user| {
-            user.signatures.iter().filter(move |sig| {
-                sig.is_certification()
-                    && sig
+        let user_ids = self.key.details.users.iter().filter_map(|user| {
+            let newest = user
+                .signatures
+                .iter()
+                .filter(not_future)
+                .filter(|sig| {
+                    matches!(
+                        sig.typ(),
+                        Some(
+                            SignatureType::CertGeneric
+                                | SignatureType::CertPersona
+                                | SignatureType::CertCasual
+                                | SignatureType::CertPositive
+                                | SignatureType::CertRevocation
+                        )
+                    ) && sig
                         .verify_certification(primary, Tag::UserId, &user.id)
                         .is_ok()
-            })
+                })
+                .max_by_key(|sig| signed_at(sig))?;
+            (newest.typ() != Some(SignatureType::CertRevocation)).then_some(newest)
         });
         let direct = self
             .key
             .details
             .direct_signatures
             .iter()
-            .filter(|sig| sig.verify_key(primary).is_ok());
-        let self_signature = certifications
-            .chain(direct)
-            .max_by_key(|sig| signed_at(sig));
+            .filter(not_future)
+            .filter(|sig| sig.typ() == Some(SignatureType::Key) && sig.verify_key(primary).is_ok());
+        let self_signature = user_ids.chain(direct).max_by_key(|sig| signed_at(sig));
         let expires = expiry(primary.created_at().as_secs(), self_signature);
         PrimaryState {
             self_signature,
@@ -255,7 +287,7 @@ impl Certificate {
         }
     }
 
-    fn subkey_states(&self, _now: jiff::Timestamp) -> Vec<SubkeyState> {
+    fn subkey_states(&self, now: jiff::Timestamp) -> Vec<SubkeyState> {
         let primary = &self.key.primary_key;
         self.key
             .public_subkeys
@@ -264,6 +296,7 @@ impl Certificate {
                 let verified = |typ: SignatureType| {
                     subkey.signatures.iter().filter(move |sig| {
                         sig.typ() == Some(typ)
+                            && signed_at(sig) <= now.as_second()
                             && sig.verify_subkey_binding(primary, &subkey.key).is_ok()
                     })
                 };
@@ -277,7 +310,15 @@ impl Certificate {
                     && subkey.key.algorithm().can_encrypt()
                     && flags.is_some_and(|f| f.encrypt_comms() || f.encrypt_storage());
                 let expires = expiry(created, binding);
+                // GnuPG 2.2 decrypts to v4 keys with the classic algorithms
+                // (RSA, ECDH, ElGamal), not to X25519/X448 or post-quantum.
+                let gnupg_2_2_can_decrypt = subkey.key.version() == KeyVersion::V4
+                    && matches!(
+                        subkey.key.public_params(),
+                        PublicParams::RSA(_) | PublicParams::ECDH(_) | PublicParams::Elgamal(_)
+                    );
                 SubkeyState {
+                    gnupg_2_2_can_decrypt,
                     fingerprint: Fingerprint::of(&subkey.key),
                     algorithm: algorithm_name(subkey.key.public_params()),
                     created: timestamp(created),
@@ -297,7 +338,13 @@ struct PrimaryState<'a> {
     expires: Option<jiff::Timestamp>,
 }
 
+struct UsableKey {
+    fingerprint: Fingerprint,
+    expires: Option<jiff::Timestamp>,
+}
+
 struct SubkeyState {
+    gnupg_2_2_can_decrypt: bool,
     fingerprint: Fingerprint,
     algorithm: String,
     created: jiff::Timestamp,
@@ -306,8 +353,8 @@ struct SubkeyState {
     encryption_capable: bool,
 }
 
-fn signed_at(sig: &Signature) -> u32 {
-    sig.created().map(|t| t.as_secs()).unwrap_or(0)
+fn signed_at(sig: &Signature) -> i64 {
+    sig.created().map(|t| i64::from(t.as_secs())).unwrap_or(0)
 }
 
 /// When a key created at `created` expires, per its governing
@@ -370,5 +417,31 @@ pub fn algorithm_name(params: &PublicParams) -> String {
             .next()
             .unwrap_or("unknown")
             .to_lowercase(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encryption::keygen;
+
+    #[test]
+    fn a_generated_certificate_is_a_usable_recipient_with_no_expiry() {
+        let key = keygen::generate("test <t@example.invalid>", None).unwrap();
+        let certificate = Certificate {
+            path: "test.pub.asc".into(),
+            key: key.public,
+        };
+        let now = crate::clock::now();
+        let recipient = certificate.as_recipient(&key.fingerprint, now).unwrap();
+        assert_eq!(recipient.encryption_key, key.encryption_key);
+        assert_eq!(recipient.expires, None);
+        let info = certificate.info(now);
+        assert_eq!(info.encryption_key, Some(key.encryption_key));
+        assert_eq!(info.algorithm, "ed25519");
+        assert_eq!(info.subkeys[0].algorithm, "cv25519");
+        // Before the key existed its self-signatures do not count yet.
+        let before = jiff::Timestamp::from_second(1_000_000_000).unwrap();
+        assert!(certificate.as_recipient(&key.fingerprint, before).is_err());
     }
 }

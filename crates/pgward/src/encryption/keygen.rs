@@ -1,10 +1,12 @@
 //! `pgward key generate`: a keypair for backups that GnuPG 2.2 can use.
 //!
-//! The shape is the one `gpg --quick-gen-key` makes by default on 2.2: a
-//! v4 ed25519 primary key (certify, sign) and a cv25519 encryption subkey,
-//! both protected with iterated-salted S2K and AES-256 (no Argon2 or AEAD
-//! key protection, which GnuPG 2.2 cannot read). Curve25519 also keeps
-//! generation instant, which RSA in pure Rust is not.
+//! The shape is what GnuPG 2.3 and later make by default, which GnuPG 2.2
+//! reads too: a v4 ed25519 primary key (certify, sign) and a cv25519
+//! encryption subkey, both protected with iterated-salted S2K and AES-256
+//! (not Argon2 or AEAD key protection, which GnuPG 2.2 cannot read).
+//! Curve25519 also keeps generation instant, which RSA in pure Rust is
+//! not. Unlike gpg's keys it does not expire: rPGP's builder cannot set
+//! an expiry, and an expired backup key would stop the nightly backup.
 
 use super::Fingerprint;
 use crate::error::{Error, Result};

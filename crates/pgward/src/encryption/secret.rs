@@ -13,8 +13,9 @@ use crate::config::DecryptionConfig;
 use crate::error::{Error, Result};
 use pgp::composed::{Deserializable, SignedSecretKey};
 use pgp::types::Password;
-use pgp::types::SecretParams;
+use pgp::types::{S2kParams, SecretParams, StringToKey};
 use std::path::{Path, PathBuf};
+pub use zeroize::Zeroizing;
 
 /// The environment variable that names a file holding the passphrase.
 pub const PASSPHRASE_FILE_ENV: &str = "PGWARD_PASSPHRASE_FILE";
@@ -71,7 +72,11 @@ impl Decryptor {
     pub fn describe(&self) -> String {
         match self {
             Decryptor::SecretKey(key) => format!("secret key {}", key.describe()),
-            Decryptor::Command(argv) => format!("command `{}`", argv.join(" ")),
+            // Only the program: the arguments could carry a secret.
+            Decryptor::Command(argv) => format!(
+                "command {}",
+                argv.first().map(String::as_str).unwrap_or_default()
+            ),
         }
     }
 }
@@ -92,7 +97,7 @@ pub fn decryptor(config: &DecryptionConfig, env: Env, prompt: Prompt) -> Result<
     let key = load(path)?;
     let password = if is_protected(&key) {
         let passphrase = passphrase(config, env, prompt, path)?;
-        let password = Password::from(passphrase);
+        let password = Password::from(passphrase.as_bytes());
         check_passphrase(&key, &password, path)?;
         password
     } else {
@@ -144,7 +149,12 @@ fn is_protected(key: &SignedSecretKey) -> bool {
 /// The passphrase, from the first source that is set: the config's (or
 /// command line's) file, the file named by PGWARD_PASSPHRASE_FILE, the
 /// terminal.
-fn passphrase(config: &DecryptionConfig, env: Env, prompt: Prompt, key: &Path) -> Result<String> {
+fn passphrase(
+    config: &DecryptionConfig,
+    env: Env,
+    prompt: Prompt,
+    key: &Path,
+) -> Result<Zeroizing<String>> {
     let file = config
         .passphrase_file
         .clone()
@@ -152,26 +162,28 @@ fn passphrase(config: &DecryptionConfig, env: Env, prompt: Prompt, key: &Path) -
     if let Some(file) = file {
         return read_passphrase_file(&file);
     }
-    prompt(&format!("Passphrase for {}: ", key.display())).ok_or_else(|| {
-        Error::config(format!(
-            "secret key {} is passphrase-protected and no passphrase was given",
-            key.display()
-        ))
-        .with_hint(format!(
-            "set decryption.passphrase-file or {PASSPHRASE_FILE_ENV} to a file holding it, or run on a terminal to be asked"
-        ))
-    })
+    prompt(&format!("Passphrase for {}: ", key.display()))
+        .map(Zeroizing::new)
+        .ok_or_else(|| {
+            Error::config(format!(
+                "secret key {} is passphrase-protected and no passphrase was given",
+                key.display()
+            ))
+            .with_hint(format!(
+                "set decryption.passphrase-file or {PASSPHRASE_FILE_ENV} to a file holding it, or enter it when asked on a terminal"
+            ))
+        })
 }
 
 /// The file's first line, without its line ending.
-pub fn read_passphrase_file(path: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+pub fn read_passphrase_file(path: &Path) -> Result<Zeroizing<String>> {
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
         Error::config(format!(
             "cannot read passphrase file {}: {e}",
             path.display()
         ))
-    })?;
-    let line = text.lines().next().unwrap_or_default().to_string();
+    })?);
+    let line = Zeroizing::new(text.lines().next().unwrap_or_default().to_string());
     if line.is_empty() {
         return Err(Error::config(format!(
             "passphrase file {} is empty",
@@ -181,30 +193,58 @@ pub fn read_passphrase_file(path: &Path) -> Result<String> {
     Ok(line)
 }
 
-/// Unlocks every protected decryption-capable subkey (and the primary)
-/// with the passphrase: a wrong one is reported here, by name.
+/// Unlocks the protected encryption subkeys with the passphrase, so a
+/// wrong one is reported here, by name, and not as a failed decryption.
+/// A subkey whose secret is not in the file at all (a gpg stub: the key
+/// lives on a smartcard) is named as such.
 fn check_passphrase(key: &SignedSecretKey, password: &Password, path: &Path) -> Result<()> {
-    let wrong = || {
-        Error::config(format!(
-            "wrong passphrase for secret key {} ({})",
-            path.display(),
-            short(&Fingerprint::of(&key.primary_key))
+    let name = format!(
+        "{} ({})",
+        path.display(),
+        short(&Fingerprint::of(&key.primary_key))
+    );
+    let encryption_subkeys: Vec<_> = key
+        .secret_subkeys
+        .iter()
+        .filter(|s| pgp::types::KeyDetails::algorithm(&s.key).can_encrypt())
+        .collect();
+    let mut unlocked = false;
+    let mut stub = false;
+    for subkey in &encryption_subkeys {
+        let SecretParams::Encrypted(params) = subkey.key.secret_params() else {
+            unlocked = true;
+            continue;
+        };
+        if is_stub(params.string_to_key_params()) {
+            stub = true;
+            continue;
+        }
+        if matches!(subkey.key.unlock(password, |_, _| Ok(())), Ok(Ok(()))) {
+            unlocked = true;
+        }
+    }
+    if unlocked || encryption_subkeys.is_empty() {
+        return Ok(());
+    }
+    if stub {
+        return Err(Error::config(format!(
+            "secret key {name} holds no secret for its encryption subkey (a gpg stub: the key is on a smartcard or elsewhere)"
         ))
-        .with_hint("check the passphrase file (its first line is the passphrase)")
+        .with_hint("decrypt through gpg instead: --gpg or decryption.command"));
+    }
+    Err(
+        Error::config(format!("wrong passphrase for secret key {name}"))
+            .with_hint("check the passphrase file (its first line is the passphrase)"),
+    )
+}
+
+/// gpg marks secret parts it does not hold (`--export-secret-subkeys`,
+/// smartcards) with a private S2K type (GNU's 101).
+fn is_stub(params: &S2kParams) -> bool {
+    let s2k = match params {
+        S2kParams::Cfb { s2k, .. } | S2kParams::MalleableCfb { s2k, .. } => s2k,
+        S2kParams::Aead { s2k, .. } => s2k,
+        _ => return false,
     };
-    for subkey in &key.secret_subkeys {
-        if matches!(subkey.key.secret_params(), SecretParams::Encrypted(_)) {
-            match subkey.key.unlock(password, |_, _| Ok(())) {
-                Ok(Ok(())) => {}
-                _ => return Err(wrong()),
-            }
-        }
-    }
-    if key.secret_subkeys.is_empty() {
-        match key.primary_key.unlock(password, |_, _| Ok(())) {
-            Ok(Ok(())) => {}
-            _ => return Err(wrong()),
-        }
-    }
-    Ok(())
+    matches!(s2k, StringToKey::Private { .. })
 }

@@ -44,8 +44,46 @@ pub struct Decrypting {
 
 struct External {
     child: Child,
-    feeder: JoinHandle<io::Result<()>>,
-    stderr: JoinHandle<String>,
+    feeder: Option<JoinHandle<io::Result<()>>>,
+    stderr: Option<JoinHandle<String>>,
+    waited: bool,
+}
+
+impl Drop for External {
+    /// Abandoned before `finish`: stop the command and reap it, so no
+    /// zombie or feeding thread outlives the decryption.
+    fn drop(&mut self) {
+        if !self.waited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if let Some(feeder) = self.feeder.take() {
+            let _ = feeder.join();
+        }
+        if let Some(stderr) = self.stderr.take() {
+            let _ = stderr.join();
+        }
+    }
+}
+
+/// Marks an `io::Error` as a decryption failure (bad MDC, truncated
+/// message), so the stages above can tell it from a decompression error.
+#[derive(Debug)]
+pub struct DecryptFailed(pub String);
+
+impl std::fmt::Display for DecryptFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "decryption failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for DecryptFailed {}
+
+/// Whether `error` came from the decryption stage.
+pub fn is_decrypt_failure(error: &io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<DecryptFailed>())
 }
 
 impl Read for Decrypting {
@@ -63,8 +101,14 @@ impl Decrypting {
         };
         drop(self.reader);
         let status = external.child.wait().map_err(|e| e.to_string())?;
-        let fed = external.feeder.join();
-        let said = external.stderr.join().unwrap_or_default();
+        external.waited = true;
+        let fed = external.feeder.take().expect("joined once").join();
+        let said = external
+            .stderr
+            .take()
+            .expect("joined once")
+            .join()
+            .unwrap_or_default();
         let last_line = said
             .lines()
             .rev()
@@ -133,15 +177,28 @@ pub fn decrypt<R: Read + Send + 'static>(
         }
         Decryptor::Command(argv) => {
             let (program, args) = argv.split_first().expect("config rejects an empty command");
+            // The C locale keeps gpg's messages in English, which is what
+            // the caller recognises ("No secret key").
             let mut child = Command::new(program)
                 .args(args)
+                .env("LC_ALL", "C")
+                .env("LANGUAGE", "C")
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
                 .map_err(DecryptError::Command)?;
             let mut stdin = child.stdin.take().expect("stdin was piped");
+            let mut stderr = child.stderr.take().expect("stderr was piped");
+            let stdout = child.stdout.take().expect("stdout was piped");
+            let mut external = External {
+                child,
+                feeder: None,
+                stderr: None,
+                waited: false,
+            };
             let mut ciphertext = ciphertext;
+            // On a spawn failure `external` is dropped: the child is killed.
             let feeder = std::thread::Builder::new()
                 .name("decrypt-feed".into())
                 .spawn(move || {
@@ -149,23 +206,39 @@ pub fn decrypt<R: Read + Send + 'static>(
                     stdin.flush()
                 })
                 .map_err(DecryptError::Command)?;
-            let mut stderr = child.stderr.take().expect("stderr was piped");
-            let stderr = std::thread::spawn(move || {
-                let mut text = String::new();
-                let _ = (&mut stderr).take(64 * 1024).read_to_string(&mut text);
-                text
-            });
-            let stdout = child.stdout.take().expect("stdout was piped");
+            external.feeder = Some(feeder);
+            let stderr = std::thread::Builder::new()
+                .name("decrypt-stderr".into())
+                .spawn(move || last_words(&mut stderr))
+                .map_err(DecryptError::Command)?;
+            external.stderr = Some(stderr);
             Ok(Decrypting {
                 reader: Box::new(stdout),
-                external: Some(External {
-                    child,
-                    feeder,
-                    stderr,
-                }),
+                external: Some(external),
             })
         }
     }
+}
+
+/// Reads a command's stderr to its end (never closing it early, which
+/// would kill a chatty command with SIGPIPE) and keeps the last 64 KiB.
+fn last_words(stderr: &mut impl Read) -> String {
+    const KEEP: usize = 64 * 1024;
+    let mut kept: Vec<u8> = Vec::new();
+    let mut buffer = [0u8; 8192];
+    loop {
+        match stderr.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                kept.extend_from_slice(&buffer[..n]);
+                if kept.len() > 2 * KEEP {
+                    kept.drain(..kept.len() - KEEP);
+                }
+            }
+        }
+    }
+    let start = kept.len().saturating_sub(KEEP);
+    String::from_utf8_lossy(&kept[start..]).into_owned()
 }
 
 /// rPGP's decrypted message, with its errors made `io::Error`s that say
@@ -187,7 +260,9 @@ impl Read for PlaintextReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match &self.state {
             ReadState::Ended => return Ok(0),
-            ReadState::Failed(kind, message) => return Err(io::Error::new(*kind, message.clone())),
+            ReadState::Failed(kind, message) => {
+                return Err(io::Error::new(*kind, DecryptFailed(message.clone())));
+            }
             ReadState::Reading => {}
         }
         match self.message.read(buf) {
@@ -197,9 +272,8 @@ impl Read for PlaintextReader {
             }
             Ok(n) => Ok(n),
             Err(e) => {
-                let message = format!("decryption failed: {e}");
-                self.state = ReadState::Failed(e.kind(), message.clone());
-                Err(io::Error::new(e.kind(), message))
+                self.state = ReadState::Failed(e.kind(), e.to_string());
+                Err(io::Error::new(e.kind(), DecryptFailed(e.to_string())))
             }
         }
     }
