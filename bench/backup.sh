@@ -276,8 +276,8 @@ time_pgward() {
     log "pgward ended before its RSS could be sampled: own peak RSS unknown"
     hwm=""
   fi
-  if [[ $k == pgward_enc ]] && ! compgen -G "$repo/backups/*.tar.zst.gpg" >/dev/null; then
-    pgward_problem="the encrypted run wrote no .tar.zst.gpg artifact"
+  if [[ $k == pgward_enc ]] && ! compgen -G "$repo/backups/*.dump.zst.gpg" >/dev/null; then
+    pgward_problem="the encrypted run wrote no .dump.zst.gpg artifact"
     return 1
   fi
   record "$k" "$s" "$hwm" "$(du -sb "$repo" | cut -f1)"

@@ -39,6 +39,8 @@ have_pg_server || need_pg=1
 command -v zstd >/dev/null 2>&1 || missing+=(zstd)
 command -v gpg >/dev/null 2>&1 || missing+=(gnupg)
 [[ -x /usr/bin/time ]] || missing+=(time)
+# The tests trace pg_dump's file opens to prove no plaintext temp file.
+command -v strace >/dev/null 2>&1 || missing+=(strace)
 command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 
 if [[ $need_pg -eq 0 && ${#missing[@]} -eq 0 ]]; then
@@ -48,7 +50,7 @@ else
     [[ $need_pg -eq 1 ]] && missing+=(postgresql-server)
     die "missing: ${missing[*]}; run as root to install"
   fi
-  command -v apt-get >/dev/null 2>&1 || die "no apt-get: install PostgreSQL server, zstd, gnupg and GNU time by hand"
+  command -v apt-get >/dev/null 2>&1 || die "no apt-get: install PostgreSQL server, zstd, gnupg, GNU time and strace by hand"
   export DEBIAN_FRONTEND=noninteractive
   log "apt-get update"
   apt-get update -q >/dev/null

@@ -15,7 +15,7 @@ use crate::dump::{PgDump, ToolVersion};
 use crate::encryption::EncryptionPlan;
 use crate::error::{Error, ErrorKind, Result};
 use crate::interrupt::InterruptWatch;
-use crate::pipeline::archive::{ArchiveInspector, ArchiveSummary};
+use crate::pipeline::archive::{ArchiveFormat, ArchiveInspector, ArchiveSummary};
 use crate::pipeline::child::{ChildSource, signal_name};
 use crate::pipeline::compress::{self, Compression};
 use crate::pipeline::encrypt::{EncryptStage, EncryptWriter};
@@ -269,8 +269,13 @@ impl Run<'_> {
             ),
         };
         let encoder = compress::encoder(sealed, compression).map_err(write_error)?;
-        let mut plain =
-            ObserveWrite::new(encoder, (StreamHasher::default(), ArchiveInspector::new()));
+        let mut plain = ObserveWrite::new(
+            encoder,
+            (
+                StreamHasher::default(),
+                ArchiveInspector::new(ArchiveFormat::Custom),
+            ),
+        );
 
         let command = self
             .pg_dump
@@ -387,7 +392,7 @@ impl Run<'_> {
                     .dump_arguments(self.target, self.dump_scope, self.snapshot),
             },
             archive: ArchiveRecord {
-                format: "tar".to_string(),
+                format: ArchiveFormat::Custom.name().to_string(),
                 version: summary.archive_version.clone(),
                 bytes: archive_digest.bytes,
                 sha256: archive_digest.sha256,

@@ -160,7 +160,7 @@ impl Default for ValidationConfig {
 }
 
 fn default_min_size() -> u64 {
-    4096
+    1024
 }
 
 fn default_max_shrink() -> u8 {

@@ -3,7 +3,8 @@
 //!
 //! pg_dump is run directly (no shell), optionally behind a command prefix
 //! such as `docker exec -i CONTAINER` for PostgreSQL in a container. It
-//! always writes the tar format to stdout, never prompts for a password
+//! always writes the custom format, uncompressed, to stdout (see
+//! `pipeline::archive::custom` for why), never prompts for a password
 //! (`--no-password`: a prompt would hang an unattended run), and gets the
 //! password only through its environment.
 
@@ -131,7 +132,7 @@ impl Tool {
         })
     }
 
-    /// The arguments (after the program) of a tar-format dump of `scope`,
+    /// The arguments (after the program) of a custom-format dump of `scope`,
     /// in the exported `snapshot` when there is one.
     pub fn dump_arguments(
         &self,
@@ -140,7 +141,8 @@ impl Tool {
         snapshot: Option<&str>,
     ) -> Vec<String> {
         let mut args = vec![
-            "--format=tar".to_string(),
+            "--format=custom".to_string(),
+            "--compress=0".to_string(),
             "--no-password".to_string(),
             format!("--dbname={}", target.conninfo()),
         ];

@@ -13,7 +13,7 @@ use crate::encryption::secret::Decryptor;
 use crate::encryption::{SCHEME, short};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::ObserveWrite;
-use crate::pipeline::archive::ArchiveInspector;
+use crate::pipeline::archive::{ArchiveFormat, ArchiveInspector};
 use crate::pipeline::compress;
 use crate::pipeline::decrypt::{DecryptError, decrypt, is_decrypt_failure};
 use crate::pipeline::hash::StreamHasher;
@@ -319,9 +319,20 @@ fn verify_content(
     checks: &mut Checks,
     progress: &mut dyn FnMut(u64),
 ) -> bool {
+    let Some(format) = ArchiveFormat::from_name(&manifest.archive.format) else {
+        checks.add(
+            "archive structure",
+            false,
+            format!(
+                "unknown archive format {:?} in the manifest",
+                manifest.archive.format
+            ),
+        );
+        return false;
+    };
     let mut plain_sink = ObserveWrite::new(
         std::io::sink(),
-        (StreamHasher::default(), ArchiveInspector::new()),
+        (StreamHasher::default(), ArchiveInspector::new(format)),
     );
     let mut decoder = match compress::decoder(compressed) {
         Ok(d) => d,

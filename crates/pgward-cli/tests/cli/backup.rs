@@ -39,7 +39,7 @@ fn backup_list_verify_and_stock_tools_read_the_artifact() {
     assert_eq!(manifest["format-version"], 2);
     assert_eq!(manifest["status"], "complete");
     assert_eq!(manifest["database"], db.as_str());
-    assert_eq!(manifest["archive"]["format"], "tar");
+    assert_eq!(manifest["archive"]["format"], "custom");
     let sysid = cluster().psql(&db, "SELECT system_identifier FROM pg_control_system()");
     assert_eq!(manifest["server"]["system-identifier"], sysid.as_str());
     let server_num: u64 = cluster()
@@ -276,7 +276,9 @@ fn a_command_prefix_runs_pg_dump_as_in_a_container() {
     let lines: Vec<&str> = calls.lines().collect();
     assert_eq!(lines[0], "exec -i pgcontainer pg_dump --version");
     assert!(
-        lines[1].starts_with("exec -i pgcontainer pg_dump --format=tar --no-password --dbname="),
+        lines[1].starts_with(
+            "exec -i pgcontainer pg_dump --format=custom --compress=0 --no-password --dbname="
+        ),
         "{calls}"
     );
     assert!(

@@ -463,12 +463,12 @@ fn an_encrypted_backup_round_trips_through_stock_gpg_zstd_and_pg_restore() {
     let id = manifest["id"].as_str().unwrap().to_string();
     assert_eq!(manifest["format-version"], 2);
 
-    // The artifact: ID.tar.zst.gpg, nothing unencrypted beside it.
-    let file_name = format!("{id}.tar.zst.gpg");
+    // The artifact: ID.dump.zst.gpg, nothing unencrypted beside it.
+    let file_name = format!("{id}.dump.zst.gpg");
     assert_eq!(manifest["artifact"]["file"], file_name.as_str());
     assert_eq!(
         backup_files(&ws.repo()),
-        vec![format!("{id}.manifest.json"), file_name.clone()]
+        vec![file_name.clone(), format!("{id}.manifest.json")]
     );
     let artifact = ws.repo().join("backups").join(&file_name);
     let stored = std::fs::read(&artifact).unwrap();
@@ -514,7 +514,7 @@ fn an_encrypted_backup_round_trips_through_stock_gpg_zstd_and_pg_restore() {
 
     // Stock gpg decrypts it (SEIPDv1 with MDC, AES-256) and zstd -d gives
     // the exact archive, which pg_restore reads.
-    let compressed = ws.path("plain.tar.zst");
+    let compressed = ws.path("plain.dump.zst");
     let status = gpg.decrypt(&artifact, &compressed, &[]);
     assert!(
         status.contains("[GNUPG:] DECRYPTION_INFO 2 9"),
@@ -633,7 +633,7 @@ fn every_recipient_alone_can_decrypt() {
     let archive_sha = out["envelope"]["archive-sha256"].as_str().unwrap();
 
     for (i, (gpg, key)) in [(&gpg_a, &a), (&gpg_b, &b)].into_iter().enumerate() {
-        let compressed = ws.path(&format!("plain{i}.tar.zst"));
+        let compressed = ws.path(&format!("plain{i}.dump.zst"));
         let status = gpg.decrypt(&artifact, &compressed, &[]);
         // Both session-key packets are there, whoever decrypts.
         for other in [&a, &b] {
@@ -751,7 +751,7 @@ fn a_generated_key_works_with_gpg_and_verify() {
     let listed = String::from_utf8(gpg.ok(&["--with-colons", "--list-secret-keys"])).unwrap();
     assert!(listed.contains(&format!(":{fingerprint}:")), "{listed}");
     assert!(listed.contains(&format!(":{encryption_key}:")), "{listed}");
-    let compressed = ws.path("plain.tar.zst");
+    let compressed = ws.path("plain.dump.zst");
     gpg.decrypt(
         &artifact,
         &compressed,
@@ -1329,7 +1329,7 @@ fn no_plaintext_reaches_the_disk() {
     let control = ws.path("control");
     std::fs::create_dir(&control).unwrap();
     let artifact = ws.repo().join(envelope["artifact-ref"].as_str().unwrap());
-    let compressed = control.join("plain.tar.zst");
+    let compressed = control.join("plain.dump.zst");
     gpg.decrypt(&artifact, &compressed, &[]);
     let tar = control.join("plain.tar");
     zstd_decompress(&compressed, &tar);
@@ -1522,4 +1522,54 @@ fn check_reports_recipients_expiry_and_the_round_trip() {
         "{evidence}"
     );
     assert!(!ws.repo().exists(), "check wrote the repository");
+}
+
+/// pg_dump itself must not spool the dump through a temporary file: its
+/// tar format does (one unlinked O_TMPFILE per table in /tmp, invisible to
+/// a directory scan), which is why backups use the custom format. Traced
+/// with strace through the command prefix.
+#[test]
+fn pg_dump_writes_no_temporary_file() {
+    let ws = Workspace::new();
+    let db = cluster().create_database("enc_tmpfile");
+    create_marker_table(&db, "TMPFILE-MARKER", 5000);
+    let trace = ws.path("trace.log");
+    let traced = |extra: &[&str]| -> String {
+        let _ = std::fs::remove_file(&trace);
+        let mut cmd = Command::new("strace");
+        cmd.args(["-f", "-e", "trace=open,openat,creat", "-o"])
+            .arg(&trace)
+            .arg(real_pg_dump())
+            .args(extra)
+            .arg(&db)
+            .stdout(Stdio::null())
+            .envs(cluster().env());
+        assert!(cmd.status().unwrap().success());
+        std::fs::read_to_string(&trace).unwrap()
+    };
+    // Control: the tar format does write temporary files, and this trace sees them.
+    assert!(
+        traced(&["-Ft"]).contains("O_TMPFILE"),
+        "the trace cannot see temp files"
+    );
+
+    let config = ws.file(
+        "traced.toml",
+        &format!(
+            "[pg-dump]\ncommand-prefix = [\"strace\", \"-f\", \"-e\", \"trace=open,openat,creat\", \"-o\", \"{}\"]\n",
+            trace.display()
+        ),
+    );
+    let _ = std::fs::remove_file(&trace);
+    let res = run(pgward(&ws.repo())
+        .arg("--config")
+        .arg(&config)
+        .args(["--json", "backup", "--dbname", &db]));
+    res.assert_ok();
+    let opened = std::fs::read_to_string(&trace).unwrap();
+    let writes: Vec<&str> = opened
+        .lines()
+        .filter(|l| l.contains("O_TMPFILE") || l.contains("O_CREAT") || l.contains("creat("))
+        .collect();
+    assert!(writes.is_empty(), "pg_dump created files: {writes:#?}");
 }

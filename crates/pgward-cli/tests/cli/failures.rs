@@ -95,7 +95,7 @@ impl Baseline {
             .join("quarantine")
             .join(record["file"].as_str().unwrap());
         assert!(partial.is_file(), "partial file missing: {partial:?}");
-        assert!(partial.to_string_lossy().ends_with(".tar.zst.partial"));
+        assert!(partial.to_string_lossy().ends_with(".dump.zst.partial"));
         record
     }
 }
@@ -511,7 +511,7 @@ fn an_artifact_without_its_manifest_is_quarantined_by_the_next_run() {
     assert!(list.json()["backups"].as_array().unwrap().is_empty());
     assert_eq!(
         list.json()["orphans"],
-        serde_json::json!([format!("{id}.tar.zst")])
+        serde_json::json!([format!("{id}.dump.zst")])
     );
     assert_eq!(run(pgward(&base.repo()).args(["verify", id])).code, 2);
 
@@ -527,7 +527,7 @@ fn an_artifact_without_its_manifest_is_quarantined_by_the_next_run() {
     assert!(
         base.repo()
             .join("quarantine")
-            .join(format!("{id}.tar.zst.partial"))
+            .join(format!("{id}.dump.zst.partial"))
             .is_file()
     );
     assert_eq!(listed_ids(&base.repo()).len(), 1);

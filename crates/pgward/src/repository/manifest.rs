@@ -59,7 +59,8 @@ pub struct PgDumpRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct ArchiveRecord {
-    /// Always "tar" in this version.
+    /// "custom" (`pg_dump -Fc -Z0`); "tar" in backups of pgward before
+    /// manifest v2.
     pub format: String,
     /// pg_dump's archive format version, e.g. "1.14".
     pub version: String,

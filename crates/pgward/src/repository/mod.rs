@@ -4,10 +4,10 @@
 //!
 //! ```text
 //! REPO/pgward-repository.json      marker and layout version
-//! REPO/backups/ID.tar.zst          artifact (zstd-compressed pg_dump tar archive)
-//! REPO/backups/ID.tar.zst.gpg      the same, encrypted (an OpenPGP message)
+//! REPO/backups/ID.dump.zst         artifact (zstd-compressed pg_dump custom-format archive)
+//! REPO/backups/ID.dump.zst.gpg     the same, encrypted (an OpenPGP message)
 //! REPO/backups/ID.manifest.json    manifest, written last: the completion mark
-//! REPO/quarantine/ID.tar.zst.partial + ID.reason.json   failed runs, kept for forensics
+//! REPO/quarantine/ID.dump.zst.partial + ID.reason.json   failed runs, kept for forensics
 //! REPO/tmp/                        staging files of runs in progress
 //! REPO/locks/DBKEY.lock            one run per database at a time
 //! ```
@@ -36,11 +36,16 @@ use std::path::{Path, PathBuf};
 
 const MARKER: &str = "pgward-repository.json";
 const LAYOUT_VERSION: u32 = 1;
-pub const ARTIFACT_SUFFIX: &str = ".tar.zst";
-pub const ENCRYPTED_ARTIFACT_SUFFIX: &str = ".tar.zst.gpg";
+/// A zstd-compressed pg_dump custom-format archive.
+pub const ARTIFACT_SUFFIX: &str = ".dump.zst";
+/// The same, encrypted: one OpenPGP message.
+pub const ENCRYPTED_ARTIFACT_SUFFIX: &str = ".dump.zst.gpg";
+/// Artifacts of manifest v1 (pg_dump tar archives), still recognised.
+const LEGACY_ARTIFACT_SUFFIX: &str = ".tar.zst";
 const MANIFEST_SUFFIX: &str = ".manifest.json";
-const STAGING_SUFFIX: &str = ".tar.zst.tmp";
-const PARTIAL_SUFFIX: &str = ".tar.zst.partial";
+const STAGING_SUFFIX: &str = ".dump.zst.tmp";
+const LEGACY_STAGING_SUFFIX: &str = ".tar.zst.tmp";
+const PARTIAL_SUFFIX: &str = ".dump.zst.partial";
 const REASON_SUFFIX: &str = ".reason.json";
 const RESERVED_REASON_SUFFIX: &str = ".reason.json.reserved";
 /// Space set aside for a quarantine record when a run starts, so that the
@@ -157,7 +162,10 @@ impl Repository {
             .flatten()
             .filter_map(|entry| {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let id = name.strip_suffix(STAGING_SUFFIX)?.to_string();
+                let id = name
+                    .strip_suffix(STAGING_SUFFIX)
+                    .or_else(|| name.strip_suffix(LEGACY_STAGING_SUFFIX))?
+                    .to_string();
                 Some((id, entry.path(), "left behind by a run that died before it could clean up (killed, crashed or power loss)"))
             });
         let orphans = self.orphans()?.into_iter().filter_map(|name| {
@@ -349,11 +357,14 @@ impl Repository {
             .into_iter()
             .map(|m| m.artifact.file)
             .collect();
-        let mut found = list_with_suffix(&self.backups_dir(), ARTIFACT_SUFFIX)?;
-        found.extend(list_with_suffix(
-            &self.backups_dir(),
+        let mut found = Vec::new();
+        for suffix in [
+            ARTIFACT_SUFFIX,
             ENCRYPTED_ARTIFACT_SUFFIX,
-        )?);
+            LEGACY_ARTIFACT_SUFFIX,
+        ] {
+            found.extend(list_with_suffix(&self.backups_dir(), suffix)?);
+        }
         let mut names: Vec<String> = found
             .into_iter()
             .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
@@ -594,6 +605,7 @@ pub fn artifact_file(id: &str, encrypted: bool) -> String {
 fn artifact_id(name: &str) -> Option<&str> {
     name.strip_suffix(ARTIFACT_SUFFIX)
         .or_else(|| name.strip_suffix(ENCRYPTED_ARTIFACT_SUFFIX))
+        .or_else(|| name.strip_suffix(LEGACY_ARTIFACT_SUFFIX))
 }
 
 fn list_with_suffix(dir: &Path, suffix: &str) -> Result<Vec<PathBuf>> {

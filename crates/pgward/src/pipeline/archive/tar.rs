@@ -1,6 +1,5 @@
-//! An observing stage that understands pg_dump's tar-format archive as it
-//! streams past, so that a backup is validated without being read twice and
-//! `verify` can prove an artifact without a database.
+//! pg_dump's tar format, as written by backups before manifest v2 (kept so
+//! that `verify` still proves those artifacts).
 //!
 //! pg_dump's tar archive is `toc.dat` (the binary header and table of
 //! contents shared with the custom format), one `NNNN.dat` member of COPY
@@ -20,127 +19,16 @@
 //! pipeline hands it whatever the pipe delivered; its memory is one tar header
 //! plus the TOC, never a table's data.
 
-use serde::{Deserialize, Serialize};
+use super::{
+    ArchiveError, ArchiveSummary, FORMAT_TAR, MemberStats, TableData, Toc, TocEntry, fail,
+};
 use std::collections::BTreeMap;
-use std::fmt;
 
 const BLOCK: usize = 512;
 /// Refuse a TOC larger than this rather than grow without bound on garbage.
 const MAX_TOC_BYTES: usize = 512 * 1024 * 1024;
 /// Same for the lists of large objects (one short line per object).
 const MAX_BLOB_LIST_BYTES: usize = 256 * 1024 * 1024;
-/// Bytes kept from the end of each data member to check its COPY trailer.
-const TAIL: usize = 16;
-
-/// Oldest archive version accepted: 1.12 (pg_dump 9.0). Versions up to the
-/// newest known (1.16, pg_dump 17) are parsed field by field.
-const MIN_VERSION: (u8, u8) = (1, 12);
-const MAX_VERSION: (u8, u8) = (1, 16);
-/// pg_dump's ArchiveFormat code for tar.
-const FORMAT_TAR: u8 = 3;
-
-/// Why an archive is not a complete, readable pg_dump tar archive.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ArchiveError(pub String);
-
-impl fmt::Display for ArchiveError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-fn fail<T>(message: impl Into<String>) -> Result<T, ArchiveError> {
-    Err(ArchiveError(message.into()))
-}
-
-/// What the archive says about itself, plus what was counted while reading.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ArchiveSummary {
-    /// pg_dump archive format version, e.g. "1.14".
-    pub archive_version: String,
-    /// Database name recorded by pg_dump.
-    pub database_name: String,
-    pub server_version: Option<String>,
-    pub pg_dump_version: Option<String>,
-    /// Number of TOC entries (schema objects, data, ACLs, ...).
-    pub toc_entries: usize,
-    /// One entry per table whose data is in the archive, in archive order.
-    pub table_data: Vec<TableData>,
-    /// Tar members read, including toc.dat and restore.sql.
-    pub members: usize,
-}
-
-/// A table's data member.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TableData {
-    pub schema: String,
-    pub table: String,
-    /// The member's file name inside the archive, e.g. "3350.dat".
-    pub member: String,
-    /// Bytes of COPY text, including the end-of-data marker.
-    pub bytes: u64,
-    /// Data rows (lines before the end-of-data marker).
-    pub rows: u64,
-}
-
-/// One entry of the archive's table of contents (the fields pgward uses).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TocEntry {
-    pub dump_id: i64,
-    pub had_dumper: bool,
-    pub tag: String,
-    pub desc: String,
-    pub namespace: String,
-    /// The tar member holding this entry's data, when it has any.
-    pub member: Option<String>,
-}
-
-/// The parsed `toc.dat`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Toc {
-    pub version: (u8, u8, u8),
-    pub database_name: String,
-    pub server_version: Option<String>,
-    pub pg_dump_version: Option<String>,
-    pub entries: Vec<TocEntry>,
-}
-
-#[derive(Debug, Default, Clone)]
-struct MemberStats {
-    bytes: u64,
-    newlines: u64,
-    /// The last bytes seen, to check the COPY trailer.
-    tail: [u8; TAIL],
-}
-
-impl MemberStats {
-    fn update(&mut self, data: &[u8]) {
-        self.bytes += data.len() as u64;
-        self.newlines += count_newlines(data);
-        if data.len() >= TAIL {
-            self.tail.copy_from_slice(&data[data.len() - TAIL..]);
-        } else {
-            self.tail.copy_within(data.len().., 0);
-            self.tail[TAIL - data.len()..].copy_from_slice(data);
-        }
-    }
-
-    /// COPY text ends with the end-of-data line `\.` followed by one or
-    /// more empty lines (their number differs between archive formats).
-    /// Returns the number of data rows when that trailer is present.
-    fn copy_rows(&self) -> Option<u64> {
-        let kept = (self.bytes as usize).min(TAIL);
-        let tail = &self.tail[TAIL - kept..];
-        let newlines = tail.iter().rev().take_while(|&&b| b == b'\n').count();
-        let body = &tail[..kept - newlines];
-        if newlines == 0 || newlines == kept || !body.ends_with(b"\\.") {
-            return None;
-        }
-        let marker_at_line_start = body.len() == 2 && self.bytes as usize == kept
-            || body.len() > 2 && body[body.len() - 3] == b'\n';
-        marker_at_line_start.then(|| self.newlines - newlines as u64)
-    }
-}
 
 enum State {
     /// Collecting the next 512-byte header (or end-of-archive block).
@@ -154,7 +42,7 @@ enum State {
 }
 
 /// Push-based inspector of a pg_dump tar archive.
-pub struct ArchiveInspector {
+pub struct TarInspector {
     state: State,
     header: Vec<u8>,
     zero_blocks: u8,
@@ -169,15 +57,15 @@ pub struct ArchiveInspector {
     error: Option<ArchiveError>,
 }
 
-impl Default for ArchiveInspector {
+impl Default for TarInspector {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl ArchiveInspector {
+impl TarInspector {
     pub fn new() -> Self {
-        ArchiveInspector {
+        TarInspector {
             state: State::Header,
             header: Vec::with_capacity(BLOCK),
             zero_blocks: 0,
@@ -336,7 +224,7 @@ impl ArchiveInspector {
 
     fn end_member(&mut self) -> Result<(), ArchiveError> {
         if self.current.take().as_deref() == Some("toc.dat") {
-            let toc = Toc::parse(&self.toc_bytes)?;
+            let (toc, _) = Toc::parse(&self.toc_bytes, FORMAT_TAR)?;
             self.toc_bytes = Vec::new();
             self.toc = Some(toc);
         }
@@ -409,24 +297,11 @@ impl ArchiveInspector {
     }
 }
 
-/// Counts `\n` bytes. Summing fixed blocks into a `u8` lets the compiler
-/// vectorise the comparison (the plain filter-count was the inspector's
-/// whole cost in profiles); a block of 32 cannot overflow a `u8`.
-fn count_newlines(data: &[u8]) -> u64 {
-    let blocks = data.chunks_exact(32);
-    let rest = blocks.remainder();
-    let mut count: u64 = blocks
-        .map(|block| block.iter().map(|&b| (b == b'\n') as u8).sum::<u8>() as u64)
-        .sum();
-    count += rest.iter().filter(|&&b| b == b'\n').count() as u64;
-    count
-}
-
 fn is_blob_list(name: &str) -> bool {
     name == "blobs.toc" || name.starts_with("blobs_") && name.ends_with(".toc")
 }
 
-impl ArchiveInspector {
+impl TarInspector {
     /// A `BLOBS` entry's list member exists and every large object it names
     /// has its member.
     fn check_blobs(&self, entry: &TocEntry) -> Result<(), ArchiveError> {
@@ -508,145 +383,6 @@ fn parse_octal(field: &[u8]) -> Option<u64> {
     u64::from_str_radix(digits, 8).ok()
 }
 
-/// Reads the integers and strings of pg_dump's archive header and TOC.
-struct TocReader<'a> {
-    data: &'a [u8],
-    pos: usize,
-    int_size: usize,
-}
-
-impl TocReader<'_> {
-    fn byte(&mut self) -> Result<u8, ArchiveError> {
-        let b = *self.data.get(self.pos).ok_or_else(|| self.truncated())?;
-        self.pos += 1;
-        Ok(b)
-    }
-
-    fn truncated(&self) -> ArchiveError {
-        ArchiveError(format!("toc.dat is truncated at byte {}", self.pos))
-    }
-
-    /// pg_dump's ReadInt: a sign byte, then `int_size` bytes little-endian.
-    fn int(&mut self) -> Result<i64, ArchiveError> {
-        let negative = self.byte()? != 0;
-        let mut value: i64 = 0;
-        for i in 0..self.int_size {
-            value |= (self.byte()? as i64) << (8 * i);
-        }
-        Ok(if negative { -value } else { value })
-    }
-
-    /// pg_dump's ReadStr: a length (negative for NULL), then the bytes.
-    fn string(&mut self) -> Result<Option<String>, ArchiveError> {
-        let len = self.int()?;
-        if len < 0 {
-            return Ok(None);
-        }
-        let len = len as usize;
-        let end = self.pos.checked_add(len).filter(|&e| e <= self.data.len());
-        let end = end.ok_or_else(|| self.truncated())?;
-        let text = String::from_utf8_lossy(&self.data[self.pos..end]).into_owned();
-        self.pos = end;
-        Ok(Some(text))
-    }
-
-    fn text(&mut self) -> Result<String, ArchiveError> {
-        Ok(self.string()?.unwrap_or_default())
-    }
-}
-
-impl Toc {
-    /// Parses a complete `toc.dat` of a tar-format archive.
-    pub fn parse(data: &[u8]) -> Result<Toc, ArchiveError> {
-        if !data.starts_with(b"PGDMP") {
-            return fail("toc.dat does not start with the PGDMP signature");
-        }
-        let mut r = TocReader {
-            data,
-            pos: 5,
-            int_size: 4,
-        };
-        let version = (r.byte()?, r.byte()?, r.byte()?);
-        let v = (version.0, version.1);
-        if v < MIN_VERSION || v > MAX_VERSION {
-            return fail(format!(
-                "unsupported pg_dump archive version {}.{} (pgward reads {}.{} to {}.{})",
-                v.0, v.1, MIN_VERSION.0, MIN_VERSION.1, MAX_VERSION.0, MAX_VERSION.1
-            ));
-        }
-        r.int_size = r.byte()? as usize;
-        if !(1..=8).contains(&r.int_size) {
-            return fail(format!(
-                "implausible integer size {} in toc.dat",
-                r.int_size
-            ));
-        }
-        let _offset_size = r.byte()?;
-        let format = r.byte()?;
-        if format != FORMAT_TAR {
-            return fail(format!(
-                "toc.dat declares archive format {format}, expected tar (3)"
-            ));
-        }
-        if v >= (1, 15) {
-            let _compression_algorithm = r.byte()?;
-        } else {
-            let _compression_level = r.int()?;
-        }
-        for _ in 0..7 {
-            let _creation_time_field = r.int()?;
-        }
-        let database_name = r.text()?;
-        let server_version = r.string()?;
-        let pg_dump_version = r.string()?;
-
-        let count = r.int()?;
-        if count < 0 || count as usize > data.len() {
-            return fail(format!("implausible TOC entry count {count}"));
-        }
-        let mut entries = Vec::with_capacity(count as usize);
-        for _ in 0..count {
-            let dump_id = r.int()?;
-            let had_dumper = r.int()? != 0;
-            let _table_oid = r.string()?;
-            let _oid = r.string()?;
-            let tag = r.text()?;
-            let desc = r.text()?;
-            let _section = r.int()?;
-            let _definition = r.string()?;
-            let _drop_statement = r.string()?;
-            let _copy_statement = r.string()?;
-            let namespace = r.text()?;
-            let _tablespace = r.string()?;
-            if v >= (1, 14) {
-                let _table_access_method = r.string()?;
-            }
-            if v >= (1, 16) {
-                let _relkind = r.int()?;
-            }
-            let _owner = r.string()?;
-            let _with_oids = r.string()?;
-            while r.string()?.is_some() {} // dependencies, ended by a NULL
-            let member = r.string()?.filter(|name| !name.is_empty());
-            entries.push(TocEntry {
-                dump_id,
-                had_dumper,
-                tag,
-                desc,
-                namespace,
-                member,
-            });
-        }
-        Ok(Toc {
-            version,
-            database_name,
-            server_version,
-            pg_dump_version,
-            entries,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -654,10 +390,10 @@ mod tests {
     /// A real archive: `pg_dump -Ft` (pg_dump 15) of a database with
     /// public.t1 (5 rows with tabs and newlines in text), public.empty_t,
     /// s2."Mixed Case" and a sequence.
-    const SAMPLE: &[u8] = include_bytes!("../../tests/fixtures/sample-pg15.tar");
+    const SAMPLE: &[u8] = include_bytes!("../../../tests/fixtures/sample-pg15.tar");
 
     fn inspect(data: &[u8], chunk: usize) -> Result<ArchiveSummary, ArchiveError> {
-        let mut inspector = ArchiveInspector::new();
+        let mut inspector = TarInspector::new();
         for piece in data.chunks(chunk.max(1)) {
             inspector.update(piece);
         }
@@ -742,42 +478,5 @@ mod tests {
                 .0
                 .contains("after the end-of-archive")
         );
-    }
-
-    #[test]
-    fn newline_counting_matches_the_plain_count() {
-        let data: Vec<u8> = (0..10_000u32)
-            .map(|i| {
-                if i % 7 == 0 || i % 31 == 0 {
-                    b'\n'
-                } else {
-                    b'x'
-                }
-            })
-            .collect();
-        for len in [0, 1, 31, 32, 33, 64, 1000, data.len()] {
-            let plain = data[..len].iter().filter(|&&b| b == b'\n').count() as u64;
-            assert_eq!(count_newlines(&data[..len]), plain, "length {len}");
-        }
-        assert_eq!(count_newlines(&[b'\n'; 4096]), 4096);
-    }
-
-    #[test]
-    fn member_stats_track_the_trailer_across_chunks() {
-        let mut stats = MemberStats::default();
-        for piece in [&b"1\tx\n\\"[..], b".", b"\n", b"\n"] {
-            stats.update(piece);
-        }
-        assert_eq!(stats.copy_rows(), Some(1));
-        let rows = |data: &[u8]| {
-            let mut stats = MemberStats::default();
-            stats.update(data);
-            stats.copy_rows()
-        };
-        assert_eq!(rows(b"\\.\n\n\n"), Some(0));
-        assert_eq!(rows(b"a\n\\.\n"), Some(1));
-        assert_eq!(rows(b"a\\.\n\n"), None, "marker must start a line");
-        assert_eq!(rows(b"a\nb\n"), None, "no marker");
-        assert_eq!(rows(b"a\n\\."), None, "marker line not ended");
     }
 }
