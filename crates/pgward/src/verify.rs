@@ -254,12 +254,10 @@ fn verify_encrypted(
         }
         Err(DecryptError::Command(e)) => {
             return Err(Error::config(format!(
-                "cannot run decryption.command `{}`: {e}",
-                match decryptor {
-                    Decryptor::Command(argv) => argv.join(" "),
-                    Decryptor::SecretKey(_) => String::new(),
-                }
-            )));
+                "cannot run the decryption {}: {e}",
+                decryptor.describe()
+            ))
+            .with_hint("check decryption.command (or that gpg is installed, for --gpg)"));
         }
         Err(e @ DecryptError::Malformed(_)) => {
             checks.add("decryption", false, e.to_string());
