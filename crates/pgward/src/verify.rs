@@ -379,8 +379,14 @@ fn verify_content(
         "archive structure",
         true,
         format!(
-            "pg_dump archive {}, {} TOC entries, end marker present",
-            summary.archive_version, summary.toc_entries
+            "pg_dump {} archive {}, {} TOC entries, {}",
+            format.name(),
+            summary.archive_version,
+            summary.toc_entries,
+            match format {
+                ArchiveFormat::Custom => "every data block complete",
+                ArchiveFormat::Tar => "end-of-archive marker present",
+            }
         ),
     );
     checks.compare(
