@@ -158,3 +158,98 @@ fn an_unknown_backup_is_a_usage_error() {
         res.stderr
     );
 }
+
+/// A backup of manifest v1 (a pg_dump tar archive, `ID.tar.zst`, written
+/// by pgward before the custom format) still verifies, and damage to it is
+/// still found. The v1 manifest is made from a real v2 one, rewritten the
+/// way pgward 0.1 wrote them, around the tar fixture.
+#[test]
+fn a_manifest_v1_tar_backup_still_verifies() {
+    use pgward::pipeline::archive::{ArchiveFormat, ArchiveInspector};
+    let (ws, v2, _) = backed_up("legacytar");
+    let tar = include_bytes!("../../../pgward/tests/fixtures/sample-pg15.tar");
+    let mut inspector = ArchiveInspector::new(ArchiveFormat::Tar);
+    inspector.update(tar);
+    let summary = inspector.finish().unwrap();
+
+    let id = v2["id"].as_str().unwrap().replace("legacytar", "legacy");
+    let plain = ws.path("legacy.tar");
+    std::fs::write(&plain, tar).unwrap();
+    let artifact = ws.repo().join("backups").join(format!("{id}.tar.zst"));
+    let status = std::process::Command::new("zstd")
+        .args(["-q", "-3"])
+        .arg(&plain)
+        .arg("-o")
+        .arg(&artifact)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let stored = pgward::pipeline::hash::digest_file(&artifact).unwrap();
+    let archive = pgward::pipeline::hash::digest_file(&plain).unwrap();
+
+    let mut v1 = v2.clone();
+    v1["format-version"] = 1.into();
+    v1["id"] = id.clone().into();
+    v1["archive"] = serde_json::json!({
+        "format": "tar",
+        "version": summary.archive_version,
+        "bytes": archive.bytes,
+        "sha256": archive.sha256,
+        "toc-entries": summary.toc_entries,
+    });
+    v1["artifact"] = serde_json::json!({
+        "file": format!("{id}.tar.zst"),
+        "bytes": stored.bytes,
+        "sha256": stored.sha256,
+        "compression": {"algorithm": "zstd", "level": 3},
+    });
+    v1["tables"] = summary
+        .table_data
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "schema": t.schema, "table": t.table, "data": true,
+                "bytes": t.bytes, "rows": t.rows,
+            })
+        })
+        .collect();
+    std::fs::write(
+        ws.repo()
+            .join("backups")
+            .join(format!("{id}.manifest.json")),
+        serde_json::to_vec_pretty(&v1).unwrap(),
+    )
+    .unwrap();
+
+    let res = verify(&ws.repo(), &id);
+    res.assert_ok();
+    let report = res.json();
+    assert_eq!(report["content-checked"], true);
+    let structure = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "archive structure")
+        .unwrap()
+        .clone();
+    assert!(
+        structure["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("pg_dump tar archive 1.14"),
+        "{structure}"
+    );
+    // `list` shows it beside the v2 backup, and not as an orphan.
+    let listed = run(pgward(&ws.repo()).args(["--json", "list"]));
+    listed.assert_ok();
+    assert_eq!(listed.json()["backups"].as_array().unwrap().len(), 2);
+    assert_eq!(listed.json()["orphans"], serde_json::json!([]));
+
+    // Damage is still found.
+    let mut bytes = std::fs::read(&artifact).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x08;
+    std::fs::write(&artifact, &bytes).unwrap();
+    let res = verify(&ws.repo(), &id);
+    assert_eq!(res.code, 1, "{}", res.stderr);
+}
