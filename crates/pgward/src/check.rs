@@ -544,6 +544,19 @@ fn encryption(ctx: &mut Context, m: &mut Matrix) {
             _ => m.pass(&id, evidence),
         }
     }
+    // Episode 2: only the public key lives on the backup host.
+    if let Some(secret) = &ctx.config.decryption.secret_key
+        && secret.exists()
+    {
+        m.warn(
+            "encryption.secret-key",
+            format!(
+                "a secret key is configured on this host (decryption.secret-key {}): whoever reads this host's backups can also decrypt them",
+                secret.display()
+            ),
+            "keep the secret key in the operator's vault and verify elsewhere, or decrypt through gpg with a smartcard (decryption.command)",
+        );
+    }
     match encryption::round_trip() {
         Ok(bytes) => m.pass(
             "encryption.round-trip",

@@ -1507,6 +1507,24 @@ fn check_reports_recipients_expiry_and_the_round_trip() {
     assert!(evidence.contains("identical"), "{evidence}");
     assert!(!ws.repo().exists(), "check wrote the repository");
 
+    // A secret key configured where backups are taken is a warning.
+    let with_secret = recipients_config(
+        &ws,
+        "secret.toml",
+        &[(&ops.certificate, &ops.fingerprint)],
+        &format!("[decryption]\nsecret-key = \"{}\"\n", ops.secret.display()),
+    );
+    let res = check(&with_secret);
+    assert_eq!(res.code, 0, "{}", res.stderr);
+    assert_eq!(res.json()["verdict"], "WARN");
+    let found = rows(&res);
+    let (status, evidence) = &found["encryption.secret-key"];
+    assert_eq!(status, "WARN", "{evidence}");
+    assert!(
+        evidence.contains("a secret key is configured on this host"),
+        "{evidence}"
+    );
+
     let wrong_pin = recipients_config(&ws, "wrong.toml", &[(&ops.certificate, &soon_fpr)], "");
     let res = check(&wrong_pin);
     assert_eq!(res.code, 1, "{}", res.stderr);
