@@ -442,3 +442,38 @@ fn partitioned_tables_in_scope_bring_their_partitions() {
         "100"
     );
 }
+
+/// Thousands of TOC entries (one per large object before pg_dump 17) make
+/// a TOC far longer than pg_dump's first write, and a large object with an
+/// oid of 2^31 or more is written as a negative int: both are a normal
+/// archive, backed up, verified and restorable.
+#[test]
+fn many_toc_entries_and_high_large_object_oids_are_a_normal_archive() {
+    let ws = Workspace::new();
+    let db = cluster().create_database("many_los");
+    cluster().psql(
+        &db,
+        "SELECT count(lo_from_bytea(0, convert_to('lo ' || g, 'UTF8'))) FROM generate_series(1, 5000) g; \
+         SELECT lo_from_bytea(3000000000, 'high oid');",
+    );
+    load_rows(&db, "public.items", 100);
+    let res = backup(&ws.repo(), &db, &[]);
+    res.assert_ok();
+    let manifest = res.json()["manifest"].clone();
+    assert!(manifest["archive"]["toc-entries"].as_u64().unwrap() > 5000);
+    let id = manifest["id"].as_str().unwrap();
+    run(pgward(&ws.repo()).args(["--json", "verify", id])).assert_ok();
+    let artifact = ws
+        .repo()
+        .join("backups")
+        .join(manifest["artifact"]["file"].as_str().unwrap());
+    let restored = restore_with_stock_tools(&artifact, "many_los_restored");
+    assert_eq!(
+        cluster().psql(&restored, "SELECT count(*) FROM pg_largeobject_metadata"),
+        "5001"
+    );
+    assert_eq!(
+        cluster().psql(&restored, "SELECT convert_from(lo_get(3000000000), 'UTF8')"),
+        "high oid"
+    );
+}

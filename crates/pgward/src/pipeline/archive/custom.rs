@@ -15,10 +15,8 @@
 //! and its chunks, and ends with oid 0. There is no trailer: the archive is
 //! complete when every entry the TOC says has data has its complete block.
 
-use super::{
-    ArchiveError, ArchiveSummary, FORMAT_CUSTOM, MemberStats, TableData, Toc, TocEntry, fail,
-};
-use std::collections::BTreeMap;
+use super::{ArchiveError, ArchiveSummary, FORMAT_CUSTOM, MemberStats, TableData, Toc, fail};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Refuse a TOC larger than this rather than grow without bound on garbage.
 const MAX_TOC_BYTES: usize = 512 * 1024 * 1024;
@@ -62,6 +60,10 @@ pub struct CustomInspector {
     block: Option<Block>,
     /// Entries with data, by dump id, and whether their block was read.
     expected: BTreeMap<i64, bool>,
+    /// Announced blocks not read yet.
+    blocks_left: usize,
+    /// Dump ids of the large-object entries (their blocks have type 3).
+    blobs_entries: BTreeSet<i64>,
     stats: BTreeMap<i64, MemberStats>,
     blocks: usize,
     large_objects: u64,
@@ -86,6 +88,8 @@ impl CustomInspector {
             int_bytes: Vec::with_capacity(9),
             block: None,
             expected: BTreeMap::new(),
+            blocks_left: 0,
+            blobs_entries: BTreeSet::new(),
             stats: BTreeMap::new(),
             blocks: 0,
             large_objects: 0,
@@ -106,14 +110,11 @@ impl CustomInspector {
 
     fn consume(&mut self, mut data: &[u8]) -> Result<(), ArchiveError> {
         if let State::Toc = self.state {
-            if self.buffer.len() + data.len() > MAX_TOC_BYTES {
-                return fail("the archive's TOC is larger than 512 MiB");
-            }
             self.buffer.extend_from_slice(data);
             self.offset += data.len() as u64;
             // Re-parsing from the start is cheap for the usual TOC; doubling
             // the threshold keeps a huge one from being parsed per chunk.
-            if self.buffer.len() < self.next_attempt {
+            if self.buffer.len() < self.next_attempt.min(MAX_TOC_BYTES) {
                 return Ok(());
             }
             match Toc::parse(&self.buffer, FORMAT_CUSTOM) {
@@ -124,6 +125,9 @@ impl CustomInspector {
                     return self.consume(&rest[used..]);
                 }
                 Err(e) if Toc::is_truncated(&e) => {
+                    if self.buffer.len() >= MAX_TOC_BYTES {
+                        return fail("the archive's TOC is larger than 512 MiB");
+                    }
                     self.next_attempt = self.buffer.len() * 2;
                     return Ok(());
                 }
@@ -175,6 +179,11 @@ impl CustomInspector {
     }
 
     fn start_data(&mut self, toc: Toc) -> Result<(), ArchiveError> {
+        if toc.compressed {
+            return fail(
+                "the archive is compressed by pg_dump; pgward reads uncompressed custom archives (pg_dump -Fc -Z0)",
+            );
+        }
         self.int_size = toc_int_size(&self.buffer);
         self.expected = toc
             .entries
@@ -182,20 +191,21 @@ impl CustomInspector {
             .filter(|e| e.has_data)
             .map(|e| (e.dump_id, false))
             .collect();
+        self.blocks_left = self.expected.len();
+        self.blobs_entries = toc
+            .entries
+            .iter()
+            .filter(|e| e.has_data && e.desc == "BLOBS")
+            .map(|e| e.dump_id)
+            .collect();
         self.toc = Some(toc);
         self.state = State::BlockType;
         Ok(())
     }
 
-    fn entry(&self, dump_id: i64) -> Option<&TocEntry> {
-        self.toc
-            .as_ref()
-            .and_then(|t| t.entries.iter().find(|e| e.dump_id == dump_id))
-    }
-
     fn start_block(&mut self, kind: u8) -> Result<(), ArchiveError> {
         let at = self.offset - 1;
-        if self.expected.values().all(|&seen| seen) {
+        if self.blocks_left == 0 {
             return fail(format!(
                 "unexpected data at byte {at}, after the last data block the TOC announces"
             ));
@@ -210,11 +220,15 @@ impl CustomInspector {
     }
 
     fn got_int(&mut self, purpose: IntFor, value: i64) -> Result<(), ArchiveError> {
-        let at = self.offset;
+        // Where the integer started, for messages.
+        let at = self.offset - (1 + self.int_size) as u64;
         match purpose {
             IntFor::BlockId { blobs } => {
                 match self.expected.get_mut(&value) {
-                    Some(seen @ false) => *seen = true,
+                    Some(seen @ false) => {
+                        *seen = true;
+                        self.blocks_left -= 1;
+                    }
                     Some(true) => {
                         return fail(format!("data block of entry {value} appears twice"));
                     }
@@ -224,7 +238,7 @@ impl CustomInspector {
                         ));
                     }
                 }
-                let is_blobs_entry = self.entry(value).is_some_and(|e| e.desc == "BLOBS");
+                let is_blobs_entry = self.blobs_entries.contains(&value);
                 if blobs != is_blobs_entry {
                     return fail(format!(
                         "data block of entry {value} has the wrong type for its TOC entry"
@@ -244,11 +258,13 @@ impl CustomInspector {
             }
             IntFor::BlobOid => {
                 let block = self.block.as_mut().expect("inside a block");
+                // pg_dump writes the oid as a signed int: oids of 2^31 and
+                // more arrive negative, which is fine; 0 ends the block.
                 if value == 0 {
                     self.block = None;
                     self.state = State::BlockType;
-                } else if value < 0 {
-                    return fail(format!("negative large object oid at byte {at}"));
+                } else if !(i64::from(i32::MIN)..=i64::from(u32::MAX)).contains(&value) {
+                    return fail(format!("implausible large object oid {value} at byte {at}"));
                 } else {
                     block.in_blob = true;
                     self.large_objects += 1;
@@ -419,6 +435,16 @@ mod tests {
                 SAMPLE.len()
             );
         }
+    }
+
+    #[test]
+    fn an_archive_compressed_by_pg_dump_is_refused() {
+        // Archive 1.14 keeps the compression level as an int after the
+        // 11-byte preamble: sign byte, then the value.
+        let mut data = SAMPLE.to_vec();
+        data[12] = 9;
+        let err = inspect(&data, 4096).unwrap_err();
+        assert!(err.0.contains("compressed by pg_dump"), "{err}");
     }
 
     #[test]

@@ -154,6 +154,8 @@ pub struct TocEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Toc {
     pub version: (u8, u8, u8),
+    /// Whether pg_dump compressed the data itself (level or algorithm not 0).
+    pub compressed: bool,
     pub database_name: String,
     pub server_version: Option<String>,
     pub pg_dump_version: Option<String>,
@@ -302,11 +304,11 @@ impl Toc {
                 }
             ));
         }
-        if v >= (1, 15) {
-            let _compression_algorithm = r.byte()?;
+        let compressed = if v >= (1, 15) {
+            r.byte()? != 0
         } else {
-            let _compression_level = r.int()?;
-        }
+            r.int()? != 0
+        };
         for _ in 0..7 {
             let _creation_time_field = r.int()?;
         }
@@ -315,10 +317,16 @@ impl Toc {
         let pg_dump_version = r.string()?;
 
         let count = r.int()?;
-        if count < 0 || count as usize > data.len() {
+        if count < 0 {
             return fail(format!("implausible TOC entry count {count}"));
         }
-        let mut entries = Vec::with_capacity(count as usize);
+        // Each entry takes dozens of bytes: a count beyond what has arrived
+        // means the rest of the TOC is still on its way (or the count is
+        // damaged, which the size limit of the caller ends).
+        if count as usize > data.len() {
+            return Err(r.truncated());
+        }
+        let mut entries = Vec::with_capacity((count as usize).min(data.len() / 16 + 1));
         for _ in 0..count {
             let dump_id = r.int()?;
             let had_dumper = r.int()? != 0;
@@ -375,6 +383,7 @@ impl Toc {
         }
         let toc = Toc {
             version,
+            compressed,
             database_name,
             server_version,
             pg_dump_version,
