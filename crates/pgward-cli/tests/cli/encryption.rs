@@ -258,6 +258,26 @@ fn recipients_config(
     ws.file(name, &text)
 }
 
+/// A new database with `rows` rows, backed up encrypted to `key` alone;
+/// returns the backup id and the artifact's path.
+fn encrypted_backup(ws: &Workspace, key: &Key, hint: &str, rows: u32) -> (String, PathBuf) {
+    let db = cluster().create_database(hint);
+    load_rows(&db, "public.items", rows);
+    let config = recipients_config(
+        ws,
+        "pgward.toml",
+        &[(&key.certificate, &key.fingerprint)],
+        "",
+    );
+    let res = backup_with(&ws.repo(), &db, &config);
+    res.assert_ok();
+    let id = res.json()["id"].as_str().unwrap().to_string();
+    let artifact = ws
+        .repo()
+        .join(res.json()["envelope"]["artifact-ref"].as_str().unwrap());
+    (id, artifact)
+}
+
 fn backup_with(repo: &Path, db: &str, config: &Path) -> Run {
     run(pgward(repo)
         .arg("--config")
@@ -1065,20 +1085,7 @@ fn wrong_keys_and_damaged_ciphertext_fail_verification_and_change_nothing() {
     let ops = make_key(&ws, &gpg, "ops");
     let other_gpg = Gpg::new(&ws, "o");
     let other = make_key(&ws, &other_gpg, "other");
-    let db = cluster().create_database("enc_damage");
-    load_rows(&db, "public.items", 3000);
-    let config = recipients_config(
-        &ws,
-        "pgward.toml",
-        &[(&ops.certificate, &ops.fingerprint)],
-        "",
-    );
-    let res = backup_with(&ws.repo(), &db, &config);
-    res.assert_ok();
-    let id = res.json()["id"].as_str().unwrap().to_string();
-    let artifact = ws
-        .repo()
-        .join(res.json()["envelope"]["artifact-ref"].as_str().unwrap());
+    let (id, artifact) = encrypted_backup(&ws, &ops, "enc_damage", 3000);
     let original = std::fs::read(&artifact).unwrap();
     let verify_plain = || run(&mut verify_cmd(&ws.repo(), &id));
     let verify_key = |key: &Path| run(verify_cmd(&ws.repo(), &id).arg("--secret-key").arg(key));
@@ -1403,20 +1410,7 @@ fn a_flipped_bit_in_the_session_key_packet_is_damage_not_a_wrong_key() {
     let ws = Workspace::new();
     let gpg = Gpg::new(&ws, "g");
     let ops = make_key(&ws, &gpg, "ops");
-    let db = cluster().create_database("enc_header");
-    load_rows(&db, "public.items", 1000);
-    let config = recipients_config(
-        &ws,
-        "pgward.toml",
-        &[(&ops.certificate, &ops.fingerprint)],
-        "",
-    );
-    let res = backup_with(&ws.repo(), &db, &config);
-    res.assert_ok();
-    let id = res.json()["id"].as_str().unwrap().to_string();
-    let artifact = ws
-        .repo()
-        .join(res.json()["envelope"]["artifact-ref"].as_str().unwrap());
+    let (id, artifact) = encrypted_backup(&ws, &ops, "enc_header", 1000);
     let original = std::fs::read(&artifact).unwrap();
     // Packet header, version, key id, algorithm, encrypted session key.
     for pos in [1, 3, 5, 12, 13, 100, 300] {

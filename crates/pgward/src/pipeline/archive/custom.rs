@@ -45,8 +45,6 @@ enum State {
 struct Block {
     dump_id: i64,
     blobs: bool,
-    /// Inside a large object (between its oid and its ending zero chunk).
-    in_blob: bool,
 }
 
 /// Push-based inspector of an uncompressed pg_dump custom-format archive.
@@ -66,7 +64,6 @@ pub struct CustomInspector {
     blobs_entries: BTreeSet<i64>,
     stats: BTreeMap<i64, MemberStats>,
     blocks: usize,
-    large_objects: u64,
     offset: u64,
     error: Option<ArchiveError>,
 }
@@ -92,7 +89,6 @@ impl CustomInspector {
             blobs_entries: BTreeSet::new(),
             stats: BTreeMap::new(),
             blocks: 0,
-            large_objects: 0,
             offset: 0,
             error: None,
         }
@@ -184,7 +180,7 @@ impl CustomInspector {
                 "the archive is compressed by pg_dump; pgward reads uncompressed custom archives (pg_dump -Fc -Z0)",
             );
         }
-        self.int_size = toc_int_size(&self.buffer);
+        self.int_size = toc.int_size;
         self.expected = toc
             .entries
             .iter()
@@ -248,7 +244,6 @@ impl CustomInspector {
                 self.block = Some(Block {
                     dump_id: value,
                     blobs,
-                    in_blob: false,
                 });
                 self.state = State::Int(if blobs {
                     IntFor::BlobOid
@@ -257,7 +252,6 @@ impl CustomInspector {
                 });
             }
             IntFor::BlobOid => {
-                let block = self.block.as_mut().expect("inside a block");
                 // pg_dump writes the oid as a signed int: oids of 2^31 and
                 // more arrive negative, which is fine; 0 ends the block.
                 if value == 0 {
@@ -266,8 +260,6 @@ impl CustomInspector {
                 } else if !(i64::from(i32::MIN)..=i64::from(u32::MAX)).contains(&value) {
                     return fail(format!("implausible large object oid {value} at byte {at}"));
                 } else {
-                    block.in_blob = true;
-                    self.large_objects += 1;
                     self.state = State::Int(IntFor::ChunkLength);
                 }
             }
@@ -281,9 +273,8 @@ impl CustomInspector {
                     };
                     return Ok(());
                 }
-                let block = self.block.as_mut().expect("inside a block");
-                if block.blobs {
-                    block.in_blob = false;
+                let in_blobs = self.block.as_ref().expect("inside a block").blobs;
+                if in_blobs {
                     self.state = State::Int(IntFor::BlobOid);
                 } else {
                     self.block = None;
@@ -364,12 +355,6 @@ impl CustomInspector {
             members: self.blocks,
         })
     }
-}
-
-/// The integer size from the header ("PGDMP", three version bytes, then
-/// the size), already validated by [`Toc::parse`].
-fn toc_int_size(header: &[u8]) -> usize {
-    header[8] as usize
 }
 
 /// pg_dump's ReadInt: a sign byte, then little-endian magnitude.

@@ -156,6 +156,8 @@ pub struct Toc {
     pub version: (u8, u8, u8),
     /// Whether pg_dump compressed the data itself (level or algorithm not 0).
     pub compressed: bool,
+    /// Bytes of an integer's magnitude in this archive (after its sign byte).
+    pub int_size: usize,
     pub database_name: String,
     pub server_version: Option<String>,
     pub pg_dump_version: Option<String>,
@@ -384,6 +386,7 @@ impl Toc {
         let toc = Toc {
             version,
             compressed,
+            int_size: r.int_size,
             database_name,
             server_version,
             pg_dump_version,
