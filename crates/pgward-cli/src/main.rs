@@ -39,6 +39,10 @@ enum Command {
     List,
     /// Prove a backup's artifact intact against its manifest, offline.
     Verify(VerifyArgs),
+    /// Restore a backup into a new database, then prove every table came back.
+    Restore(RestoreArgs),
+    /// Restore a backup into a scratch database, prove it, drop it, record the verdict.
+    Drill(DrillArgs),
     /// OpenPGP keys for encrypted backups.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -51,6 +55,61 @@ struct VerifyArgs {
     backup: String,
     #[command(flatten)]
     decrypt: DecryptArgs,
+}
+
+#[derive(Args, Debug)]
+struct RestoreArgs {
+    /// A backup id, or `latest`.
+    #[arg(value_name = "ID|latest")]
+    backup: String,
+    /// The database to restore into: created, or existing and empty.
+    #[arg(long, value_name = "NEWDB")]
+    to: String,
+    /// Only this schema, with everything in it (repeatable).
+    #[arg(long = "schema", value_name = "SCHEMA")]
+    schemas: Vec<String>,
+    /// Only this table, as schema.table, with its indexes, constraints and sequences (repeatable).
+    #[arg(long = "table", value_name = "SCHEMA.TABLE")]
+    tables: Vec<String>,
+    /// DROP the existing target database, and everything in it, before restoring.
+    #[arg(long)]
+    drop_existing_database: bool,
+    #[command(flatten)]
+    how: RestoreHowArgs,
+    #[command(flatten)]
+    decrypt: DecryptArgs,
+}
+
+#[derive(Args, Debug)]
+struct DrillArgs {
+    /// A backup id, or `latest`.
+    #[arg(value_name = "ID|latest")]
+    backup: String,
+    /// Keep the scratch database afterwards (it is dropped by default).
+    #[arg(long)]
+    keep: bool,
+    #[command(flatten)]
+    how: RestoreHowArgs,
+    #[command(flatten)]
+    decrypt: DecryptArgs,
+}
+
+/// How and where a restore runs (shared by restore and drill).
+#[derive(Args, Debug)]
+struct RestoreHowArgs {
+    /// pg_restore jobs and verifying sessions; 1 streams without a spool file.
+    #[arg(long, value_name = "N", default_value_t = pgward::restore::DEFAULT_JOBS as u16,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    jobs: u16,
+    /// Restore without owners: objects belong to the restoring role.
+    #[arg(long)]
+    no_owner: bool,
+    /// Restore without grants (GRANT/REVOKE).
+    #[arg(long)]
+    no_acl: bool,
+    /// Server and role to restore with, as a conninfo (overrides [restore-connection]).
+    #[arg(long, value_name = "CONNINFO")]
+    restore_connection: Option<String>,
 }
 
 /// How to decrypt encrypted artifacts (overrides [decryption]).
@@ -265,6 +324,68 @@ fn run(cli: Cli) -> Result<(), Failure> {
             render::verify(&report, cli.json);
             report.into_result().map_err(Failure::Reported)?;
         }
+        Command::Restore(args) => {
+            apply_decrypt_args(&mut config, &args.decrypt);
+            let options = pgward::restore::RestoreOptions {
+                selection: pgward::restore::selection::Selection::new(
+                    args.schemas.clone(),
+                    &args.tables,
+                )?,
+                drop_existing: args.drop_existing_database,
+                ..restore_options(&mut config, &args.how)
+            };
+            let decryption = config.decryption.clone();
+            let mut decryptor =
+                || secret::decryptor(&decryption, &pgward::process_env, &tty::ask_passphrase);
+            let mut progress = render::Progress::new(!cli.json);
+            let report = pgward::restore::run(
+                &config,
+                &pgward::process_env,
+                &args.backup,
+                &args.to,
+                &options,
+                &mut decryptor,
+                &mut |n| progress.update(n),
+            );
+            progress.clear();
+            let report = report?;
+            render::restore(&report, cli.json);
+            if let Some(check) = report.first_failure() {
+                return Err(Failure::Reported(
+                    Error::new(
+                        ErrorKind::Integrity,
+                        format!(
+                            "database {} does not match backup {}: {}: {}",
+                            report.database, report.backup_id, check.name, check.detail
+                        ),
+                    )
+                    .with_hint("the database was kept for inspection; drill the backup, or restore another one"),
+                ));
+            }
+        }
+        Command::Drill(args) => {
+            apply_decrypt_args(&mut config, &args.decrypt);
+            let options = pgward::drill::DrillOptions {
+                restore: restore_options(&mut config, &args.how),
+                keep: args.keep,
+            };
+            let decryption = config.decryption.clone();
+            let mut decryptor =
+                || secret::decryptor(&decryption, &pgward::process_env, &tty::ask_passphrase);
+            let mut progress = render::Progress::new(!cli.json);
+            let report = pgward::drill::run(
+                &config,
+                &pgward::process_env,
+                &args.backup,
+                &options,
+                &mut decryptor,
+                &mut |n| progress.update(n),
+            );
+            progress.clear();
+            let report = report?;
+            render::drill(&report, cli.json);
+            report.into_result().map_err(Failure::Reported)?;
+        }
         Command::Key(KeyCommand::Generate {
             out,
             user_id,
@@ -290,6 +411,21 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+fn restore_options(config: &mut Config, how: &RestoreHowArgs) -> pgward::restore::RestoreOptions {
+    if let Some(conninfo) = &how.restore_connection {
+        config.restore_connection = Some(pgward::config::ConnectionConfig {
+            dbname: Some(conninfo.clone()),
+            ..Default::default()
+        });
+    }
+    pgward::restore::RestoreOptions {
+        jobs: usize::from(how.jobs),
+        no_owner: how.no_owner,
+        no_acl: how.no_acl,
+        ..Default::default()
+    }
 }
 
 /// A failed readiness check is exit 1; its report was the output.

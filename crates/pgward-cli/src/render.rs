@@ -114,6 +114,10 @@ pub fn list(listing: &Listing, json: bool) {
                     "archive-bytes": m.archive.bytes, "artifact-bytes": m.artifact.bytes,
                     "artifact-sha256": m.artifact.sha256, "tables": m.tables.len(), "scope": m.scope,
                     "encryption": m.artifact.encryption,
+                    "last-drill": listing.drills.get(&m.id).map(|d| json!({
+                        "finished-at": d.finished_at, "verdict": d.verdict,
+                        "first-failure": d.first_failure,
+                    })),
                 })
             })
             .collect();
@@ -130,23 +134,38 @@ pub fn list(listing: &Listing, json: bool) {
         text.push_str("no backups\n");
     } else {
         text.push_str(&format!(
-            "{:<40} {:<24} {:<16} {:>10} {:>10} {:>6}  {:<10} {}\n",
-            "ID", "STARTED (UTC)", "DATABASE", "ARCHIVE", "STORED", "TABLES", "KEY", "STATUS"
+            "{:<40} {:<24} {:<16} {:>10} {:>10} {:>6}  {:<10} {:<8} {}\n",
+            "ID",
+            "STARTED (UTC)",
+            "DATABASE",
+            "ARCHIVE",
+            "STORED",
+            "TABLES",
+            "KEY",
+            "STATUS",
+            "LAST DRILL"
         ));
         for m in &listing.backups {
             let key = match &m.artifact.encryption {
                 Some(e) => recipients(e),
                 None => "none".to_string(),
             };
+            let drill = match listing.drills.get(&m.id) {
+                Some(d) if d.passed() => format!("PASS {}", d.finished_at),
+                Some(d) => format!("FAIL {}", d.finished_at),
+                None => "never".to_string(),
+            };
             text.push_str(&format!(
-                "{:<40} {:<24} {:<16} {:>10} {:>10} {:>6}  {:<10} complete\n",
+                "{:<40} {:<24} {:<16} {:>10} {:>10} {:>6}  {:<10} {:<8} {}\n",
                 m.id,
                 m.started_at,
                 m.database,
                 bytes(m.archive.bytes),
                 bytes(m.artifact.bytes),
                 m.tables.len(),
-                key
+                key,
+                "complete",
+                drill
             ));
         }
     }
@@ -198,6 +217,75 @@ pub fn verify(report: &VerifyReport, json: bool) {
     } else {
         "NOT INTACT\n"
     });
+    out(&text);
+}
+
+fn drill_checks_text(checks: &[pgward::repository::manifest::DrillCheck]) -> String {
+    let mut text = String::new();
+    for check in checks {
+        text.push_str(&format!(
+            "  {:<4} {:<32} {}\n",
+            if check.ok { "ok" } else { "FAIL" },
+            check.name,
+            check.detail
+        ));
+    }
+    text
+}
+
+pub fn restore(report: &pgward::restore::RestoreReport, json: bool) {
+    if json {
+        let mut value = serde_json::to_value(report).expect("reports serialise");
+        value["message-type"] = json!("restore");
+        out_json(&value);
+        return;
+    }
+    let mut text = format!(
+        "restored backup {} into {} on {} ({}, {:.1} s); verified like a drill ({:.1} s):\n",
+        report.backup_id,
+        report.database,
+        report.server,
+        report.feed,
+        report.restore_ms as f64 / 1000.0,
+        report.verify_ms as f64 / 1000.0
+    );
+    text.push_str(&drill_checks_text(&report.checks));
+    text.push_str(if report.ok {
+        "every restored table, sequence and large object equals the backup; the schema came back\n"
+    } else {
+        "the restored database does NOT match the backup; it was kept for inspection\n"
+    });
+    out(&text);
+}
+
+pub fn drill(report: &pgward::drill::DrillReport, json: bool) {
+    let record = &report.record;
+    if json {
+        let mut value = serde_json::to_value(report).expect("reports serialise");
+        value["message-type"] = json!("drill");
+        out_json(&value);
+        return;
+    }
+    let mut text = format!(
+        "drill of backup {} in {}{}\n",
+        record.backup_id,
+        record.restored_to,
+        match &report.restore {
+            Some(r) => format!(
+                " ({}; restore {:.1} s, verification {:.1} s)",
+                r.feed,
+                r.restore_ms as f64 / 1000.0,
+                r.verify_ms as f64 / 1000.0
+            ),
+            None => String::new(),
+        }
+    );
+    text.push_str(&drill_checks_text(&record.checks));
+    text.push_str(&format!(
+        "{}; scratch database {}; verdict recorded beside the backup\n",
+        if record.passed() { "PASS" } else { "FAIL" },
+        if record.kept { "kept" } else { "dropped" }
+    ));
     out(&text);
 }
 

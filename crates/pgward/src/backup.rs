@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::dump::{PgDump, ToolVersion};
 use crate::encryption::EncryptionPlan;
 use crate::error::{Error, ErrorKind, Result};
+use crate::fingerprint::TextSettings;
 use crate::interrupt::InterruptWatch;
 use crate::pipeline::archive::{ArchiveFormat, ArchiveInspector, ArchiveSummary};
 use crate::pipeline::child::{ChildSource, signal_name};
@@ -22,7 +23,7 @@ use crate::pipeline::encrypt::{EncryptStage, EncryptWriter};
 use crate::pipeline::hash::{StreamHasher, digest_file};
 use crate::pipeline::{CopyError, ObserveWrite, copy_stream};
 use crate::repository::manifest::{
-    ArchiveRecord, ArtifactRecord, BackupStatus, CompressionRecord, MANIFEST_FORMAT,
+    ArchiveRecord, ArtifactRecord, BackupStatus, CompressionRecord, ContentRecord, MANIFEST_FORMAT,
     MANIFEST_VERSION, Manifest, PgDumpRecord, TableRecord,
 };
 use crate::repository::{Repository, Staging, artifact_file, new_backup_id};
@@ -76,6 +77,7 @@ pub fn run(
     check_pin(config, &server)?;
     let dump_scope = session.resolve_scope(&config.scope)?;
     let expected_tables = session.tables_with_data(&dump_scope)?;
+    let text_settings = session.text_settings()?;
 
     let pg_dump = PgDump::pg_dump(&config.pg_dump);
     let pg_dump_version = pg_dump.version()?;
@@ -99,6 +101,7 @@ pub fn run(
         expected_tables: &expected_tables,
         dump_scope: &dump_scope,
         snapshot: snapshot.as_deref(),
+        text_settings: &text_settings,
         previous: previous.as_ref(),
         encryption: encryption.as_ref(),
         id: &id,
@@ -179,6 +182,9 @@ pub fn dry_run(config: &Config, env: Env) -> Result<DryRun> {
         .unwrap_or(target.dbname.clone());
     let root = config.repository.clone().unwrap_or_default();
     let pg_dump = PgDump::pg_dump(&config.pg_dump);
+    let text_settings = CatalogSession::open(&target)
+        .and_then(|mut session| session.text_settings())
+        .ok();
     Ok(DryRun {
         artifact_path: root.join("backups").join(artifact_file(
             &new_backup_id(&database, clock::now()),
@@ -189,6 +195,7 @@ pub fn dry_run(config: &Config, env: Env) -> Result<DryRun> {
             &target,
             check.resolved_scope.as_ref().unwrap_or(&config.scope),
             None,
+            text_settings.as_ref(),
         ),
         check,
     })
@@ -235,6 +242,7 @@ struct Run<'a> {
     /// tables added); the manifest records the configured scope.
     dump_scope: &'a crate::scope::Scope,
     snapshot: Option<&'a str>,
+    text_settings: &'a TextSettings,
     previous: Option<&'a Manifest>,
     encryption: Option<&'a EncryptionPlan>,
     id: &'a str,
@@ -277,9 +285,12 @@ impl Run<'_> {
             ),
         );
 
-        let command = self
-            .pg_dump
-            .dump_command(self.target, self.dump_scope, self.snapshot);
+        let command = self.pg_dump.dump_command(
+            self.target,
+            self.dump_scope,
+            self.snapshot,
+            self.text_settings,
+        );
         let mut child = ChildSource::spawn(command).map_err(|e| {
             Error::new(
                 ErrorKind::Dump,
@@ -387,9 +398,12 @@ impl Run<'_> {
             pg_dump: PgDumpRecord {
                 program: self.pg_dump.display_program(),
                 version: self.pg_dump_version.version.clone(),
-                arguments: self
-                    .pg_dump
-                    .dump_arguments(self.target, self.dump_scope, self.snapshot),
+                arguments: self.pg_dump.dump_arguments(
+                    self.target,
+                    self.dump_scope,
+                    self.snapshot,
+                    Some(self.text_settings),
+                ),
             },
             archive: ArchiveRecord {
                 format: ArchiveFormat::Custom.name().to_string(),
@@ -417,8 +431,19 @@ impl Run<'_> {
                     data: true,
                     bytes: t.bytes,
                     rows: t.rows,
+                    fingerprint: Some(t.fingerprint.clone()),
                 })
                 .collect(),
+            content: Some(ContentRecord {
+                fingerprint_algorithm: crate::fingerprint::ALGORITHM.to_string(),
+                text_settings: self.text_settings.clone(),
+                encoding: summary.encoding.clone(),
+                sequences: summary.sequences.clone(),
+                large_objects: summary
+                    .large_objects
+                    .clone()
+                    .unwrap_or_else(|| crate::fingerprint::MultisetDigest::default().finish()),
+            }),
         })
     }
 

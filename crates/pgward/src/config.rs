@@ -22,6 +22,11 @@ pub struct Config {
     /// A privileged connection used only by `pgward grants --execute`
     /// (never the backup role's).
     pub admin_connection: Option<ConnectionConfig>,
+    /// The server and role that `restore` and `drill` restore into (a
+    /// spare instance, say); its dbname is only where pgward connects to
+    /// create and drop databases. Unset: `admin-connection`, else
+    /// `connection`.
+    pub restore_connection: Option<ConnectionConfig>,
     #[serde(default)]
     pub pg_dump: ToolConfig,
     #[serde(default)]

@@ -11,6 +11,7 @@
 use crate::catalog::connect::ConnectionTarget;
 use crate::config::ToolConfig;
 use crate::error::{Error, ErrorKind, Result};
+use crate::fingerprint::TextSettings;
 use crate::pipeline::child::run_to_string;
 use crate::scope::Scope;
 use std::path::PathBuf;
@@ -44,6 +45,9 @@ const REDIRECTING_VARIABLES: &[&str] = &[
     "PGTARGETSESSIONATTRS",
     "PGOPTIONS",
     "PGPASSFILE",
+    // Not a redirection, but it would change the text of timestamptz
+    // values behind the session settings pgward pins and records.
+    "PGTZ",
 ];
 
 /// A tool's version as it reports it.
@@ -133,18 +137,25 @@ impl Tool {
     }
 
     /// The arguments (after the program) of a custom-format dump of `scope`,
-    /// in the exported `snapshot` when there is one.
+    /// in the exported `snapshot` when there is one, with the session
+    /// `settings` the content fingerprints are computed under (unknown
+    /// only in a dry run that could not connect).
     pub fn dump_arguments(
         &self,
         target: &ConnectionTarget,
         scope: &Scope,
         snapshot: Option<&str>,
+        settings: Option<&TextSettings>,
     ) -> Vec<String> {
+        let conninfo = match settings {
+            Some(settings) => target.conninfo_with_options(&settings.libpq_options()),
+            None => target.conninfo(),
+        };
         let mut args = vec![
             "--format=custom".to_string(),
             "--compress=0".to_string(),
             "--no-password".to_string(),
-            format!("--dbname={}", target.conninfo()),
+            format!("--dbname={conninfo}"),
         ];
         if let Some(snapshot) = snapshot {
             args.push(format!("--snapshot={snapshot}"));
@@ -153,18 +164,28 @@ impl Tool {
         args
     }
 
-    /// The pg_dump command for a dump, password in the environment only.
-    /// libpq variables that could send pg_dump somewhere other than the
-    /// conninfo says (PGHOSTADDR, a service file, ...) are removed: pg_dump
-    /// must reach exactly the server pgward resolved and checked.
+    /// The pg_dump command for a dump (see [`Tool::client_command`]).
     pub fn dump_command(
         &self,
         target: &ConnectionTarget,
         scope: &Scope,
         snapshot: Option<&str>,
+        settings: &TextSettings,
     ) -> Command {
+        self.client_command(
+            target,
+            self.dump_arguments(target, scope, snapshot, Some(settings)),
+        )
+    }
+
+    /// The tool with `args` (which name `target` in a conninfo), the
+    /// password in the environment only. libpq variables that could send
+    /// the tool somewhere other than the conninfo says (PGHOSTADDR, a
+    /// service file, ...) are removed: it must reach exactly the server
+    /// pgward resolved and checked.
+    pub fn client_command(&self, target: &ConnectionTarget, args: Vec<String>) -> Command {
         let mut command = self.command();
-        command.args(self.dump_arguments(target, scope, snapshot));
+        command.args(args);
         for variable in REDIRECTING_VARIABLES {
             command.env_remove(variable);
         }
@@ -173,6 +194,12 @@ impl Tool {
             None => command.env_remove("PGPASSWORD"),
         };
         command
+    }
+
+    /// Whether the tool runs behind a command prefix (in a container, say),
+    /// where files on this host are out of its reach.
+    pub fn is_prefixed(&self) -> bool {
+        !self.prefix.is_empty()
     }
 }
 

@@ -26,6 +26,8 @@ pub enum ErrorKind {
     Integrity,
     /// The repository could not be read or written.
     Repository,
+    /// pg_restore failed, or the restore could not be carried out.
+    Restore,
     /// Another run holds the lock for this repository and database.
     Busy,
     /// A signal stopped the run; the partial artifact was quarantined.
@@ -43,6 +45,7 @@ impl ErrorKind {
             ErrorKind::Validation => "validation",
             ErrorKind::Integrity => "integrity",
             ErrorKind::Repository => "repository",
+            ErrorKind::Restore => "restore",
             ErrorKind::Busy => "busy",
             ErrorKind::Interrupted { .. } => "interrupted",
         }
@@ -58,7 +61,8 @@ impl ErrorKind {
             | ErrorKind::Dump
             | ErrorKind::Validation
             | ErrorKind::Integrity
-            | ErrorKind::Repository => 1,
+            | ErrorKind::Repository
+            | ErrorKind::Restore => 1,
         }
     }
 }

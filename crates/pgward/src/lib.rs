@@ -20,14 +20,17 @@ pub mod catalog;
 pub mod check;
 pub mod clock;
 pub mod config;
+pub mod drill;
 pub mod dump;
 pub mod encryption;
 pub mod error;
+pub mod fingerprint;
 pub mod grants;
 pub mod interrupt;
 pub mod list;
 pub mod pipeline;
 pub mod repository;
+pub mod restore;
 pub mod scope;
 pub mod verify;
 

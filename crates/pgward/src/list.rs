@@ -4,7 +4,8 @@
 
 use crate::error::Result;
 use crate::repository::Repository;
-use crate::repository::manifest::{Manifest, QuarantineRecord};
+use crate::repository::manifest::{DrillRecord, Manifest, QuarantineRecord};
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone)]
 pub struct Listing {
@@ -14,12 +15,22 @@ pub struct Listing {
     pub quarantine: Vec<QuarantineRecord>,
     /// Artifact files in `backups/` without a manifest.
     pub orphans: Vec<String>,
+    /// The last drill of each backup that was drilled, by backup id.
+    pub drills: BTreeMap<String, DrillRecord>,
 }
 
 pub fn run(repo: &Repository) -> Result<Listing> {
+    let backups = repo.backups()?;
+    let mut drills = BTreeMap::new();
+    for manifest in &backups {
+        if let Some(record) = repo.drill_record(&manifest.id)? {
+            drills.insert(manifest.id.clone(), record);
+        }
+    }
     Ok(Listing {
-        backups: repo.backups()?,
+        backups,
         quarantine: repo.quarantined()?,
         orphans: repo.orphans()?,
+        drills,
     })
 }

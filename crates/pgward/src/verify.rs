@@ -197,7 +197,7 @@ fn verify_stored(manifest: &Manifest, path: &Path, checks: &mut Checks) -> bool 
 
 /// A secret key that is none of the recipients' is an operator mistake,
 /// not damage: say so instead of reporting a failed decryption.
-fn require_recipient(
+pub(crate) fn require_recipient(
     manifest: &Manifest,
     encryption: &EncryptionRecord,
     decryptor: &Decryptor,
@@ -394,21 +394,44 @@ fn verify_content(
         manifest.archive.toc_entries,
         summary.toc_entries,
     );
+    // Fingerprints are compared where the manifest has them (v3 and later).
+    let fingerprinted = manifest.tables.iter().any(|t| t.fingerprint.is_some());
+    let describe = |schema: &str, table: &str, bytes: u64, rows: u64, fingerprint: Option<&str>| {
+        let mut text = format!("{schema}.{table} {bytes}B {rows}rows");
+        if let Some(fingerprint) = fingerprint.filter(|_| fingerprinted) {
+            text.push(' ');
+            text.push_str(fingerprint);
+        }
+        text
+    };
     let from_archive: Vec<String> = summary
         .table_data
         .iter()
-        .map(|t| format!("{}.{} {}B {}rows", t.schema, t.table, t.bytes, t.rows))
+        .map(|t| describe(&t.schema, &t.table, t.bytes, t.rows, Some(&t.fingerprint)))
         .collect();
     let from_manifest: Vec<String> = manifest
         .tables
         .iter()
-        .map(|t| format!("{}.{} {}B {}rows", t.schema, t.table, t.bytes, t.rows))
+        .map(|t| {
+            describe(
+                &t.schema,
+                &t.table,
+                t.bytes,
+                t.rows,
+                t.fingerprint.as_deref(),
+            )
+        })
         .collect();
     let same = from_archive == from_manifest;
     let detail = if same {
         format!(
-            "{} tables with data, bytes and rows as recorded",
-            from_archive.len()
+            "{} tables with data, bytes, rows{} as recorded",
+            from_archive.len(),
+            if fingerprinted {
+                " and fingerprints"
+            } else {
+                ""
+            }
         )
     } else {
         let missing: Vec<_> = from_manifest
@@ -424,5 +447,24 @@ fn verify_content(
         )
     };
     checks.add("table data", same, detail);
+    if let Some(content) = &manifest.content {
+        let same_sequences = content.sequences == summary.sequences;
+        checks.add(
+            "sequences",
+            same_sequences,
+            if same_sequences {
+                format!("{} sequence values as recorded", content.sequences.len())
+            } else {
+                "the sequence values differ from the manifest's".to_string()
+            },
+        );
+        if let Some(found) = &summary.large_objects {
+            checks.compare(
+                "large objects",
+                &content.large_objects.to_string(),
+                &found.to_string(),
+            );
+        }
+    }
     true
 }

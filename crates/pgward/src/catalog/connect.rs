@@ -173,6 +173,11 @@ impl ConnectionTarget {
         parts.join(" ")
     }
 
+    /// [`ConnectionTarget::conninfo`] with server `options` (`-c name=value ...`).
+    pub fn conninfo_with_options(&self, options: &str) -> String {
+        format!("{} options={}", self.conninfo(), conninfo_quote(options))
+    }
+
     pub fn password(&self) -> Option<&Secret> {
         self.password.as_ref()
     }

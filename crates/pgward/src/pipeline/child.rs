@@ -14,7 +14,7 @@
 
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -98,14 +98,26 @@ pub struct ChildSource {
 
 impl ChildSource {
     /// Starts `command` with stdin closed and stdout/stderr captured.
-    pub fn spawn(mut command: Command) -> io::Result<Self> {
+    pub fn spawn(command: Command) -> io::Result<Self> {
+        Self::start(command, Stdio::null()).map(|(source, _)| source)
+    }
+
+    /// Starts `command` with stdout/stderr captured and returns its stdin
+    /// for the caller to feed (pg_restore reading an archive).
+    pub fn spawn_fed(command: Command) -> io::Result<(Self, ChildStdin)> {
+        let (source, stdin) = Self::start(command, Stdio::piped())?;
+        Ok((source, stdin.expect("stdin was piped")))
+    }
+
+    fn start(mut command: Command, stdin: Stdio) -> io::Result<(Self, Option<ChildStdin>)> {
         use std::os::unix::process::CommandExt;
         command
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
         let mut child = command.spawn()?;
+        let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         if let Some(pipe) = &stdout {
             // A larger pipe lets the producer write ahead while we compress:
@@ -138,12 +150,13 @@ impl ChildSource {
                 }
                 let _ = sender.send(String::from_utf8_lossy(&kept).trim().to_string());
             })?;
-        Ok(ChildSource {
+        let source = ChildSource {
             child,
             stdout,
             stderr: Some(receiver),
             exited_at: None,
-        })
+        };
+        Ok((source, stdin))
     }
 
     pub fn pid(&self) -> u32 {

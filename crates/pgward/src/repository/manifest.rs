@@ -8,12 +8,15 @@
 use crate::catalog::ServerInfo;
 use crate::encryption::Fingerprint;
 use crate::error::ErrorKind;
+use crate::fingerprint::{ContentFingerprint, TextSettings};
+use crate::pipeline::archive::SequenceValue;
 use crate::scope::Scope;
 use serde::{Deserialize, Serialize};
 
 pub const MANIFEST_FORMAT: &str = "pgward-backup-manifest";
-/// 2 added `artifact.encryption`; version 1 manifests are still read.
-pub const MANIFEST_VERSION: u32 = 2;
+/// 2 added `artifact.encryption`; 3 added `content` and per-table
+/// `fingerprint`. Older manifests are still read.
+pub const MANIFEST_VERSION: u32 = 3;
 pub const QUARANTINE_FORMAT: &str = "pgward-quarantine-record";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +47,24 @@ pub struct Manifest {
     pub archive: ArchiveRecord,
     pub artifact: ArtifactRecord,
     pub tables: Vec<TableRecord>,
+    /// What drills compare a restored database with (absent before v3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<ContentRecord>,
+}
+
+/// The content of the archive beyond its tables' rows, and how the
+/// fingerprints were taken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ContentRecord {
+    /// [`crate::fingerprint::ALGORITHM`].
+    pub fingerprint_algorithm: String,
+    /// The session settings pg_dump wrote the COPY text under.
+    pub text_settings: TextSettings,
+    /// The archive's client encoding.
+    pub encoding: Option<String>,
+    pub sequences: Vec<SequenceValue>,
+    pub large_objects: ContentFingerprint,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,6 +179,52 @@ pub struct TableRecord {
     /// Bytes of COPY text in the archive.
     pub bytes: u64,
     pub rows: u64,
+    /// The rows' content fingerprint (absent before manifest v3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+}
+
+pub const DRILL_FORMAT: &str = "pgward-drill-record";
+pub const DRILL_VERSION: u32 = 1;
+
+/// The verdict of a backup's last restore drill, kept beside its manifest
+/// (`backups/ID.drill.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DrillRecord {
+    pub format: String,
+    pub format_version: u32,
+    pub backup_id: String,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    pub finished_at: String,
+    pub duration_ms: u64,
+    /// "pass" or "fail".
+    pub verdict: String,
+    /// Where the drill restored to: `user@host:port/scratch-database`.
+    pub restored_to: String,
+    /// Whether the scratch database was kept (`--keep`).
+    pub kept: bool,
+    /// The first check that failed, in one line (absent on a pass).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_failure: Option<String>,
+    pub checks: Vec<DrillCheck>,
+}
+
+/// One thing a drill proved or disproved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DrillCheck {
+    /// e.g. "table public.t1", "sequence public.seq1", "schema".
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+impl DrillRecord {
+    pub fn passed(&self) -> bool {
+        self.verdict == "pass"
+    }
 }
 
 /// What went wrong, written beside a quarantined partial file.

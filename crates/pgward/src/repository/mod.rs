@@ -7,8 +7,9 @@
 //! REPO/backups/ID.dump.zst         artifact (zstd-compressed pg_dump custom-format archive)
 //! REPO/backups/ID.dump.zst.gpg     the same, encrypted (an OpenPGP message)
 //! REPO/backups/ID.manifest.json    manifest, written last: the completion mark
+//! REPO/backups/ID.drill.json       the verdict of the backup's last restore drill
 //! REPO/quarantine/ID.dump.zst.partial + ID.reason.json   failed runs, kept for forensics
-//! REPO/tmp/                        staging files of runs in progress
+//! REPO/tmp/                        staging files of runs in progress, restore spools
 //! REPO/locks/DBKEY.lock            one run per database at a time
 //! ```
 //!
@@ -43,6 +44,10 @@ pub const ENCRYPTED_ARTIFACT_SUFFIX: &str = ".dump.zst.gpg";
 /// Artifacts of manifest v1 (pg_dump tar archives), still recognised.
 const LEGACY_ARTIFACT_SUFFIX: &str = ".tar.zst";
 const MANIFEST_SUFFIX: &str = ".manifest.json";
+const DRILL_SUFFIX: &str = ".drill.json";
+/// A restore's decompressed copy of an archive: `restore-PID-ID.archive`.
+const SPOOL_PREFIX: &str = "restore-";
+const SPOOL_SUFFIX: &str = ".archive";
 const STAGING_SUFFIX: &str = ".dump.zst.tmp";
 const LEGACY_STAGING_SUFFIX: &str = ".tar.zst.tmp";
 const PARTIAL_SUFFIX: &str = ".dump.zst.partial";
@@ -142,6 +147,64 @@ impl Repository {
 
     pub fn manifest_path(&self, id: &str) -> PathBuf {
         self.backups_dir().join(format!("{id}{MANIFEST_SUFFIX}"))
+    }
+
+    pub fn drill_record_path(&self, id: &str) -> PathBuf {
+        self.backups_dir().join(format!("{id}{DRILL_SUFFIX}"))
+    }
+
+    /// Records a drill's verdict beside its backup (replacing the last one).
+    pub fn save_drill_record(&self, record: &manifest::DrillRecord) -> Result<()> {
+        write_json_durably(
+            &self.drill_record_path(&record.backup_id),
+            &self.tmp_dir(),
+            record,
+        )
+    }
+
+    /// The last drill of backup `id`, if it was ever drilled. An unreadable
+    /// record is an error: a failed drill must not turn into "never drilled".
+    pub fn drill_record(&self, id: &str) -> Result<Option<manifest::DrillRecord>> {
+        let path = self.drill_record_path(id);
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::repository_io("cannot read drill record", &path, e)),
+        };
+        serde_json::from_str(&text).map(Some).map_err(|e| {
+            Error::new(
+                ErrorKind::Integrity,
+                format!("drill record {} is unreadable: {e}", path.display()),
+            )
+        })
+    }
+
+    /// Creates the private file a restore decompresses backup `id` into,
+    /// after removing the spools of restores that died (their pid is gone):
+    /// a spool holds plaintext and must not outlive its restore.
+    pub fn create_spool(&self, id: &str) -> Result<(PathBuf, File)> {
+        if let Ok(entries) = fs::read_dir(self.tmp_dir()) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let pid = name
+                    .strip_prefix(SPOOL_PREFIX)
+                    .filter(|_| name.ends_with(SPOOL_SUFFIX))
+                    .and_then(|rest| rest.split('-').next())
+                    .and_then(|pid| pid.parse::<i32>().ok());
+                if let Some(pid) = pid
+                    && !process_alive(pid)
+                {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
+        let path = self.tmp_dir().join(format!(
+            "{SPOOL_PREFIX}{}-{id}{SPOOL_SUFFIX}",
+            std::process::id()
+        ));
+        let file = create_private(&path)
+            .map_err(|e| Error::repository_io("cannot create the restore spool", &path, e))?;
+        Ok((path, file))
     }
 
     /// Takes the per-database lock, then quarantines what earlier runs of
@@ -526,6 +589,12 @@ fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
         }
         _ => Err(error),
     }
+}
+
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    let result = unsafe { libc::kill(pid, 0) };
+    result == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 fn create_private(path: &Path) -> std::io::Result<File> {

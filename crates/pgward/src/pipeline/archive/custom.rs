@@ -16,6 +16,7 @@
 //! complete when every entry the TOC says has data has its complete block.
 
 use super::{ArchiveError, ArchiveSummary, FORMAT_CUSTOM, MemberStats, TableData, Toc, fail};
+use crate::fingerprint::LargeObjectDigest;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Refuse a TOC larger than this rather than grow without bound on garbage.
@@ -47,12 +48,18 @@ struct Block {
     blobs: bool,
 }
 
+/// Bytes to write at a position of the archive: (position, bytes).
+pub type OffsetPatch = (u64, Vec<u8>);
+
 /// Push-based inspector of an uncompressed pg_dump custom-format archive.
 pub struct CustomInspector {
     state: State,
     buffer: Vec<u8>,
     next_attempt: usize,
     toc: Option<Toc>,
+    /// The header and TOC as they arrived: a data-less archive that
+    /// pg_restore can read for the schema.
+    toc_bytes: Vec<u8>,
     int_size: usize,
     int_bytes: Vec<u8>,
     block: Option<Block>,
@@ -63,6 +70,9 @@ pub struct CustomInspector {
     /// Dump ids of the large-object entries (their blocks have type 3).
     blobs_entries: BTreeSet<i64>,
     stats: BTreeMap<i64, MemberStats>,
+    large_objects: LargeObjectDigest,
+    /// Where each entry's data block starts (its type byte).
+    block_offsets: BTreeMap<i64, u64>,
     blocks: usize,
     offset: u64,
     error: Option<ArchiveError>,
@@ -81,6 +91,7 @@ impl CustomInspector {
             buffer: Vec::new(),
             next_attempt: 0,
             toc: None,
+            toc_bytes: Vec::new(),
             int_size: 4,
             int_bytes: Vec::with_capacity(9),
             block: None,
@@ -88,6 +99,8 @@ impl CustomInspector {
             blocks_left: 0,
             blobs_entries: BTreeSet::new(),
             stats: BTreeMap::new(),
+            large_objects: LargeObjectDigest::default(),
+            block_offsets: BTreeMap::new(),
             blocks: 0,
             offset: 0,
             error: None,
@@ -116,9 +129,11 @@ impl CustomInspector {
             match Toc::parse(&self.buffer, FORMAT_CUSTOM) {
                 Ok((toc, used)) => {
                     self.start_data(toc)?;
-                    let rest = std::mem::take(&mut self.buffer);
-                    self.offset -= (rest.len() - used) as u64;
-                    return self.consume(&rest[used..]);
+                    let mut rest = std::mem::take(&mut self.buffer);
+                    self.toc_bytes = rest[..used].to_vec();
+                    rest.drain(..used);
+                    self.offset -= rest.len() as u64;
+                    return self.consume(&rest);
                 }
                 Err(e) if Toc::is_truncated(&e) => {
                     if self.buffer.len() >= MAX_TOC_BYTES {
@@ -154,7 +169,9 @@ impl CustomInspector {
                 State::Chunk { remaining } => {
                     let take = remaining.min(data.len() as u64) as usize;
                     let block = self.block.as_ref().expect("a chunk is inside a block");
-                    if !block.blobs {
+                    if block.blobs {
+                        self.large_objects.update(&data[..take]);
+                    } else {
                         self.stats
                             .entry(block.dump_id)
                             .or_default()
@@ -241,6 +258,7 @@ impl CustomInspector {
                     ));
                 }
                 self.blocks += 1;
+                self.block_offsets.insert(value, at - 1);
                 self.block = Some(Block {
                     dump_id: value,
                     blobs,
@@ -255,11 +273,18 @@ impl CustomInspector {
                 // pg_dump writes the oid as a signed int: oids of 2^31 and
                 // more arrive negative, which is fine; 0 ends the block.
                 if value == 0 {
+                    self.large_objects.end();
                     self.block = None;
                     self.state = State::BlockType;
                 } else if !(i64::from(i32::MIN)..=i64::from(u32::MAX)).contains(&value) {
                     return fail(format!("implausible large object oid {value} at byte {at}"));
                 } else {
+                    let oid = if value < 0 {
+                        value as i32 as u32
+                    } else {
+                        value as u32
+                    };
+                    self.large_objects.begin(oid);
                     self.state = State::Int(IntFor::ChunkLength);
                 }
             }
@@ -283,6 +308,39 @@ impl CustomInspector {
             }
         }
         Ok(())
+    }
+
+    /// The TOC, once it has arrived.
+    pub fn toc(&self) -> Option<&Toc> {
+        self.toc.as_ref()
+    }
+
+    /// The header and TOC bytes, once they have arrived (see `toc_bytes`).
+    pub fn toc_bytes(&self) -> &[u8] {
+        &self.toc_bytes
+    }
+
+    /// The data offsets pg_dump could not write into the TOC (it wrote to a
+    /// pipe), as patches for a complete copy of the archive: (position,
+    /// bytes). With them pg_restore can seek to each block, which parallel
+    /// restore (`--jobs`) needs to be fast. Call after the whole archive
+    /// went through [`CustomInspector::update`].
+    pub fn offset_patches(&self) -> Vec<OffsetPatch> {
+        let Some(toc) = &self.toc else {
+            return Vec::new();
+        };
+        toc.entries
+            .iter()
+            .filter_map(|entry| {
+                let field = entry.offset_field_at?;
+                let offset = *self.block_offsets.get(&entry.dump_id)?;
+                let mut bytes = vec![super::OFFSET_POS_SET];
+                bytes.extend(
+                    (0..toc.offset_size).map(|i| if i < 8 { (offset >> (8 * i)) as u8 } else { 0 }),
+                );
+                Some((field as u64, bytes))
+            })
+            .collect()
     }
 
     /// Ends the inspection: every announced data block must be complete.
@@ -343,9 +401,14 @@ impl CustomInspector {
                 member: format!("block {}", entry.dump_id),
                 bytes: stats.bytes,
                 rows,
+                fingerprint: stats.fingerprint().sum,
+                copy_statement: entry.copy_statement.clone(),
             });
         }
         Ok(ArchiveSummary {
+            encoding: toc.encoding(),
+            sequences: toc.sequences(),
+            large_objects: Some(self.large_objects.finish()),
             archive_version: format!("{}.{}", toc.version.0, toc.version.1),
             database_name: toc.database_name,
             server_version: toc.server_version,

@@ -15,6 +15,7 @@
 pub mod custom;
 pub mod tar;
 
+use crate::fingerprint::{ContentFingerprint, CopyTextDigest};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -62,6 +63,8 @@ impl ArchiveFormat {
 }
 
 /// Either format's inspector, chosen by the format being read.
+// One per stream, never in a collection: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum ArchiveInspector {
     Custom(custom::CustomInspector),
     Tar(tar::TarInspector),
@@ -119,6 +122,23 @@ pub struct ArchiveSummary {
     pub table_data: Vec<TableData>,
     /// Tar members, or custom-format data blocks, read.
     pub members: usize,
+    /// The archive's client encoding (its ENCODING entry), e.g. "UTF8".
+    pub encoding: Option<String>,
+    /// Values of the sequences whose `SEQUENCE SET` is in the archive.
+    pub sequences: Vec<SequenceValue>,
+    /// The large objects' data (custom format; not fingerprinted in the
+    /// tar archives of manifest v1).
+    pub large_objects: Option<ContentFingerprint>,
+}
+
+/// A sequence's value as the archive sets it (`setval(name, value, is_called)`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SequenceValue {
+    pub schema: String,
+    pub name: String,
+    pub last_value: i64,
+    pub is_called: bool,
 }
 
 /// A table's data in the archive.
@@ -133,6 +153,10 @@ pub struct TableData {
     pub bytes: u64,
     /// Data rows (lines before the end-of-data marker).
     pub rows: u64,
+    /// The rows' content fingerprint (see [`crate::fingerprint`]).
+    pub fingerprint: String,
+    /// pg_dump's `COPY ... FROM stdin;` for the data, naming its columns.
+    pub copy_statement: String,
 }
 
 /// One entry of the archive's table of contents (the fields pgward uses).
@@ -147,6 +171,14 @@ pub struct TocEntry {
     pub member: Option<String>,
     /// Whether the entry has a data block (custom format).
     pub has_data: bool,
+    /// The SQL that creates the object (for `SEQUENCE SET`: the setval).
+    pub definition: String,
+    pub copy_statement: String,
+    /// Dump ids of the entries this one depends on.
+    pub dependencies: Vec<i64>,
+    /// Custom format: where the entry's data offset field (flag byte, then
+    /// the offset) sits in the archive, so a seekable copy can fill it in.
+    pub offset_field_at: Option<usize>,
 }
 
 /// The parsed archive header and TOC (`toc.dat` in a tar archive, the
@@ -158,6 +190,8 @@ pub struct Toc {
     pub compressed: bool,
     /// Bytes of an integer's magnitude in this archive (after its sign byte).
     pub int_size: usize,
+    /// Bytes of a data offset (after its flag byte).
+    pub offset_size: usize,
     pub database_name: String,
     pub server_version: Option<String>,
     pub pg_dump_version: Option<String>,
@@ -170,12 +204,14 @@ pub(crate) struct MemberStats {
     newlines: u64,
     /// The last bytes seen, to check the COPY trailer.
     tail: [u8; TAIL],
+    content: CopyTextDigest,
 }
 
 impl MemberStats {
     pub(crate) fn update(&mut self, data: &[u8]) {
         self.bytes += data.len() as u64;
         self.newlines += count_newlines(data);
+        self.content.update(data);
         if data.len() >= TAIL {
             self.tail.copy_from_slice(&data[data.len() - TAIL..]);
         } else {
@@ -199,6 +235,51 @@ impl MemberStats {
             || body.len() > 2 && body[body.len() - 3] == b'\n';
         marker_at_line_start.then(|| self.newlines - newlines as u64)
     }
+
+    pub(crate) fn fingerprint(&self) -> ContentFingerprint {
+        self.content.finish()
+    }
+}
+
+impl Toc {
+    /// The archive's client encoding, from its ENCODING entry
+    /// (`SET client_encoding = 'UTF8';`).
+    pub fn encoding(&self) -> Option<String> {
+        let entry = self.entries.iter().find(|e| e.desc == "ENCODING")?;
+        let quoted = entry.definition.split('\'').nth(1)?;
+        Some(quoted.to_string())
+    }
+
+    /// The sequence values the archive sets.
+    pub fn sequences(&self) -> Vec<SequenceValue> {
+        self.entries
+            .iter()
+            .filter(|e| e.desc == "SEQUENCE SET")
+            .filter_map(|e| {
+                let (last_value, is_called) = parse_setval(&e.definition)?;
+                Some(SequenceValue {
+                    schema: e.namespace.clone(),
+                    name: e.tag.clone(),
+                    last_value,
+                    is_called,
+                })
+            })
+            .collect()
+    }
+}
+
+/// `SELECT pg_catalog.setval('public.seq1', 3, true);` -> (3, true). The
+/// name is quoted SQL and may contain commas; the two last arguments never do.
+fn parse_setval(definition: &str) -> Option<(i64, bool)> {
+    let arguments = definition.trim().strip_suffix(");")?;
+    let mut parts = arguments.rsplitn(3, ',');
+    let is_called = match parts.next()?.trim() {
+        "true" => true,
+        "false" => false,
+        _ => return None,
+    };
+    let last_value = parts.next()?.trim().parse().ok()?;
+    Some((last_value, is_called))
 }
 
 /// Counts `\n` bytes. Summing fixed blocks into a `u8` lets the compiler
@@ -337,9 +418,9 @@ impl Toc {
             let tag = r.text()?;
             let desc = r.text()?;
             let _section = r.int()?;
-            let _definition = r.string()?;
+            let definition = r.text()?;
             let _drop_statement = r.string()?;
-            let _copy_statement = r.string()?;
+            let copy_statement = r.text()?;
             let namespace = r.text()?;
             let _tablespace = r.string()?;
             if v >= (1, 14) {
@@ -350,15 +431,23 @@ impl Toc {
             }
             let _owner = r.string()?;
             let _with_oids = r.string()?;
-            while r.string()?.is_some() {} // dependencies, ended by a NULL
+            let mut dependencies = Vec::new();
+            while let Some(dependency) = r.string()? {
+                // Ids are written as decimal strings, the list ends with NULL.
+                if let Ok(id) = dependency.parse() {
+                    dependencies.push(id);
+                }
+            }
             // The format's own field: tar names the member holding the
             // data; custom writes a data offset whose flag says whether
             // there is data at all.
+            let mut offset_field_at = None;
             let (member, has_data) = if format == FORMAT_TAR {
                 let member = r.string()?.filter(|name| !name.is_empty());
                 let has_data = member.is_some();
                 (member, has_data)
             } else {
+                offset_field_at = Some(r.pos);
                 let flag = r.byte()?;
                 for _ in 0..offset_size {
                     r.byte()?;
@@ -381,12 +470,17 @@ impl Toc {
                 namespace,
                 member,
                 has_data,
+                definition,
+                copy_statement,
+                dependencies,
+                offset_field_at,
             });
         }
         let toc = Toc {
             version,
             compressed,
             int_size: r.int_size,
+            offset_size,
             database_name,
             server_version,
             pg_dump_version,
@@ -439,5 +533,18 @@ mod tests {
         assert_eq!(rows(b"a\\.\n\n"), None, "marker must start a line");
         assert_eq!(rows(b"a\nb\n"), None, "no marker");
         assert_eq!(rows(b"a\n\\."), None, "marker line not ended");
+    }
+
+    #[test]
+    fn setval_definitions_are_parsed() {
+        assert_eq!(
+            parse_setval("SELECT pg_catalog.setval('public.seq1', 3, true);\n"),
+            Some((3, true))
+        );
+        assert_eq!(
+            parse_setval("SELECT pg_catalog.setval('s.\"a, b\"', -9223372036854775808, false);"),
+            Some((i64::MIN, false))
+        );
+        assert_eq!(parse_setval("SELECT 1;"), None);
     }
 }

@@ -282,10 +282,15 @@ impl TarInspector {
                     member: member.clone(),
                     bytes: stats.bytes,
                     rows,
+                    fingerprint: stats.fingerprint().sum,
+                    copy_statement: entry.copy_statement.clone(),
                 });
             }
         }
         Ok(ArchiveSummary {
+            encoding: toc.encoding(),
+            sequences: toc.sequences(),
+            large_objects: None,
             archive_version: format!("{}.{}", toc.version.0, toc.version.1),
             database_name: toc.database_name,
             server_version: toc.server_version,

@@ -1,0 +1,171 @@
+//! `pgward drill`: restore a backup into a scratch database, prove that
+//! every table, sequence, large object and the schema came back as the
+//! backup recorded them, drop the scratch database, and record the verdict
+//! beside the backup (`backups/ID.drill.json`, shown by `list`).
+//!
+//! A restore that fails (pg_restore's error, a damaged artifact) is a
+//! failed drill and is recorded as one. What stops the drill before it
+//! restores anything (no key, no server) is an error, not a verdict.
+
+use crate::catalog::connect::Env;
+use crate::clock;
+use crate::config::Config;
+use crate::encryption::secret::Decryptor;
+use crate::error::{Error, ErrorKind, Result};
+use crate::repository::manifest::{DRILL_FORMAT, DRILL_VERSION, DrillCheck, DrillRecord};
+use crate::restore::target::RestoreServer;
+use crate::restore::{RestoreOptions, RestoreReport, open_repository, restore_and_compare};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Default)]
+pub struct DrillOptions {
+    pub restore: RestoreOptions,
+    /// Keep the scratch database for inspection.
+    pub keep: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DrillReport {
+    pub record: DrillRecord,
+    /// Absent when the restore itself failed.
+    pub restore: Option<RestoreReport>,
+}
+
+/// PostgreSQL's limit on a database name (NAMEDATALEN - 1).
+const MAX_NAME: usize = 63;
+
+/// `pgward_drill_<backup id>_<random>`, within PostgreSQL's name limit.
+pub fn scratch_name(backup_id: &str) -> String {
+    let suffix = format!("_{:08x}", rand::random::<u32>());
+    let prefix = "pgward_drill_";
+    let id: String = backup_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(MAX_NAME - prefix.len() - suffix.len())
+        .collect();
+    format!("{prefix}{id}{suffix}")
+}
+
+pub fn run(
+    config: &Config,
+    env: Env,
+    selector: &str,
+    options: &DrillOptions,
+    decryptor: &mut dyn FnMut() -> Result<Option<Decryptor>>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<DrillReport> {
+    let repo = open_repository(config)?;
+    let manifest = repo.find(selector)?;
+    let decryptor = match manifest.artifact.encryption {
+        Some(_) => decryptor()?,
+        None => None,
+    };
+    let mut server = RestoreServer::connect(config, env)?;
+    let scratch = scratch_name(&manifest.id);
+    let started = clock::now();
+    let encoding = manifest
+        .content
+        .as_ref()
+        .and_then(|c| c.encoding.as_deref());
+    server.create(&scratch, encoding)?;
+    let outcome = restore_and_compare(
+        config,
+        &repo,
+        &manifest,
+        decryptor.as_ref(),
+        &server,
+        &scratch,
+        &options.restore,
+        progress,
+    );
+    let dropped = if options.keep {
+        Ok(())
+    } else {
+        server.drop_database(&scratch)
+    };
+    // Only a restore that failed, or an archive found damaged, is a
+    // verdict on the backup; a signal, a missing key or tool, or a lost
+    // connection proved nothing either way.
+    if let Err(e) = &outcome
+        && !matches!(e.kind(), ErrorKind::Restore | ErrorKind::Integrity)
+    {
+        return Err(outcome.expect_err("checked"));
+    }
+    let (checks, restore) = match outcome {
+        Ok(report) => (report.checks.clone(), Some(report)),
+        Err(e) => (
+            vec![DrillCheck {
+                name: "restore".to_string(),
+                ok: false,
+                detail: e.message().to_string(),
+            }],
+            None,
+        ),
+    };
+    let finished = clock::now();
+    let first_failure = checks
+        .iter()
+        .find(|c| !c.ok)
+        .map(|c| format!("{}: {}", c.name, c.detail));
+    let record = DrillRecord {
+        format: DRILL_FORMAT.to_string(),
+        format_version: DRILL_VERSION,
+        backup_id: manifest.id.clone(),
+        started_at: clock::rfc3339(started),
+        finished_at: clock::rfc3339(finished),
+        duration_ms: finished.duration_since(started).as_millis().max(0) as u64,
+        verdict: if first_failure.is_none() {
+            "pass"
+        } else {
+            "fail"
+        }
+        .to_string(),
+        restored_to: format!("{}/{scratch}", server.describe()),
+        kept: options.keep,
+        first_failure,
+        checks,
+    };
+    repo.save_drill_record(&record)?;
+    dropped?;
+    Ok(DrillReport { record, restore })
+}
+
+impl DrillReport {
+    /// The report as an error when the drill failed.
+    pub fn into_result(self) -> Result<DrillReport> {
+        match &self.record.first_failure {
+            None => Ok(self),
+            Some(failure) => Err(Error::new(
+                ErrorKind::Integrity,
+                format!("drill of backup {} FAILED: {failure}", self.record.backup_id),
+            )
+            .with_hint(
+                "do not rely on this backup until the difference is explained; the verdict is recorded beside it",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_names_fit_postgres_limits() {
+        let name = scratch_name("appdb-20261123T101500Z");
+        assert!(
+            name.starts_with("pgward_drill_appdb_20261123t101500z_"),
+            "{name}"
+        );
+        let long = scratch_name(&format!("{}-20261123T101500Z", "x".repeat(80)));
+        assert_eq!(long.len(), MAX_NAME);
+        assert_ne!(scratch_name("a"), scratch_name("a"));
+    }
+}

@@ -1,0 +1,498 @@
+//! Proof that a restored database holds what the backup recorded.
+//!
+//! Per table: `COPY ... TO STDOUT` with the archive's own column list, under
+//! the session settings pg_dump wrote the backup with (recorded in the
+//! manifest), fingerprinted the way the backup fingerprinted the archive
+//! ([`crate::fingerprint`]); rows and fingerprint must be equal. Sequences:
+//! `last_value` and `is_called`. Large objects: count and a fingerprint of
+//! oids and bytes. Schema: the restored database's schema-only dump must
+//! equal the schema the archive itself restores to (`pg_restore
+//! --schema-only` of its TOC), line for line, apart from the lines that
+//! name the tools' versions.
+
+use crate::catalog::connect::ConnectionTarget;
+use crate::dump::Tool;
+use crate::error::{Error, ErrorKind, Result};
+use crate::fingerprint::{CopyTextDigest, LargeObjectDigest, TextSettings};
+use crate::pipeline::archive::{Toc, TocEntry};
+use crate::pipeline::child::ChildSource;
+use crate::repository::manifest::{DrillCheck, Manifest};
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Bytes of a large object read per query.
+const LARGE_OBJECT_CHUNK: i32 = 1 << 20;
+
+/// What the restore did, which the schema comparison must mirror.
+pub struct RestoredAs<'a> {
+    pub database: &'a ConnectionTarget,
+    pub no_owner: bool,
+    pub no_acl: bool,
+    /// The entries restored; `None` for the whole archive.
+    pub entries: Option<&'a BTreeSet<i64>>,
+    /// Where pgward may write the pg_restore list for the schema.
+    pub list_file: &'a std::path::Path,
+}
+
+pub struct Tools<'a> {
+    pub pg_dump: &'a Tool,
+    pub pg_restore: &'a Tool,
+}
+
+pub fn compare(
+    manifest: &Manifest,
+    toc: &Toc,
+    toc_bytes: &[u8],
+    restored: &RestoredAs,
+    tools: &Tools,
+    jobs: usize,
+) -> Result<Vec<DrillCheck>> {
+    let chosen = |entry: &TocEntry| {
+        restored
+            .entries
+            .is_none_or(|set| set.contains(&entry.dump_id))
+    };
+    let settings = manifest
+        .content
+        .as_ref()
+        .map(|c| c.text_settings.clone())
+        // Backups before manifest v3 did not record them: the server's
+        // defaults then were most likely these.
+        .unwrap_or_else(|| TextSettings::pg_dump("UTC".into(), "hex".into()));
+    let encoding = manifest.content.as_ref().and_then(|c| c.encoding.clone());
+    let session = Session {
+        target: restored.database,
+        settings: &settings,
+        encoding: encoding.as_deref(),
+    };
+
+    let tables: Vec<&TocEntry> = toc
+        .entries
+        .iter()
+        .filter(|e| e.desc == "TABLE DATA" && chosen(e))
+        .collect();
+    let mut checks = compare_tables(manifest, &tables, &session, jobs)?;
+
+    let mut client = session.open()?;
+    for entry in toc
+        .entries
+        .iter()
+        .filter(|e| e.desc == "SEQUENCE SET" && chosen(e))
+    {
+        checks.push(compare_sequence(manifest, toc, entry, &mut client));
+    }
+    if toc
+        .entries
+        .iter()
+        .any(|e| e.desc == "BLOBS" && e.has_data && chosen(e))
+    {
+        checks.push(compare_large_objects(manifest, &mut client));
+    }
+    checks.push(compare_schema(toc, toc_bytes, restored, tools)?);
+    Ok(checks)
+}
+
+/// A session on the restored database, set up as pg_dump's was.
+struct Session<'a> {
+    target: &'a ConnectionTarget,
+    settings: &'a TextSettings,
+    encoding: Option<&'a str>,
+}
+
+impl Session<'_> {
+    fn open(&self) -> Result<postgres::Client> {
+        let mut client = self.target.connect()?;
+        let mut setup = self.settings.set_statements();
+        if let Some(encoding) = self.encoding.filter(|e| *e != "UTF8") {
+            setup.push_str(&format!(
+                " SET client_encoding = '{}';",
+                encoding.replace('\'', "''")
+            ));
+        }
+        client.batch_execute(&setup).map_err(|e| {
+            crate::catalog::query_error("cannot set up the verification session", e)
+        })?;
+        Ok(client)
+    }
+}
+
+fn compare_tables(
+    manifest: &Manifest,
+    tables: &[&TocEntry],
+    session: &Session,
+    jobs: usize,
+) -> Result<Vec<DrillCheck>> {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<DrillCheck>>> = Mutex::new(vec![None; tables.len()]);
+    let failure: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.clamp(1, tables.len().max(1)) {
+            scope.spawn(|| {
+                let mut client = match session.open() {
+                    Ok(client) => client,
+                    Err(e) => {
+                        failure.lock().expect("not poisoned").get_or_insert(e);
+                        return;
+                    }
+                };
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(entry) = tables.get(i) else { break };
+                    let check = compare_table(manifest, entry, &mut client);
+                    results.lock().expect("not poisoned")[i] = Some(check);
+                }
+            });
+        }
+    });
+    if let Some(e) = failure.into_inner().expect("not poisoned") {
+        return Err(e);
+    }
+    Ok(results
+        .into_inner()
+        .expect("not poisoned")
+        .into_iter()
+        .map(|c| c.expect("every table was compared"))
+        .collect())
+}
+
+fn compare_table(
+    manifest: &Manifest,
+    entry: &TocEntry,
+    client: &mut postgres::Client,
+) -> DrillCheck {
+    let name = format!("table {}.{}", entry.namespace, entry.tag);
+    let fail = |detail: String| DrillCheck {
+        name: name.clone(),
+        ok: false,
+        detail,
+    };
+    let Some(recorded) = manifest
+        .tables
+        .iter()
+        .find(|t| t.schema == entry.namespace && t.table == entry.tag)
+    else {
+        return fail("in the archive but not in the manifest".to_string());
+    };
+    let Some(copy) = copy_out_statement(&entry.copy_statement) else {
+        return fail(format!(
+            "unexpected COPY statement in the archive: {:?}",
+            entry.copy_statement
+        ));
+    };
+    let mut digest = CopyTextDigest::default();
+    let read = (|| -> std::result::Result<(), String> {
+        let mut reader = client.copy_out(copy.as_str()).map_err(|e| db_message(&e))?;
+        let mut buffer = vec![0u8; 256 * 1024];
+        loop {
+            let n = reader.read(&mut buffer).map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Ok(());
+            }
+            digest.update(&buffer[..n]);
+        }
+    })();
+    if let Err(e) = read {
+        return fail(format!("cannot read it back: {e}"));
+    }
+    let found = digest.finish();
+    let Some(expected) = &recorded.fingerprint else {
+        // A manifest before v3: row counts are all there is to compare.
+        return DrillCheck {
+            name,
+            ok: found.count == recorded.rows,
+            detail: format!(
+                "{} rows restored, {} recorded (the manifest has no fingerprint)",
+                found.count, recorded.rows
+            ),
+        };
+    };
+    if found.count == recorded.rows && &found.sum == expected {
+        DrillCheck {
+            name,
+            ok: true,
+            detail: format!("{} rows, fingerprint {}", found.count, short(expected)),
+        }
+    } else {
+        fail(format!(
+            "backup has {} rows with fingerprint {}, restored table has {} rows with fingerprint {}",
+            recorded.rows, expected, found.count, found.sum
+        ))
+    }
+}
+
+/// `COPY public.t (a, b) FROM stdin;` -> `COPY public.t (a, b) TO STDOUT`.
+fn copy_out_statement(copy_in: &str) -> Option<String> {
+    let statement = copy_in.trim().strip_suffix("FROM stdin;")?;
+    if !statement.starts_with("COPY ") {
+        return None;
+    }
+    Some(format!("{}TO STDOUT", statement))
+}
+
+fn short(fingerprint: &str) -> &str {
+    &fingerprint[..fingerprint.len().min(16)]
+}
+
+fn db_message(e: &postgres::Error) -> String {
+    e.as_db_error()
+        .map(|db| db.message().to_string())
+        .unwrap_or_else(|| e.to_string())
+}
+
+fn compare_sequence(
+    manifest: &Manifest,
+    toc: &Toc,
+    entry: &TocEntry,
+    client: &mut postgres::Client,
+) -> DrillCheck {
+    let name = format!("sequence {}.{}", entry.namespace, entry.tag);
+    let recorded = manifest
+        .content
+        .as_ref()
+        .map(|c| c.sequences.clone())
+        .unwrap_or_else(|| toc.sequences());
+    let Some(expected) = recorded
+        .iter()
+        .find(|s| s.schema == entry.namespace && s.name == entry.tag)
+    else {
+        return DrillCheck {
+            name,
+            ok: false,
+            detail: "in the archive but not in the manifest".to_string(),
+        };
+    };
+    let query = format!(
+        "SELECT last_value, is_called FROM {}.{}",
+        crate::scope::quote_ident(&entry.namespace),
+        crate::scope::quote_ident(&entry.tag)
+    );
+    match client.query_one(query.as_str(), &[]) {
+        Ok(row) => {
+            let (last_value, is_called): (i64, bool) = (row.get(0), row.get(1));
+            let ok = last_value == expected.last_value && is_called == expected.is_called;
+            DrillCheck {
+                name,
+                ok,
+                detail: if ok {
+                    format!("last_value {last_value}, is_called {is_called}")
+                } else {
+                    format!(
+                        "backup has last_value {} is_called {}, restored sequence has last_value {last_value} is_called {is_called}",
+                        expected.last_value, expected.is_called
+                    )
+                },
+            }
+        }
+        Err(e) => DrillCheck {
+            name,
+            ok: false,
+            detail: format!("cannot read it back: {}", db_message(&e)),
+        },
+    }
+}
+
+fn compare_large_objects(manifest: &Manifest, client: &mut postgres::Client) -> DrillCheck {
+    let name = "large objects".to_string();
+    let read = (|| -> std::result::Result<_, postgres::Error> {
+        let oids: Vec<u32> = client
+            .query(
+                "SELECT oid FROM pg_catalog.pg_largeobject_metadata ORDER BY oid",
+                &[],
+            )?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let mut digest = LargeObjectDigest::default();
+        let statement = client.prepare("SELECT pg_catalog.lo_get($1, $2, $3)")?;
+        for oid in oids {
+            digest.begin(oid);
+            let mut offset: i64 = 0;
+            loop {
+                let chunk: Vec<u8> = client
+                    .query_one(&statement, &[&oid, &offset, &LARGE_OBJECT_CHUNK])?
+                    .get(0);
+                digest.update(&chunk);
+                offset += chunk.len() as i64;
+                if chunk.len() < LARGE_OBJECT_CHUNK as usize {
+                    break;
+                }
+            }
+        }
+        Ok(digest.finish())
+    })();
+    let found = match read {
+        Ok(found) => found,
+        Err(e) => {
+            return DrillCheck {
+                name,
+                ok: false,
+                detail: format!("cannot read them back: {}", db_message(&e)),
+            };
+        }
+    };
+    let Some(expected) = manifest.content.as_ref().map(|c| &c.large_objects) else {
+        return DrillCheck {
+            name,
+            ok: true,
+            detail: format!("{} restored (the manifest has no fingerprint)", found.count),
+        };
+    };
+    if &found == expected {
+        DrillCheck {
+            name,
+            ok: true,
+            detail: format!("{} objects, fingerprint {}", found.count, short(&found.sum)),
+        }
+    } else {
+        DrillCheck {
+            name,
+            ok: false,
+            detail: format!(
+                "backup has {} objects with fingerprint {}, restored database has {} with fingerprint {}",
+                expected.count, expected.sum, found.count, found.sum
+            ),
+        }
+    }
+}
+
+/// Lines that differ between two schema dumps of the same objects for
+/// reasons that are not the schema: the tools' versions, and the random
+/// keys of psql's `\restrict` guard (pg_dump 17.6, 16.10, 15.14 and later).
+fn normalise(schema: &str) -> Vec<&str> {
+    schema
+        .lines()
+        .filter(|line| {
+            !line.starts_with("-- Dumped from database version")
+                && !line.starts_with("-- Dumped by pg_dump version")
+                && !line.starts_with("\\restrict ")
+                && !line.starts_with("\\unrestrict ")
+        })
+        .collect()
+}
+
+fn compare_schema(
+    toc: &Toc,
+    toc_bytes: &[u8],
+    restored: &RestoredAs,
+    tools: &Tools,
+) -> Result<DrillCheck> {
+    // Large objects are data to `pg_dump --schema-only` but schema to
+    // `pg_restore --schema-only`; they are compared above.
+    let mut left_out: BTreeSet<i64> = toc
+        .entries
+        .iter()
+        .filter(|e| e.desc == "BLOB" || e.desc == "BLOB METADATA")
+        .map(|e| e.dump_id)
+        .collect();
+    loop {
+        let before = left_out.len();
+        for entry in &toc.entries {
+            if entry.dependencies.iter().any(|d| left_out.contains(d)) {
+                left_out.insert(entry.dump_id);
+            }
+        }
+        if left_out.len() == before {
+            break;
+        }
+    }
+    let entries: Vec<i64> = toc
+        .entries
+        .iter()
+        .map(|e| e.dump_id)
+        .filter(|id| !left_out.contains(id))
+        .filter(|id| restored.entries.is_none_or(|set| set.contains(id)))
+        .collect();
+    std::fs::write(
+        restored.list_file,
+        super::selection::Selection::list_file(&entries),
+    )
+    .map_err(|e| Error::repository_io("cannot write", restored.list_file, e))?;
+
+    let mut flags = vec!["--schema-only".to_string()];
+    if restored.no_owner {
+        flags.push("--no-owner".to_string());
+    }
+    if restored.no_acl {
+        flags.push("--no-acl".to_string());
+    }
+    let mut restore_args = flags.clone();
+    restore_args.push(format!("--use-list={}", restored.list_file.display()));
+    restore_args.push("--file=-".to_string());
+    let mut command = tools
+        .pg_restore
+        .client_command(restored.database, restore_args);
+    command.env_remove("PGPASSWORD");
+    let from_archive = run_capturing(command, Some(toc_bytes), "pg_restore --schema-only")?;
+
+    let mut dump_args = flags;
+    dump_args.push("--no-password".to_string());
+    dump_args.push(format!("--dbname={}", restored.database.conninfo()));
+    let command = tools.pg_dump.client_command(restored.database, dump_args);
+    let from_database = run_capturing(command, None, "pg_dump --schema-only")?;
+
+    let (archive_lines, database_lines) = (normalise(&from_archive), normalise(&from_database));
+    let name = "schema".to_string();
+    let first_difference = archive_lines
+        .iter()
+        .zip(database_lines.iter())
+        .position(|(a, b)| a != b)
+        .or_else(|| {
+            (archive_lines.len() != database_lines.len())
+                .then(|| archive_lines.len().min(database_lines.len()))
+        });
+    Ok(match first_difference {
+        None => DrillCheck {
+            name,
+            ok: true,
+            detail: format!(
+                "schema-only dump of the restored database equals the archive's ({} lines)",
+                archive_lines.len()
+            ),
+        },
+        Some(i) => DrillCheck {
+            name,
+            ok: false,
+            detail: format!(
+                "differs at line {}: the archive has {:?}, the restored database has {:?}",
+                i + 1,
+                archive_lines.get(i).copied().unwrap_or("(end)"),
+                database_lines.get(i).copied().unwrap_or("(end)")
+            ),
+        },
+    })
+}
+
+/// Runs a tool to completion, feeding it `input` on stdin when given, and
+/// returns its stdout.
+fn run_capturing(
+    command: std::process::Command,
+    input: Option<&[u8]>,
+    what: &str,
+) -> Result<String> {
+    let failed =
+        |detail: String| Error::new(ErrorKind::Restore, format!("{what} failed: {detail}"));
+    let (mut child, stdin) = ChildSource::spawn_fed(command).map_err(|e| failed(e.to_string()))?;
+    let mut output = Vec::new();
+    std::thread::scope(|scope| {
+        let feeder = scope.spawn(move || {
+            let mut stdin = stdin;
+            if let Some(input) = input {
+                // pg_restore may stop reading once it has the TOC.
+                let _ = stdin.write_all(input);
+            }
+        });
+        let read = crate::pipeline::copy_stream(&mut child, &mut output, |_| true);
+        let _ = feeder.join();
+        read.map(|_| ()).map_err(|e| failed(format!("{e:?}")))
+    })?;
+    child.finish().map_err(|failure| {
+        failed(format!(
+            "{}: {}",
+            failure.describe_status(),
+            failure.key_line().unwrap_or("no message")
+        ))
+    })?;
+    String::from_utf8(output).map_err(|_| failed("its output is not UTF-8".to_string()))
+}

@@ -1,0 +1,92 @@
+//! Restoring part of a backup: whole schemas (`--schema`) and single
+//! tables (`--table schema.table`).
+//!
+//! pg_restore's own `-n`/`-t` match names without their schema and leave
+//! a table's indexes, constraints and the schema itself behind, so pgward
+//! chooses the TOC entries itself and hands pg_restore a list (`-L`): the
+//! named schemas with everything in them, the named tables with their data
+//! and the sequences they own, the schemas these live in, and then every
+//! entry all of whose dependencies are chosen (indexes, constraints,
+//! defaults, triggers, comments, grants). A foreign key to a table left out
+//! depends on it, so it is left out too.
+
+use crate::error::Result;
+use crate::pipeline::archive::Toc;
+use crate::scope::TableName;
+use std::collections::BTreeSet;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    pub schemas: Vec<String>,
+    pub tables: Vec<TableName>,
+}
+
+impl Selection {
+    pub fn new(schemas: Vec<String>, tables: &[String]) -> Result<Selection> {
+        let tables = tables
+            .iter()
+            .map(|t| TableName::parse(t))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Selection { schemas, tables })
+    }
+
+    pub fn is_everything(&self) -> bool {
+        self.schemas.is_empty() && self.tables.is_empty()
+    }
+
+    /// The dump ids of the entries to restore, in TOC order.
+    pub fn entries(&self, toc: &Toc) -> Vec<i64> {
+        let mut chosen: BTreeSet<i64> = BTreeSet::new();
+        let mut schemas: BTreeSet<&str> = self.schemas.iter().map(String::as_str).collect();
+        for entry in &toc.entries {
+            let named_table = self
+                .tables
+                .iter()
+                .any(|t| t.schema == entry.namespace && t.table == entry.tag);
+            if self.schemas.contains(&entry.namespace) || named_table {
+                chosen.insert(entry.dump_id);
+                schemas.insert(entry.namespace.as_str());
+            }
+        }
+        // Sequences owned by a chosen table (serial columns): "SEQUENCE
+        // OWNED BY" depends on both, so the closure below would not add it.
+        for entry in toc.entries.iter().filter(|e| e.desc == "SEQUENCE OWNED BY") {
+            if entry.dependencies.iter().any(|d| chosen.contains(d)) {
+                chosen.extend(entry.dependencies.iter().copied());
+            }
+        }
+        for entry in &toc.entries {
+            if entry.desc == "SCHEMA" && schemas.contains(entry.tag.as_str()) {
+                chosen.insert(entry.dump_id);
+            }
+        }
+        // SEQUENCE SET of a chosen sequence, then dependents until nothing changes.
+        loop {
+            let before = chosen.len();
+            for entry in &toc.entries {
+                if !entry.dependencies.is_empty()
+                    && entry.dependencies.iter().all(|d| chosen.contains(d))
+                {
+                    chosen.insert(entry.dump_id);
+                }
+            }
+            if chosen.len() == before {
+                break;
+            }
+        }
+        toc.entries
+            .iter()
+            .map(|e| e.dump_id)
+            .filter(|id| chosen.contains(id))
+            .collect()
+    }
+
+    /// A pg_restore list file (`-L`) of `entries`.
+    pub fn list_file(entries: &[i64]) -> String {
+        let mut text = String::from("; pgward restore selection\n");
+        for id in entries {
+            text.push_str(&format!("{id};\n"));
+        }
+        text
+    }
+}

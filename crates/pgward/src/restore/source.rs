@@ -1,0 +1,184 @@
+//! Reading a backup back: the stored artifact, decrypted when it is
+//! encrypted, decompressed, and checked on the way exactly as `verify`
+//! checks it (archive sha256 and size against the manifest, the archive's
+//! structure, the MDC of an encrypted artifact), so that a restore knows at
+//! the end whether what it fed pg_restore was the backup, bit for bit.
+
+use crate::encryption::secret::Decryptor;
+use crate::error::{Error, ErrorKind, Result};
+use crate::pipeline::Observer;
+use crate::pipeline::archive::custom::{CustomInspector, OffsetPatch};
+use crate::pipeline::archive::{ArchiveFormat, ArchiveSummary, Toc};
+use crate::pipeline::compress;
+use crate::pipeline::decrypt::{DecryptError, Decrypting, decrypt};
+use crate::pipeline::hash::{StreamHasher, digest_file};
+use crate::repository::Repository;
+use crate::repository::manifest::Manifest;
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+
+/// The stored bytes, before decompression.
+enum Stored {
+    Plain(File),
+    Encrypted(Decrypting),
+}
+
+impl Read for Stored {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stored::Plain(file) => file.read(buf),
+            Stored::Encrypted(decrypting) => decrypting.read(buf),
+        }
+    }
+}
+
+/// The plaintext archive of one backup as a `Read`, observed as it passes.
+pub struct ArchiveSource {
+    decoder: zstd::stream::read::Decoder<'static, BufReader<Stored>>,
+    hasher: StreamHasher,
+    inspector: CustomInspector,
+    manifest: Manifest,
+}
+
+/// A failure of the backup itself (as opposed to the restore's): its
+/// artifact does not match its manifest.
+fn damaged(manifest: &Manifest, detail: impl std::fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::Integrity,
+        format!("backup {} is damaged: {detail}", manifest.id),
+    )
+    .with_hint("run `pgward verify` on it; restore another backup")
+}
+
+impl ArchiveSource {
+    /// Checks the stored file's size and sha256 (cheap: it is compressed),
+    /// then opens it for reading. `decryptor` is needed when the artifact
+    /// is encrypted.
+    pub fn open(
+        repo: &Repository,
+        manifest: &Manifest,
+        decryptor: Option<&Decryptor>,
+    ) -> Result<ArchiveSource> {
+        if ArchiveFormat::from_name(&manifest.archive.format) != Some(ArchiveFormat::Custom) {
+            return Err(Error::config(format!(
+                "backup {} is a {} archive (pgward before manifest v2); restore and drill read custom archives",
+                manifest.id, manifest.archive.format
+            ))
+            .with_hint("restore it by hand: zstd -d < ARTIFACT | pg_restore ..., or take a new backup"));
+        }
+        let path = repo.artifact_path(manifest);
+        let stored = digest_file(&path)
+            .map_err(|e| Error::repository_io("cannot read the artifact", &path, e))?;
+        if stored.bytes != manifest.artifact.bytes || stored.sha256 != manifest.artifact.sha256 {
+            return Err(damaged(
+                manifest,
+                format!(
+                    "{} has {} bytes with sha256 {}, the manifest says {} bytes with {}",
+                    path.display(),
+                    stored.bytes,
+                    stored.sha256,
+                    manifest.artifact.bytes,
+                    manifest.artifact.sha256
+                ),
+            ));
+        }
+        let file = File::open(&path).map_err(|e| Error::repository_io("cannot open", &path, e))?;
+        let stored = match (&manifest.artifact.encryption, decryptor) {
+            (None, _) => Stored::Plain(file),
+            (Some(encryption), None) => {
+                let recipients: Vec<String> = encryption
+                    .recipients
+                    .iter()
+                    .map(|r| crate::encryption::short(&r.fingerprint))
+                    .collect();
+                return Err(Error::config(format!(
+                    "backup {} is encrypted (to {}) and no secret key or decryption command was given",
+                    manifest.id,
+                    recipients.join(", ")
+                ))
+                .with_hint("pass --secret-key FILE (or PGWARD_SECRET_KEY, decryption.secret-key), or --gpg"));
+            }
+            (Some(encryption), Some(decryptor)) => {
+                crate::verify::require_recipient(manifest, encryption, decryptor)?;
+                match decrypt(file, decryptor) {
+                    Ok(decrypting) => Stored::Encrypted(decrypting),
+                    Err(DecryptError::Command(e)) => {
+                        return Err(Error::config(format!(
+                            "cannot run the decryption {}: {e}",
+                            decryptor.describe()
+                        )));
+                    }
+                    Err(e) => return Err(damaged(manifest, e)),
+                }
+            }
+        };
+        let decoder = compress::decoder(stored).map_err(|e| damaged(manifest, e))?;
+        Ok(ArchiveSource {
+            decoder,
+            hasher: StreamHasher::default(),
+            inspector: CustomInspector::new(),
+            manifest: manifest.clone(),
+        })
+    }
+
+    /// The archive's TOC, once enough has been read.
+    pub fn toc(&self) -> Option<&Toc> {
+        self.inspector.toc()
+    }
+
+    /// The header and TOC bytes, once enough has been read: an archive
+    /// without data, which pg_restore reads for the schema.
+    pub fn toc_bytes(&self) -> &[u8] {
+        self.inspector.toc_bytes()
+    }
+
+    /// Reads to the end and proves that everything read was the backup:
+    /// decryption's MDC, the archive's size and sha256, and a complete
+    /// archive. Returns the summary with the fingerprints of what was read,
+    /// and the data offsets for a seekable copy (see
+    /// [`CustomInspector::offset_patches`]).
+    pub fn finish(mut self) -> Result<(ArchiveSummary, Vec<OffsetPatch>)> {
+        let manifest = self.manifest.clone();
+        let rest = io::copy(&mut self, &mut io::sink()).map_err(|e| damaged(&manifest, e))?;
+        if rest > 0 {
+            return Err(damaged(
+                &manifest,
+                format!("{rest} bytes were left unread after the archive"),
+            ));
+        }
+        let mut buffered = self.decoder.finish();
+        let extra = buffered.buffer().len() as u64
+            + io::copy(&mut buffered, &mut io::sink()).map_err(|e| damaged(&manifest, e))?;
+        if let Stored::Encrypted(decrypting) = buffered.into_inner() {
+            decrypting.finish().map_err(|e| damaged(&manifest, e))?;
+        }
+        if extra > 0 {
+            return Err(damaged(
+                &manifest,
+                format!("{extra} bytes follow the compressed archive"),
+            ));
+        }
+        let digest = self.hasher.finish();
+        if digest.bytes != manifest.archive.bytes || digest.sha256 != manifest.archive.sha256 {
+            return Err(damaged(
+                &manifest,
+                format!(
+                    "the archive has {} bytes with sha256 {}, the manifest says {} bytes with {}",
+                    digest.bytes, digest.sha256, manifest.archive.bytes, manifest.archive.sha256
+                ),
+            ));
+        }
+        let patches = self.inspector.offset_patches();
+        let summary = self.inspector.finish().map_err(|e| damaged(&manifest, e))?;
+        Ok((summary, patches))
+    }
+}
+
+impl Read for ArchiveSource {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.decoder.read(buf)?;
+        self.hasher.observe(&buf[..n]);
+        self.inspector.update(&buf[..n]);
+        Ok(n)
+    }
+}

@@ -1,0 +1,160 @@
+//! The server a restore goes to, and the database it creates there.
+//!
+//! pgward only ever restores into a database it created, or one that is
+//! empty; it refuses a database with anything in it, and the very database
+//! the backup was taken from, unless the operator passed the flag that says
+//! the existing database will be dropped.
+
+use crate::catalog::connect::{ConnectionTarget, Env};
+use crate::catalog::query_error;
+use crate::config::Config;
+use crate::error::{Error, ErrorKind, Result};
+use crate::repository::manifest::Manifest;
+use crate::scope::quote_ident;
+
+/// A session on the restore server, in its maintenance database.
+pub struct RestoreServer {
+    target: ConnectionTarget,
+    client: postgres::Client,
+    /// The cluster's system identifier, when the role may read it.
+    pub system_identifier: Option<String>,
+}
+
+/// What is at the target name now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetState {
+    Absent,
+    Empty,
+    /// Exists and holds this many user objects.
+    NotEmpty(i64),
+}
+
+impl RestoreServer {
+    /// `restore-connection`, else `admin-connection`, else `connection`.
+    pub fn connect(config: &Config, env: Env) -> Result<RestoreServer> {
+        let settings = config
+            .restore_connection
+            .as_ref()
+            .or(config.admin_connection.as_ref())
+            .unwrap_or(&config.connection);
+        let target = ConnectionTarget::resolve(settings, env)?;
+        let mut client = target.connect()?;
+        let system_identifier = client
+            .query_one(
+                "SELECT s.system_identifier::text FROM pg_catalog.pg_control_system() s",
+                &[],
+            )
+            .ok()
+            .map(|row| row.get(0));
+        Ok(RestoreServer {
+            target,
+            client,
+            system_identifier,
+        })
+    }
+
+    /// `user@host:port`, for messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}@{}:{}",
+            self.target.user, self.target.host, self.target.port
+        )
+    }
+
+    /// The connection to database `dbname` on this server.
+    pub fn target_for(&self, dbname: &str) -> ConnectionTarget {
+        let mut target = self.target.clone();
+        target.dbname = dbname.to_string();
+        target
+    }
+
+    /// Whether `dbname` here is the database `manifest` was taken from.
+    pub fn is_source_of(&self, manifest: &Manifest, dbname: &str) -> bool {
+        dbname == manifest.database
+            && self.system_identifier.as_deref() == Some(&manifest.server.system_identifier)
+    }
+
+    pub fn state(&mut self, dbname: &str) -> Result<TargetState> {
+        let exists = self
+            .client
+            .query_opt(
+                "SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1",
+                &[&dbname],
+            )
+            .map_err(|e| query_error("cannot look up the target database", e))?
+            .is_some();
+        if !exists {
+            return Ok(TargetState::Absent);
+        }
+        let mut client = self.target_for(dbname).connect()?;
+        let objects: i64 = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_catalog.pg_class c \
+                           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                          WHERE n.nspname !~ '^pg_' AND n.nspname <> 'information_schema') \
+                      + (SELECT count(*) FROM pg_catalog.pg_namespace \
+                          WHERE nspname !~ '^pg_' AND nspname NOT IN ('information_schema', 'public')) \
+                      + (SELECT count(*) FROM pg_catalog.pg_proc p \
+                           JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+                          WHERE n.nspname !~ '^pg_' AND n.nspname <> 'information_schema') \
+                      + (SELECT count(*) FROM pg_catalog.pg_largeobject_metadata) \
+                      + (SELECT count(*) FROM pg_catalog.pg_extension WHERE extname <> 'plpgsql')",
+                &[],
+            )
+            .map_err(|e| query_error("cannot inspect the target database", e))?
+            .get(0);
+        Ok(if objects == 0 {
+            TargetState::Empty
+        } else {
+            TargetState::NotEmpty(objects)
+        })
+    }
+
+    /// Creates `dbname` from template0 (template1 may carry objects of its
+    /// own) with the archive's encoding.
+    pub fn create(&mut self, dbname: &str, encoding: Option<&str>) -> Result<()> {
+        let mut sql = format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(dbname));
+        if let Some(encoding) = encoding {
+            sql.push_str(&format!(" ENCODING '{}'", encoding.replace('\'', "''")));
+        }
+        self.client.batch_execute(&sql).map_err(|e| {
+            let detail = e
+                .as_db_error()
+                .map(|db| db.message().to_string())
+                .unwrap_or_else(|| e.to_string());
+            Error::new(
+                ErrorKind::Connection,
+                format!(
+                    "cannot create database {dbname:?} as {}: {detail}",
+                    self.describe()
+                ),
+            )
+            .with_hint("restore as a role with CREATEDB (set [restore-connection] in the config)")
+        })
+    }
+
+    /// Drops `dbname`. Refuses (with PostgreSQL's message) while sessions
+    /// are connected to it: pgward never terminates other sessions.
+    pub fn drop_database(&mut self, dbname: &str) -> Result<()> {
+        self.client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {}", quote_ident(dbname)))
+            .map_err(|e| {
+                let detail = e
+                    .as_db_error()
+                    .map(|db| {
+                        let mut text = db.message().to_string();
+                        if let Some(more) = db.detail() {
+                            text.push_str(": ");
+                            text.push_str(more);
+                        }
+                        text
+                    })
+                    .unwrap_or_else(|| e.to_string());
+                Error::new(
+                    ErrorKind::Connection,
+                    format!("cannot drop database {dbname:?}: {detail}"),
+                )
+                .with_hint("disconnect the other sessions from it, then run again")
+            })
+    }
+}
