@@ -90,3 +90,65 @@ impl Selection {
         text
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::archive::custom::CustomInspector;
+
+    fn toc() -> Toc {
+        let mut inspector = CustomInspector::new();
+        inspector.update(include_bytes!("../../tests/fixtures/sample-pg15.dump"));
+        inspector.toc().cloned().unwrap()
+    }
+
+    fn chosen(selection: &Selection, toc: &Toc) -> Vec<String> {
+        let ids = selection.entries(toc);
+        toc.entries
+            .iter()
+            .filter(|e| ids.contains(&e.dump_id))
+            .map(|e| format!("{} {}.{}", e.desc, e.namespace, e.tag))
+            .collect()
+    }
+
+    #[test]
+    fn a_table_comes_with_its_schema_and_data_only() {
+        let toc = toc();
+        let selection = Selection::new(vec![], &["s2.\"Mixed Case\"".to_string()]).unwrap();
+        let names = chosen(&selection, &toc);
+        assert!(names.contains(&"SCHEMA .s2".to_string()), "{names:?}");
+        assert!(
+            names.contains(&"TABLE s2.Mixed Case".to_string()),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&"TABLE DATA s2.Mixed Case".to_string()),
+            "{names:?}"
+        );
+        assert!(!names.iter().any(|n| n.contains("t1")), "{names:?}");
+        assert!(!names.iter().any(|n| n.starts_with("BLOB")), "{names:?}");
+    }
+
+    #[test]
+    fn a_schema_comes_whole() {
+        let toc = toc();
+        let selection = Selection::new(vec!["public".to_string()], &[]).unwrap();
+        let names = chosen(&selection, &toc);
+        for wanted in [
+            "TABLE DATA public.t1",
+            "TABLE DATA public.empty_t",
+            "SEQUENCE SET public.seq1",
+        ] {
+            assert!(
+                names.contains(&wanted.to_string()),
+                "{wanted} missing from {names:?}"
+            );
+        }
+        assert!(!names.iter().any(|n| n.contains("Mixed Case")), "{names:?}");
+        assert!(Selection::default().is_everything());
+        assert_eq!(
+            Selection::list_file(&[3, 7]),
+            "; pgward restore selection\n3;\n7;\n"
+        );
+    }
+}

@@ -486,6 +486,61 @@ mod tests {
     }
 
     #[test]
+    fn fingerprints_sequences_and_large_objects_are_collected() {
+        let summary = inspect(SAMPLE, 7).unwrap();
+        let t1 = summary.table_data.iter().find(|t| t.table == "t1").unwrap();
+        assert_eq!(t1.rows, 5);
+        assert_eq!(t1.fingerprint.len(), 64);
+        assert!(
+            t1.copy_statement.starts_with("COPY public.t1 ("),
+            "{}",
+            t1.copy_statement
+        );
+        assert_eq!(summary.encoding.as_deref(), Some("UTF8"));
+        let sequences: Vec<_> = summary.sequences.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(sequences, ["seq1"]);
+        assert_eq!(summary.large_objects.as_ref().unwrap().count, 2);
+    }
+
+    #[test]
+    fn offset_patches_point_at_each_data_block() {
+        let mut inspector = CustomInspector::new();
+        inspector.update(SAMPLE);
+        let patches = inspector.offset_patches();
+        let mut patched = SAMPLE.to_vec();
+        for (position, bytes) in &patches {
+            let at = *position as usize;
+            // The fixture was written to a file, so pg_dump set offsets
+            // itself; ours must agree with them.
+            assert!(matches!(
+                patched[at],
+                super::super::OFFSET_POS_NOT_SET | super::super::OFFSET_POS_SET
+            ));
+            if patched[at] == super::super::OFFSET_POS_SET {
+                assert_eq!(&patched[at..at + bytes.len()], &bytes[..]);
+            }
+            patched[at..at + bytes.len()].copy_from_slice(bytes);
+        }
+        let (toc, _) = Toc::parse(&patched, FORMAT_CUSTOM).unwrap();
+        let with_data: Vec<_> = toc.entries.iter().filter(|e| e.has_data).collect();
+        assert_eq!(patches.len(), with_data.len());
+        for entry in with_data {
+            let field = entry.offset_field_at.unwrap();
+            assert_eq!(patched[field], super::super::OFFSET_POS_SET);
+            let mut offset = 0usize;
+            for i in 0..toc.offset_size {
+                offset |= (patched[field + 1 + i] as usize) << (8 * i);
+            }
+            // A block starts with its type and the entry's dump id.
+            assert!(matches!(patched[offset], BLOCK_DATA | BLOCK_BLOBS));
+            let id_bytes = &patched[offset + 1..offset + 2 + toc.int_size];
+            assert_eq!(decode_int(id_bytes), entry.dump_id);
+        }
+        // The patched archive still parses as a whole.
+        assert!(inspect(&patched, 4096).is_ok());
+    }
+
+    #[test]
     fn an_archive_compressed_by_pg_dump_is_refused() {
         // Archive 1.14 keeps the compression level as an int after the
         // 11-byte preamble: sign byte, then the value.
