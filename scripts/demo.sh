@@ -2,11 +2,14 @@
 # demo.sh: the README's first command. Sets everything up and runs pgward's
 # main job end to end on a throwaway local PostgreSQL with sample data:
 # install deps, build, start a sandbox cluster, load ~250 MB of sample data,
-# then `pgward backup`, `pgward list`, `pgward verify latest`, and the same
-# encrypted to a key made by `pgward key generate`.
+# then `pgward backup`, `pgward verify latest`, `pgward drill latest` (restore
+# into a scratch database and prove every table came back), and the same
+# encrypted to a key made by `pgward key generate`, restored into a new
+# database with `pgward restore`; `pgward list` shows the drill verdicts.
 #
 # Why it exists: one command that proves, on a fresh machine, that pgward
-# backs up a real database and can verify what it wrote. Nothing outside a
+# backs up a real database, can verify what it wrote and proves it restores
+# byte for byte. Nothing outside a
 # temp dir is touched; the cluster listens on a Unix socket only (no TCP
 # port) and is stopped and removed on exit, failure included.
 #
@@ -99,8 +102,9 @@ step "load sample data into database demo (pgbench -s 8, public.events, audit.lo
 t_backup=$EPOCHREALTIME
 step "pgward backup" "$pgward" --repo "$repo" backup --dbname demo
 backup_secs=$(elapsed_since "$t_backup")
-step "pgward list" "$pgward" --repo "$repo" list
 step "pgward verify latest" "$pgward" --repo "$repo" verify latest
+step "pgward drill latest (restore into a scratch database, prove every table)" \
+  "$pgward" --repo "$repo" drill latest
 
 # Encrypted: a keypair made by pgward, the public half as the recipient,
 # then a backup that no one without the secret key can read, and a verify
@@ -124,7 +128,9 @@ step "pgward backup (encrypted to $fpr)" "$pgward" --config "$work/encrypted.tom
 step "pgward verify latest (stored bytes only: no key given)" "$pgward" --repo "$repo" verify latest
 step "pgward verify latest --secret-key (decrypts and checks everything)" "$pgward" --repo "$repo" \
   verify latest --secret-key "$keys/demo.sec.asc" --passphrase-file "$keys/passphrase"
-step "pgward list" "$pgward" --repo "$repo" list
+step "pgward restore latest --to demo_restored (decrypts, restores, proves)" "$pgward" --repo "$repo" \
+  restore latest --to demo_restored --secret-key "$keys/demo.sec.asc" --passphrase-file "$keys/passphrase"
+step "pgward list (with each backup's last drill)" "$pgward" --repo "$repo" list
 
 # The repository layout is pgward's business: find the newest file whose name
 # says it is a manifest rather than assume a path.
@@ -137,6 +143,6 @@ mib() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
 kept_note=" (removed on exit; --keep keeps it)"
 [[ $keep -eq 0 ]] || kept_note=""
 printf '\nmanifest: %s%s\n' "${manifest:-(no file named *manifest* under $repo)}" "$kept_note"
-printf 'summary: backed up database demo (%s) into %s (%s, %s files) in %ss, verified; then encrypted and verified again; total %ss\n' \
+printf 'summary: backed up database demo (%s) into %s (%s, %s files) in %ss, verified, drilled; then encrypted, verified and restored into demo_restored; total %ss\n' \
   "$(mib "$db_bytes")" "$repo" "$(mib "$repo_bytes")" "$(find "$repo" -type f | wc -l)" \
   "$backup_secs" "$(elapsed_since "$t_start")"

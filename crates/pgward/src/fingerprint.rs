@@ -116,8 +116,9 @@ impl MultisetDigest {
     }
 }
 
-/// A finished fingerprint: item count and the hex sum.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A finished fingerprint: item count and the hex sum (empty when none was
+/// taken).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContentFingerprint {
     pub count: u64,
     /// 64 lowercase hex digits.

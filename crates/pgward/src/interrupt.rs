@@ -95,6 +95,15 @@ impl InterruptWatch {
     }
 }
 
+/// The first signal received while a watch is installed, for loops that
+/// have no access to the watch (threads verifying a restore).
+pub fn pending() -> Option<i32> {
+    match RECEIVED.load(Ordering::SeqCst) {
+        0 => None,
+        signal => Some(signal),
+    }
+}
+
 fn restore(previous: &[(i32, libc::sigaction)]) {
     for (signal, action) in previous {
         // SAFETY: restoring an action previously returned by sigaction.

@@ -41,52 +41,70 @@ pub struct Tools<'a> {
     pub pg_restore: &'a Tool,
 }
 
-pub fn compare(
+/// Whether `entry` was restored.
+fn chosen(restored: &RestoredAs, entry: &TocEntry) -> bool {
+    restored
+        .entries
+        .is_none_or(|set| set.contains(&entry.dump_id))
+}
+
+fn session<'a>(manifest: &'a Manifest, restored: &'a RestoredAs) -> Session<'a> {
+    Session {
+        target: restored.database,
+        settings: manifest
+            .content
+            .as_ref()
+            .map(|c| std::borrow::Cow::Borrowed(&c.text_settings))
+            // Backups before manifest v3 did not record them; they only
+            // have row counts to compare, which no setting changes.
+            .unwrap_or_else(|| {
+                std::borrow::Cow::Owned(TextSettings::pg_dump("UTC".into(), "hex".into()))
+            }),
+        encoding: manifest
+            .content
+            .as_ref()
+            .and_then(|c| c.encoding.as_deref()),
+    }
+}
+
+/// Every restored table's rows against the manifest, `jobs` tables at a
+/// time. Runs while pg_restore builds indexes and constraints: reading a
+/// table only waits for the moment a constraint locks it.
+pub fn compare_tables(
+    manifest: &Manifest,
+    toc: &Toc,
+    restored: &RestoredAs,
+    jobs: usize,
+) -> Result<Vec<DrillCheck>> {
+    let tables: Vec<&TocEntry> = toc
+        .entries
+        .iter()
+        .filter(|e| e.desc == "TABLE DATA" && chosen(restored, e))
+        .collect();
+    compare_table_list(manifest, &tables, &session(manifest, restored), jobs)
+}
+
+/// Sequences, large objects and the schema, once the restore is complete.
+pub fn compare_objects_and_schema(
     manifest: &Manifest,
     toc: &Toc,
     toc_bytes: &[u8],
     restored: &RestoredAs,
     tools: &Tools,
-    jobs: usize,
 ) -> Result<Vec<DrillCheck>> {
-    let chosen = |entry: &TocEntry| {
-        restored
-            .entries
-            .is_none_or(|set| set.contains(&entry.dump_id))
-    };
-    let settings = manifest
-        .content
-        .as_ref()
-        .map(|c| c.text_settings.clone())
-        // Backups before manifest v3 did not record them: the server's
-        // defaults then were most likely these.
-        .unwrap_or_else(|| TextSettings::pg_dump("UTC".into(), "hex".into()));
-    let encoding = manifest.content.as_ref().and_then(|c| c.encoding.clone());
-    let session = Session {
-        target: restored.database,
-        settings: &settings,
-        encoding: encoding.as_deref(),
-    };
-
-    let tables: Vec<&TocEntry> = toc
-        .entries
-        .iter()
-        .filter(|e| e.desc == "TABLE DATA" && chosen(e))
-        .collect();
-    let mut checks = compare_tables(manifest, &tables, &session, jobs)?;
-
-    let mut client = session.open()?;
+    let mut checks = Vec::new();
+    let mut client = session(manifest, restored).open()?;
     for entry in toc
         .entries
         .iter()
-        .filter(|e| e.desc == "SEQUENCE SET" && chosen(e))
+        .filter(|e| e.desc == "SEQUENCE SET" && chosen(restored, e))
     {
         checks.push(compare_sequence(manifest, toc, entry, &mut client));
     }
     if toc
         .entries
         .iter()
-        .any(|e| e.desc == "BLOBS" && e.has_data && chosen(e))
+        .any(|e| e.desc == "BLOBS" && e.has_data && chosen(restored, e))
     {
         checks.push(compare_large_objects(manifest, &mut client));
     }
@@ -97,7 +115,7 @@ pub fn compare(
 /// A session on the restored database, set up as pg_dump's was.
 struct Session<'a> {
     target: &'a ConnectionTarget,
-    settings: &'a TextSettings,
+    settings: std::borrow::Cow<'a, TextSettings>,
     encoding: Option<&'a str>,
 }
 
@@ -118,7 +136,7 @@ impl Session<'_> {
     }
 }
 
-fn compare_tables(
+fn compare_table_list(
     manifest: &Manifest,
     tables: &[&TocEntry],
     session: &Session,
@@ -186,6 +204,12 @@ fn compare_table(
         let mut reader = client.copy_out(copy.as_str()).map_err(|e| db_message(&e))?;
         let mut buffer = vec![0u8; 256 * 1024];
         loop {
+            if let Some(signal) = crate::interrupt::pending() {
+                return Err(format!(
+                    "stopped by {}",
+                    crate::pipeline::child::signal_name(signal)
+                ));
+            }
             let n = reader.read(&mut buffer).map_err(|e| e.to_string())?;
             if n == 0 {
                 return Ok(());

@@ -169,6 +169,11 @@ pub(crate) fn open_repository(config: &Config) -> Result<Repository> {
 }
 
 /// Restores into the existing, empty database `dbname` and compares.
+///
+/// pg_restore runs in two phases: schema and data first, then the post-data
+/// section (indexes, constraints, triggers, grants), during which the
+/// tables are read back and compared: that work overlaps instead of adding
+/// up. Sequences, large objects and the schema are compared at the end.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn restore_and_compare(
     config: &Config,
@@ -184,6 +189,12 @@ pub(crate) fn restore_and_compare(
     let pg_dump = Tool::pg_dump(&config.pg_dump);
     let database = server.target_for(dbname);
     let scratch = Scratch::new(repo, &manifest.id);
+    let mut watch = InterruptWatch::install().map_err(|e| {
+        Error::new(
+            ErrorKind::Restore,
+            format!("cannot install signal handlers: {e}"),
+        )
+    })?;
     let started = std::time::Instant::now();
     let loaded = load(
         repo,
@@ -193,52 +204,97 @@ pub(crate) fn restore_and_compare(
         &database,
         options,
         &scratch,
+        &mut watch,
         progress,
     )?;
+    let restored = compare::RestoredAs {
+        database: &database,
+        no_owner: options.no_owner,
+        no_acl: options.no_acl,
+        entries: loaded.entries.as_ref(),
+        list_file: &scratch.list,
+    };
+    let (mut post_data, post_data_input) = loaded.post_data.start(&pg_restore, &database)?;
+    watch.watch_child(post_data.pid());
+    let verify_started = std::time::Instant::now();
+    let (table_checks, post_data_result) = std::thread::scope(|scope| {
+        let feeder = scope.spawn(move || {
+            if let (Some(mut stdin), Some(bytes)) = post_data_input {
+                // pg_restore may stop reading once it has the TOC.
+                let _ = stdin.write_all(&bytes);
+            }
+        });
+        let tables = compare::compare_tables(manifest, &loaded.toc, &restored, options.jobs);
+        let waited = copy_stream(&mut post_data, &mut std::io::sink(), |_| {
+            watch.received().is_none()
+        });
+        let _ = feeder.join();
+        (tables, waited)
+    });
+    if let Some(error) = stopped(&mut watch, manifest) {
+        post_data.terminate();
+        return Err(error);
+    }
+    finish_pg_restore(post_data, post_data_result.err())?;
     let restore_ms = started.elapsed().as_millis() as u64;
-    let started = std::time::Instant::now();
-    let checks = compare::compare(
+    let mut checks = table_checks?;
+    checks.extend(compare::compare_objects_and_schema(
         manifest,
         &loaded.toc,
         &loaded.toc_bytes,
-        &compare::RestoredAs {
-            database: &database,
-            no_owner: options.no_owner,
-            no_acl: options.no_acl,
-            entries: loaded.entries.as_ref(),
-            list_file: &scratch.list,
-        },
+        &restored,
         &compare::Tools {
             pg_dump: &pg_dump,
             pg_restore: &pg_restore,
         },
-        options.jobs,
-    )?;
+    )?);
+    if let Some(error) = stopped(&mut watch, manifest) {
+        return Err(error);
+    }
     Ok(RestoreReport {
         backup_id: manifest.id.clone(),
         server: server.describe(),
         database: dbname.to_string(),
         feed: loaded.feed,
         restore_ms,
-        verify_ms: started.elapsed().as_millis() as u64,
+        verify_ms: verify_started.elapsed().as_millis() as u64,
         ok: checks.iter().all(|c| c.ok),
         checks,
     })
 }
 
+/// A signal turned into the restore's failure.
+fn stopped(watch: &mut InterruptWatch, manifest: &Manifest) -> Option<Error> {
+    let signal = watch.received()?;
+    watch.acknowledge();
+    Some(
+        Error::new(
+            ErrorKind::Interrupted { signal },
+            format!(
+                "restore of backup {} stopped by {}",
+                manifest.id,
+                crate::pipeline::child::signal_name(signal)
+            ),
+        )
+        .with_hint("run it again; a database pgward created for it was dropped"),
+    )
+}
+
 /// The files a restore may leave in `tmp/` while it runs, removed on drop.
 struct Scratch {
     list: PathBuf,
+    /// The TOC alone, for the post-data phase of a streamed restore.
+    toc: PathBuf,
     spool: std::cell::RefCell<Option<PathBuf>>,
 }
 
 impl Scratch {
     fn new(repo: &Repository, id: &str) -> Scratch {
+        let tmp = repo.root().join("tmp");
+        let pid = std::process::id();
         Scratch {
-            list: repo
-                .root()
-                .join("tmp")
-                .join(format!("restore-{}-{id}.list", std::process::id())),
+            list: tmp.join(format!("restore-{pid}-{id}.list")),
+            toc: tmp.join(format!("restore-{pid}-{id}.toc")),
             spool: std::cell::RefCell::new(None),
         }
     }
@@ -247,19 +303,44 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.list);
+        let _ = std::fs::remove_file(&self.toc);
         if let Some(spool) = self.spool.borrow_mut().take() {
             let _ = std::fs::remove_file(spool);
         }
     }
 }
 
-/// The archive as pg_restore saw it.
+/// The archive as pg_restore saw it, schema and data restored.
 struct Loaded {
     toc: Toc,
     toc_bytes: Vec<u8>,
     /// The entries restored, for a partial restore.
     entries: Option<BTreeSet<i64>>,
     feed: String,
+    post_data: PostData,
+}
+
+/// The second phase: pg_restore's post-data section, from a file (the
+/// spool, or the TOC alone) or from stdin (the TOC, behind a prefix).
+struct PostData {
+    args: Vec<String>,
+    stdin: Option<Vec<u8>>,
+}
+
+impl PostData {
+    #[allow(clippy::type_complexity)]
+    fn start(
+        self,
+        pg_restore: &Tool,
+        database: &ConnectionTarget,
+    ) -> Result<(
+        ChildSource,
+        (Option<std::process::ChildStdin>, Option<Vec<u8>>),
+    )> {
+        let command = pg_restore.client_command(database, self.args);
+        let (child, stdin) = spawn_pg_restore(pg_restore, command)?;
+        Ok((child, (Some(stdin), self.stdin)))
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -271,14 +352,9 @@ fn load(
     database: &ConnectionTarget,
     options: &RestoreOptions,
     scratch: &Scratch,
+    watch: &mut InterruptWatch,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Loaded> {
-    let mut watch = InterruptWatch::install().map_err(|e| {
-        Error::new(
-            ErrorKind::Restore,
-            format!("cannot install signal handlers: {e}"),
-        )
-    })?;
     let spooled = options.jobs > 1 && !pg_restore.is_prefixed();
     if !options.selection.is_everything() && pg_restore.is_prefixed() {
         return Err(Error::config(
@@ -287,23 +363,6 @@ fn load(
         .with_hint("restore the whole backup, or run pg_restore on this host (unset pg-restore.command-prefix)"));
     }
     let mut source = ArchiveSource::open(repo, manifest, decryptor)?;
-    let stopped = |watch: &mut InterruptWatch| {
-        let signal = watch.received()?;
-        watch.acknowledge();
-        Some(
-            Error::new(
-                ErrorKind::Interrupted { signal },
-                format!(
-                    "restore of backup {} stopped by {}",
-                    manifest.id,
-                    crate::pipeline::child::signal_name(signal)
-                ),
-            )
-            .with_hint(
-                "run it again; the target database was left as it is or dropped (see above)",
-            ),
-        )
-    };
 
     let mut args = vec![
         "--exit-on-error".to_string(),
@@ -337,6 +396,16 @@ fn load(
         args.push(format!("--use-list={}", scratch.list.display()));
         Ok(Some(entries.into_iter().collect()))
     };
+    let phases = |mut args: Vec<String>, jobs: usize| {
+        if jobs > 1 {
+            args.push(format!("--jobs={jobs}"));
+        }
+        let mut first = args.clone();
+        first.push("--section=pre-data".to_string());
+        first.push("--section=data".to_string());
+        args.push("--section=post-data".to_string());
+        (first, args)
+    };
 
     if spooled {
         let (path, file) = repo.create_spool(&manifest.id)?;
@@ -348,14 +417,8 @@ fn load(
         });
         match copied {
             Ok(_) => {}
-            Err(CopyError::Stopped) => return Err(stopped(&mut watch).expect("a signal")),
-            Err(CopyError::Read(e)) => {
-                return Err(Error::new(
-                    ErrorKind::Integrity,
-                    format!("backup {} is damaged: {e}", manifest.id),
-                )
-                .with_hint("run `pgward verify` on it; restore another backup"));
-            }
+            Err(CopyError::Stopped) => return Err(stopped(watch, manifest).expect("a signal")),
+            Err(CopyError::Read(e)) => return Err(damaged(manifest, e)),
             Err(CopyError::Write(e)) => return Err(spool_error(&path, e)),
         }
         let file = writer
@@ -371,25 +434,30 @@ fn load(
         }
         drop(file);
         let entries = select(&toc, &mut args)?;
-        args.push(format!("--jobs={}", options.jobs));
-        args.push(path.display().to_string());
-        let command = pg_restore.client_command(database, args);
-        let mut child = spawn_pg_restore(pg_restore, command)?;
-        watch.watch_child(child.0.pid());
-        let waited = copy_stream(&mut child.0, &mut std::io::sink(), |_| {
+        let (mut first, mut second) = phases(args, options.jobs);
+        first.push(path.display().to_string());
+        second.push(path.display().to_string());
+        let command = pg_restore.client_command(database, first);
+        let (mut child, stdin) = spawn_pg_restore(pg_restore, command)?;
+        drop(stdin);
+        watch.watch_child(child.pid());
+        let waited = copy_stream(&mut child, &mut std::io::sink(), |_| {
             watch.received().is_none()
         });
-        if let Some(error) = stopped(&mut watch) {
-            child.0.terminate();
+        if let Some(error) = stopped(watch, manifest) {
+            child.terminate();
             return Err(error);
         }
-        drop(child.1);
-        finish_pg_restore(child.0, waited.err())?;
+        finish_pg_restore(child, waited.err())?;
         return Ok(Loaded {
             toc,
             toc_bytes,
             entries,
             feed: format!("spooled, pg_restore --jobs {}", options.jobs),
+            post_data: PostData {
+                args: second,
+                stdin: None,
+            },
         });
     }
 
@@ -398,26 +466,36 @@ fn load(
     let mut head = Vec::new();
     let mut buffer = vec![0u8; crate::pipeline::CHUNK_SIZE];
     while source.toc().is_none() {
-        let n = std::io::Read::read(&mut source, &mut buffer).map_err(|e| {
-            Error::new(
-                ErrorKind::Integrity,
-                format!("backup {} is damaged: {e}", manifest.id),
-            )
-        })?;
+        let n = std::io::Read::read(&mut source, &mut buffer).map_err(|e| damaged(manifest, e))?;
         if n == 0 {
             // finish() names what is wrong with an archive without a TOC.
             source.finish()?;
-            return Err(Error::new(
-                ErrorKind::Integrity,
-                format!("backup {} has no TOC", manifest.id),
-            ));
+            return Err(damaged(manifest, "the archive has no TOC"));
         }
         head.extend_from_slice(&buffer[..n]);
     }
     let toc = source.toc().cloned().expect("checked above");
     let toc_bytes = source.toc_bytes().to_vec();
     let entries = select(&toc, &mut args)?;
-    let command = pg_restore.client_command(database, args);
+    // The post-data phase reads only the TOC: from a file of it (which
+    // holds no table data) so that it can run in parallel, or from stdin
+    // when pg_restore runs behind a prefix.
+    let post_data = if pg_restore.is_prefixed() {
+        PostData {
+            args: phases(args.clone(), 1).1,
+            stdin: Some(toc_bytes.clone()),
+        }
+    } else {
+        write_private(&scratch.toc, &toc_bytes)?;
+        let mut second = phases(args.clone(), options.jobs).1;
+        second.push(scratch.toc.display().to_string());
+        PostData {
+            args: second,
+            stdin: None,
+        }
+    };
+    let first = phases(args, 1).0;
+    let command = pg_restore.client_command(database, first);
     let (mut child, mut stdin) = spawn_pg_restore(pg_restore, command)?;
     watch.watch_child(child.pid());
     let fed = stdin
@@ -429,39 +507,51 @@ fn load(
                 watch.received().is_none()
             })
         });
-    if let Some(error) = stopped(&mut watch) {
+    if let Some(error) = stopped(watch, manifest) {
         child.terminate();
         return Err(error);
     }
     drop(stdin);
     match fed {
-        // pg_restore stopped reading: its own words say why.
-        Err(CopyError::Write(e)) => {
-            finish_pg_restore(child, None)?;
-            return Err(Error::new(
-                ErrorKind::Restore,
-                format!("pg_restore stopped reading the archive: {e}"),
-            ));
-        }
+        // pg_restore stops reading once it has every entry it was asked
+        // for (a partial restore); if it failed, its own words say why.
+        Err(CopyError::Write(_)) | Err(CopyError::Stopped) | Ok(_) => {}
         Err(CopyError::Read(e)) => {
             child.terminate();
-            return Err(Error::new(
-                ErrorKind::Integrity,
-                format!("backup {} is damaged: {e}", manifest.id),
-            )
-            .with_hint("run `pgward verify` on it; restore another backup"));
+            return Err(damaged(manifest, e));
         }
-        Err(CopyError::Stopped) | Ok(_) => {}
     }
     let waited = copy_stream(&mut child, &mut std::io::sink(), |_| true);
     finish_pg_restore(child, waited.err())?;
+    // What pg_restore did not read is still read, to prove the whole
+    // artifact is the backup.
     source.finish()?;
     Ok(Loaded {
         toc,
         toc_bytes,
         entries,
         feed: "streamed".to_string(),
+        post_data,
     })
+}
+
+fn damaged(manifest: &Manifest, detail: impl std::fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::Integrity,
+        format!("backup {} is damaged: {detail}", manifest.id),
+    )
+    .with_hint("run `pgward verify` on it; restore another backup")
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(bytes))
+        .map_err(|e| Error::repository_io("cannot write", path, e))
 }
 
 fn spool_error(path: &Path, e: std::io::Error) -> Error {

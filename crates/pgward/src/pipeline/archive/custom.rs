@@ -71,6 +71,8 @@ pub struct CustomInspector {
     blobs_entries: BTreeSet<i64>,
     stats: BTreeMap<i64, MemberStats>,
     large_objects: LargeObjectDigest,
+    /// Whether to fingerprint the data (see [`CustomInspector::without_fingerprints`]).
+    fingerprints: bool,
     /// Where each entry's data block starts (its type byte).
     block_offsets: BTreeMap<i64, u64>,
     blocks: usize,
@@ -100,10 +102,21 @@ impl CustomInspector {
             blobs_entries: BTreeSet::new(),
             stats: BTreeMap::new(),
             large_objects: LargeObjectDigest::default(),
+            fingerprints: true,
             block_offsets: BTreeMap::new(),
             blocks: 0,
             offset: 0,
             error: None,
+        }
+    }
+
+    /// An inspector that checks structure, bytes and rows but takes no
+    /// content fingerprints (they cost a SHA-256 per row): for reading an
+    /// archive whose sha256 is checked against its manifest anyway.
+    pub fn without_fingerprints() -> Self {
+        CustomInspector {
+            fingerprints: false,
+            ..Self::new()
         }
     }
 
@@ -170,11 +183,14 @@ impl CustomInspector {
                     let take = remaining.min(data.len() as u64) as usize;
                     let block = self.block.as_ref().expect("a chunk is inside a block");
                     if block.blobs {
-                        self.large_objects.update(&data[..take]);
+                        if self.fingerprints {
+                            self.large_objects.update(&data[..take]);
+                        }
                     } else {
+                        let fingerprints = self.fingerprints;
                         self.stats
                             .entry(block.dump_id)
-                            .or_default()
+                            .or_insert_with(|| MemberStats::new(fingerprints))
                             .update(&data[..take]);
                     }
                     data = &data[take..];
@@ -284,7 +300,9 @@ impl CustomInspector {
                     } else {
                         value as u32
                     };
-                    self.large_objects.begin(oid);
+                    if self.fingerprints {
+                        self.large_objects.begin(oid);
+                    }
                     self.state = State::Int(IntFor::ChunkLength);
                 }
             }
@@ -408,7 +426,7 @@ impl CustomInspector {
         Ok(ArchiveSummary {
             encoding: toc.encoding(),
             sequences: toc.sequences(),
-            large_objects: Some(self.large_objects.finish()),
+            large_objects: self.fingerprints.then(|| self.large_objects.finish()),
             archive_version: format!("{}.{}", toc.version.0, toc.version.1),
             database_name: toc.database_name,
             server_version: toc.server_version,

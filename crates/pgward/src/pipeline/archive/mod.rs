@@ -198,20 +198,39 @@ pub struct Toc {
     pub entries: Vec<TocEntry>,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub(crate) struct MemberStats {
     bytes: u64,
     newlines: u64,
     /// The last bytes seen, to check the COPY trailer.
     tail: [u8; TAIL],
-    content: CopyTextDigest,
+    /// None when the caller does not want fingerprints (a restore: the
+    /// archive's sha256 already ties it to the manifest).
+    content: Option<CopyTextDigest>,
+}
+
+impl Default for MemberStats {
+    fn default() -> Self {
+        MemberStats::new(true)
+    }
 }
 
 impl MemberStats {
+    pub(crate) fn new(fingerprint: bool) -> MemberStats {
+        MemberStats {
+            bytes: 0,
+            newlines: 0,
+            tail: [0; TAIL],
+            content: fingerprint.then(CopyTextDigest::default),
+        }
+    }
+
     pub(crate) fn update(&mut self, data: &[u8]) {
         self.bytes += data.len() as u64;
         self.newlines += count_newlines(data);
-        self.content.update(data);
+        if let Some(content) = &mut self.content {
+            content.update(data);
+        }
         if data.len() >= TAIL {
             self.tail.copy_from_slice(&data[data.len() - TAIL..]);
         } else {
@@ -237,7 +256,10 @@ impl MemberStats {
     }
 
     pub(crate) fn fingerprint(&self) -> ContentFingerprint {
-        self.content.finish()
+        self.content
+            .as_ref()
+            .map(CopyTextDigest::finish)
+            .unwrap_or_default()
     }
 }
 
