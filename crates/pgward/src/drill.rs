@@ -63,33 +63,41 @@ pub fn run(
 ) -> Result<DrillReport> {
     let repo = open_repository(config)?;
     let manifest = repo.find(selector)?;
-    let decryptor = match manifest.artifact.encryption {
-        Some(_) => decryptor()?,
-        None => None,
-    };
-    let mut server = RestoreServer::connect(config, env)?;
-    let scratch = scratch_name(&manifest.id);
     let started = clock::now();
-    let encoding = manifest
-        .content
-        .as_ref()
-        .and_then(|c| c.encoding.as_deref());
-    server.create(&scratch, encoding)?;
-    let outcome = restore_and_compare(
-        config,
-        &repo,
-        &manifest,
-        decryptor.as_ref(),
-        &server,
-        &scratch,
-        &options.restore,
-        progress,
-    );
-    let dropped = if options.keep {
-        Ok(())
-    } else {
-        server.drop_database(&scratch)
-    };
+    // A damaged artifact is found before any database is created; it is a
+    // verdict all the same.
+    let (outcome, restored_to, dropped) =
+        match crate::restore::open_source(&repo, &manifest, decryptor) {
+            Err(e) if e.kind() == ErrorKind::Integrity => {
+                (Err(e), "(nothing restored)".to_string(), Ok(()))
+            }
+            Err(e) => return Err(e),
+            Ok(source) => {
+                let mut server = RestoreServer::connect(config, env)?;
+                let scratch = scratch_name(&manifest.id);
+                let encoding = manifest
+                    .content
+                    .as_ref()
+                    .and_then(|c| c.encoding.as_deref());
+                server.create(&scratch, encoding)?;
+                let outcome = restore_and_compare(
+                    config,
+                    &repo,
+                    &manifest,
+                    source,
+                    &server,
+                    &scratch,
+                    &options.restore,
+                    progress,
+                );
+                let dropped = if options.keep {
+                    Ok(())
+                } else {
+                    server.drop_database(&scratch)
+                };
+                (outcome, format!("{}/{scratch}", server.describe()), dropped)
+            }
+        };
     // Only a restore that failed, or an archive found damaged, is a
     // verdict on the backup; a signal, a missing key or tool, or a lost
     // connection proved nothing either way.
@@ -127,7 +135,7 @@ pub fn run(
             "fail"
         }
         .to_string(),
-        restored_to: format!("{}/{scratch}", server.describe()),
+        restored_to,
         kept: options.keep,
         first_failure,
         checks,

@@ -242,7 +242,7 @@ fn spaced_lower(fpr: &str) -> String {
 
 /// A config file with `[[encryption.recipient]]` tables (and `extra` TOML
 /// before them).
-fn recipients_config(
+pub(crate) fn recipients_config(
     ws: &Workspace,
     name: &str,
     recipients: &[(&Path, &str)],
@@ -278,7 +278,7 @@ fn encrypted_backup(ws: &Workspace, key: &Key, hint: &str, rows: u32) -> (String
     (id, artifact)
 }
 
-fn backup_with(repo: &Path, db: &str, config: &Path) -> Run {
+pub(crate) fn backup_with(repo: &Path, db: &str, config: &Path) -> Run {
     run(pgward(repo)
         .arg("--config")
         .arg(config)
@@ -295,7 +295,7 @@ fn verify_cmd(repo: &Path, id: &str) -> Command {
 
 /// Detaches the child from any controlling terminal, so /dev/tty cannot be
 /// opened and pgward must not wait for a passphrase prompt.
-fn without_terminal(cmd: &mut Command) -> &mut Command {
+pub(crate) fn without_terminal(cmd: &mut Command) -> &mut Command {
     // SAFETY: setsid is async-signal-safe and has no preconditions.
     unsafe {
         cmd.pre_exec(|| {
@@ -481,7 +481,7 @@ fn an_encrypted_backup_round_trips_through_stock_gpg_zstd_and_pg_restore() {
     let manifest = &out["manifest"];
     let envelope = &out["envelope"];
     let id = manifest["id"].as_str().unwrap().to_string();
-    assert_eq!(manifest["format-version"], 2);
+    assert_eq!(manifest["format-version"], 3);
 
     // The artifact: ID.dump.zst.gpg, nothing unencrypted beside it.
     let file_name = format!("{id}.dump.zst.gpg");

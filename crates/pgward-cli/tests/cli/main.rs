@@ -4,6 +4,7 @@
 
 mod backup;
 mod check;
+mod drill;
 mod encryption;
 mod failures;
 mod harness;

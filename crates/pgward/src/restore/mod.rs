@@ -100,10 +100,9 @@ pub fn run(
 ) -> Result<RestoreReport> {
     let repo = open_repository(config)?;
     let manifest = repo.find(selector)?;
-    let decryptor = match manifest.artifact.encryption {
-        Some(_) => decryptor()?,
-        None => None,
-    };
+    // The artifact is checked (size, sha256, a key that is one of its
+    // recipients) before anything on the server changes.
+    let source = open_source(&repo, &manifest, decryptor)?;
     let mut server = RestoreServer::connect(config, env)?;
     let refuse = |why: String| {
         Error::config(why).with_hint(format!(
@@ -138,14 +137,7 @@ pub fn run(
         server.create(to, encoding)?;
     }
     let outcome = restore_and_compare(
-        config,
-        &repo,
-        &manifest,
-        decryptor.as_ref(),
-        &server,
-        to,
-        options,
-        progress,
+        config, &repo, &manifest, source, &server, to, options, progress,
     );
     match outcome {
         Ok(report) => Ok(report),
@@ -158,6 +150,20 @@ pub fn run(
             Err(e)
         }
     }
+}
+
+/// Opens backup `manifest`'s archive for reading, asking for a decryptor
+/// only when the artifact is encrypted.
+pub(crate) fn open_source(
+    repo: &Repository,
+    manifest: &Manifest,
+    decryptor: &mut dyn FnMut() -> Result<Option<Decryptor>>,
+) -> Result<ArchiveSource> {
+    let decryptor = match manifest.artifact.encryption {
+        Some(_) => decryptor()?,
+        None => None,
+    };
+    ArchiveSource::open(repo, manifest, decryptor.as_ref())
 }
 
 pub(crate) fn open_repository(config: &Config) -> Result<Repository> {
@@ -179,7 +185,7 @@ pub(crate) fn restore_and_compare(
     config: &Config,
     repo: &Repository,
     manifest: &Manifest,
-    decryptor: Option<&Decryptor>,
+    source: ArchiveSource,
     server: &RestoreServer,
     dbname: &str,
     options: &RestoreOptions,
@@ -199,7 +205,7 @@ pub(crate) fn restore_and_compare(
     let loaded = load(
         repo,
         manifest,
-        decryptor,
+        source,
         &pg_restore,
         &database,
         options,
@@ -347,7 +353,7 @@ impl PostData {
 fn load(
     repo: &Repository,
     manifest: &Manifest,
-    decryptor: Option<&Decryptor>,
+    mut source: ArchiveSource,
     pg_restore: &Tool,
     database: &ConnectionTarget,
     options: &RestoreOptions,
@@ -362,7 +368,6 @@ fn load(
         )
         .with_hint("restore the whole backup, or run pg_restore on this host (unset pg-restore.command-prefix)"));
     }
-    let mut source = ArchiveSource::open(repo, manifest, decryptor)?;
 
     let mut args = vec![
         "--exit-on-error".to_string(),

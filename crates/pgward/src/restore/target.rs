@@ -69,9 +69,18 @@ impl RestoreServer {
     }
 
     /// Whether `dbname` here is the database `manifest` was taken from.
+    /// Without the system identifier, the same host and port count as the
+    /// same cluster: refusing too much is the safe side.
     pub fn is_source_of(&self, manifest: &Manifest, dbname: &str) -> bool {
-        dbname == manifest.database
-            && self.system_identifier.as_deref() == Some(&manifest.server.system_identifier)
+        if dbname != manifest.database {
+            return false;
+        }
+        match &self.system_identifier {
+            Some(id) => *id == manifest.server.system_identifier,
+            None => manifest
+                .connection
+                .contains(&format!("@{}:{}/", self.target.host, self.target.port)),
+        }
     }
 
     pub fn state(&mut self, dbname: &str) -> Result<TargetState> {
