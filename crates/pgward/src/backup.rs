@@ -77,7 +77,7 @@ pub fn run(
     check_pin(config, &server)?;
     let dump_scope = session.resolve_scope(&config.scope)?;
     let expected_tables = session.tables_with_data(&dump_scope)?;
-    let text_settings = session.text_settings()?;
+    let text_settings = TextSettings::pg_dump();
 
     let pg_dump = PgDump::pg_dump(&config.pg_dump);
     let pg_dump_version = pg_dump.version()?;
@@ -182,9 +182,6 @@ pub fn dry_run(config: &Config, env: Env) -> Result<DryRun> {
         .unwrap_or(target.dbname.clone());
     let root = config.repository.clone().unwrap_or_default();
     let pg_dump = PgDump::pg_dump(&config.pg_dump);
-    let text_settings = CatalogSession::open(&target)
-        .and_then(|mut session| session.text_settings())
-        .ok();
     Ok(DryRun {
         artifact_path: root.join("backups").join(artifact_file(
             &new_backup_id(&database, clock::now()),
@@ -195,7 +192,7 @@ pub fn dry_run(config: &Config, env: Env) -> Result<DryRun> {
             &target,
             check.resolved_scope.as_ref().unwrap_or(&config.scope),
             None,
-            text_settings.as_ref(),
+            &TextSettings::pg_dump(),
         ),
         check,
     })
@@ -402,7 +399,7 @@ impl Run<'_> {
                     self.target,
                     self.dump_scope,
                     self.snapshot,
-                    Some(self.text_settings),
+                    self.text_settings,
                 ),
             },
             archive: ArchiveRecord {

@@ -14,7 +14,9 @@ use crate::encryption::secret::Decryptor;
 use crate::error::{Error, ErrorKind, Result};
 use crate::repository::manifest::{DRILL_FORMAT, DRILL_VERSION, DrillCheck, DrillRecord};
 use crate::restore::target::RestoreServer;
-use crate::restore::{RestoreOptions, RestoreReport, open_repository, restore_and_compare};
+use crate::restore::{
+    RestoreOptions, RestoreReport, Restoring, encoding, open_repository, open_source,
+};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Default)]
@@ -30,6 +32,8 @@ pub struct DrillReport {
     pub record: DrillRecord,
     /// Absent when the restore itself failed.
     pub restore: Option<RestoreReport>,
+    /// Why the restore failed, in full (printed, never recorded).
+    pub restore_error: Option<String>,
 }
 
 /// PostgreSQL's limit on a database name (NAMEDATALEN - 1).
@@ -64,40 +68,33 @@ pub fn run(
     let repo = open_repository(config)?;
     let manifest = repo.find(selector)?;
     let started = clock::now();
-    // A damaged artifact is found before any database is created; it is a
-    // verdict all the same.
-    let (outcome, restored_to, dropped) =
-        match crate::restore::open_source(&repo, &manifest, decryptor) {
-            Err(e) if e.kind() == ErrorKind::Integrity => {
-                (Err(e), "(nothing restored)".to_string(), Ok(()))
-            }
-            Err(e) => return Err(e),
-            Ok(source) => {
-                let mut server = RestoreServer::connect(config, env)?;
-                let scratch = scratch_name(&manifest.id);
-                let encoding = manifest
-                    .content
-                    .as_ref()
-                    .and_then(|c| c.encoding.as_deref());
-                server.create(&scratch, encoding)?;
-                let outcome = restore_and_compare(
-                    config,
-                    &repo,
-                    &manifest,
-                    source,
-                    &server,
-                    &scratch,
-                    &options.restore,
-                    progress,
-                );
-                let dropped = if options.keep {
-                    Ok(())
-                } else {
-                    server.drop_database(&scratch)
-                };
-                (outcome, format!("{}/{scratch}", server.describe()), dropped)
-            }
-        };
+    // A damaged artifact is found before any database is created (or while
+    // the spool is read); it is a verdict all the same.
+    let mut server = RestoreServer::connect(config, env)?;
+    let mut restoring = Restoring::begin(config, &repo, &manifest)?;
+    let prepared = open_source(&repo, &manifest, decryptor)
+        .and_then(|source| restoring.prepare(source, &options.restore, progress));
+    let (outcome, restored_to, dropped) = match prepared {
+        Err(e) => (Err(e), "(nothing restored)".to_string(), Ok(())),
+        Ok(prepared) => {
+            let scratch = scratch_name(&manifest.id);
+            server.create(&scratch, encoding(&manifest))?;
+            let outcome = restoring.restore_and_compare(
+                prepared,
+                &server,
+                &scratch,
+                &options.restore,
+                progress,
+            );
+            let dropped = if options.keep {
+                Ok(())
+            } else {
+                server.drop_database(&scratch)
+            };
+            (outcome, format!("{}/{scratch}", server.describe()), dropped)
+        }
+    };
+    let outcome = restoring.interrupted().map_or(outcome, Err);
     // Only a restore that failed, or an archive found damaged, is a
     // verdict on the backup; a signal, a missing key or tool, or a lost
     // connection proved nothing either way.
@@ -106,16 +103,24 @@ pub fn run(
     {
         return Err(outcome.expect_err("checked"));
     }
-    let (checks, restore) = match outcome {
-        Ok(report) => (report.checks.clone(), Some(report)),
-        Err(e) => (
-            vec![DrillCheck {
+    let (checks, restore, restore_error) = match outcome {
+        Ok(report) => (report.checks.clone(), Some(report), None),
+        Err(e) => {
+            // pg_restore's words can quote a row; the record of an encrypted
+            // backup sits unencrypted beside it, so they stay out of it.
+            let detail = if manifest.artifact.encryption.is_some() && e.kind() == ErrorKind::Restore
+            {
+                "pg_restore failed (its message may quote data of this encrypted backup, so it is not recorded: see the drill's output)".to_string()
+            } else {
+                e.message().to_string()
+            };
+            let check = DrillCheck {
                 name: "restore".to_string(),
                 ok: false,
-                detail: e.message().to_string(),
-            }],
-            None,
-        ),
+                detail,
+            };
+            (vec![check], None, Some(e.message().to_string()))
+        }
     };
     let finished = clock::now();
     let first_failure = checks
@@ -142,7 +147,11 @@ pub fn run(
     };
     repo.save_drill_record(&record)?;
     dropped?;
-    Ok(DrillReport { record, restore })
+    Ok(DrillReport {
+        record,
+        restore,
+        restore_error,
+    })
 }
 
 impl DrillReport {
@@ -152,7 +161,14 @@ impl DrillReport {
             None => Ok(self),
             Some(failure) => Err(Error::new(
                 ErrorKind::Integrity,
-                format!("drill of backup {} FAILED: {failure}", self.record.backup_id),
+                format!(
+                    "drill of backup {} FAILED: {}",
+                    self.record.backup_id,
+                    match &self.restore_error {
+                        Some(error) => format!("restore: {error}"),
+                        None => failure.clone(),
+                    }
+                ),
             )
             .with_hint(
                 "do not rely on this backup until the difference is explained; the verdict is recorded beside it",

@@ -138,19 +138,15 @@ impl Tool {
 
     /// The arguments (after the program) of a custom-format dump of `scope`,
     /// in the exported `snapshot` when there is one, with the session
-    /// `settings` the content fingerprints are computed under (unknown
-    /// only in a dry run that could not connect).
+    /// `settings` the content fingerprints are computed under.
     pub fn dump_arguments(
         &self,
         target: &ConnectionTarget,
         scope: &Scope,
         snapshot: Option<&str>,
-        settings: Option<&TextSettings>,
+        settings: &TextSettings,
     ) -> Vec<String> {
-        let conninfo = match settings {
-            Some(settings) => target.conninfo_with_options(&settings.libpq_options()),
-            None => target.conninfo(),
-        };
+        let conninfo = target.conninfo_with_options(&settings.libpq_options());
         let mut args = vec![
             "--format=custom".to_string(),
             "--compress=0".to_string(),
@@ -174,7 +170,7 @@ impl Tool {
     ) -> Command {
         self.client_command(
             target,
-            self.dump_arguments(target, scope, snapshot, Some(settings)),
+            self.dump_arguments(target, scope, snapshot, settings),
         )
     }
 

@@ -21,10 +21,12 @@ pub const ALGORITHM: &str = "sha256-sum-of-rows";
 
 /// The session settings that decide how values are written as COPY text.
 /// pg_dump sets DateStyle, IntervalStyle and extra_float_digits itself;
-/// TimeZone (timestamptz) and bytea_output come from the server's defaults
-/// for the role and database, so a backup reads them, pins them for pg_dump
-/// (through the connection's `options`) and records them, and a drill reads
-/// the restored tables under the same settings.
+/// TimeZone (timestamptz) and bytea_output would come from the server's
+/// defaults for the role and database, so a backup pins them for pg_dump
+/// (through the connection's `options`): UTC, which every server knows the
+/// same way whatever its time zone data, and hex. The instants dumped are
+/// the same in any zone. Manifests record the settings, and a drill reads
+/// the restored tables under them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct TextSettings {
@@ -36,11 +38,11 @@ pub struct TextSettings {
 }
 
 impl TextSettings {
-    /// pg_dump's settings, with the server's TimeZone and bytea_output.
-    pub fn pg_dump(timezone: String, bytea_output: String) -> TextSettings {
+    /// The settings backups are taken with.
+    pub fn pg_dump() -> TextSettings {
         TextSettings {
-            timezone,
-            bytea_output,
+            timezone: "UTC".to_string(),
+            bytea_output: "hex".to_string(),
             datestyle: "ISO".to_string(),
             intervalstyle: "postgres".to_string(),
             extra_float_digits: "3".to_string(),
@@ -67,7 +69,9 @@ impl TextSettings {
         format!(
             "SET TimeZone = {}; SET bytea_output = {}; SET DateStyle = {}; \
              SET IntervalStyle = {}; SET extra_float_digits = {}; \
-             SELECT pg_catalog.set_config('search_path', '', false); SET row_security = off;",
+             SELECT pg_catalog.set_config('search_path', '', false); SET row_security = off; \
+             SET statement_timeout = 0; SET lock_timeout = 0; \
+             SET idle_in_transaction_session_timeout = 0;",
             literal(&self.timezone),
             literal(&self.bytea_output),
             literal(&self.datestyle),
@@ -89,15 +93,41 @@ pub struct MultisetDigest {
 impl MultisetDigest {
     /// Adds one item's SHA-256 digest (read as a big-endian number).
     pub fn add(&mut self, digest: &[u8; 32]) {
+        self.add_number(digest);
+        self.count += 1;
+    }
+
+    fn add_number(&mut self, big_endian: &[u8; 32]) {
         let mut carry = false;
-        for (limb, bytes) in self.sum.iter_mut().zip(digest.rchunks_exact(8)) {
+        for (limb, bytes) in self.sum.iter_mut().zip(big_endian.rchunks_exact(8)) {
             let value = u64::from_be_bytes(bytes.try_into().expect("8 bytes"));
             let (partial, overflow_a) = limb.overflowing_add(value);
             let (total, overflow_b) = partial.overflowing_add(carry as u64);
             *limb = total;
             carry = overflow_a || overflow_b;
         }
-        self.count += 1;
+    }
+
+    /// Adds a finished fingerprint's items (the union of two multisets);
+    /// false when its sum is not 64 hex digits.
+    pub fn merge(&mut self, other: &ContentFingerprint) -> bool {
+        let hex = other.sum.as_bytes();
+        if hex.len() != 64 {
+            return false;
+        }
+        let mut number = [0u8; 32];
+        for (byte, pair) in number.iter_mut().zip(hex.chunks_exact(2)) {
+            let Some(value) = std::str::from_utf8(pair)
+                .ok()
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+            else {
+                return false;
+            };
+            *byte = value;
+        }
+        self.add_number(&number);
+        self.count += other.count;
+        true
     }
 
     pub fn count(&self) -> u64 {
@@ -295,13 +325,31 @@ mod tests {
 
     #[test]
     fn settings_escape_for_libpq_and_sql() {
-        let settings = TextSettings::pg_dump("America/Port of Spain".into(), "hex".into());
+        let mut settings = TextSettings::pg_dump();
+        assert_eq!(
+            settings.libpq_options(),
+            "-c TimeZone=UTC -c bytea_output=hex"
+        );
+        settings.timezone = "America/Port of Spain".into();
         assert_eq!(
             settings.libpq_options(),
             "-c TimeZone=America/Port\\ of\\ Spain -c bytea_output=hex"
         );
-        let odd = TextSettings::pg_dump("it's".into(), "hex".into());
-        assert!(odd.set_statements().starts_with("SET TimeZone = 'it''s';"));
+        settings.timezone = "it's".into();
+        assert!(
+            settings
+                .set_statements()
+                .starts_with("SET TimeZone = 'it''s';")
+        );
+    }
+
+    #[test]
+    fn merged_fingerprints_equal_the_fingerprint_of_the_union() {
+        let mut merged = MultisetDigest::default();
+        assert!(merged.merge(&of(b"1\tx\n2\ty\n", 100)));
+        assert!(merged.merge(&of(b"3\tz\n", 100)));
+        assert_eq!(merged.finish(), of(b"3\tz\n1\tx\n2\ty\n", 100));
+        assert!(!merged.merge(&ContentFingerprint::default()));
     }
 
     #[test]

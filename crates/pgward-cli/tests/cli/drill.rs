@@ -193,8 +193,11 @@ fn data_tables(manifest: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The manifest's tables, to compare source and restored database by
+/// content; partitions loaded through their root are compared as the root
+/// (a restore may put their rows into the other partition).
 fn all_tables(manifest: &Value) -> Vec<(String, String)> {
-    manifest["tables"]
+    let mut tables: Vec<(String, String)> = manifest["tables"]
         .as_array()
         .unwrap()
         .iter()
@@ -204,7 +207,16 @@ fn all_tables(manifest: &Value) -> Vec<(String, String)> {
                 t["table"].as_str().unwrap().to_string(),
             )
         })
-        .collect()
+        .filter(|(s, t)| !root_loaded(s, t))
+        .collect();
+    tables.push(("public".to_string(), "moods".to_string()));
+    tables
+}
+
+/// How many checks a drill of the whole corpus has: one per table, one for
+/// the root-loaded partitions, two sequences, large objects, schema.
+fn corpus_check_count(manifest: &Value) -> usize {
+    data_tables(manifest).len() - ROOT_LOADED.len() + 1 + 4
 }
 
 /// name -> (ok, detail) of a list of drill checks.
@@ -413,6 +425,16 @@ fn occupied_database(hint: &str) -> String {
     db
 }
 
+/// The corpus's hash partitions on an enum, which pg_dump loads through
+/// their root: the drill compares them as one group.
+const ROOT_LOADED: [&str; 2] = ["moods_0", "moods_1"];
+const ROOT_LOADED_CHECK: &str =
+    "partitions public.moods_0, public.moods_1 (loaded via public.moods)";
+
+fn root_loaded(schema: &str, table: &str) -> bool {
+    schema == "public" && ROOT_LOADED.contains(&table)
+}
+
 /// A drill's JSON output that passed, with its checks.
 #[track_caller]
 fn assert_drill_passed(b: &Backed, res: &Run) -> BTreeMap<String, (bool, String)> {
@@ -432,9 +454,11 @@ fn assert_drill_passed(b: &Backed, res: &Run) -> BTreeMap<String, (bool, String)
     let tables = data_tables(&manifest);
     let mut expected: Vec<String> = tables
         .iter()
+        .filter(|(s, t)| !root_loaded(s, t))
         .map(|(s, t)| format!("table {s}.{t}"))
         .collect();
     expected.extend([
+        ROOT_LOADED_CHECK.to_string(),
         "sequence public.ticket_seq".to_string(),
         "sequence public.tickets_id_seq".to_string(),
         "large objects".to_string(),
@@ -447,7 +471,9 @@ fn assert_drill_passed(b: &Backed, res: &Run) -> BTreeMap<String, (bool, String)
         assert!(ok, "{name}: {detail}");
     }
     for t in manifest["tables"].as_array().unwrap() {
-        if !t["data"].as_bool().unwrap() {
+        if !t["data"].as_bool().unwrap()
+            || root_loaded(t["schema"].as_str().unwrap(), t["table"].as_str().unwrap())
+        {
             continue;
         }
         let name = format!(
@@ -682,7 +708,7 @@ fn a_forged_row_with_recomputed_digests_fails_the_drill_naming_its_table() {
         .map(|(n, _)| n)
         .collect();
     assert_eq!(failed, vec!["table public.duplicates"], "{record}");
-    assert_eq!(checks.len(), data_tables(&before).len() + 4, "{record}");
+    assert_eq!(checks.len(), corpus_check_count(&before), "{record}");
     assert_eq!(b.scratch_databases(), Vec::<String>::new());
     assert_eq!(b.tmp_files(), Vec::<String>::new());
 
@@ -796,7 +822,7 @@ fn restore_into_a_new_database_and_refusals_of_occupied_targets() {
     assert_eq!(out["backup-id"], b.id.as_str());
     let checks = checks(&out["checks"]);
     assert!(checks.values().all(|(ok, _)| *ok), "{out}");
-    assert_eq!(checks.len(), data_tables(&b.manifest()).len() + 4, "{out}");
+    assert_eq!(checks.len(), corpus_check_count(&b.manifest()), "{out}");
     assert_eq!(row_counts(&target, &tables), row_counts(&b.db, &tables));
     assert_eq!(table_contents(&target, &tables), source);
     assert_eq!(
@@ -879,6 +905,7 @@ fn restore_of_one_table_and_one_schema() {
         names,
         vec![
             "schema",
+            "selection",
             "sequence public.tickets_id_seq",
             "table Mixed Schema.Odd \"Name\", really",
             "table public.tickets",
@@ -891,10 +918,19 @@ fn restore_of_one_table_and_one_schema() {
         vec![
             "Mixed Schema.Odd \"Name\", really r",
             "Mixed Schema.Odd \"Name\", really_pkey i",
+            // A materialized view over tickets alone comes along; its
+            // REFRESH needs more and is named as left out.
+            "public.ticket_stats m",
             "public.tickets r",
             "public.tickets_id_seq S",
             "public.tickets_pkey i",
         ]
+    );
+    assert!(
+        checks["selection"]
+            .1
+            .contains("left out because they also need something outside --schema/--table: MATERIALIZED VIEW DATA public.ticket_stats"),
+        "{out}"
     );
     let picked = vec![
         ("public".to_string(), "tickets".to_string()),

@@ -116,22 +116,6 @@ impl CatalogSession {
         })
     }
 
-    /// The settings that shape COPY text and that pg_dump leaves to the
-    /// server: what this role gets in this database is what pg_dump gets.
-    pub fn text_settings(&mut self) -> Result<crate::fingerprint::TextSettings> {
-        let row = self
-            .client
-            .query_one(
-                "SELECT pg_catalog.current_setting('TimeZone'), pg_catalog.current_setting('bytea_output')",
-                &[],
-            )
-            .map_err(|e| query_error("cannot read the session settings", e))?;
-        Ok(crate::fingerprint::TextSettings::pg_dump(
-            row.get(0),
-            row.get(1),
-        ))
-    }
-
     /// The tables whose data pg_dump will write for `scope`: ordinary tables
     /// and partitions, outside system schemas, not owned by an extension,
     /// not temporary, and not unlogged on a standby (pg_dump skips their

@@ -45,9 +45,9 @@ pub const ENCRYPTED_ARTIFACT_SUFFIX: &str = ".dump.zst.gpg";
 const LEGACY_ARTIFACT_SUFFIX: &str = ".tar.zst";
 const MANIFEST_SUFFIX: &str = ".manifest.json";
 const DRILL_SUFFIX: &str = ".drill.json";
-/// A restore's decompressed copy of an archive: `restore-PID-ID.archive`.
-const SPOOL_PREFIX: &str = "restore-";
-const SPOOL_SUFFIX: &str = ".archive";
+/// A restore's files in `tmp/`: `restore-PID-ID.archive` (the spool),
+/// `.list`, `.schema.list`, `.toc`.
+const RESTORE_PREFIX: &str = "restore-";
 const STAGING_SUFFIX: &str = ".dump.zst.tmp";
 const LEGACY_STAGING_SUFFIX: &str = ".tar.zst.tmp";
 const PARTIAL_SUFFIX: &str = ".dump.zst.partial";
@@ -179,29 +179,37 @@ impl Repository {
         })
     }
 
-    /// Creates the private file a restore decompresses backup `id` into,
-    /// after removing the spools of restores that died (their pid is gone):
-    /// a spool holds plaintext and must not outlive its restore.
-    pub fn create_spool(&self, id: &str) -> Result<(PathBuf, File)> {
-        if let Ok(entries) = fs::read_dir(self.tmp_dir()) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let pid = name
-                    .strip_prefix(SPOOL_PREFIX)
-                    .filter(|_| name.ends_with(SPOOL_SUFFIX))
-                    .and_then(|rest| rest.split('-').next())
-                    .and_then(|pid| pid.parse::<i32>().ok());
-                if let Some(pid) = pid
-                    && !process_alive(pid)
-                {
-                    let _ = fs::remove_file(entry.path());
-                }
+    /// `tmp/restore-PID-ID.SUFFIX`: a file of this process's restore of `id`.
+    pub fn restore_file(&self, id: &str, suffix: &str) -> PathBuf {
+        self.tmp_dir().join(format!(
+            "{RESTORE_PREFIX}{}-{id}.{suffix}",
+            std::process::id()
+        ))
+    }
+
+    /// Removes the files of restores that died (their pid is gone): a
+    /// spool holds plaintext and must not outlive its restore.
+    pub fn remove_stale_restore_files(&self) {
+        let Ok(entries) = fs::read_dir(self.tmp_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix(RESTORE_PREFIX)
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<i32>().ok());
+            if let Some(pid) = pid
+                && !process_alive(pid)
+            {
+                let _ = fs::remove_file(entry.path());
             }
         }
-        let path = self.tmp_dir().join(format!(
-            "{SPOOL_PREFIX}{}-{id}{SPOOL_SUFFIX}",
-            std::process::id()
-        ));
+    }
+
+    /// Creates the private file a restore decompresses backup `id` into.
+    pub fn create_spool(&self, id: &str) -> Result<(PathBuf, File)> {
+        let path = self.restore_file(id, "archive");
         let file = create_private(&path)
             .map_err(|e| Error::repository_io("cannot create the restore spool", &path, e))?;
         Ok((path, file))

@@ -14,27 +14,27 @@
 //!   stream, after pg_restore has seen the data, which then fails the run.
 
 pub mod compare;
+mod load;
 pub mod selection;
 pub mod source;
 pub mod target;
 
-use crate::catalog::connect::{ConnectionTarget, Env};
+use crate::catalog::connect::Env;
 use crate::config::Config;
 use crate::dump::Tool;
 use crate::encryption::secret::Decryptor;
 use crate::error::{Error, ErrorKind, Result};
 use crate::interrupt::InterruptWatch;
-use crate::pipeline::archive::Toc;
-use crate::pipeline::child::ChildSource;
-use crate::pipeline::{CopyError, copy_stream};
+use crate::pipeline::copy_stream;
 use crate::repository::Repository;
 use crate::repository::manifest::{DrillCheck, Manifest};
+use load::{Prepared, stopped};
 use selection::Selection;
 use serde::Serialize;
 use source::ArchiveSource;
-use std::collections::BTreeSet;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::time::Instant;
 use target::{RestoreServer, TargetState};
 
 /// pg_restore's parallel jobs unless told otherwise.
@@ -76,7 +76,16 @@ pub struct RestoreReport {
     pub database: String,
     /// "spooled, pg_restore --jobs 2" or "streamed".
     pub feed: String,
+    /// Reading and checking the archive before the database is touched
+    /// (the whole archive when spooled, its TOC when streamed).
+    pub prepare_ms: u64,
+    /// pg_restore's schema and data phase (streamed: with the reading).
+    pub data_ms: u64,
+    /// pg_restore's post-data phase (indexes, constraints, grants).
+    pub post_data_ms: u64,
+    /// From the first byte read to the end of pg_restore.
     pub restore_ms: u64,
+    /// Reading back and comparing; it starts with the post-data phase.
     pub verify_ms: u64,
     pub ok: bool,
     pub checks: Vec<DrillCheck>,
@@ -117,39 +126,57 @@ pub fn run(
         )));
     }
     let state = server.state(to)?;
-    match state {
-        TargetState::NotEmpty(objects) if !options.drop_existing => {
-            return Err(refuse(format!(
-                "database {to} on {} exists and is not empty ({objects} objects)",
-                server.describe()
-            )));
-        }
-        TargetState::NotEmpty(_) => server.drop_database(to)?,
-        TargetState::Empty if options.drop_existing => server.drop_database(to)?,
-        TargetState::Empty | TargetState::Absent => {}
+    if let TargetState::NotEmpty(objects) = state
+        && !options.drop_existing
+    {
+        return Err(refuse(format!(
+            "database {to} on {} exists and is not empty ({objects} objects)",
+            server.describe()
+        )));
     }
-    let created = state != TargetState::Empty || options.drop_existing;
+    let mut restoring = Restoring::begin(config, &repo, &manifest)?;
+    let prepared = restoring.prepare(source, options, progress)?;
+
+    // Only now, with the archive read as far as it can be and the
+    // selection resolved, does anything on the server change.
+    if state != TargetState::Absent && options.drop_existing {
+        server.drop_database(to)?;
+    }
+    let created = state == TargetState::Absent || options.drop_existing;
     if created {
-        let encoding = manifest
-            .content
-            .as_ref()
-            .and_then(|c| c.encoding.as_deref());
-        server.create(to, encoding)?;
+        server.create(to, encoding(&manifest))?;
     }
-    let outcome = restore_and_compare(
-        config, &repo, &manifest, source, &server, to, options, progress,
-    );
+    let outcome = restoring.restore_and_compare(prepared, &server, to, options, progress);
+    let outcome = restoring.interrupted().map_or(outcome, Err);
     match outcome {
         Ok(report) => Ok(report),
-        Err(e) => {
-            // A database pgward created for a restore that failed holds a
-            // part of the backup: it goes, so nobody takes it for a restore.
-            if created {
-                let _ = server.drop_database(to);
-            }
-            Err(e)
-        }
+        // A database pgward created for a restore that failed holds a part
+        // of the backup: it goes, so nobody takes it for a restore.
+        Err(e) if created => match server.drop_database(to) {
+            Ok(()) => Err(e),
+            Err(dropping) => Err(Error::new(
+                e.kind(),
+                format!(
+                    "{}; and the partial database {to} is still there: {}",
+                    e.message(),
+                    dropping.message()
+                ),
+            )
+            .with_hint(format!(
+                "drop it by hand: DROP DATABASE {}",
+                crate::scope::quote_ident(to)
+            ))),
+        },
+        Err(e) => Err(e),
     }
+}
+
+/// The archive's encoding, for CREATE DATABASE.
+pub(crate) fn encoding(manifest: &Manifest) -> Option<&str> {
+    manifest
+        .content
+        .as_ref()
+        .and_then(|c| c.encoding.as_deref())
 }
 
 /// Opens backup `manifest`'s archive for reading, asking for a decryptor
@@ -174,121 +201,185 @@ pub(crate) fn open_repository(config: &Config) -> Result<Repository> {
     Repository::open(root)
 }
 
-/// Restores into the existing, empty database `dbname` and compares.
-///
-/// pg_restore runs in two phases: schema and data first, then the post-data
-/// section (indexes, constraints, triggers, grants), during which the
-/// tables are read back and compared: that work overlaps instead of adding
-/// up. Sequences, large objects and the schema are compared at the end.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn restore_and_compare(
-    config: &Config,
-    repo: &Repository,
-    manifest: &Manifest,
-    source: ArchiveSource,
-    server: &RestoreServer,
-    dbname: &str,
-    options: &RestoreOptions,
-    progress: &mut dyn FnMut(u64),
-) -> Result<RestoreReport> {
-    let pg_restore = Tool::pg_restore(&config.pg_restore);
-    let pg_dump = Tool::pg_dump(&config.pg_dump);
-    let database = server.target_for(dbname);
-    let scratch = Scratch::new(repo, &manifest.id);
-    let mut watch = InterruptWatch::install().map_err(|e| {
-        Error::new(
-            ErrorKind::Restore,
-            format!("cannot install signal handlers: {e}"),
-        )
-    })?;
-    let started = std::time::Instant::now();
-    let loaded = load(
-        repo,
-        manifest,
-        source,
-        &pg_restore,
-        &database,
-        options,
-        &scratch,
-        &mut watch,
-        progress,
-    )?;
-    let restored = compare::RestoredAs {
-        database: &database,
-        no_owner: options.no_owner,
-        no_acl: options.no_acl,
-        entries: loaded.entries.as_ref(),
-        list_file: &scratch.list,
-    };
-    let (mut post_data, post_data_input) = loaded.post_data.start(&pg_restore, &database)?;
-    watch.watch_child(post_data.pid());
-    let verify_started = std::time::Instant::now();
-    let (table_checks, post_data_result) = std::thread::scope(|scope| {
-        let feeder = scope.spawn(move || {
-            if let (Some(mut stdin), Some(bytes)) = post_data_input {
-                // pg_restore may stop reading once it has the TOC.
-                let _ = stdin.write_all(&bytes);
-            }
-        });
-        let tables = compare::compare_tables(manifest, &loaded.toc, &restored, options.jobs);
-        let waited = copy_stream(&mut post_data, &mut std::io::sink(), |_| {
-            watch.received().is_none()
-        });
-        let _ = feeder.join();
-        (tables, waited)
-    });
-    if let Some(error) = stopped(&mut watch, manifest) {
-        post_data.terminate();
-        return Err(error);
-    }
-    finish_pg_restore(post_data, post_data_result.err())?;
-    let restore_ms = started.elapsed().as_millis() as u64;
-    let mut checks = table_checks?;
-    checks.extend(compare::compare_objects_and_schema(
-        manifest,
-        &loaded.toc,
-        &loaded.toc_bytes,
-        &restored,
-        &compare::Tools {
-            pg_dump: &pg_dump,
-            pg_restore: &pg_restore,
-        },
-    )?);
-    if let Some(error) = stopped(&mut watch, manifest) {
-        return Err(error);
-    }
-    Ok(RestoreReport {
-        backup_id: manifest.id.clone(),
-        server: server.describe(),
-        database: dbname.to_string(),
-        feed: loaded.feed,
-        restore_ms,
-        verify_ms: verify_started.elapsed().as_millis() as u64,
-        ok: checks.iter().all(|c| c.ok),
-        checks,
-    })
+/// One restore in progress: its files in `tmp/` and its signal watch.
+/// The fields drop in order: the files go before the watch could raise a
+/// pending signal again.
+pub(crate) struct Restoring<'a> {
+    scratch: Scratch,
+    watch: InterruptWatch,
+    manifest: &'a Manifest,
+    repo: &'a Repository,
+    pg_restore: Tool,
+    pg_dump: Tool,
+    started: Instant,
+    prepare_ms: u64,
 }
 
-/// A signal turned into the restore's failure.
-fn stopped(watch: &mut InterruptWatch, manifest: &Manifest) -> Option<Error> {
-    let signal = watch.received()?;
-    watch.acknowledge();
-    Some(
-        Error::new(
-            ErrorKind::Interrupted { signal },
-            format!(
-                "restore of backup {} stopped by {}",
-                manifest.id,
-                crate::pipeline::child::signal_name(signal)
-            ),
-        )
-        .with_hint("run it again; a database pgward created for it was dropped"),
-    )
+impl<'a> Restoring<'a> {
+    pub(crate) fn begin(
+        config: &Config,
+        repo: &'a Repository,
+        manifest: &'a Manifest,
+    ) -> Result<Restoring<'a>> {
+        let watch = InterruptWatch::install().map_err(|e| {
+            Error::new(
+                ErrorKind::Restore,
+                format!("cannot install signal handlers: {e}"),
+            )
+        })?;
+        Ok(Restoring {
+            scratch: Scratch::new(repo, &manifest.id),
+            watch,
+            manifest,
+            repo,
+            pg_restore: Tool::pg_restore(&config.pg_restore),
+            pg_dump: Tool::pg_dump(&config.pg_dump),
+            started: Instant::now(),
+            prepare_ms: 0,
+        })
+    }
+
+    /// Everything that can refuse the restore before a database is touched.
+    pub(crate) fn prepare(
+        &mut self,
+        source: ArchiveSource,
+        options: &RestoreOptions,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Prepared> {
+        self.started = Instant::now();
+        let prepared = load::prepare(
+            self.repo,
+            self.manifest,
+            source,
+            &self.pg_restore,
+            options,
+            &self.scratch,
+            &mut self.watch,
+            progress,
+        );
+        self.prepare_ms = self.started.elapsed().as_millis() as u64;
+        prepared
+    }
+
+    /// A signal received and not yet reported, as the run's error.
+    pub(crate) fn interrupted(&mut self) -> Option<Error> {
+        stopped(&mut self.watch, self.manifest)
+    }
+
+    /// Restores into the existing, empty database `dbname` and compares.
+    ///
+    /// pg_restore runs in two phases: schema and data first, then the
+    /// post-data section (indexes, constraints, triggers, grants), during
+    /// which the tables are read back and compared: that work overlaps
+    /// instead of adding up. Sequences, large objects and the schema are
+    /// compared at the end.
+    pub(crate) fn restore_and_compare(
+        &mut self,
+        mut prepared: Prepared,
+        server: &RestoreServer,
+        dbname: &str,
+        options: &RestoreOptions,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<RestoreReport> {
+        let manifest = self.manifest;
+        let database = server.target_for(dbname);
+        let data_started = Instant::now();
+        prepared.load_data(
+            manifest,
+            &self.pg_restore,
+            &database,
+            &mut self.watch,
+            progress,
+        )?;
+        let data_ms = data_started.elapsed().as_millis() as u64;
+        let schema_list = self.scratch.schema_list.clone();
+        let restored = compare::RestoredAs {
+            database: &database,
+            no_owner: options.no_owner,
+            no_acl: options.no_acl,
+            entries: prepared.entries.as_ref(),
+            list_file: &schema_list,
+        };
+        let post_started = Instant::now();
+        let (mut post_data, stdin, stdin_bytes) =
+            prepared.start_post_data(&self.pg_restore, &database)?;
+        self.watch.watch_child(post_data.pid());
+        let watch = &self.watch;
+        let (table_checks, post_data_result, post_data_ms) = std::thread::scope(|scope| {
+            let feeder = scope.spawn(move || {
+                let mut stdin = stdin;
+                if let Some(bytes) = stdin_bytes {
+                    // pg_restore may stop reading once it has the TOC.
+                    let _ = stdin.write_all(&bytes);
+                }
+            });
+            let tables = compare::compare_tables(manifest, &prepared.toc, &restored, options.jobs);
+            let waited = copy_stream(&mut post_data, &mut std::io::sink(), |_| {
+                watch.received().is_none()
+            });
+            let _ = feeder.join();
+            (tables, waited, post_started.elapsed().as_millis() as u64)
+        });
+        if let Some(error) = stopped(&mut self.watch, manifest) {
+            post_data.terminate();
+            return Err(error);
+        }
+        load::finish(post_data, post_data_result.err())?;
+        let restore_ms = self.prepare_ms + data_ms + post_data_ms;
+        let mut checks = table_checks?;
+        if let Some(entries) = &prepared.entries {
+            let chosen: Vec<i64> = entries.iter().copied().collect();
+            let left_out = options.selection.left_out(&prepared.toc, &chosen);
+            checks.push(DrillCheck {
+                name: "selection".to_string(),
+                ok: true,
+                detail: if left_out.is_empty() {
+                    format!("{} archive entries restored", chosen.len())
+                } else {
+                    format!(
+                        "{} archive entries restored; left out because they also need something outside --schema/--table: {}",
+                        chosen.len(),
+                        left_out.join(", ")
+                    )
+                },
+            });
+        }
+        checks.extend(compare::compare_objects_and_schema(
+            manifest,
+            &prepared.toc,
+            &prepared.toc_bytes,
+            &restored,
+            &compare::Tools {
+                pg_dump: &self.pg_dump,
+                pg_restore: &self.pg_restore,
+            },
+        )?);
+        if let Some(error) = stopped(&mut self.watch, manifest) {
+            return Err(error);
+        }
+        Ok(RestoreReport {
+            backup_id: manifest.id.clone(),
+            server: server.describe(),
+            database: dbname.to_string(),
+            feed: prepared.feed(),
+            prepare_ms: self.prepare_ms,
+            data_ms,
+            post_data_ms,
+            restore_ms,
+            verify_ms: post_started.elapsed().as_millis() as u64,
+            ok: checks.iter().all(|c| c.ok),
+            checks,
+        })
+    }
 }
 
-/// The files a restore may leave in `tmp/` while it runs, removed on drop.
-struct Scratch {
+/// The files a restore may leave in `tmp/` while it runs, removed on drop;
+/// those of restores that died are removed when the next one starts.
+pub(crate) struct Scratch {
+    /// The pg_restore list of a partial restore.
     list: PathBuf,
+    /// The list for the schema comparison.
+    schema_list: PathBuf,
     /// The TOC alone, for the post-data phase of a streamed restore.
     toc: PathBuf,
     spool: std::cell::RefCell<Option<PathBuf>>,
@@ -296,11 +387,12 @@ struct Scratch {
 
 impl Scratch {
     fn new(repo: &Repository, id: &str) -> Scratch {
-        let tmp = repo.root().join("tmp");
-        let pid = std::process::id();
+        repo.remove_stale_restore_files();
+        let name = |suffix: &str| repo.restore_file(id, suffix);
         Scratch {
-            list: tmp.join(format!("restore-{pid}-{id}.list")),
-            toc: tmp.join(format!("restore-{pid}-{id}.toc")),
+            list: name("list"),
+            schema_list: name("schema.list"),
+            toc: name("toc"),
             spool: std::cell::RefCell::new(None),
         }
     }
@@ -308,294 +400,11 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.list);
-        let _ = std::fs::remove_file(&self.toc);
+        for file in [&self.list, &self.schema_list, &self.toc] {
+            let _ = std::fs::remove_file(file);
+        }
         if let Some(spool) = self.spool.borrow_mut().take() {
             let _ = std::fs::remove_file(spool);
         }
     }
-}
-
-/// The archive as pg_restore saw it, schema and data restored.
-struct Loaded {
-    toc: Toc,
-    toc_bytes: Vec<u8>,
-    /// The entries restored, for a partial restore.
-    entries: Option<BTreeSet<i64>>,
-    feed: String,
-    post_data: PostData,
-}
-
-/// The second phase: pg_restore's post-data section, from a file (the
-/// spool, or the TOC alone) or from stdin (the TOC, behind a prefix).
-struct PostData {
-    args: Vec<String>,
-    stdin: Option<Vec<u8>>,
-}
-
-impl PostData {
-    #[allow(clippy::type_complexity)]
-    fn start(
-        self,
-        pg_restore: &Tool,
-        database: &ConnectionTarget,
-    ) -> Result<(
-        ChildSource,
-        (Option<std::process::ChildStdin>, Option<Vec<u8>>),
-    )> {
-        let command = pg_restore.client_command(database, self.args);
-        let (child, stdin) = spawn_pg_restore(pg_restore, command)?;
-        Ok((child, (Some(stdin), self.stdin)))
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn load(
-    repo: &Repository,
-    manifest: &Manifest,
-    mut source: ArchiveSource,
-    pg_restore: &Tool,
-    database: &ConnectionTarget,
-    options: &RestoreOptions,
-    scratch: &Scratch,
-    watch: &mut InterruptWatch,
-    progress: &mut dyn FnMut(u64),
-) -> Result<Loaded> {
-    let spooled = options.jobs > 1 && !pg_restore.is_prefixed();
-    if !options.selection.is_everything() && pg_restore.is_prefixed() {
-        return Err(Error::config(
-            "--schema and --table need pg_restore to read a list file on this host, and pg-restore.command-prefix runs it elsewhere",
-        )
-        .with_hint("restore the whole backup, or run pg_restore on this host (unset pg-restore.command-prefix)"));
-    }
-
-    let mut args = vec![
-        "--exit-on-error".to_string(),
-        "--no-password".to_string(),
-        format!("--dbname={}", database.conninfo()),
-    ];
-    if options.no_owner {
-        args.push("--no-owner".to_string());
-    }
-    if options.no_acl {
-        args.push("--no-acl".to_string());
-    }
-    let select = |toc: &Toc, args: &mut Vec<String>| -> Result<Option<BTreeSet<i64>>> {
-        if options.selection.is_everything() {
-            return Ok(None);
-        }
-        let entries = options.selection.entries(toc);
-        if !entries.iter().any(|id| {
-            toc.entries
-                .iter()
-                .any(|e| e.dump_id == *id && e.desc != "SCHEMA")
-        }) {
-            return Err(Error::config(format!(
-                "--schema/--table select nothing in backup {}",
-                manifest.id
-            ))
-            .with_hint("names are exact and case-sensitive; `pgward list --json` shows each backup's tables"));
-        }
-        std::fs::write(&scratch.list, Selection::list_file(&entries))
-            .map_err(|e| Error::repository_io("cannot write", &scratch.list, e))?;
-        args.push(format!("--use-list={}", scratch.list.display()));
-        Ok(Some(entries.into_iter().collect()))
-    };
-    let phases = |mut args: Vec<String>, jobs: usize| {
-        if jobs > 1 {
-            args.push(format!("--jobs={jobs}"));
-        }
-        let mut first = args.clone();
-        first.push("--section=pre-data".to_string());
-        first.push("--section=data".to_string());
-        args.push("--section=post-data".to_string());
-        (first, args)
-    };
-
-    if spooled {
-        let (path, file) = repo.create_spool(&manifest.id)?;
-        *scratch.spool.borrow_mut() = Some(path.clone());
-        let mut writer = std::io::BufWriter::with_capacity(crate::pipeline::CHUNK_SIZE, file);
-        let copied = copy_stream(&mut source, &mut writer, |n| {
-            progress(n);
-            watch.received().is_none()
-        });
-        match copied {
-            Ok(_) => {}
-            Err(CopyError::Stopped) => return Err(stopped(watch, manifest).expect("a signal")),
-            Err(CopyError::Read(e)) => return Err(damaged(manifest, e)),
-            Err(CopyError::Write(e)) => return Err(spool_error(&path, e)),
-        }
-        let file = writer
-            .into_inner()
-            .map_err(|e| spool_error(&path, e.into_error()))?;
-        let toc = source.toc().cloned().expect("a complete archive has a TOC");
-        let toc_bytes = source.toc_bytes().to_vec();
-        let (_, patches) = source.finish()?;
-        for (position, bytes) in patches {
-            use std::os::unix::fs::FileExt;
-            file.write_all_at(&bytes, position)
-                .map_err(|e| spool_error(&path, e))?;
-        }
-        drop(file);
-        let entries = select(&toc, &mut args)?;
-        let (mut first, mut second) = phases(args, options.jobs);
-        first.push(path.display().to_string());
-        second.push(path.display().to_string());
-        let command = pg_restore.client_command(database, first);
-        let (mut child, stdin) = spawn_pg_restore(pg_restore, command)?;
-        drop(stdin);
-        watch.watch_child(child.pid());
-        let waited = copy_stream(&mut child, &mut std::io::sink(), |_| {
-            watch.received().is_none()
-        });
-        if let Some(error) = stopped(watch, manifest) {
-            child.terminate();
-            return Err(error);
-        }
-        finish_pg_restore(child, waited.err())?;
-        return Ok(Loaded {
-            toc,
-            toc_bytes,
-            entries,
-            feed: format!("spooled, pg_restore --jobs {}", options.jobs),
-            post_data: PostData {
-                args: second,
-                stdin: None,
-            },
-        });
-    }
-
-    // Streamed: read up to the end of the TOC, which the selection needs,
-    // then hand pg_restore what was read and the rest as it comes.
-    let mut head = Vec::new();
-    let mut buffer = vec![0u8; crate::pipeline::CHUNK_SIZE];
-    while source.toc().is_none() {
-        let n = std::io::Read::read(&mut source, &mut buffer).map_err(|e| damaged(manifest, e))?;
-        if n == 0 {
-            // finish() names what is wrong with an archive without a TOC.
-            source.finish()?;
-            return Err(damaged(manifest, "the archive has no TOC"));
-        }
-        head.extend_from_slice(&buffer[..n]);
-    }
-    let toc = source.toc().cloned().expect("checked above");
-    let toc_bytes = source.toc_bytes().to_vec();
-    let entries = select(&toc, &mut args)?;
-    // The post-data phase reads only the TOC: from a file of it (which
-    // holds no table data) so that it can run in parallel, or from stdin
-    // when pg_restore runs behind a prefix.
-    let post_data = if pg_restore.is_prefixed() {
-        PostData {
-            args: phases(args.clone(), 1).1,
-            stdin: Some(toc_bytes.clone()),
-        }
-    } else {
-        write_private(&scratch.toc, &toc_bytes)?;
-        let mut second = phases(args.clone(), options.jobs).1;
-        second.push(scratch.toc.display().to_string());
-        PostData {
-            args: second,
-            stdin: None,
-        }
-    };
-    let first = phases(args, 1).0;
-    let command = pg_restore.client_command(database, first);
-    let (mut child, mut stdin) = spawn_pg_restore(pg_restore, command)?;
-    watch.watch_child(child.pid());
-    let fed = stdin
-        .write_all(&head)
-        .map_err(CopyError::Write)
-        .and_then(|_| {
-            copy_stream(&mut source, &mut stdin, |n| {
-                progress(head.len() as u64 + n);
-                watch.received().is_none()
-            })
-        });
-    if let Some(error) = stopped(watch, manifest) {
-        child.terminate();
-        return Err(error);
-    }
-    drop(stdin);
-    match fed {
-        // pg_restore stops reading once it has every entry it was asked
-        // for (a partial restore); if it failed, its own words say why.
-        Err(CopyError::Write(_)) | Err(CopyError::Stopped) | Ok(_) => {}
-        Err(CopyError::Read(e)) => {
-            child.terminate();
-            return Err(damaged(manifest, e));
-        }
-    }
-    let waited = copy_stream(&mut child, &mut std::io::sink(), |_| true);
-    finish_pg_restore(child, waited.err())?;
-    // What pg_restore did not read is still read, to prove the whole
-    // artifact is the backup.
-    source.finish()?;
-    Ok(Loaded {
-        toc,
-        toc_bytes,
-        entries,
-        feed: "streamed".to_string(),
-        post_data,
-    })
-}
-
-fn damaged(manifest: &Manifest, detail: impl std::fmt::Display) -> Error {
-    Error::new(
-        ErrorKind::Integrity,
-        format!("backup {} is damaged: {detail}", manifest.id),
-    )
-    .with_hint("run `pgward verify` on it; restore another backup")
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut file| file.write_all(bytes))
-        .map_err(|e| Error::repository_io("cannot write", path, e))
-}
-
-fn spool_error(path: &Path, e: std::io::Error) -> Error {
-    Error::repository_io("cannot write the restore spool", path, e).with_hint(
-        "the spool needs the archive's size (see `pgward list --json`) free in the repository's tmp/; --jobs 1 streams without one",
-    )
-}
-
-fn spawn_pg_restore(
-    pg_restore: &Tool,
-    command: std::process::Command,
-) -> Result<(ChildSource, std::process::ChildStdin)> {
-    ChildSource::spawn_fed(command).map_err(|e| {
-        Error::new(
-            ErrorKind::Restore,
-            format!("cannot start {}: {e}", pg_restore.display_program()),
-        )
-        .with_hint("install pg_restore (Debian: postgresql-client) or set pg-restore.path")
-    })
-}
-
-fn finish_pg_restore(child: ChildSource, read_error: Option<CopyError>) -> Result<()> {
-    let finished = child.finish();
-    if let Err(failure) = finished {
-        return Err(Error::new(
-            ErrorKind::Restore,
-            format!(
-                "pg_restore {}: {}",
-                failure.describe_status(),
-                failure.key_line().unwrap_or("no message")
-            ),
-        )
-        .with_hint("fix what pg_restore names: a missing role (create it, or restore with --no-owner --no-acl), an object outside --schema/--table (select it too)"));
-    }
-    if let Some(e) = read_error {
-        return Err(Error::new(
-            ErrorKind::Restore,
-            format!("cannot read pg_restore's output: {e:?}"),
-        ));
-    }
-    Ok(())
 }

@@ -7,8 +7,9 @@
 //! named schemas with everything in them, the named tables with their data
 //! and the sequences they own, the schemas these live in, and then every
 //! entry all of whose dependencies are chosen (indexes, constraints,
-//! defaults, triggers, comments, grants). A foreign key to a table left out
-//! depends on it, so it is left out too.
+//! defaults, triggers, comments, grants). An entry that also needs
+//! something left out (a foreign key to another table, a trigger calling a
+//! function elsewhere) is left out too, and the restore report names it.
 
 use crate::error::Result;
 use crate::pipeline::archive::Toc;
@@ -60,13 +61,35 @@ impl Selection {
                 chosen.insert(entry.dump_id);
             }
         }
-        // SEQUENCE SET of a chosen sequence, then dependents until nothing changes.
+        // Then the entries that depend on chosen ones, until nothing
+        // changes: an entry comes along when everything it depends on is
+        // chosen. A dependency on a schema does not count (every object in
+        // a schema depends on it, and a table's schema must not bring the
+        // schema's other tables).
+        let schema_ids: BTreeSet<i64> = toc
+            .entries
+            .iter()
+            .filter(|e| e.desc == "SCHEMA")
+            .map(|e| e.dump_id)
+            .collect();
+        let real_dependencies = |entry: &crate::pipeline::archive::TocEntry| -> Vec<i64> {
+            entry
+                .dependencies
+                .iter()
+                .copied()
+                .filter(|d| !schema_ids.contains(d))
+                .collect()
+        };
         loop {
             let before = chosen.len();
             for entry in &toc.entries {
-                if !entry.dependencies.is_empty()
-                    && entry.dependencies.iter().all(|d| chosen.contains(d))
-                {
+                let dependencies = real_dependencies(entry);
+                let all_chosen = entry.dependencies.iter().all(|d| chosen.contains(d));
+                // A comment or grant on a chosen schema itself.
+                let on_schema = dependencies.is_empty()
+                    && !entry.dependencies.is_empty()
+                    && matches!(entry.desc.as_str(), "COMMENT" | "ACL" | "SECURITY LABEL");
+                if all_chosen && (!dependencies.is_empty() || on_schema) {
                     chosen.insert(entry.dump_id);
                 }
             }
@@ -78,6 +101,29 @@ impl Selection {
             .iter()
             .map(|e| e.dump_id)
             .filter(|id| chosen.contains(id))
+            .collect()
+    }
+
+    /// Entries left out although they belong to something chosen, because
+    /// they also need something that is not (a trigger calling a function
+    /// elsewhere, a foreign key to another table): `DESC schema.name` each.
+    pub fn left_out(&self, toc: &Toc, chosen: &[i64]) -> Vec<String> {
+        let chosen: BTreeSet<i64> = chosen.iter().copied().collect();
+        let schema_ids: BTreeSet<i64> = toc
+            .entries
+            .iter()
+            .filter(|e| e.desc == "SCHEMA")
+            .map(|e| e.dump_id)
+            .collect();
+        toc.entries
+            .iter()
+            .filter(|e| !chosen.contains(&e.dump_id))
+            .filter(|e| {
+                e.dependencies
+                    .iter()
+                    .any(|d| chosen.contains(d) && !schema_ids.contains(d))
+            })
+            .map(|e| format!("{} {}.{}", e.desc, e.namespace, e.tag))
             .collect()
     }
 

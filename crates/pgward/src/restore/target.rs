@@ -125,6 +125,11 @@ impl RestoreServer {
         let mut sql = format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(dbname));
         if let Some(encoding) = encoding {
             sql.push_str(&format!(" ENCODING '{}'", encoding.replace('\'', "''")));
+            // The server's default locale is most likely UTF-8, which other
+            // encodings cannot use; the C locale goes with any.
+            if encoding != "UTF8" {
+                sql.push_str(" LC_COLLATE 'C' LC_CTYPE 'C'");
+            }
         }
         self.client.batch_execute(&sql).map_err(|e| {
             let detail = e

@@ -1,0 +1,370 @@
+//! Getting a backup's archive into a database with pg_restore.
+//!
+//! Everything that can refuse a restore happens in [`prepare`], before the
+//! target database is touched: reading the TOC, choosing the entries of a
+//! partial restore, and, when spooled, reading and checking the whole
+//! archive. Then pg_restore runs in two phases: schema and data
+//! ([`Prepared::load_data`]), then the post-data section (indexes,
+//! constraints, triggers, grants: [`Prepared::start_post_data`]), which the
+//! caller overlaps with reading the tables back.
+
+use super::selection::Selection;
+use super::source::ArchiveSource;
+use super::{RestoreOptions, Scratch};
+use crate::catalog::connect::ConnectionTarget;
+use crate::dump::Tool;
+use crate::error::{Error, ErrorKind, Result};
+use crate::interrupt::InterruptWatch;
+use crate::pipeline::archive::Toc;
+use crate::pipeline::child::ChildSource;
+use crate::pipeline::{CopyError, copy_stream};
+use crate::repository::Repository;
+use crate::repository::manifest::Manifest;
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// An archive ready for pg_restore, checked as far as it can be before
+/// the database is touched.
+pub(crate) struct Prepared {
+    pub toc: Toc,
+    /// The header and TOC: the schema, for the schema comparison.
+    pub toc_bytes: Vec<u8>,
+    /// The entries to restore, for a partial restore.
+    pub entries: Option<BTreeSet<i64>>,
+    input: Input,
+    /// pg_restore's arguments common to both phases.
+    args: Vec<String>,
+    jobs: usize,
+}
+
+enum Input {
+    /// The whole archive, checked, in a private file with its data offsets.
+    Spool(PathBuf),
+    /// The archive still streaming: what was read to find the TOC, and the
+    /// rest. The post-data phase reads `toc_file` (or the TOC on stdin
+    /// behind a command prefix).
+    Stream {
+        head: Vec<u8>,
+        source: Option<Box<ArchiveSource>>,
+        toc_file: Option<PathBuf>,
+    },
+}
+
+pub(crate) fn damaged(manifest: &Manifest, detail: impl std::fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::Integrity,
+        format!("backup {} is damaged: {detail}", manifest.id),
+    )
+    .with_hint("run `pgward verify` on it; restore another backup")
+}
+
+/// A signal turned into the restore's failure (acknowledged, so it is not
+/// raised again while the caller cleans up).
+pub(crate) fn stopped(watch: &mut InterruptWatch, manifest: &Manifest) -> Option<Error> {
+    let signal = watch.received()?;
+    watch.acknowledge();
+    Some(
+        Error::new(
+            ErrorKind::Interrupted { signal },
+            format!(
+                "restore of backup {} stopped by {}",
+                manifest.id,
+                crate::pipeline::child::signal_name(signal)
+            ),
+        )
+        .with_hint("run it again; a database pgward created for it was dropped"),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn prepare(
+    repo: &Repository,
+    manifest: &Manifest,
+    mut source: ArchiveSource,
+    pg_restore: &Tool,
+    options: &RestoreOptions,
+    scratch: &Scratch,
+    watch: &mut InterruptWatch,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Prepared> {
+    if !options.selection.is_everything() && pg_restore.is_prefixed() {
+        return Err(Error::config(
+            "--schema and --table need pg_restore to read a list file on this host, and pg-restore.command-prefix runs it elsewhere",
+        )
+        .with_hint("restore the whole backup, or run pg_restore on this host (unset pg-restore.command-prefix)"));
+    }
+    // A missing pg_restore is found now, not after a database was created.
+    pg_restore.version().map_err(|e| {
+        Error::config(e.message()).with_hint(e.hint().unwrap_or_default().to_string())
+    })?;
+    let mut args = vec!["--exit-on-error".to_string(), "--no-password".to_string()];
+    if options.no_owner {
+        args.push("--no-owner".to_string());
+    }
+    if options.no_acl {
+        args.push("--no-acl".to_string());
+    }
+    let spooled = options.jobs > 1 && !pg_restore.is_prefixed();
+    let (toc, toc_bytes, input) = if spooled {
+        let (path, file) = repo.create_spool(&manifest.id)?;
+        *scratch.spool.borrow_mut() = Some(path.clone());
+        let mut writer = std::io::BufWriter::with_capacity(crate::pipeline::CHUNK_SIZE, file);
+        let copied = copy_stream(&mut source, &mut writer, |n| {
+            progress(n);
+            watch.received().is_none()
+        });
+        match copied {
+            Ok(_) => {}
+            Err(CopyError::Stopped) => return Err(stopped(watch, manifest).expect("a signal")),
+            Err(CopyError::Read(e)) => return Err(damaged(manifest, e)),
+            Err(CopyError::Write(e)) => return Err(spool_error(&path, e)),
+        }
+        let file = writer
+            .into_inner()
+            .map_err(|e| spool_error(&path, e.into_error()))?;
+        let toc = source.toc().cloned();
+        let toc_bytes = source.toc_bytes().to_vec();
+        // The whole archive against the manifest, before pg_restore sees it.
+        let (_, patches) = source.finish()?;
+        let toc = toc.ok_or_else(|| damaged(manifest, "the archive has no TOC"))?;
+        for (position, bytes) in patches {
+            use std::os::unix::fs::FileExt;
+            file.write_all_at(&bytes, position)
+                .map_err(|e| spool_error(&path, e))?;
+        }
+        (toc, toc_bytes, Input::Spool(path))
+    } else {
+        // Read up to the end of the TOC, which the selection needs; the
+        // rest goes to pg_restore as it comes.
+        let mut head = Vec::new();
+        let mut buffer = vec![0u8; crate::pipeline::CHUNK_SIZE];
+        while source.toc().is_none() {
+            let n =
+                std::io::Read::read(&mut source, &mut buffer).map_err(|e| damaged(manifest, e))?;
+            if n == 0 {
+                // finish() names what is wrong with an archive without a TOC.
+                source.finish()?;
+                return Err(damaged(manifest, "the archive has no TOC"));
+            }
+            head.extend_from_slice(&buffer[..n]);
+        }
+        let toc = source.toc().cloned().expect("checked above");
+        let toc_bytes = source.toc_bytes().to_vec();
+        // The TOC alone (no table data) as a file lets the post-data
+        // phase run in parallel; behind a prefix it goes to stdin.
+        let toc_file = if pg_restore.is_prefixed() {
+            None
+        } else {
+            write_private(&scratch.toc, &toc_bytes)?;
+            Some(scratch.toc.clone())
+        };
+        let input = Input::Stream {
+            head,
+            source: Some(Box::new(source)),
+            toc_file,
+        };
+        (toc, toc_bytes, input)
+    };
+    let entries = if options.selection.is_everything() {
+        None
+    } else {
+        let entries = options.selection.entries(&toc);
+        if !entries.iter().any(|id| {
+            toc.entries
+                .iter()
+                .any(|e| e.dump_id == *id && e.desc != "SCHEMA")
+        }) {
+            return Err(Error::config(format!(
+                "--schema/--table select nothing in backup {}",
+                manifest.id
+            ))
+            .with_hint("names are exact and case-sensitive; `pgward list --json` shows each backup's tables"));
+        }
+        write_private(&scratch.list, Selection::list_file(&entries).as_bytes())?;
+        args.push(format!("--use-list={}", scratch.list.display()));
+        Some(entries.into_iter().collect())
+    };
+    Ok(Prepared {
+        toc,
+        toc_bytes,
+        entries,
+        input,
+        args,
+        jobs: if spooled { options.jobs } else { 1 },
+    })
+}
+
+impl Prepared {
+    /// How the archive reaches pg_restore, for reports.
+    pub fn feed(&self) -> String {
+        match &self.input {
+            Input::Spool(_) => format!("spooled, pg_restore --jobs {}", self.jobs),
+            Input::Stream { .. } => "streamed".to_string(),
+        }
+    }
+
+    fn phase_args(
+        &self,
+        database: &ConnectionTarget,
+        sections: &[&str],
+        jobs: usize,
+    ) -> Vec<String> {
+        let mut args = self.args.clone();
+        args.push(format!("--dbname={}", database.conninfo()));
+        if jobs > 1 {
+            args.push(format!("--jobs={jobs}"));
+        }
+        args.extend(sections.iter().map(|s| format!("--section={s}")));
+        args
+    }
+
+    /// Phase one: pg_restore's pre-data and data sections. Streamed, the
+    /// archive is checked to its end afterwards (also what pg_restore did
+    /// not need to read).
+    pub fn load_data(
+        &mut self,
+        manifest: &Manifest,
+        pg_restore: &Tool,
+        database: &ConnectionTarget,
+        watch: &mut InterruptWatch,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<()> {
+        let mut args = self.phase_args(database, &["pre-data", "data"], self.jobs);
+        match &mut self.input {
+            Input::Spool(path) => {
+                args.push(path.display().to_string());
+                let (mut child, stdin) = spawn(pg_restore, database, args)?;
+                drop(stdin);
+                watch.watch_child(child.pid());
+                let waited = copy_stream(&mut child, &mut std::io::sink(), |_| {
+                    watch.received().is_none()
+                });
+                if let Some(error) = stopped(watch, manifest) {
+                    child.terminate();
+                    return Err(error);
+                }
+                finish(child, waited.err())
+            }
+            Input::Stream { head, source, .. } => {
+                let mut source = source.take().expect("the data phase runs once");
+                let (mut child, mut stdin) = spawn(pg_restore, database, args)?;
+                watch.watch_child(child.pid());
+                let head_len = head.len() as u64;
+                let fed = stdin
+                    .write_all(head)
+                    .map_err(CopyError::Write)
+                    .and_then(|_| {
+                        copy_stream(&mut source, &mut stdin, |n| {
+                            progress(head_len + n);
+                            watch.received().is_none()
+                        })
+                    });
+                if let Some(error) = stopped(watch, manifest) {
+                    child.terminate();
+                    return Err(error);
+                }
+                drop(stdin);
+                if let Err(CopyError::Read(e)) = fed {
+                    child.terminate();
+                    return Err(damaged(manifest, e));
+                }
+                // A write error means pg_restore stopped reading: it has
+                // what it was asked for (a partial restore), or it failed
+                // and says why below.
+                let waited = copy_stream(&mut child, &mut std::io::sink(), |_| true);
+                finish(child, waited.err())?;
+                source.finish().map(|_| ())
+            }
+        }
+    }
+
+    /// Phase two, started: pg_restore's post-data section. Returns the
+    /// child, and its stdin with what to write there (the TOC behind a
+    /// command prefix).
+    #[allow(clippy::type_complexity)]
+    pub fn start_post_data(
+        &self,
+        pg_restore: &Tool,
+        database: &ConnectionTarget,
+    ) -> Result<(ChildSource, std::process::ChildStdin, Option<Vec<u8>>)> {
+        let (input, jobs, stdin_bytes) = match &self.input {
+            Input::Spool(path) => (Some(path.clone()), self.jobs, None),
+            Input::Stream {
+                toc_file: Some(file),
+                ..
+            } => (Some(file.clone()), super::DEFAULT_JOBS.max(self.jobs), None),
+            Input::Stream { toc_file: None, .. } => (None, 1, Some(self.toc_bytes.clone())),
+        };
+        let mut args = self.phase_args(database, &["post-data"], jobs);
+        if let Some(input) = input {
+            args.push(input.display().to_string());
+        }
+        let (child, stdin) = spawn(pg_restore, database, args)?;
+        Ok((child, stdin, stdin_bytes))
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(bytes))
+        .map_err(|e| Error::repository_io("cannot write", path, e))
+}
+
+fn spool_error(path: &Path, e: std::io::Error) -> Error {
+    Error::repository_io("cannot write the restore spool", path, e).with_hint(
+        "the spool needs the archive's size (see `pgward list --json`) free in the repository's tmp/; --jobs 1 streams without one",
+    )
+}
+
+fn spawn(
+    pg_restore: &Tool,
+    database: &ConnectionTarget,
+    args: Vec<String>,
+) -> Result<(ChildSource, std::process::ChildStdin)> {
+    let command = pg_restore.client_command(database, args);
+    ChildSource::spawn_fed(command).map_err(|e| {
+        Error::new(
+            ErrorKind::Restore,
+            format!("cannot start {}: {e}", pg_restore.display_program()),
+        )
+        .with_hint("install pg_restore (Debian: postgresql-client) or set pg-restore.path")
+    })
+}
+
+/// Waits for a pg_restore phase; its failure in its own words.
+pub(crate) fn finish(child: ChildSource, read_error: Option<CopyError>) -> Result<()> {
+    if let Err(failure) = child.finish() {
+        return Err(Error::new(
+            ErrorKind::Restore,
+            format!(
+                "pg_restore {}: {}",
+                failure.describe_status(),
+                failure.key_line().unwrap_or("no message")
+            ),
+        )
+        .with_hint("fix what pg_restore names: a missing role (create it, or restore with --no-owner --no-acl), an object outside --schema/--table (select it too)"));
+    }
+    match read_error {
+        None => Ok(()),
+        Some(e) => Err(Error::new(
+            ErrorKind::Restore,
+            format!(
+                "cannot read pg_restore's output: {}",
+                describe_copy_error(&e)
+            ),
+        )),
+    }
+}
+
+fn describe_copy_error(e: &CopyError) -> String {
+    match e {
+        CopyError::Read(e) | CopyError::Write(e) => e.to_string(),
+        CopyError::Stopped => "stopped".to_string(),
+    }
+}
