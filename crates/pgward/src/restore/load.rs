@@ -110,7 +110,7 @@ pub(crate) fn prepare(
         let (path, file) = repo.create_spool(&manifest.id)?;
         *scratch.spool.borrow_mut() = Some(path.clone());
         let mut writer = std::io::BufWriter::with_capacity(crate::pipeline::CHUNK_SIZE, file);
-        let copied = copy_stream(&mut source, &mut writer, |n| {
+        let copied = source.copy_to(&mut writer, |n| {
             progress(n);
             watch.received().is_none()
         });
@@ -255,7 +255,7 @@ impl Prepared {
                     .write_all(head)
                     .map_err(CopyError::Write)
                     .and_then(|_| {
-                        copy_stream(&mut source, &mut stdin, |n| {
+                        source.copy_to(&mut stdin, |n| {
                             progress(head_len + n);
                             watch.received().is_none()
                         })
