@@ -99,17 +99,31 @@ pub struct ChildSource {
 impl ChildSource {
     /// Starts `command` with stdin closed and stdout/stderr captured.
     pub fn spawn(command: Command) -> io::Result<Self> {
-        Self::start(command, Stdio::null()).map(|(source, _)| source)
+        Self::start(command, Stdio::null(), None).map(|(source, _)| source)
     }
 
     /// Starts `command` with stdout/stderr captured and returns its stdin
     /// for the caller to feed (pg_restore reading an archive).
     pub fn spawn_fed(command: Command) -> io::Result<(Self, ChildStdin)> {
-        let (source, stdin) = Self::start(command, Stdio::piped())?;
+        let (source, stdin) = Self::start(command, Stdio::piped(), None)?;
         Ok((source, stdin.expect("stdin was piped")))
     }
 
-    fn start(mut command: Command, stdin: Stdio) -> io::Result<(Self, Option<ChildStdin>)> {
+    /// Like [`ChildSource::spawn`], and every line the child writes to
+    /// stderr is also sent, as it comes, to the returned receiver (which
+    /// ends when stderr closes): progress reports such as pg_restore's
+    /// `--verbose` lines.
+    pub fn spawn_reporting(command: Command) -> io::Result<(Self, Receiver<String>)> {
+        let (lines, receiver) = std::sync::mpsc::channel();
+        let (source, _) = Self::start(command, Stdio::null(), Some(lines))?;
+        Ok((source, receiver))
+    }
+
+    fn start(
+        mut command: Command,
+        stdin: Stdio,
+        lines: Option<std::sync::mpsc::Sender<String>>,
+    ) -> io::Result<(Self, Option<ChildStdin>)> {
         use std::os::unix::process::CommandExt;
         command
             .stdin(stdin)
@@ -134,11 +148,21 @@ impl ChildSource {
             .name("child-stderr".into())
             .spawn(move || {
                 let mut kept = Vec::new();
+                let mut partial_line = Vec::new();
                 let mut buffer = [0u8; 8192];
                 loop {
                     match stderr.read(&mut buffer) {
                         Ok(0) => break,
                         Ok(n) => {
+                            if let Some(lines) = &lines {
+                                partial_line.extend_from_slice(&buffer[..n]);
+                                while let Some(end) = partial_line.iter().position(|&b| b == b'\n')
+                                {
+                                    let line: Vec<u8> = partial_line.drain(..=end).collect();
+                                    let _ = lines
+                                        .send(String::from_utf8_lossy(&line[..end]).into_owned());
+                                }
+                            }
                             kept.extend_from_slice(&buffer[..n]);
                             if kept.len() > STDERR_LIMIT {
                                 kept.drain(..kept.len() - STDERR_LIMIT);

@@ -22,7 +22,6 @@ use crate::repository::manifest::{DrillCheck, Manifest};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Bytes of a large object read per query.
 const LARGE_OBJECT_CHUNK: i32 = 1 << 20;
@@ -70,14 +69,20 @@ fn session<'a>(manifest: &'a Manifest, restored: &'a RestoredAs) -> Session<'a> 
 /// Every restored table's rows against the manifest, `jobs` tables at a
 /// time. Runs while pg_restore builds indexes and constraints: reading a
 /// table only waits for the moment a constraint locks it.
+///
+/// With `finished`, pg_restore is still running and reports on those lines
+/// (`--verbose`) each item it finished: a table is read back once its data
+/// is in, while the rest is restored; what was never reported is read
+/// back when the lines end (pg_restore exited).
 pub fn compare_tables(
     manifest: &Manifest,
     toc: &Toc,
     restored: &RestoredAs,
     jobs: usize,
+    finished: Option<std::sync::mpsc::Receiver<String>>,
 ) -> Result<Vec<DrillCheck>> {
     let units = read_backs(manifest, toc, restored);
-    compare_units(&units, &session(manifest, restored), jobs)
+    compare_units(&units, &session(manifest, restored), jobs, finished)
 }
 
 /// One comparison: a table, or the partitions pg_dump loads through their
@@ -85,6 +90,8 @@ pub fn compare_tables(
 /// their union can be compared).
 struct ReadBack {
     name: String,
+    /// The TABLE DATA entries whose data this reads back.
+    members: Vec<i64>,
     /// The table as named in the archive's COPY statement, and its columns.
     relation: String,
     columns: Option<String>,
@@ -101,7 +108,8 @@ struct Expected {
 
 fn read_backs(manifest: &Manifest, toc: &Toc, restored: &RestoredAs) -> Vec<ReadBack> {
     let mut units: Vec<ReadBack> = Vec::new();
-    let mut by_root: BTreeMap<String, (Vec<String>, MultisetDigest, u64, bool)> = BTreeMap::new();
+    type Group = (Vec<String>, Vec<i64>, MultisetDigest, u64, bool);
+    let mut by_root: BTreeMap<String, Group> = BTreeMap::new();
     for entry in toc
         .entries
         .iter()
@@ -115,6 +123,7 @@ fn read_backs(manifest: &Manifest, toc: &Toc, restored: &RestoredAs) -> Vec<Read
         let Some((relation, columns)) = parse_copy_statement(&entry.copy_statement) else {
             units.push(ReadBack {
                 name: format!("table {name}"),
+                members: vec![entry.dump_id],
                 relation: String::new(),
                 columns: None,
                 schema_table: None,
@@ -128,25 +137,27 @@ fn read_backs(manifest: &Manifest, toc: &Toc, restored: &RestoredAs) -> Vec<Read
         if entry.definition.starts_with("-- load via partition root") {
             let group = by_root
                 .entry(relation.clone())
-                .or_insert_with(|| (Vec::new(), MultisetDigest::default(), 0, true));
+                .or_insert_with(|| (Vec::new(), Vec::new(), MultisetDigest::default(), 0, true));
             group.0.push(name);
+            group.1.push(entry.dump_id);
             match recorded {
                 Some(r) => {
-                    group.2 += r.rows;
+                    group.3 += r.rows;
                     let merged = r.fingerprint.as_ref().is_some_and(|f| {
-                        group.1.merge(&ContentFingerprint {
+                        group.2.merge(&ContentFingerprint {
                             count: r.rows,
                             sum: f.clone(),
                         })
                     });
-                    group.3 &= merged;
+                    group.4 &= merged;
                 }
-                None => group.3 = false,
+                None => group.4 = false,
             }
             continue;
         }
         units.push(ReadBack {
             name: format!("table {name}"),
+            members: vec![entry.dump_id],
             relation,
             columns,
             schema_table: Some((entry.namespace.clone(), entry.tag.clone())),
@@ -159,7 +170,7 @@ fn read_backs(manifest: &Manifest, toc: &Toc, restored: &RestoredAs) -> Vec<Read
             },
         });
     }
-    for (root, (members, digest, rows, fingerprinted)) in by_root {
+    for (root, (members, ids, digest, rows, fingerprinted)) in by_root {
         let columns = toc
             .entries
             .iter()
@@ -171,6 +182,7 @@ fn read_backs(manifest: &Manifest, toc: &Toc, restored: &RestoredAs) -> Vec<Read
             .and_then(|(_, columns)| columns);
         units.push(ReadBack {
             name: format!("partitions {} (loaded via {root})", members.join(", ")),
+            members: ids,
             relation: root,
             columns,
             schema_table: None,
@@ -269,28 +281,62 @@ impl Session<'_> {
     }
 }
 
-fn compare_units(units: &[ReadBack], session: &Session, jobs: usize) -> Result<Vec<DrillCheck>> {
-    let next = AtomicUsize::new(0);
+fn compare_units(
+    units: &[ReadBack],
+    session: &Session,
+    jobs: usize,
+    finished: Option<std::sync::mpsc::Receiver<String>>,
+) -> Result<Vec<DrillCheck>> {
     let results: Mutex<Vec<Option<DrillCheck>>> = Mutex::new(vec![None; units.len()]);
     let failure: Mutex<Option<Error>> = Mutex::new(None);
+    let (work, to_do) = std::sync::mpsc::channel::<usize>();
+    let to_do = Mutex::new(to_do);
     std::thread::scope(|scope| {
         for _ in 0..jobs.clamp(1, units.len().max(1)) {
             scope.spawn(|| {
                 let mut client = match session.open() {
-                    Ok(client) => client,
+                    Ok(client) => Some(client),
                     Err(e) => {
                         failure.lock().expect("not poisoned").get_or_insert(e);
-                        return;
+                        None
                     }
                 };
                 loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(unit) = units.get(i) else { break };
-                    let check = compare_unit(unit, &mut client);
-                    results.lock().expect("not poisoned")[i] = Some(check);
+                    // Holding the lock while waiting is fine: whoever gets
+                    // the next unit lets the others wait for the one after.
+                    let next = to_do.lock().expect("not poisoned").recv();
+                    let Ok(i) = next else { break };
+                    // Without a session, keep taking units so that the
+                    // dispatcher never blocks; the failure is reported.
+                    if let Some(client) = &mut client {
+                        let check = compare_unit(&units[i], client);
+                        results.lock().expect("not poisoned")[i] = Some(check);
+                    }
                 }
             });
         }
+        // Dispatch: at once, or as pg_restore reports the data in.
+        let mut waiting: Vec<usize> = (0..units.len()).collect();
+        if let Some(lines) = finished {
+            let mut done: BTreeSet<i64> = BTreeSet::new();
+            for line in lines {
+                let Some(id) = super::load::finished_item(&line) else {
+                    continue;
+                };
+                done.insert(id);
+                waiting.retain(|&i| {
+                    let ready = units[i].members.iter().all(|m| done.contains(m));
+                    if ready {
+                        let _ = work.send(i);
+                    }
+                    !ready
+                });
+            }
+        }
+        for i in waiting {
+            let _ = work.send(i);
+        }
+        drop(work);
     });
     if let Some(e) = failure.into_inner().expect("not poisoned") {
         return Err(e);

@@ -3,7 +3,10 @@
 //! Everything that can refuse a restore happens in [`prepare`], before the
 //! target database is touched: reading the TOC, choosing the entries of a
 //! partial restore, and, when spooled, reading and checking the whole
-//! archive. Then pg_restore runs in two phases: schema and data
+//! archive. A spooled archive is then restored by one parallel pg_restore
+//! run that reports each item it finishes ([`Prepared::start_whole`]), so
+//! that each table can be read back as soon as its data is in. A streamed
+//! one is restored in two phases: schema and data
 //! ([`Prepared::load_data`]), then the post-data section (indexes,
 //! constraints, triggers, grants: [`Prepared::start_post_data`]), which the
 //! caller overlaps with reading the tables back.
@@ -195,7 +198,43 @@ pub(crate) fn prepare(
     })
 }
 
+/// The dump id in pg_restore's `--verbose` report of a finished item in a
+/// parallel restore: `pg_restore: finished item 3363 TABLE DATA accounts`.
+pub(crate) fn finished_item(line: &str) -> Option<i64> {
+    let rest = &line[line.find("finished item ")? + "finished item ".len()..];
+    rest.split(' ').next()?.parse().ok()
+}
+
 impl Prepared {
+    /// Whether the whole archive is in a spool file, which one parallel
+    /// pg_restore run reads ([`Prepared::start_whole`]).
+    pub fn is_spooled(&self) -> bool {
+        matches!(self.input, Input::Spool(_))
+    }
+
+    /// The whole restore as one parallel pg_restore run from the spool:
+    /// returns the child and its stderr lines, among which each finished
+    /// item is reported (`--verbose`, see [`finished_item`]).
+    pub fn start_whole(
+        &self,
+        pg_restore: &Tool,
+        database: &ConnectionTarget,
+    ) -> Result<(ChildSource, std::sync::mpsc::Receiver<String>)> {
+        let Input::Spool(path) = &self.input else {
+            unreachable!("only a spooled archive is restored in one run");
+        };
+        let mut args = self.phase_args(database, &[], self.jobs);
+        args.push("--verbose".to_string());
+        args.push(path.display().to_string());
+        let command = pg_restore.client_command(database, args);
+        ChildSource::spawn_reporting(command).map_err(|e| {
+            Error::new(
+                ErrorKind::Restore,
+                format!("cannot start {}: {e}", pg_restore.display_program()),
+            )
+        })
+    }
+
     /// How the archive reaches pg_restore, for reports.
     pub fn feed(&self) -> String {
         match &self.input {
@@ -219,9 +258,9 @@ impl Prepared {
         args
     }
 
-    /// Phase one: pg_restore's pre-data and data sections. Streamed, the
-    /// archive is checked to its end afterwards (also what pg_restore did
-    /// not need to read).
+    /// Phase one of a streamed restore: pg_restore's pre-data and data
+    /// sections; then the archive is checked to its end (also what
+    /// pg_restore did not need to read).
     pub fn load_data(
         &mut self,
         manifest: &Manifest,
@@ -230,22 +269,9 @@ impl Prepared {
         watch: &mut InterruptWatch,
         progress: &mut dyn FnMut(u64),
     ) -> Result<()> {
-        let mut args = self.phase_args(database, &["pre-data", "data"], self.jobs);
+        let args = self.phase_args(database, &["pre-data", "data"], self.jobs);
         match &mut self.input {
-            Input::Spool(path) => {
-                args.push(path.display().to_string());
-                let (mut child, stdin) = spawn(pg_restore, database, args)?;
-                drop(stdin);
-                watch.watch_child(child.pid());
-                let waited = copy_stream(&mut child, &mut std::io::sink(), |_| {
-                    watch.received().is_none()
-                });
-                if let Some(error) = stopped(watch, manifest) {
-                    child.terminate();
-                    return Err(error);
-                }
-                finish(child, waited.err())
-            }
+            Input::Spool(_) => unreachable!("a spooled archive is restored in one run"),
             Input::Stream { head, source, .. } => {
                 let mut source = source.take().expect("the data phase runs once");
                 let (mut child, mut stdin) = spawn(pg_restore, database, args)?;
@@ -279,7 +305,8 @@ impl Prepared {
         }
     }
 
-    /// Phase two, started: pg_restore's post-data section. Returns the
+    /// Phase two of a streamed restore, started: pg_restore's post-data
+    /// section. Returns the
     /// child, and its stdin with what to write there (the TOC behind a
     /// command prefix).
     #[allow(clippy::type_complexity)]
@@ -289,7 +316,7 @@ impl Prepared {
         database: &ConnectionTarget,
     ) -> Result<(ChildSource, std::process::ChildStdin, Option<Vec<u8>>)> {
         let (input, jobs, stdin_bytes) = match &self.input {
-            Input::Spool(path) => (Some(path.clone()), self.jobs, None),
+            Input::Spool(_) => unreachable!("a spooled archive is restored in one run"),
             Input::Stream {
                 toc_file: Some(file),
                 ..
@@ -366,5 +393,26 @@ fn describe_copy_error(e: &CopyError) -> String {
     match e {
         CopyError::Read(e) | CopyError::Write(e) => e.to_string(),
         CopyError::Stopped => "stopped".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finished_items_are_read_from_verbose_lines() {
+        assert_eq!(
+            finished_item("pg_restore: finished item 3363 TABLE DATA pgbench_accounts"),
+            Some(3363)
+        );
+        assert_eq!(
+            finished_item("pg_restore: launching item 3363 TABLE DATA x"),
+            None
+        );
+        assert_eq!(
+            finished_item("pg_restore: processing data for table \"public.t\""),
+            None
+        );
     }
 }

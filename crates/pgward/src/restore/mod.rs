@@ -79,13 +79,17 @@ pub struct RestoreReport {
     /// Reading and checking the archive before the database is touched
     /// (the whole archive when spooled, its TOC when streamed).
     pub prepare_ms: u64,
-    /// pg_restore's schema and data phase (streamed: with the reading).
+    /// pg_restore: the whole parallel run when spooled; streamed, the
+    /// schema and data phase (with the reading).
     pub data_ms: u64,
-    /// pg_restore's post-data phase (indexes, constraints, grants).
+    /// Streamed only: pg_restore's post-data phase (indexes, constraints,
+    /// grants); 0 when spooled.
     pub post_data_ms: u64,
     /// From the first byte read to the end of pg_restore.
     pub restore_ms: u64,
-    /// Reading back and comparing; it starts with the post-data phase.
+    /// Reading back and comparing, which overlaps the restore: from the
+    /// start of the pg_restore run (spooled) or of its post-data phase
+    /// (streamed) to the end.
     pub verify_ms: u64,
     pub ok: bool,
     pub checks: Vec<DrillCheck>,
@@ -268,11 +272,14 @@ impl<'a> Restoring<'a> {
 
     /// Restores into the existing, empty database `dbname` and compares.
     ///
-    /// pg_restore runs in two phases: schema and data first, then the
-    /// post-data section (indexes, constraints, triggers, grants), during
-    /// which the tables are read back and compared: that work overlaps
-    /// instead of adding up. Sequences, large objects and the schema are
-    /// compared at the end.
+    /// The tables are read back while pg_restore still works, so that the
+    /// proof overlaps the restore instead of following it. Spooled, one
+    /// parallel pg_restore run reports each item it finishes, and each
+    /// table is read back as soon as its data is in. Streamed, pg_restore
+    /// runs in two phases, schema and data, then the post-data section
+    /// (indexes, constraints, triggers, grants), during which the tables
+    /// are read back. Sequences, large objects and the schema are compared
+    /// at the end.
     pub(crate) fn restore_and_compare(
         &mut self,
         mut prepared: Prepared,
@@ -283,48 +290,84 @@ impl<'a> Restoring<'a> {
     ) -> Result<RestoreReport> {
         let manifest = self.manifest;
         let database = server.target_for(dbname);
-        let data_started = Instant::now();
-        prepared.load_data(
-            manifest,
-            &self.pg_restore,
-            &database,
-            &mut self.watch,
-            progress,
-        )?;
-        let data_ms = data_started.elapsed().as_millis() as u64;
         let schema_list = self.scratch.schema_list.clone();
+        let entries = prepared.entries.clone();
         let restored = compare::RestoredAs {
             database: &database,
             no_owner: options.no_owner,
             no_acl: options.no_acl,
-            entries: prepared.entries.as_ref(),
+            entries: entries.as_ref(),
             list_file: &schema_list,
         };
-        let post_started = Instant::now();
-        let (mut post_data, stdin, stdin_bytes) =
-            prepared.start_post_data(&self.pg_restore, &database)?;
-        self.watch.watch_child(post_data.pid());
-        let watch = &self.watch;
-        let (table_checks, post_data_result, post_data_ms) = std::thread::scope(|scope| {
-            let feeder = scope.spawn(move || {
-                let mut stdin = stdin;
-                if let Some(bytes) = stdin_bytes {
-                    // pg_restore may stop reading once it has the TOC.
-                    let _ = stdin.write_all(&bytes);
+        let data_started = Instant::now();
+        let (table_checks, data_ms, post_data_ms, verify_started) = if prepared.is_spooled() {
+            // One parallel run; each table is read back as soon as
+            // pg_restore reports its data in.
+            let (mut child, finished) = prepared.start_whole(&self.pg_restore, &database)?;
+            self.watch.watch_child(child.pid());
+            let watch = &self.watch;
+            let toc = &prepared.toc;
+            let restored = &restored;
+            let (tables, waited) = std::thread::scope(|scope| {
+                let tables = scope.spawn(move || {
+                    compare::compare_tables(manifest, toc, restored, options.jobs, Some(finished))
+                });
+                let waited = copy_stream(&mut child, &mut std::io::sink(), |_| {
+                    watch.received().is_none()
+                });
+                if waited.is_err() {
+                    child.terminate();
                 }
+                (
+                    tables.join().expect("the verifying thread does not panic"),
+                    waited,
+                )
             });
-            let tables = compare::compare_tables(manifest, &prepared.toc, &restored, options.jobs);
-            let waited = copy_stream(&mut post_data, &mut std::io::sink(), |_| {
-                watch.received().is_none()
+            if let Some(error) = stopped(&mut self.watch, manifest) {
+                child.terminate();
+                return Err(error);
+            }
+            load::finish(child, waited.err())?;
+            let data_ms = data_started.elapsed().as_millis() as u64;
+            (tables, data_ms, 0, data_started)
+        } else {
+            prepared.load_data(
+                manifest,
+                &self.pg_restore,
+                &database,
+                &mut self.watch,
+                progress,
+            )?;
+            let data_ms = data_started.elapsed().as_millis() as u64;
+            let post_started = Instant::now();
+            let (mut post_data, stdin, stdin_bytes) =
+                prepared.start_post_data(&self.pg_restore, &database)?;
+            self.watch.watch_child(post_data.pid());
+            let watch = &self.watch;
+            let (tables, waited) = std::thread::scope(|scope| {
+                let feeder = scope.spawn(move || {
+                    let mut stdin = stdin;
+                    if let Some(bytes) = stdin_bytes {
+                        // pg_restore may stop reading once it has the TOC.
+                        let _ = stdin.write_all(&bytes);
+                    }
+                });
+                let tables =
+                    compare::compare_tables(manifest, &prepared.toc, &restored, options.jobs, None);
+                let waited = copy_stream(&mut post_data, &mut std::io::sink(), |_| {
+                    watch.received().is_none()
+                });
+                let _ = feeder.join();
+                (tables, waited)
             });
-            let _ = feeder.join();
-            (tables, waited, post_started.elapsed().as_millis() as u64)
-        });
-        if let Some(error) = stopped(&mut self.watch, manifest) {
-            post_data.terminate();
-            return Err(error);
-        }
-        load::finish(post_data, post_data_result.err())?;
+            if let Some(error) = stopped(&mut self.watch, manifest) {
+                post_data.terminate();
+                return Err(error);
+            }
+            load::finish(post_data, waited.err())?;
+            let post_data_ms = post_started.elapsed().as_millis() as u64;
+            (tables, data_ms, post_data_ms, post_started)
+        };
         let restore_ms = self.prepare_ms + data_ms + post_data_ms;
         let mut checks = table_checks?;
         if let Some(entries) = &prepared.entries {
@@ -366,7 +409,7 @@ impl<'a> Restoring<'a> {
             data_ms,
             post_data_ms,
             restore_ms,
-            verify_ms: post_started.elapsed().as_millis() as u64,
+            verify_ms: verify_started.elapsed().as_millis() as u64,
             ok: checks.iter().all(|c| c.ok),
             checks,
         })
