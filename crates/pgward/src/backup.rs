@@ -21,6 +21,7 @@ use crate::pipeline::child::{ChildSource, signal_name};
 use crate::pipeline::compress::{self, Compression};
 use crate::pipeline::encrypt::{EncryptStage, EncryptWriter};
 use crate::pipeline::hash::{StreamHasher, digest_file};
+use crate::pipeline::offload::Offloaded;
 use crate::pipeline::{CopyError, ObserveWrite, copy_stream};
 use crate::repository::manifest::{
     ArchiveRecord, ArtifactRecord, BackupStatus, CompressionRecord, ContentRecord, MANIFEST_FORMAT,
@@ -278,7 +279,7 @@ impl Run<'_> {
             encoder,
             (
                 StreamHasher::default(),
-                ArchiveInspector::new(ArchiveFormat::Custom),
+                Offloaded::new(ArchiveInspector::new(ArchiveFormat::Custom)),
             ),
         );
 
@@ -342,6 +343,7 @@ impl Run<'_> {
         }
 
         let (encoder, (plain_hasher, inspector)) = plain.into_parts();
+        let inspector = inspector.into_inner();
         let sealed = encoder.finish().map_err(write_error)?;
         let stored = sealed.finish().map_err(write_error)?;
         let (file, stored_hasher) = stored.into_parts();

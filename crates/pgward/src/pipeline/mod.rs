@@ -19,6 +19,7 @@ pub mod compress;
 pub mod decrypt;
 pub mod encrypt;
 pub mod hash;
+pub mod offload;
 
 use std::io::{self, Read, Write};
 
