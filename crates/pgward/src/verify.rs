@@ -458,7 +458,9 @@ fn verify_content(
                 "the sequence values differ from the manifest's".to_string()
             },
         );
-        if let Some(found) = &summary.large_objects {
+        if let Some(found) = &summary.large_objects
+            && (found.count > 0 || content.large_objects.count > 0)
+        {
             checks.compare(
                 "large objects",
                 &content.large_objects.to_string(),

@@ -1212,3 +1212,55 @@ fn a_drill_without_a_key_creates_no_scratch_database() {
     assert!(!b.drill_record_path().exists());
     assert_eq!(b.scratch_databases(), Vec::<String>::new());
 }
+
+#[test]
+fn a_drill_and_a_restore_on_a_spare_server() {
+    let b = Backed::new("dr_spare");
+    let spare = spare_cluster();
+    let conninfo = format!(
+        "host={} port={} user=postgres dbname=postgres",
+        spare.socket_dir.display(),
+        spare.port
+    );
+    let spare_databases = || {
+        spare
+            .psql("postgres", "SELECT datname FROM pg_database ORDER BY 1")
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let before = spare_databases();
+
+    let res = b.drill(&["--restore-connection", &conninfo]);
+    assert_drill_passed(&b, &res);
+    let restored_to = res.json()["record"]["restored-to"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        restored_to.contains(&spare.socket_dir.display().to_string()),
+        "{restored_to}"
+    );
+    // The scratch database was made and dropped on the spare; the source
+    // cluster never saw one.
+    assert_eq!(spare_databases(), before);
+    assert_eq!(b.scratch_databases(), Vec::<String>::new());
+
+    // The source database's own name is free on another cluster.
+    let res = b.restore(&b.db, &["--restore-connection", &conninfo]);
+    res.assert_ok();
+    assert_eq!(res.json()["ok"], true);
+    assert_eq!(
+        spare.psql(&b.db, "SELECT count(*) FROM audit.chain_breaks"),
+        "0"
+    );
+    assert_eq!(chain_head_on(spare, &b.db), chain_head_on(cluster(), &b.db));
+    spare.psql("postgres", &format!("DROP DATABASE {}", qi(&b.db)));
+}
+
+fn chain_head_on(on: &Cluster, db: &str) -> String {
+    on.psql(
+        db,
+        "SELECT encode(hash, 'hex') FROM audit.events ORDER BY seq DESC LIMIT 1",
+    )
+}

@@ -23,14 +23,21 @@ pub struct Cluster {
 }
 
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-static CLEANUP: OnceLock<(u32, PathBuf)> = OnceLock::new();
+static SPARE: OnceLock<Cluster> = OnceLock::new();
+/// Server pid and directory of every cluster started, stopped at exit.
+static CLEANUP: std::sync::Mutex<Vec<(u32, PathBuf)>> = std::sync::Mutex::new(Vec::new());
 
 /// The role every test cluster has with password authentication
 /// (scram-sha-256 over the socket), for the password tests.
 pub const PASSWORD_ROLE: &str = "pw_backup";
 
 pub fn cluster() -> &'static Cluster {
-    CLUSTER.get_or_init(Cluster::start)
+    CLUSTER.get_or_init(|| Cluster::start(""))
+}
+
+/// A second, independent cluster: a spare instance to restore and drill on.
+pub fn spare_cluster() -> &'static Cluster {
+    SPARE.get_or_init(|| Cluster::start("-spare"))
 }
 
 fn is_root() -> bool {
@@ -73,7 +80,11 @@ fn find_server_bin() -> PathBuf {
 }
 
 extern "C" fn stop_cluster_at_exit() {
-    if let Some((pid, dir)) = CLEANUP.get() {
+    let clusters = match CLEANUP.lock() {
+        Ok(list) => list.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    for (pid, dir) in &clusters {
         // SIGQUIT: immediate shutdown, nothing to keep.
         unsafe {
             libc::kill(*pid as i32, libc::SIGQUIT);
@@ -90,9 +101,9 @@ extern "C" fn stop_cluster_at_exit() {
 }
 
 impl Cluster {
-    fn start() -> Cluster {
+    fn start(suffix: &str) -> Cluster {
         let bin = find_server_bin();
-        let dir = std::env::temp_dir().join(format!("pgward-test-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("pgward-test-{}{suffix}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let data = dir.join("data");
         let socket_dir = dir.join("sock");
@@ -178,10 +189,16 @@ impl Cluster {
         #[allow(clippy::zombie_processes)]
         let child = postgres.spawn().expect("start postgres");
         let cluster = Cluster { socket_dir, port };
-        CLEANUP.set((child.id(), dir.clone())).ok();
-        // SAFETY: registering a plain extern "C" function.
-        unsafe {
-            libc::atexit(stop_cluster_at_exit);
+        let first = {
+            let mut list = CLEANUP.lock().unwrap_or_else(|p| p.into_inner());
+            list.push((child.id(), dir.clone()));
+            list.len() == 1
+        };
+        if first {
+            // SAFETY: registering a plain extern "C" function.
+            unsafe {
+                libc::atexit(stop_cluster_at_exit);
+            }
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
