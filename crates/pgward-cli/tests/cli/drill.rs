@@ -1264,3 +1264,66 @@ fn chain_head_on(on: &Cluster, db: &str) -> String {
         "SELECT encode(hash, 'hex') FROM audit.events ORDER BY seq DESC LIMIT 1",
     )
 }
+
+#[test]
+fn a_signal_during_a_drill_drops_its_database_and_spool_and_records_nothing() {
+    let b = small_backup(Workspace::new(), "dr_signal", None);
+    let real = real_pg_dump().replace("pg_dump", "pg_restore");
+    let marker = b.ws.path("restoring");
+    // The restore run itself (--verbose) announces itself and hangs; the
+    // version probe and the schema comparison reach the real pg_restore.
+    let wrapper = b.ws.script(
+        "pg_restore",
+        &format!(
+            "#!/bin/sh\ncase \"$*\" in *--verbose*) touch {}; exec sleep 60;; esac\nexec {real} \"$@\"\n",
+            marker.display()
+        ),
+    );
+    let config = b.ws.file(
+        "restore.toml",
+        &format!("[pg-restore]\npath = \"{}\"\n", wrapper.display()),
+    );
+    let mut child = pgward(&b.repo())
+        .arg("--config")
+        .arg(&config)
+        .args(["--json", "drill", &b.id])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !marker.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pg_restore never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The scratch database exists and the spool is in tmp/ now.
+    assert_eq!(b.scratch_databases().len(), 1);
+    assert!(
+        b.tmp_files().iter().any(|f| f.ends_with(".archive")),
+        "{:?}",
+        b.tmp_files()
+    );
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let started = std::time::Instant::now();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "the drill did not stop promptly"
+    );
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{stderr}");
+    assert!(stderr.contains("stopped by SIGTERM"), "{stderr}");
+    assert_eq!(b.scratch_databases(), Vec::<String>::new());
+    assert_eq!(b.tmp_files(), Vec::<String>::new());
+    assert!(
+        b.drill_record().is_none(),
+        "an interrupted drill is no verdict"
+    );
+}
