@@ -76,6 +76,9 @@ pub fn run(
         .and_then(|source| restoring.prepare(source, &options.restore, progress));
     let (outcome, restored_to, dropped) = match prepared {
         Err(e) => (Err(e), "(nothing restored)".to_string(), Ok(())),
+        Ok(_) if restoring.interrupted().is_some() => {
+            return Err(restoring.interrupted().expect("checked"));
+        }
         Ok(prepared) => {
             let scratch = scratch_name(&manifest.id);
             server.create(&scratch, encoding(&manifest))?;

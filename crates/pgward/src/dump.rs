@@ -189,6 +189,12 @@ impl Tool {
             Some(password) => command.env("PGPASSWORD", password.expose()),
             None => command.env_remove("PGPASSWORD"),
         };
+        // Messages pgward reads (errors, pg_restore's progress) in English
+        // and without colour codes, whatever the operator's locale.
+        command
+            .env("LC_ALL", "C")
+            .env("LANGUAGE", "C")
+            .env("PG_COLOR", "never");
         command
     }
 

@@ -22,6 +22,7 @@ use crate::repository::manifest::{DrillCheck, Manifest};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 
 /// Bytes of a large object read per query.
 const LARGE_OBJECT_CHUNK: i32 = 1 << 20;
@@ -79,10 +80,17 @@ pub fn compare_tables(
     toc: &Toc,
     restored: &RestoredAs,
     jobs: usize,
-    finished: Option<std::sync::mpsc::Receiver<String>>,
+    finished: Option<FinishedItems>,
 ) -> Result<Vec<DrillCheck>> {
     let units = read_backs(manifest, toc, restored);
     compare_units(&units, &session(manifest, restored), jobs, finished)
+}
+
+/// pg_restore's reports while it runs: its stderr lines, and whether it
+/// has exited (set by whoever waits for it).
+pub struct FinishedItems {
+    pub lines: std::sync::mpsc::Receiver<String>,
+    pub child_exited: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One comparison: a table, or the partitions pg_dump loads through their
@@ -285,7 +293,7 @@ fn compare_units(
     units: &[ReadBack],
     session: &Session,
     jobs: usize,
-    finished: Option<std::sync::mpsc::Receiver<String>>,
+    finished: Option<FinishedItems>,
 ) -> Result<Vec<DrillCheck>> {
     let results: Mutex<Vec<Option<DrillCheck>>> = Mutex::new(vec![None; units.len()]);
     let failure: Mutex<Option<Error>> = Mutex::new(None);
@@ -316,24 +324,49 @@ fn compare_units(
             });
         }
         // Dispatch: at once, or as pg_restore reports the data in.
-        let mut waiting: Vec<usize> = (0..units.len()).collect();
-        if let Some(lines) = finished {
-            let mut done: BTreeSet<i64> = BTreeSet::new();
-            for line in lines {
-                let Some(id) = super::load::finished_item(&line) else {
-                    continue;
-                };
-                done.insert(id);
-                waiting.retain(|&i| {
-                    let ready = units[i].members.iter().all(|m| done.contains(m));
-                    if ready {
-                        let _ = work.send(i);
+        let mut sent = vec![false; units.len()];
+        if let Some(finished) = finished {
+            let mut waiting_for: Vec<usize> = units.iter().map(|u| u.members.len()).collect();
+            let mut units_of: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+            for (i, unit) in units.iter().enumerate() {
+                for member in &unit.members {
+                    units_of.entry(*member).or_default().push(i);
+                }
+            }
+            let mut exited_at = None;
+            while crate::interrupt::pending().is_none() {
+                match finished
+                    .lines
+                    .recv_timeout(std::time::Duration::from_millis(250))
+                {
+                    Ok(line) => {
+                        let Some(id) = super::load::finished_item(&line) else {
+                            continue;
+                        };
+                        // Each id once: a repeated line must not count twice.
+                        for i in units_of.remove(&id).unwrap_or_default() {
+                            waiting_for[i] -= 1;
+                            if waiting_for[i] == 0 && !sent[i] {
+                                sent[i] = true;
+                                let _ = work.send(i);
+                            }
+                        }
                     }
-                    !ready
-                });
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    // pg_restore exited but something still holds its
+                    // stderr: stop waiting for lines after a grace period.
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        if finished.child_exited.load(Ordering::SeqCst) {
+                            let since = *exited_at.get_or_insert_with(std::time::Instant::now);
+                            if since.elapsed() > std::time::Duration::from_secs(5) {
+                                break;
+                            }
+                        }
+                    }
+                }
             }
         }
-        for i in waiting {
+        for (i, _) in sent.iter().enumerate().filter(|(_, sent)| !**sent) {
             let _ = work.send(i);
         }
         drop(work);
@@ -392,6 +425,12 @@ fn compare_unit(unit: &ReadBack, client: &mut postgres::Client) -> DrillCheck {
         ok: false,
         detail,
     };
+    if let Some(signal) = crate::interrupt::pending() {
+        return fail(format!(
+            "not read back: stopped by {}",
+            crate::pipeline::child::signal_name(signal)
+        ));
+    }
     let expected = match &unit.expected {
         Ok(expected) => expected,
         Err(why) => return fail(why.clone()),

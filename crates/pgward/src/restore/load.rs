@@ -120,7 +120,9 @@ pub(crate) fn prepare(
         match copied {
             Ok(_) => {}
             Err(CopyError::Stopped) => return Err(stopped(watch, manifest).expect("a signal")),
-            Err(CopyError::Read(e)) => return Err(damaged(manifest, e)),
+            Err(CopyError::Read(e)) => {
+                return Err(stopped(watch, manifest).unwrap_or_else(|| damaged(manifest, e)));
+            }
             Err(CopyError::Write(e)) => return Err(spool_error(&path, e)),
         }
         let file = writer
@@ -143,8 +145,13 @@ pub(crate) fn prepare(
         let mut head = Vec::new();
         let mut buffer = vec![0u8; crate::pipeline::CHUNK_SIZE];
         while source.toc().is_none() {
-            let n =
-                std::io::Read::read(&mut source, &mut buffer).map_err(|e| damaged(manifest, e))?;
+            if let Some(error) = stopped(watch, manifest) {
+                return Err(error);
+            }
+            let n = std::io::Read::read(&mut source, &mut buffer).map_err(|e| {
+                // A decryption command killed by the same Ctrl-C is no damage.
+                stopped(watch, manifest).unwrap_or_else(|| damaged(manifest, e))
+            })?;
             if n == 0 {
                 // finish() names what is wrong with an archive without a TOC.
                 source.finish()?;
@@ -198,11 +205,13 @@ pub(crate) fn prepare(
     })
 }
 
-/// The dump id in pg_restore's `--verbose` report of a finished item in a
-/// parallel restore: `pg_restore: finished item 3363 TABLE DATA accounts`.
+/// The dump id in pg_restore's `--verbose` report of a finished TABLE
+/// DATA item in a parallel restore: `pg_restore: finished item 3363 TABLE
+/// DATA accounts` (pgward runs pg_restore with `LC_ALL=C`, uncoloured).
 pub(crate) fn finished_item(line: &str) -> Option<i64> {
-    let rest = &line[line.find("finished item ")? + "finished item ".len()..];
-    rest.split(' ').next()?.parse().ok()
+    let rest = line.strip_prefix("pg_restore: finished item ")?;
+    let (id, what) = rest.split_once(' ')?;
+    what.starts_with("TABLE DATA ").then(|| id.parse().ok())?
 }
 
 impl Prepared {

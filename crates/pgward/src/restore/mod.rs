@@ -140,6 +140,9 @@ pub fn run(
     }
     let mut restoring = Restoring::begin(config, &repo, &manifest)?;
     let prepared = restoring.prepare(source, options, progress)?;
+    if let Some(error) = restoring.interrupted() {
+        return Err(error);
+    }
 
     // Only now, with the archive read as far as it can be and the
     // selection resolved, does anything on the server change.
@@ -303,11 +306,16 @@ impl<'a> Restoring<'a> {
         let (table_checks, data_ms, post_data_ms, verify_started) = if prepared.is_spooled() {
             // One parallel run; each table is read back as soon as
             // pg_restore reports its data in.
-            let (mut child, finished) = prepared.start_whole(&self.pg_restore, &database)?;
+            let (mut child, lines) = prepared.start_whole(&self.pg_restore, &database)?;
             self.watch.watch_child(child.pid());
             let watch = &self.watch;
             let toc = &prepared.toc;
             let restored = &restored;
+            let child_exited = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let finished = compare::FinishedItems {
+                lines,
+                child_exited: child_exited.clone(),
+            };
             let (tables, waited) = std::thread::scope(|scope| {
                 let tables = scope.spawn(move || {
                     compare::compare_tables(manifest, toc, restored, options.jobs, Some(finished))
@@ -318,6 +326,7 @@ impl<'a> Restoring<'a> {
                 if waited.is_err() {
                     child.terminate();
                 }
+                child_exited.store(true, std::sync::atomic::Ordering::SeqCst);
                 (
                     tables.join().expect("the verifying thread does not panic"),
                     waited,

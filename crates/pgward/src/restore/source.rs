@@ -179,7 +179,9 @@ impl ArchiveSource {
     /// Copies the rest of the archive into `sink`, observing it as `read`
     /// does, with decryption and decompression on their own thread: a
     /// restore has the machine to itself while it reads, and the checks
-    /// (sha256, inspection) then cost no wall time of their own.
+    /// (sha256, inspection) then cost no wall time of their own. When the
+    /// sink fails, the rest is still read and observed before the write
+    /// error is returned.
     pub fn copy_to(
         &mut self,
         sink: &mut dyn Write,
@@ -218,20 +220,26 @@ impl ArchiveSource {
             })
             .map_err(CopyError::Read)?;
         let mut total = 0u64;
+        // Once the sink stops taking data (pg_restore has what it was asked
+        // for), what is already decoded is still observed, and the rest
+        // too: the checks in `finish` need every byte.
+        let mut sink_failed = None;
         let outcome = loop {
             if !keep_going(total) {
                 break Err(CopyError::Stopped);
             }
             match receive.recv() {
-                Err(_) => break Ok(total),
+                Err(_) => break sink_failed.map_or(Ok(total), |e| Err(CopyError::Write(e))),
                 Ok(Err(e)) => break Err(CopyError::Read(e)),
                 Ok(Ok(chunk)) => {
                     self.hasher.observe(&chunk);
                     self.inspector.update(&chunk);
-                    if let Err(e) = sink.write_all(&chunk) {
-                        break Err(CopyError::Write(e));
+                    if sink_failed.is_none() {
+                        match sink.write_all(&chunk) {
+                            Ok(()) => total += chunk.len() as u64,
+                            Err(e) => sink_failed = Some(e),
+                        }
                     }
-                    total += chunk.len() as u64;
                 }
             }
         };
