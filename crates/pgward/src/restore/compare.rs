@@ -98,7 +98,8 @@ pub struct FinishedItems {
 /// their union can be compared).
 struct ReadBack {
     name: String,
-    /// The TABLE DATA entries whose data this reads back.
+    /// The entries pg_restore must have finished before this is read back
+    /// (see [`waits_for`]).
     members: Vec<i64>,
     /// The table as named in the archive's COPY statement, and its columns.
     relation: String,
@@ -114,6 +115,26 @@ struct Expected {
     fingerprint: Option<String>,
 }
 
+/// Post-data entries that lock their table against readers (ACCESS
+/// EXCLUSIVE: a primary key or unique constraint, row security, a
+/// policy, a rule). A table is read back after they are done: a read
+/// begun before them would make pg_restore wait for it.
+const LOCKS_OUT_READERS: [&str; 4] = ["CONSTRAINT", "ROW SECURITY", "POLICY", "RULE"];
+
+/// The entries a table's read-back waits for, in a parallel restore: its
+/// data, and the restored entries that lock it against readers.
+fn waits_for(toc: &Toc, restored: &RestoredAs, data: &TocEntry) -> Vec<i64> {
+    let mut ids = vec![data.dump_id];
+    ids.extend(
+        toc.entries
+            .iter()
+            .filter(|e| LOCKS_OUT_READERS.contains(&e.desc.as_str()) && chosen(restored, e))
+            .filter(|e| e.dependencies.iter().any(|d| data.dependencies.contains(d)))
+            .map(|e| e.dump_id),
+    );
+    ids
+}
+
 fn read_backs(manifest: &Manifest, toc: &Toc, restored: &RestoredAs) -> Vec<ReadBack> {
     let mut units: Vec<ReadBack> = Vec::new();
     type Group = (Vec<String>, Vec<i64>, MultisetDigest, u64, bool);
@@ -124,6 +145,7 @@ fn read_backs(manifest: &Manifest, toc: &Toc, restored: &RestoredAs) -> Vec<Read
         .filter(|e| e.desc == "TABLE DATA" && chosen(restored, e))
     {
         let name = format!("{}.{}", entry.namespace, entry.tag);
+        let members = waits_for(toc, restored, entry);
         let recorded = manifest
             .tables
             .iter()
@@ -131,7 +153,7 @@ fn read_backs(manifest: &Manifest, toc: &Toc, restored: &RestoredAs) -> Vec<Read
         let Some((relation, columns)) = parse_copy_statement(&entry.copy_statement) else {
             units.push(ReadBack {
                 name: format!("table {name}"),
-                members: vec![entry.dump_id],
+                members,
                 relation: String::new(),
                 columns: None,
                 schema_table: None,
@@ -147,7 +169,7 @@ fn read_backs(manifest: &Manifest, toc: &Toc, restored: &RestoredAs) -> Vec<Read
                 .entry(relation.clone())
                 .or_insert_with(|| (Vec::new(), Vec::new(), MultisetDigest::default(), 0, true));
             group.0.push(name);
-            group.1.push(entry.dump_id);
+            group.1.extend(members);
             match recorded {
                 Some(r) => {
                     group.3 += r.rows;
@@ -165,7 +187,7 @@ fn read_backs(manifest: &Manifest, toc: &Toc, restored: &RestoredAs) -> Vec<Read
         }
         units.push(ReadBack {
             name: format!("table {name}"),
-            members: vec![entry.dump_id],
+            members,
             relation,
             columns,
             schema_table: Some((entry.namespace.clone(), entry.tag.clone())),

@@ -205,13 +205,13 @@ pub(crate) fn prepare(
     })
 }
 
-/// The dump id in pg_restore's `--verbose` report of a finished TABLE
-/// DATA item in a parallel restore: `pg_restore: finished item 3363 TABLE
-/// DATA accounts` (pgward runs pg_restore with `LC_ALL=C`, uncoloured).
+/// The dump id in pg_restore's `--verbose` report of a finished item in a
+/// parallel restore: `pg_restore: finished item 3363 TABLE DATA accounts`
+/// (pgward runs pg_restore with `LC_ALL=C`, uncoloured). Only a line that
+/// starts so counts: a name in another line cannot fake one.
 pub(crate) fn finished_item(line: &str) -> Option<i64> {
     let rest = line.strip_prefix("pg_restore: finished item ")?;
-    let (id, what) = rest.split_once(' ')?;
-    what.starts_with("TABLE DATA ").then(|| id.parse().ok())?
+    rest.split_once(' ')?.0.parse().ok()
 }
 
 impl Prepared {
