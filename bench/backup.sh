@@ -44,47 +44,10 @@ set -euo pipefail
 export LC_NUMERIC=C
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# shellcheck source=scripts/pg-sandbox.sh
-source "$root/scripts/pg-sandbox.sh"
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
+bench_args "${BASH_SOURCE[0]}" 70 "$@"
 
-scale=70
-keep=0
-dir=""
-scale_given=0
-while [[ $# -gt 0 ]]; do
-  case $1 in
-    --scale)
-      [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || {
-        echo "bench: --scale needs a positive integer" >&2
-        exit 2
-      }
-      scale=$2 scale_given=1
-      shift 2
-      ;;
-    --keep)
-      keep=1
-      shift
-      ;;
-    --dir)
-      [[ -n ${2:-} ]] || {
-        echo "bench: --dir needs a path" >&2
-        exit 2
-      }
-      dir=$(pgsb_abspath "$2")
-      shift 2
-      ;;
-    -h | --help)
-      awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"
-      exit 0
-      ;;
-    *)
-      echo "bench: unknown argument $1 (try --help)" >&2
-      exit 2
-      ;;
-  esac
-done
-
-log() { printf 'bench: %s\n' "$*" >&2; }
 timeout_s=${PGWARD_BENCH_TIMEOUT:-3600}
 sample_s=${PGWARD_BENCH_SAMPLE:-0.05}
 [[ $timeout_s =~ ^[0-9]+$ ]] || {
@@ -96,31 +59,14 @@ sample_s=${PGWARD_BENCH_SAMPLE:-0.05}
   exit 1
 }
 
-# --- the cluster dir: new, or reused from an earlier --keep run ------------
-created_dir=0
-if [[ -z $dir ]]; then
-  dir=$(pgsb_mktemp pgward-bench)
-  created_dir=1
-elif [[ ! -e $dir ]]; then
-  mkdir -p "$dir"
-  chmod 711 "$dir"
-  created_dir=1
-elif [[ ! -f $dir/.pg-sandbox && -n $(ls -A "$dir") ]]; then
-  log "$dir is neither empty nor a sandbox from an earlier run: refusing to use it"
-  exit 2
-fi
+bench_dir
 out="$dir/out"
 
 cleanup() {
   local rc=$?
   if [[ -d $out/gnupg ]]; then GNUPGHOME="$out/gnupg" gpgconf --kill all 2>/dev/null || true; fi
   rm -rf -- "$out"
-  pgsb_stop "$dir"
-  if [[ $keep -eq 1 || $created_dir -eq 0 ]]; then
-    log "kept $dir (cluster stopped); re-run: bench/backup.sh --dir $dir --keep"
-  else
-    rm -rf -- "$dir"
-  fi
+  bench_leave_dir bench/backup.sh
   return "$rc"
 }
 trap cleanup EXIT
@@ -128,42 +74,13 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # --- build pgward first -----------------------------------------------------
-if ! command -v cargo >/dev/null 2>&1 && [[ -x ${CARGO_HOME:-$HOME/.cargo}/bin/cargo ]]; then
-  PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-fi
-pgward="$root/target/release/pgward"
 pgward_problem=""
-log "cargo build --release"
-if ! (cd "$root" && cargo build --release); then
-  pgward_problem="cargo build --release failed"
-elif [[ ! -x $pgward ]]; then
-  pgward_problem="no binary at $pgward after cargo build --release"
-fi
+bench_build || pgward_problem="cargo build --release failed or made no binary"
 [[ -z $pgward_problem ]] || log "pgward will not be measured: $pgward_problem"
 
 # --- data -------------------------------------------------------------------
-pgsb_start "$dir"
+bench_demo_database
 mkdir -p "$out"
-if [[ -f $dir/loaded-scale ]]; then
-  loaded=$(<"$dir/loaded-scale")
-  if [[ $scale_given -eq 1 && $loaded != "$scale" ]]; then
-    log "warning: $dir holds scale $loaded, not $scale; using it as it is"
-  fi
-  scale=$loaded
-  log "reusing the database demo (scale $scale) in $dir"
-else
-  # A load that did not finish (no marker) is redone from scratch.
-  PGOPTIONS='-c client_min_messages=warning' pgsb_psql -d postgres -c 'DROP DATABASE IF EXISTS demo'
-  t0=$EPOCHREALTIME
-  pgsb_load_sample demo "$scale" "$((scale * 25000))"
-  log "VACUUM ANALYZE"
-  pgsb_psql -d demo -c 'VACUUM ANALYZE'
-  printf '%s\n' "$scale" >"$dir/loaded-scale"
-  log "loaded in $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.0f", b - a }')s"
-fi
-db_bytes=$(pgsb_psql -d demo -At -c "SELECT pg_database_size('demo')")
-printf '\ndatabase demo: scale %s, %s bytes (%s)\n' "$scale" "$db_bytes" \
-  "$(pgsb_psql -d demo -At -c "SELECT pg_size_pretty(pg_database_size('demo'))")"
 printf 'pg_dump: %s; cores: %s\n\n' "$(pg_dump --version)" "$(nproc)"
 
 # --- measurements -------------------------------------------------------------

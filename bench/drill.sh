@@ -27,107 +27,29 @@ set -euo pipefail
 export LC_NUMERIC=C
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# shellcheck source=scripts/pg-sandbox.sh
-source "$root/scripts/pg-sandbox.sh"
-
-scale=35
-keep=0
-dir=""
-scale_given=0
-while [[ $# -gt 0 ]]; do
-  case $1 in
-    --scale)
-      [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || {
-        echo "bench: --scale needs a positive integer" >&2
-        exit 2
-      }
-      scale=$2 scale_given=1
-      shift 2
-      ;;
-    --keep)
-      keep=1
-      shift
-      ;;
-    --dir)
-      [[ -n ${2:-} ]] || {
-        echo "bench: --dir needs a path" >&2
-        exit 2
-      }
-      dir=$(pgsb_abspath "$2")
-      shift 2
-      ;;
-    -h | --help)
-      awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"
-      exit 0
-      ;;
-    *)
-      echo "bench: unknown argument $1 (try --help)" >&2
-      exit 2
-      ;;
-  esac
-done
-
-log() { printf 'bench: %s\n' "$*" >&2; }
-
-created_dir=0
-if [[ -z $dir ]]; then
-  dir=$(pgsb_mktemp pgward-bench)
-  created_dir=1
-elif [[ ! -e $dir ]]; then
-  mkdir -p "$dir"
-  chmod 711 "$dir"
-  created_dir=1
-elif [[ ! -f $dir/.pg-sandbox && -n $(ls -A "$dir") ]]; then
-  log "$dir is neither empty nor a sandbox from an earlier run: refusing to use it"
-  exit 2
-fi
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
+bench_args "${BASH_SOURCE[0]}" 35 "$@"
+bench_dir
 out="$dir/out-drill"
 
 cleanup() {
   local rc=$?
   rm -rf -- "$out"
-  pgsb_stop "$dir"
-  if [[ $keep -eq 1 || $created_dir -eq 0 ]]; then
-    log "kept $dir (cluster stopped); re-run: bench/drill.sh --dir $dir --keep"
-  else
-    rm -rf -- "$dir"
-  fi
+  bench_leave_dir bench/drill.sh
   return "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-if ! command -v cargo >/dev/null 2>&1 && [[ -x ${CARGO_HOME:-$HOME/.cargo}/bin/cargo ]]; then
-  PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-fi
-pgward="$root/target/release/pgward"
-log "cargo build --release"
-if ! (cd "$root" && cargo build --release) || [[ ! -x $pgward ]]; then
+bench_build || {
   log "pgward could not be built"
   exit 2
-fi
-
-pgsb_start "$dir"
+}
+bench_demo_database
 rm -rf -- "$out"
 mkdir -p "$out"
-if [[ -f $dir/loaded-scale ]]; then
-  loaded=$(<"$dir/loaded-scale")
-  if [[ $scale_given -eq 1 && $loaded != "$scale" ]]; then
-    log "warning: $dir holds scale $loaded, not $scale; using it as it is"
-  fi
-  scale=$loaded
-  log "reusing the database demo (scale $scale) in $dir"
-else
-  PGOPTIONS='-c client_min_messages=warning' pgsb_psql -d postgres -c 'DROP DATABASE IF EXISTS demo'
-  pgsb_load_sample demo "$scale" "$((scale * 25000))"
-  log "VACUUM ANALYZE"
-  pgsb_psql -d demo -c 'VACUUM ANALYZE'
-  printf '%s\n' "$scale" >"$dir/loaded-scale"
-fi
-db_bytes=$(pgsb_psql -d demo -At -c "SELECT pg_database_size('demo')")
-printf '\ndatabase demo: scale %s, %s bytes (%s)\n' "$scale" "$db_bytes" \
-  "$(pgsb_psql -d demo -At -c "SELECT pg_size_pretty(pg_database_size('demo'))")"
 printf 'pg_restore: %s; cores: %s\n\n' "$(pg_restore --version)" "$(nproc)"
 
 repo="$out/repo"

@@ -259,14 +259,6 @@ fn load_config(cli: &Cli) -> Result<Config, Error> {
     Ok(config)
 }
 
-fn open_repository(config: &Config) -> Result<pgward::Repository, Error> {
-    let path = config.repository.as_deref().ok_or_else(|| {
-        Error::config("no repository configured")
-            .with_hint("pass --repo DIR, set PGWARD_REPO or `repository` in the config file")
-    })?;
-    pgward::Repository::open(path)
-}
-
 fn run(cli: Cli) -> Result<(), Failure> {
     let mut config = load_config(&cli)?;
     match cli.command {
@@ -306,16 +298,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             run_grants(&config, &args, cli.json)?;
         }
         Command::List => {
-            let repo = open_repository(&config)?;
+            let repo = pgward::Repository::open(config.repository_path()?)?;
             render::list(&list::run(&repo)?, cli.json);
         }
         Command::Verify(args) => {
             apply_decrypt_args(&mut config, &args.decrypt);
-            let repo = open_repository(&config)?;
+            let repo = pgward::Repository::open(config.repository_path()?)?;
             let mut progress = render::Progress::new(!cli.json);
-            let decryption = config.decryption.clone();
-            let mut decryptor =
-                || secret::decryptor(&decryption, &pgward::process_env, &tty::ask_passphrase);
+            let mut decryptor = configured_decryptor(&config);
             let report = verify::run(&repo, &args.backup, &mut decryptor, &mut |n| {
                 progress.update(n)
             });
@@ -334,9 +324,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 drop_existing: args.drop_existing_database,
                 ..restore_options(&mut config, &args.how)
             };
-            let decryption = config.decryption.clone();
-            let mut decryptor =
-                || secret::decryptor(&decryption, &pgward::process_env, &tty::ask_passphrase);
+            let mut decryptor = configured_decryptor(&config);
             let mut progress = render::Progress::new(!cli.json);
             let report = pgward::restore::run(
                 &config,
@@ -369,9 +357,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 restore: restore_options(&mut config, &args.how),
                 keep: args.keep,
             };
-            let decryption = config.decryption.clone();
-            let mut decryptor =
-                || secret::decryptor(&decryption, &pgward::process_env, &tty::ask_passphrase);
+            let mut decryptor = configured_decryptor(&config);
             let mut progress = render::Progress::new(!cli.json);
             let report = pgward::drill::run(
                 &config,
@@ -411,6 +397,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// What decrypts artifacts as the config (and the flags applied to it)
+/// says, asked for only when an artifact is encrypted; the passphrase
+/// prompt goes to the terminal.
+fn configured_decryptor(
+    config: &Config,
+) -> impl FnMut() -> Result<Option<secret::Decryptor>, Error> + use<> {
+    let decryption = config.decryption.clone();
+    move || secret::decryptor(&decryption, &pgward::process_env, &tty::ask_passphrase)
 }
 
 fn restore_options(config: &mut Config, how: &RestoreHowArgs) -> pgward::restore::RestoreOptions {

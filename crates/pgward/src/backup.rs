@@ -59,10 +59,7 @@ pub fn run(
     env: Env,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<BackupOutcome> {
-    let repo_path = config.repository.as_deref().ok_or_else(|| {
-        Error::config("no repository configured")
-            .with_hint("pass --repo DIR, set PGWARD_REPO or `repository` in the config file")
-    })?;
+    let repo_path = config.repository_path()?;
     let target = ConnectionTarget::resolve(&config.connection, env)?;
     // Recipients are checked before anything is written: a backup that
     // cannot be encrypted as configured does not start.

@@ -231,6 +231,14 @@ pub fn format_size(n: u64) -> String {
 }
 
 impl Config {
+    /// The repository directory, which every command but `check` needs.
+    pub fn repository_path(&self) -> Result<&Path> {
+        self.repository.as_deref().ok_or_else(|| {
+            Error::config("no repository configured")
+                .with_hint("pass --repo DIR, set PGWARD_REPO or `repository` in the config file")
+        })
+    }
+
     /// Reads a config file; any unknown key or bad value is an error that
     /// names the file and line.
     pub fn load(path: &Path) -> Result<Config> {

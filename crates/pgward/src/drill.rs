@@ -14,9 +14,7 @@ use crate::encryption::secret::Decryptor;
 use crate::error::{Error, ErrorKind, Result};
 use crate::repository::manifest::{DRILL_FORMAT, DRILL_VERSION, DrillCheck, DrillRecord};
 use crate::restore::target::RestoreServer;
-use crate::restore::{
-    RestoreOptions, RestoreReport, Restoring, encoding, open_repository, open_source,
-};
+use crate::restore::{RestoreOptions, RestoreReport, Restoring, encoding, open_source};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Default)]
@@ -65,7 +63,7 @@ pub fn run(
     decryptor: &mut dyn FnMut() -> Result<Option<Decryptor>>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<DrillReport> {
-    let repo = open_repository(config)?;
+    let repo = crate::Repository::open(config.repository_path()?)?;
     let manifest = repo.find(selector)?;
     let started = clock::now();
     // A damaged artifact is found before any database is created (or while

@@ -131,24 +131,16 @@ impl Backed {
 
 /// The databases named `pgward_drill_<id as pgward spells it>_<hex>`.
 fn scratch_databases(id: &str) -> Vec<String> {
-    let spelled: String = id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let prefix = format!("pgward_drill_{spelled}_");
     assert!(
         id.len() <= 41,
         "pgward shortens ids this long; use a shorter hint: {id}"
     );
+    // pgward's name for a scratch database, without its random suffix.
+    let name = pgward::drill::scratch_name(id);
+    let prefix = &name[..name.rfind('_').unwrap() + 1];
     databases()
         .into_iter()
-        .filter(|name| name.starts_with(&prefix))
+        .filter(|name| name.starts_with(prefix))
         .collect()
 }
 
@@ -320,32 +312,6 @@ fn find(haystack: &[u8], needle: &[u8]) -> Vec<usize> {
         .collect()
 }
 
-/// `sha256sum FILE`.
-fn sha256_of(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
-fn zstd(args: &[&str], input: &Path, output: &Path) {
-    let out = Command::new("zstd")
-        .args(args)
-        .args(["-q", "-f", "-o"])
-        .arg(output)
-        .arg(input)
-        .output()
-        .expect("run zstd");
-    assert!(
-        out.status.success(),
-        "zstd {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Rebuilds the artifact with `from` replaced by `to` (same length, one
 /// occurrence) in the archive, recompressed with stock zstd; rewrites the
 /// manifest's artifact and archive sizes and digests when `forge_archive`,
@@ -357,7 +323,7 @@ fn rebuild_artifact(b: &Backed, from: &[u8], to: &[u8], forge_archive: bool) {
     zstd(&["-d"], &artifact, &plain);
     let manifest = b.manifest();
     assert_eq!(
-        sha256_of(&plain),
+        sha256_file(&plain),
         manifest["archive"]["sha256"].as_str().unwrap(),
         "stock zstd -d gives the archive back"
     );
@@ -377,10 +343,10 @@ fn rebuild_artifact(b: &Backed, from: &[u8], to: &[u8], forge_archive: bool) {
     std::fs::write(&artifact, &stored).unwrap();
     let mut manifest = manifest;
     manifest["artifact"]["bytes"] = stored.len().into();
-    manifest["artifact"]["sha256"] = sha256_of(&rebuilt).into();
+    manifest["artifact"]["sha256"] = sha256_file(&rebuilt).into();
     if forge_archive {
         manifest["archive"]["bytes"] = archive.len().into();
-        manifest["archive"]["sha256"] = sha256_of(&plain).into();
+        manifest["archive"]["sha256"] = sha256_file(&plain).into();
     }
     std::fs::write(
         b.manifest_path(),
@@ -416,6 +382,16 @@ fn generated_key(ws: &Workspace) -> (PathBuf, PathBuf, PathBuf) {
 }
 
 /// A database with one table of local work in it.
+/// An occupied database (see [`occupied_database`]) still there, with its data.
+#[track_caller]
+fn assert_untouched(target: &str, why: &str) {
+    assert!(database_exists(target), "{target}: {why}");
+    assert_eq!(
+        cluster().psql(target, "SELECT note FROM public.local_work"),
+        "mine"
+    );
+}
+
 fn occupied_database(hint: &str) -> String {
     let db = cluster().create_database(hint);
     cluster().psql(
@@ -669,11 +645,7 @@ fn a_forged_row_with_recomputed_digests_fails_the_drill_naming_its_table() {
     );
 
     let res = b.drill(&[]);
-    assert_eq!(
-        res.code, 1,
-        "stdout:\n{}\nstderr:\n{}",
-        res.stdout, res.stderr
-    );
+    res.assert_exit(1);
     let error = res.stderr.as_str();
     assert!(
         error.contains("table public.duplicates: backup has 4 rows with fingerprint "),
@@ -721,11 +693,7 @@ fn a_forged_row_with_recomputed_digests_fails_the_drill_naming_its_table() {
     // inspection, with the forged row in it.
     let target = format!("{}_copy", b.db);
     let res = b.restore(&target, &[]);
-    assert_eq!(
-        res.code, 1,
-        "stdout:\n{}\nstderr:\n{}",
-        res.stdout, res.stderr
-    );
+    res.assert_exit(1);
     assert!(
         res.stderr.contains(&format!(
             "database {target} does not match backup {}: table public.duplicates: ",
@@ -779,11 +747,7 @@ fn an_encrypted_backup_drills_with_its_key_and_not_without() {
         .env_remove("PGWARD_PASSPHRASE_FILE")
         .args(["--json", "drill", &id]);
     let res = run(without_terminal(&mut cmd));
-    assert_eq!(
-        res.code, 2,
-        "stdout:\n{}\nstderr:\n{}",
-        res.stdout, res.stderr
-    );
+    res.assert_exit(2);
     assert!(res.stderr.contains("is encrypted"), "{}", res.stderr);
     assert!(res.stderr.contains("--secret-key"), "{}", res.stderr);
     assert!(!record.exists(), "a drill without a key left a verdict");
@@ -843,11 +807,7 @@ fn restore_into_a_new_database_and_refusals_of_occupied_targets() {
     with_local.push(("public".into(), "local_work".into()));
     let before = table_contents(&target, &with_local);
     let res = b.restore(&target, &[]);
-    assert_eq!(
-        res.code, 2,
-        "stdout:\n{}\nstderr:\n{}",
-        res.stdout, res.stderr
-    );
+    res.assert_exit(2);
     assert!(
         res.stderr.contains("exists and is not empty"),
         "{}",
@@ -857,11 +817,7 @@ fn restore_into_a_new_database_and_refusals_of_occupied_targets() {
 
     // The backup's own source database.
     let res = b.restore(&b.db, &[]);
-    assert_eq!(
-        res.code, 2,
-        "stdout:\n{}\nstderr:\n{}",
-        res.stdout, res.stderr
-    );
+    res.assert_exit(2);
     assert!(res.stderr.contains("was taken from"), "{}", res.stderr);
     assert_eq!(table_contents(&b.db, &tables), source);
 
@@ -990,11 +946,7 @@ fn restore_of_one_table_and_one_schema() {
 
     // A selection of nothing is refused, and leaves no database.
     let res = b.restore(&target, &["--table", "public.no_such_table"]);
-    assert_eq!(
-        res.code, 2,
-        "stdout:\n{}\nstderr:\n{}",
-        res.stdout, res.stderr
-    );
+    res.assert_exit(2);
     assert!(res.stderr.contains("select nothing"), "{}", res.stderr);
     assert!(!database_exists(&target));
     assert_eq!(b.tmp_files(), Vec::<String>::new());
@@ -1010,11 +962,7 @@ fn a_damaged_artifact_fails_the_drill_and_the_restore_leaves_no_database() {
     std::fs::write(&artifact, &bytes).unwrap();
 
     let res = b.drill(&[]);
-    assert_eq!(
-        res.code, 1,
-        "stdout:\n{}\nstderr:\n{}",
-        res.stdout, res.stderr
-    );
+    res.assert_exit(1);
     assert!(res.stderr.contains("damaged"), "{}", res.stderr);
     let record = b.drill_record().expect("a failed drill is recorded");
     assert_eq!(record["verdict"], "fail", "{record}");
@@ -1040,11 +988,7 @@ fn a_damaged_artifact_fails_the_drill_and_the_restore_leaves_no_database() {
     // A database pgward did not create is not dropped; it stays empty.
     let empty = cluster().create_database(&format!("{}_empty", b.db));
     let res = b.restore(&empty, &[]);
-    assert_eq!(
-        res.code, 1,
-        "stdout:\n{}\nstderr:\n{}",
-        res.stdout, res.stderr
-    );
+    res.assert_exit(1);
     assert!(res.stderr.contains("damaged"), "{}", res.stderr);
     assert!(database_exists(&empty));
     assert_eq!(relations(&empty), Vec::<String>::new());
@@ -1076,11 +1020,7 @@ fn a_forged_artifact_digest_is_found_while_restoring() {
         assert_eq!(b.tmp_files(), Vec::<String>::new());
     }
     let res = b.drill(&["--jobs", "1"]);
-    assert_eq!(
-        res.code, 1,
-        "stdout:\n{}\nstderr:\n{}",
-        res.stdout, res.stderr
-    );
+    res.assert_exit(1);
     let record = b.drill_record().expect("recorded");
     assert_eq!(record["verdict"], "fail");
     assert!(
@@ -1126,19 +1066,11 @@ fn a_damaged_artifact_does_not_drop_the_existing_database() {
     let target = occupied_database("rs_dmgdrop_target");
 
     let res = b.restore(&target, &["--drop-existing-database"]);
-    assert_eq!(
-        res.code, 1,
-        "stdout:\n{}\nstderr:\n{}",
-        res.stdout, res.stderr
-    );
+    res.assert_exit(1);
     assert!(res.stderr.contains("damaged"), "{}", res.stderr);
-    assert!(
-        database_exists(&target),
-        "{target} was dropped for a backup that was known damaged before anything was restored"
-    );
-    assert_eq!(
-        cluster().psql(&target, "SELECT note FROM public.local_work"),
-        "mine"
+    assert_untouched(
+        &target,
+        "dropped for a backup that was known damaged before anything was restored",
     );
     drop_database(&target);
 }
@@ -1165,19 +1097,11 @@ fn an_encrypted_backup_without_a_key_does_not_drop_the_existing_database() {
             "--drop-existing-database",
         ]);
     let res = run(without_terminal(&mut cmd));
-    assert_eq!(
-        res.code, 2,
-        "stdout:\n{}\nstderr:\n{}",
-        res.stdout, res.stderr
-    );
+    res.assert_exit(2);
     assert!(res.stderr.contains("is encrypted"), "{}", res.stderr);
-    assert!(
-        database_exists(&target),
-        "{target} was dropped although nothing could be restored without a key"
-    );
-    assert_eq!(
-        cluster().psql(&target, "SELECT note FROM public.local_work"),
-        "mine"
+    assert_untouched(
+        &target,
+        "dropped although nothing could be restored without a key",
     );
     drop_database(&target);
 }
@@ -1203,11 +1127,7 @@ fn a_drill_without_a_key_creates_no_scratch_database() {
         .arg(format!("user={role} dbname=postgres"));
     let res = run(without_terminal(&mut cmd));
     cluster().psql("postgres", &format!("DROP ROLE {}", qi(&role)));
-    assert_eq!(
-        res.code, 2,
-        "stdout:\n{}\nstderr:\n{}",
-        res.stdout, res.stderr
-    );
+    res.assert_exit(2);
     assert!(res.stderr.contains("is encrypted"), "{}", res.stderr);
     assert!(!b.drill_record_path().exists());
     assert_eq!(b.scratch_databases(), Vec::<String>::new());

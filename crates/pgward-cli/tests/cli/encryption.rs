@@ -358,30 +358,6 @@ fn assert_fully_verified(res: &Run) {
     );
 }
 
-fn sha256(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
-fn zstd_decompress(input: &Path, output: &Path) {
-    let out = Command::new("zstd")
-        .args(["-d", "-q", "-f", "-o"])
-        .arg(output)
-        .arg(input)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "zstd -d failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The OpenPGP packet tag of the first packet (old or new format).
 fn first_packet_tag(bytes: &[u8]) -> u8 {
     let b = bytes[0];
@@ -504,7 +480,7 @@ fn an_encrypted_backup_round_trips_through_stock_gpg_zstd_and_pg_restore() {
     );
 
     // The envelope equals the manifest and the file on disk.
-    let stored_sha = sha256(&artifact);
+    let stored_sha = sha256_file(&artifact);
     assert_eq!(envelope["id"], id.as_str());
     assert_eq!(
         envelope["artifact-ref"],
@@ -543,8 +519,11 @@ fn an_encrypted_backup_round_trips_through_stock_gpg_zstd_and_pg_restore() {
     assert!(status.contains("[GNUPG:] DECRYPTION_OKAY"), "{status}");
     assert!(status.contains("[GNUPG:] GOODMDC"), "{status}");
     let tar = ws.path("plain.tar");
-    zstd_decompress(&compressed, &tar);
-    assert_eq!(sha256(&tar), envelope["archive-sha256"].as_str().unwrap());
+    zstd(&["-d"], &compressed, &tar);
+    assert_eq!(
+        sha256_file(&tar),
+        envelope["archive-sha256"].as_str().unwrap()
+    );
     assert_eq!(
         std::fs::metadata(&tar).unwrap().len(),
         envelope["archive-bytes"].as_u64().unwrap()
@@ -663,8 +642,8 @@ fn every_recipient_alone_can_decrypt() {
             );
         }
         let tar = ws.path(&format!("plain{i}.tar"));
-        zstd_decompress(&compressed, &tar);
-        assert_eq!(sha256(&tar), archive_sha);
+        zstd(&["-d"], &compressed, &tar);
+        assert_eq!(sha256_file(&tar), archive_sha);
 
         let res = run(verify_cmd(&ws.repo(), &id)
             .arg("--secret-key")
@@ -778,9 +757,9 @@ fn a_generated_key_works_with_gpg_and_verify() {
         &["--pinentry-mode", "loopback", "--passphrase-file", pass_str],
     );
     let tar = ws.path("plain.tar");
-    zstd_decompress(&compressed, &tar);
+    zstd(&["-d"], &compressed, &tar);
     assert_eq!(
-        sha256(&tar),
+        sha256_file(&tar),
         out["envelope"]["archive-sha256"].as_str().unwrap()
     );
 
@@ -1339,8 +1318,11 @@ fn no_plaintext_reaches_the_disk() {
     let compressed = control.join("plain.dump.zst");
     gpg.decrypt(&artifact, &compressed, &[]);
     let tar = control.join("plain.tar");
-    zstd_decompress(&compressed, &tar);
-    assert_eq!(sha256(&tar), envelope["archive-sha256"].as_str().unwrap());
+    zstd(&["-d"], &compressed, &tar);
+    assert_eq!(
+        sha256_file(&tar),
+        envelope["archive-sha256"].as_str().unwrap()
+    );
     assert_eq!(
         files_containing(ws.dir.path(), marker.as_bytes()),
         vec![tar.clone()]

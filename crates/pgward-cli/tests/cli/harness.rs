@@ -339,6 +339,15 @@ impl Run {
     }
 
     #[track_caller]
+    pub fn assert_exit(&self, code: i32) -> &Run {
+        assert_eq!(
+            self.code, code,
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
     pub fn assert_ok(&self) -> &Run {
         assert_eq!(
             self.code, 0,
@@ -444,4 +453,31 @@ pub fn spawn_backup_until(
         std::thread::sleep(Duration::from_millis(20));
     }
     child
+}
+
+/// `sha256sum FILE`: the stock tool's digest, independent of pgward's.
+pub fn sha256_file(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Stock `zstd ARGS -q -f -o OUTPUT INPUT` (`-d` to decompress).
+pub fn zstd(args: &[&str], input: &Path, output: &Path) {
+    let out = Command::new("zstd")
+        .args(args)
+        .args(["-q", "-f", "-o"])
+        .arg(output)
+        .arg(input)
+        .output()
+        .expect("run zstd");
+    assert!(
+        out.status.success(),
+        "zstd {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

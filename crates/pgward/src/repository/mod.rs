@@ -605,7 +605,8 @@ fn process_alive(pid: i32) -> bool {
     result == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-fn create_private(path: &Path) -> std::io::Result<File> {
+/// Creates a new file, private to its owner (0600); never replaces one.
+pub(crate) fn create_private(path: &Path) -> std::io::Result<File> {
     OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -12,7 +12,7 @@
 //! caller overlaps with reading the tables back.
 
 use super::selection::Selection;
-use super::source::ArchiveSource;
+use super::source::{ArchiveSource, damaged};
 use super::{RestoreOptions, Scratch};
 use crate::catalog::connect::ConnectionTarget;
 use crate::dump::Tool;
@@ -52,14 +52,6 @@ enum Input {
         source: Option<Box<ArchiveSource>>,
         toc_file: Option<PathBuf>,
     },
-}
-
-pub(crate) fn damaged(manifest: &Manifest, detail: impl std::fmt::Display) -> Error {
-    Error::new(
-        ErrorKind::Integrity,
-        format!("backup {} is damaged: {detail}", manifest.id),
-    )
-    .with_hint("run `pgward verify` on it; restore another backup")
 }
 
 /// A signal turned into the restore's failure (acknowledged, so it is not
@@ -342,12 +334,7 @@ impl Prepared {
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
+    crate::repository::create_private(path)
         .and_then(|mut file| file.write_all(bytes))
         .map_err(|e| Error::repository_io("cannot write", path, e))
 }

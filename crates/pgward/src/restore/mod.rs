@@ -111,7 +111,7 @@ pub fn run(
     decryptor: &mut dyn FnMut() -> Result<Option<Decryptor>>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<RestoreReport> {
-    let repo = open_repository(config)?;
+    let repo = Repository::open(config.repository_path()?)?;
     let manifest = repo.find(selector)?;
     // The artifact is checked (size, sha256, a key that is one of its
     // recipients) before anything on the server changes.
@@ -198,14 +198,6 @@ pub(crate) fn open_source(
         None => None,
     };
     ArchiveSource::open(repo, manifest, decryptor.as_ref())
-}
-
-pub(crate) fn open_repository(config: &Config) -> Result<Repository> {
-    let root = config.repository.as_deref().ok_or_else(|| {
-        Error::config("no repository configured")
-            .with_hint("pass --repo DIR, set PGWARD_REPO or `repository` in the config file")
-    })?;
-    Repository::open(root)
 }
 
 /// One restore in progress: its files in `tmp/` and its signal watch.
@@ -379,9 +371,8 @@ impl<'a> Restoring<'a> {
         };
         let restore_ms = self.prepare_ms + data_ms + post_data_ms;
         let mut checks = table_checks?;
-        if let Some(entries) = &prepared.entries {
-            let chosen: Vec<i64> = entries.iter().copied().collect();
-            let left_out = options.selection.left_out(&prepared.toc, &chosen);
+        if let Some(chosen) = &entries {
+            let left_out = options.selection.left_out(&prepared.toc, chosen);
             checks.push(DrillCheck {
                 name: "selection".to_string(),
                 ok: true,

@@ -66,12 +66,7 @@ impl Selection {
         // chosen. A dependency on a schema does not count (every object in
         // a schema depends on it, and a table's schema must not bring the
         // schema's other tables).
-        let schema_ids: BTreeSet<i64> = toc
-            .entries
-            .iter()
-            .filter(|e| e.desc == "SCHEMA")
-            .map(|e| e.dump_id)
-            .collect();
+        let schema_ids = schema_entries(toc);
         let real_dependencies = |entry: &crate::pipeline::archive::TocEntry| -> Vec<i64> {
             entry
                 .dependencies
@@ -107,14 +102,8 @@ impl Selection {
     /// Entries left out although they belong to something chosen, because
     /// they also need something that is not (a trigger calling a function
     /// elsewhere, a foreign key to another table): `DESC schema.name` each.
-    pub fn left_out(&self, toc: &Toc, chosen: &[i64]) -> Vec<String> {
-        let chosen: BTreeSet<i64> = chosen.iter().copied().collect();
-        let schema_ids: BTreeSet<i64> = toc
-            .entries
-            .iter()
-            .filter(|e| e.desc == "SCHEMA")
-            .map(|e| e.dump_id)
-            .collect();
+    pub fn left_out(&self, toc: &Toc, chosen: &BTreeSet<i64>) -> Vec<String> {
+        let schema_ids = schema_entries(toc);
         toc.entries
             .iter()
             .filter(|e| !chosen.contains(&e.dump_id))
@@ -135,6 +124,15 @@ impl Selection {
         }
         text
     }
+}
+
+/// The dump ids of the archive's SCHEMA entries.
+fn schema_entries(toc: &Toc) -> BTreeSet<i64> {
+    toc.entries
+        .iter()
+        .filter(|e| e.desc == "SCHEMA")
+        .map(|e| e.dump_id)
+        .collect()
 }
 
 #[cfg(test)]

@@ -46,7 +46,7 @@ pub struct ArchiveSource {
 
 /// A failure of the backup itself (as opposed to the restore's): its
 /// artifact does not match its manifest.
-fn damaged(manifest: &Manifest, detail: impl std::fmt::Display) -> Error {
+pub(crate) fn damaged(manifest: &Manifest, detail: impl std::fmt::Display) -> Error {
     Error::new(
         ErrorKind::Integrity,
         format!("backup {} is damaged: {detail}", manifest.id),

@@ -407,21 +407,8 @@ impl CustomInspector {
                 continue;
             }
             let stats = self.stats.get(&entry.dump_id).cloned().unwrap_or_default();
-            let Some(rows) = stats.copy_rows() else {
-                return fail(format!(
-                    "data of table {}.{} (block {}) does not end with the COPY end-of-data marker",
-                    entry.namespace, entry.tag, entry.dump_id
-                ));
-            };
-            table_data.push(TableData {
-                schema: entry.namespace.clone(),
-                table: entry.tag.clone(),
-                member: format!("block {}", entry.dump_id),
-                bytes: stats.bytes,
-                rows,
-                fingerprint: stats.fingerprint().sum,
-                copy_statement: entry.copy_statement.clone(),
-            });
+            let block = format!("block {}", entry.dump_id);
+            table_data.push(TableData::read(entry, block.clone(), &block, &stats)?);
         }
         Ok(ArchiveSummary {
             encoding: toc.encoding(),

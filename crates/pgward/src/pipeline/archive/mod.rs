@@ -159,6 +159,33 @@ pub struct TableData {
     pub copy_statement: String,
 }
 
+impl TableData {
+    /// A table's data as read: complete only when its COPY text ends with
+    /// the end-of-data marker (`located` says where, for the message).
+    pub(crate) fn read(
+        entry: &TocEntry,
+        member: String,
+        located: &str,
+        stats: &MemberStats,
+    ) -> Result<TableData, ArchiveError> {
+        let Some(rows) = stats.copy_rows() else {
+            return fail(format!(
+                "data of table {}.{} ({located}) does not end with the COPY end-of-data marker",
+                entry.namespace, entry.tag
+            ));
+        };
+        Ok(TableData {
+            schema: entry.namespace.clone(),
+            table: entry.tag.clone(),
+            member,
+            bytes: stats.bytes,
+            rows,
+            fingerprint: stats.fingerprint().sum,
+            copy_statement: entry.copy_statement.clone(),
+        })
+    }
+}
+
 /// One entry of the archive's table of contents (the fields pgward uses).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TocEntry {

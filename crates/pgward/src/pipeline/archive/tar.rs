@@ -270,21 +270,12 @@ impl TarInspector {
                 ));
             };
             if entry.desc == "TABLE DATA" {
-                let Some(rows) = stats.copy_rows() else {
-                    return fail(format!(
-                        "data of table {}.{} (member {member}) does not end with the COPY end-of-data marker",
-                        entry.namespace, entry.tag
-                    ));
-                };
-                table_data.push(TableData {
-                    schema: entry.namespace.clone(),
-                    table: entry.tag.clone(),
-                    member: member.clone(),
-                    bytes: stats.bytes,
-                    rows,
-                    fingerprint: stats.fingerprint().sum,
-                    copy_statement: entry.copy_statement.clone(),
-                });
+                table_data.push(TableData::read(
+                    entry,
+                    member.clone(),
+                    &format!("member {member}"),
+                    stats,
+                )?);
             }
         }
         Ok(ArchiveSummary {

@@ -1,0 +1,121 @@
+# bench/lib.sh: what the benchmarks share; sourced by bench/*.sh, not run.
+#
+# Each benchmark takes the same arguments (--scale N, --keep, --dir DIR),
+# runs in a sandbox cluster dir that a later run with --dir can reuse with
+# its loaded data, builds pgward in release mode, and works on the sample
+# database `demo`. The functions below set these globals: scale,
+# scale_given, keep, dir, created_dir, pgward.
+#
+# shellcheck shell=bash
+# root: set by the sourcing script (the checkout).
+# shellcheck disable=SC2154
+# shellcheck source=scripts/pg-sandbox.sh
+source "$root/scripts/pg-sandbox.sh"
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+
+# bench_args SCRIPT DEFAULT_SCALE ARGS...: parses the shared arguments;
+# --help prints SCRIPT's header comment.
+bench_args() {
+  local script=$1
+  scale=$2 scale_given=0 keep=0 dir=""
+  shift 2
+  while [[ $# -gt 0 ]]; do
+    case $1 in
+      --scale)
+        [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || {
+          echo "bench: --scale needs a positive integer" >&2
+          exit 2
+        }
+        scale=$2 scale_given=1
+        shift 2
+        ;;
+      --keep)
+        keep=1
+        shift
+        ;;
+      --dir)
+        [[ -n ${2:-} ]] || {
+          echo "bench: --dir needs a path" >&2
+          exit 2
+        }
+        dir=$(pgsb_abspath "$2")
+        shift 2
+        ;;
+      -h | --help)
+        awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$script"
+        exit 0
+        ;;
+      *)
+        echo "bench: unknown argument $1 (try --help)" >&2
+        exit 2
+        ;;
+    esac
+  done
+}
+
+# bench_dir: the cluster dir: new, or reused from an earlier --keep run;
+# anything else that is not empty is refused.
+bench_dir() {
+  created_dir=0
+  if [[ -z $dir ]]; then
+    dir=$(pgsb_mktemp pgward-bench)
+    created_dir=1
+  elif [[ ! -e $dir ]]; then
+    mkdir -p "$dir"
+    chmod 711 "$dir"
+    created_dir=1
+  elif [[ ! -f $dir/.pg-sandbox && -n $(ls -A "$dir") ]]; then
+    log "$dir is neither empty nor a sandbox from an earlier run: refusing to use it"
+    exit 2
+  fi
+}
+
+# bench_leave_dir SCRIPT: for the exit trap: stops the cluster, then keeps
+# the dir (--keep, or a --dir that existed) or removes it.
+bench_leave_dir() {
+  pgsb_stop "$dir"
+  if [[ $keep -eq 1 || $created_dir -eq 0 ]]; then
+    log "kept $dir (cluster stopped); re-run: $1 --dir $dir --keep"
+  else
+    rm -rf -- "$dir"
+  fi
+}
+
+# bench_build: cargo build --release; sets pgward. Fails when there is no
+# binary to measure.
+bench_build() {
+  if ! command -v cargo >/dev/null 2>&1 && [[ -x ${CARGO_HOME:-$HOME/.cargo}/bin/cargo ]]; then
+    PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+  fi
+  pgward="$root/target/release/pgward"
+  log "cargo build --release"
+  (cd "$root" && cargo build --release) && [[ -x $pgward ]]
+}
+
+# bench_demo_database: starts the cluster and loads database demo at the
+# scale asked for, or reuses what an earlier run loaded; prints its size.
+bench_demo_database() {
+  local loaded t0
+  pgsb_start "$dir"
+  if [[ -f $dir/loaded-scale ]]; then
+    loaded=$(<"$dir/loaded-scale")
+    if [[ $scale_given -eq 1 && $loaded != "$scale" ]]; then
+      log "warning: $dir holds scale $loaded, not $scale; using it as it is"
+    fi
+    scale=$loaded
+    log "reusing the database demo (scale $scale) in $dir"
+  else
+    # A load that did not finish (no marker) is redone from scratch.
+    PGOPTIONS='-c client_min_messages=warning' pgsb_psql -d postgres -c 'DROP DATABASE IF EXISTS demo'
+    t0=$EPOCHREALTIME
+    pgsb_load_sample demo "$scale" "$((scale * 25000))"
+    log "VACUUM ANALYZE"
+    pgsb_psql -d demo -c 'VACUUM ANALYZE'
+    printf '%s\n' "$scale" >"$dir/loaded-scale"
+    log "loaded in $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.0f", b - a }')s"
+  fi
+  db_bytes=$(pgsb_psql -d demo -At -c "SELECT pg_database_size('demo')")
+  printf '\ndatabase demo: scale %s, %s bytes (%s)\n' "$scale" "$db_bytes" \
+    "$(pgsb_psql -d demo -At -c "SELECT pg_size_pretty(pg_database_size('demo'))")"
+}
