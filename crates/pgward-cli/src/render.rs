@@ -49,10 +49,17 @@ pub fn error(error: &Error, json: bool) {
 
 pub fn backup(outcome: &BackupOutcome, json: bool) {
     let m = &outcome.manifest;
+    let warnings: Vec<String> = m
+        .content
+        .iter()
+        .flat_map(|c| &c.restore_hazards)
+        .map(|h| format!("restore-order hazard: {}", h.describe()))
+        .collect();
     if json {
         out_json(&json!({
             "message-type": "backup",
             "status": "complete",
+            "warnings": warnings,
             "id": m.id,
             "artifact-path": outcome.artifact_path,
             "manifest-path": outcome.manifest_path,
@@ -100,6 +107,9 @@ pub fn backup(outcome: &BackupOutcome, json: bool) {
         manifest = outcome.manifest_path.display(),
         rate = bytes(rate as u64),
     ));
+    for warning in &warnings {
+        err(&format!("pgward: warning: {warning}\n"));
+    }
 }
 
 pub fn list(listing: &Listing, json: bool) {
@@ -224,8 +234,14 @@ fn drill_checks_text(checks: &[pgward::repository::manifest::DrillCheck]) -> Str
     let mut text = String::new();
     for check in checks {
         text.push_str(&format!(
-            "  {:<4} {:<32} {}\n",
-            if check.ok { "ok" } else { "FAIL" },
+            "  {:<8} {:<32} {}\n",
+            if check.ok {
+                "ok"
+            } else if check.fails() {
+                "FAIL"
+            } else {
+                "ACCEPTED"
+            },
             check.name,
             check.detail
         ));
@@ -281,6 +297,12 @@ pub fn drill(report: &pgward::drill::DrillReport, json: bool) {
         }
     );
     text.push_str(&drill_checks_text(&record.checks));
+    if !record.accepted_findings.is_empty() {
+        text.push_str(&format!(
+            "accepted findings ([drill] accept): {}\n",
+            record.accepted_findings.join(", ")
+        ));
+    }
     text.push_str(&format!(
         "{}; scratch database {}; verdict recorded beside the backup\n",
         if record.passed() { "PASS" } else { "FAIL" },

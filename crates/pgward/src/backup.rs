@@ -75,6 +75,9 @@ pub fn run(
     check_pin(config, &server)?;
     let dump_scope = session.resolve_scope(&config.scope)?;
     let expected_tables = session.tables_with_data(&dump_scope)?;
+    // What the archive cannot carry, read in the same snapshot.
+    let column_order = session.column_orders(&dump_scope)?;
+    let restore_hazards = session.restore_hazards(&dump_scope, &server)?;
     let text_settings = TextSettings::pg_dump();
 
     let pg_dump = PgDump::pg_dump(&config.pg_dump);
@@ -97,6 +100,8 @@ pub fn run(
         pg_dump: &pg_dump,
         pg_dump_version: &pg_dump_version,
         expected_tables: &expected_tables,
+        column_order: &column_order,
+        restore_hazards: &restore_hazards,
         dump_scope: &dump_scope,
         snapshot: snapshot.as_deref(),
         text_settings: &text_settings,
@@ -233,6 +238,8 @@ struct Run<'a> {
     pg_dump: &'a PgDump,
     pg_dump_version: &'a ToolVersion,
     expected_tables: &'a [TableName],
+    column_order: &'a [crate::catalog::restorability::ColumnOrder],
+    restore_hazards: &'a [crate::catalog::restorability::RestoreHazard],
     /// The scope as given to pg_dump (partitions of named partitioned
     /// tables added); the manifest records the configured scope.
     dump_scope: &'a crate::scope::Scope,
@@ -439,6 +446,8 @@ impl Run<'_> {
                     .large_objects
                     .clone()
                     .unwrap_or_else(|| crate::fingerprint::MultisetDigest::default().finish()),
+                column_order: self.column_order.to_vec(),
+                restore_hazards: self.restore_hazards.to_vec(),
             }),
         })
     }

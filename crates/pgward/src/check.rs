@@ -161,7 +161,15 @@ pub fn run(config: &Config, env: Env) -> Result<CheckReport> {
         previous: None,
     };
     let mut matrix = Matrix::default();
-    for section in [tools, connection, scope, privileges, repository, encryption] {
+    for section in [
+        tools,
+        connection,
+        scope,
+        privileges,
+        restore_order,
+        repository,
+        encryption,
+    ] {
         section(&mut ctx, &mut matrix);
     }
     let expected_backup_bytes = expected_size(&ctx);
@@ -358,6 +366,36 @@ fn privileges(ctx: &mut Context, m: &mut Matrix) {
         );
     }
     ctx.privileges = Some(report);
+}
+
+/// Constraints whose restore depends on the order pg_restore loads tables
+/// in (see [`crate::catalog::restorability`]): a warning, because the
+/// backup is still taken and restored (serially, in archive order).
+fn restore_order(ctx: &mut Context, m: &mut Matrix) {
+    let (Some(session), Some(scope), Some(server)) = (
+        ctx.session.as_mut(),
+        ctx.scope.as_ref(),
+        ctx.server.as_ref(),
+    ) else {
+        m.not_evaluated("restore.order", "the scope did not resolve");
+        return;
+    };
+    match session.restore_hazards(scope, server) {
+        Ok(hazards) if hazards.is_empty() => m.pass(
+            "restore.order",
+            "no CHECK or domain constraint in scope calls a user function that is not immutable",
+        ),
+        Ok(hazards) => {
+            for hazard in hazards {
+                m.warn(
+                    "restore.order-hazard",
+                    hazard.describe(),
+                    "pgward restores this backup serially in archive order, so drills give the same verdict every time; to remove the hazard, enforce the rule with a trigger (restored after the data) or a foreign key instead",
+                );
+            }
+        }
+        Err(e) => m.fail_with("restore.order", &e),
+    }
 }
 
 fn expected_size(ctx: &Context) -> Option<u64> {

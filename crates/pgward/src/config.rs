@@ -39,6 +39,19 @@ pub struct Config {
     pub encryption: EncryptionConfig,
     #[serde(default)]
     pub decryption: DecryptionConfig,
+    #[serde(default)]
+    pub drill: DrillConfig,
+}
+
+/// How drills (and the verification after a restore) judge what they find.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DrillConfig {
+    /// Findings accepted as known and explained, each `"CLASS OBJECT"`,
+    /// e.g. `"column-order public.child"`: recorded in the verdict, no
+    /// longer failing it. Nothing is accepted by default.
+    #[serde(default)]
+    pub accept: Vec<String>,
 }
 
 /// Who backups are encrypted to.
@@ -289,6 +302,9 @@ impl Config {
                 "decryption.secret-key and decryption.command are both set",
             )
             .with_hint("choose one: a secret key file pgward reads, or a command (gpg) that decrypts"));
+        }
+        for entry in &self.drill.accept {
+            crate::findings::Acceptance::parse(entry)?;
         }
         self.scope.validate()
     }

@@ -108,26 +108,31 @@ pub fn run(
         Ok(report) => (report.checks.clone(), Some(report), None),
         Err(e) => {
             // pg_restore's words can quote a row; the record of an encrypted
-            // backup sits unencrypted beside it, so they stay out of it.
+            // backup sits unencrypted beside it, so they stay out of it
+            // (what pgward itself knows of the cause does not quote data).
             let detail = if manifest.artifact.encryption.is_some() && e.kind() == ErrorKind::Restore
             {
-                "pg_restore failed (its message may quote data of this encrypted backup, so it is not recorded: see the drill's output)".to_string()
+                let mut detail = "pg_restore failed (its message may quote data of this encrypted backup, so it is not recorded: see the drill's output)".to_string();
+                if let Some(cause) = crate::restore::hazard_cause(&manifest, e.message()) {
+                    detail = format!("{detail}; {cause}");
+                }
+                detail
             } else {
                 e.message().to_string()
             };
-            let check = DrillCheck {
-                name: "restore".to_string(),
-                ok: false,
-                detail,
-            };
+            let check = DrillCheck::failed("restore", detail);
             (vec![check], None, Some(e.message().to_string()))
         }
     };
     let finished = clock::now();
     let first_failure = checks
         .iter()
-        .find(|c| !c.ok)
+        .find(|c| c.fails())
         .map(|c| format!("{}: {}", c.name, c.detail));
+    let accepted_findings = restore
+        .as_ref()
+        .map(|r| r.accepted_findings.clone())
+        .unwrap_or_default();
     let record = DrillRecord {
         format: DRILL_FORMAT.to_string(),
         format_version: DRILL_VERSION,
@@ -144,6 +149,7 @@ pub fn run(
         restored_to,
         kept: options.keep,
         first_failure,
+        accepted_findings,
         checks,
     };
     repo.save_drill_record(&record)?;

@@ -130,6 +130,12 @@ impl Error {
         self.hint.as_deref()
     }
 
+    /// Appends what else is known about the failure to its message.
+    pub fn append(mut self, more: impl fmt::Display) -> Self {
+        self.message = format!("{}; {more}", self.message);
+        self
+    }
+
     /// Prefixes the message with where it happened, keeping kind and hint.
     pub fn context(mut self, context: impl fmt::Display) -> Self {
         self.message = format!("{context}: {}", self.message);

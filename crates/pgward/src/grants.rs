@@ -171,14 +171,26 @@ pub fn build_plan(
         );
     }
 
-    // Default privileges for the owners of the tables and sequences that
-    // were unreadable, in their schemas.
-    let mut defaults = BTreeSet::new();
-    for gap in &gaps {
-        if let Object::Table { name } | Object::Sequence { name } = &gap.object {
-            defaults.insert((gap.owner.clone(), name.schema.clone()));
-        }
-    }
+    // Default privileges cover the tables a role creates later, so they
+    // are suggested for the roles that own the tables and sequences in the
+    // schemas with gaps: those are the roles that create tables there.
+    // Never for pg_database_owner, as whom no session creates anything.
+    let gap_schemas: BTreeSet<&str> = gaps
+        .iter()
+        .filter_map(|g| match &g.object {
+            Object::Schema { name } => Some(name.as_str()),
+            Object::Table { name } | Object::Sequence { name } => Some(name.schema.as_str()),
+            Object::LargeObject { .. } => None,
+        })
+        .collect();
+    let defaults: BTreeSet<(String, String)> = report
+        .relation_owners
+        .iter()
+        .filter(|(schema, owner)| {
+            gap_schemas.contains(schema.as_str()) && owner != "pg_database_owner"
+        })
+        .map(|(schema, owner)| (owner.clone(), schema.clone()))
+        .collect();
     let mut optional = Vec::new();
     let mut optional_revokes = Vec::new();
     for (owner, schema) in defaults {
@@ -395,4 +407,74 @@ pub fn execute(
         gaps_after: after.gaps,
         acl_after,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scope::TableName;
+
+    fn report(gaps: Vec<Gap>, owners: &[(&str, &str)]) -> PrivilegeReport {
+        PrivilegeReport {
+            role: "backup".into(),
+            schemas_checked: 1,
+            tables_checked: owners.len(),
+            sequences_checked: 0,
+            large_objects_checked: 0,
+            gaps,
+            relation_owners: owners
+                .iter()
+                .map(|(s, o)| (s.to_string(), o.to_string()))
+                .collect(),
+            row_security: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn default_privileges_name_the_roles_that_own_the_tables() {
+        // public belongs to pg_database_owner; its tables to app and etl.
+        let usage = Gap {
+            object: Object::Schema {
+                name: "public".into(),
+            },
+            privilege: "USAGE".into(),
+            owner: "pg_database_owner".into(),
+            acl: Vec::new(),
+        };
+        let select = Gap {
+            object: Object::Table {
+                name: TableName {
+                    schema: "public".into(),
+                    table: "t".into(),
+                },
+            },
+            privilege: "SELECT".into(),
+            owner: "app".into(),
+            acl: Vec::new(),
+        };
+        let plan = build_plan(
+            &report(
+                vec![usage, select],
+                &[("public", "app"), ("public", "etl"), ("other", "zed")],
+            ),
+            "db",
+            "1",
+            jiff::Timestamp::UNIX_EPOCH,
+        );
+        let defaults = plan.optional_default_privileges.join("\n");
+        assert!(
+            defaults.contains("FOR ROLE \"app\" IN SCHEMA \"public\""),
+            "{defaults}"
+        );
+        assert!(
+            defaults.contains("FOR ROLE \"etl\" IN SCHEMA \"public\""),
+            "{defaults}"
+        );
+        assert!(!defaults.contains("pg_database_owner"), "{defaults}");
+        assert!(!defaults.contains("zed"), "{defaults}");
+        assert_eq!(
+            plan.optional_default_privileges.len(),
+            plan.optional_default_privileges_revokes.len()
+        );
+    }
 }

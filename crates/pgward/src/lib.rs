@@ -24,6 +24,7 @@ pub mod drill;
 pub mod dump;
 pub mod encryption;
 pub mod error;
+pub mod findings;
 pub mod fingerprint;
 pub mod grants;
 pub mod interrupt;

@@ -206,9 +206,10 @@ fn all_tables(manifest: &Value) -> Vec<(String, String)> {
 }
 
 /// How many checks a drill of the whole corpus has: one per table, one for
-/// the root-loaded partitions, two sequences, large objects, schema.
+/// the root-loaded partitions, two sequences, large objects, column
+/// order, schema.
 fn corpus_check_count(manifest: &Value) -> usize {
-    data_tables(manifest).len() - ROOT_LOADED.len() + 1 + 4
+    data_tables(manifest).len() - ROOT_LOADED.len() + 1 + 5
 }
 
 /// name -> (ok, detail) of a list of drill checks.
@@ -438,6 +439,7 @@ fn assert_drill_passed(b: &Backed, res: &Run) -> BTreeMap<String, (bool, String)
         "sequence public.ticket_seq".to_string(),
         "sequence public.tickets_id_seq".to_string(),
         "large objects".to_string(),
+        "column order".to_string(),
         "schema".to_string(),
     ]);
     expected.sort();
@@ -474,6 +476,16 @@ fn assert_drill_passed(b: &Backed, res: &Run) -> BTreeMap<String, (bool, String)
         checks["large objects"].1.starts_with("3 objects"),
         "{:?}",
         checks["large objects"]
+    );
+    // Every table's column order was recorded and came back.
+    let recorded = manifest["content"]["column-order"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(recorded >= tables.len(), "{manifest}");
+    assert_eq!(
+        checks["column order"].1,
+        format!("{recorded} tables have their columns in the recorded order")
     );
     // What the drill record on disk says is what was printed.
     assert_eq!(b.drill_record().as_ref(), Some(record));
@@ -860,6 +872,7 @@ fn restore_of_one_table_and_one_schema() {
     assert_eq!(
         names,
         vec![
+            "column order",
             "schema",
             "selection",
             "sequence public.tickets_id_seq",

@@ -24,6 +24,7 @@ pub struct Cluster {
 
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 static SPARE: OnceLock<Cluster> = OnceLock::new();
+static REGRESSION: OnceLock<Cluster> = OnceLock::new();
 /// Server pid and directory of every cluster started, stopped at exit.
 static CLEANUP: std::sync::Mutex<Vec<(u32, PathBuf)>> = std::sync::Mutex::new(Vec::new());
 
@@ -38,6 +39,12 @@ pub fn cluster() -> &'static Cluster {
 /// A second, independent cluster: a spare instance to restore and drill on.
 pub fn spare_cluster() -> &'static Cluster {
     SPARE.get_or_init(|| Cluster::start("-spare"))
+}
+
+/// A cluster of its own for PostgreSQL's regression suite, whose roles,
+/// tablespaces and connections stay away from the other tests.
+pub fn regression_cluster() -> &'static Cluster {
+    REGRESSION.get_or_init(|| Cluster::start("-regression"))
 }
 
 fn is_root() -> bool {

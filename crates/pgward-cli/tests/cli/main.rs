@@ -8,4 +8,5 @@ mod drill;
 mod encryption;
 mod failures;
 mod harness;
+mod verdicts;
 mod verify;

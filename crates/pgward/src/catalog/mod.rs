@@ -7,6 +7,7 @@
 
 pub mod connect;
 pub mod privileges;
+pub mod restorability;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::scope::{Scope, TableName};
@@ -174,6 +175,30 @@ impl CatalogSession {
             .filter(|(name, has_data)| *has_data && scope.includes(name))
             .map(|(name, _)| name)
             .collect())
+    }
+
+    /// The column order of every table in `scope` (see [`restorability`]).
+    pub fn column_orders(&mut self, scope: &Scope) -> Result<Vec<restorability::ColumnOrder>> {
+        Ok(restorability::column_orders(&mut self.client)
+            .map_err(|e| query_error("cannot read the tables' column order", e))?
+            .into_iter()
+            .filter(|c| scope.includes(&c.name()))
+            .collect())
+    }
+
+    /// The restore-order hazards on tables in `scope` (see [`restorability`]).
+    pub fn restore_hazards(
+        &mut self,
+        scope: &Scope,
+        server: &ServerInfo,
+    ) -> Result<Vec<restorability::RestoreHazard>> {
+        Ok(
+            restorability::restore_hazards(&mut self.client, server.version_num)
+                .map_err(|e| query_error("cannot look for restore-order hazards", e))?
+                .into_iter()
+                .filter(|h| scope.includes(&h.table_name()))
+                .collect(),
+        )
     }
 
     /// The scope pg_dump should be given: every partitioned table named in

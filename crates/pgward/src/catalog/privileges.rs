@@ -98,6 +98,10 @@ pub struct PrivilegeReport {
     pub large_objects_checked: usize,
     /// Sorted: schemas first, then tables, sequences, large objects.
     pub gaps: Vec<Gap>,
+    /// (schema, role) for every role that owns tables or sequences in
+    /// scope: the roles whose future tables default privileges can cover.
+    #[serde(skip)]
+    pub relation_owners: BTreeSet<(String, String)>,
     pub row_security: Vec<RowSecurityBlock>,
 }
 
@@ -269,6 +273,10 @@ impl CatalogSession {
             sequences_checked: selected.iter().filter(|r| r.kind == 'S').count(),
             large_objects_checked,
             gaps: gaps.into_iter().collect(),
+            relation_owners: selected
+                .iter()
+                .map(|r| (r.name.schema.clone(), r.owner.clone()))
+                .collect(),
             row_security,
         })
     }

@@ -6,6 +6,7 @@
 //! README.md; fields are only ever added within a version.
 
 use crate::catalog::ServerInfo;
+use crate::catalog::restorability::{ColumnOrder, RestoreHazard};
 use crate::encryption::Fingerprint;
 use crate::error::ErrorKind;
 use crate::fingerprint::{ContentFingerprint, TextSettings};
@@ -15,8 +16,9 @@ use serde::{Deserialize, Serialize};
 
 pub const MANIFEST_FORMAT: &str = "pgward-backup-manifest";
 /// 2 added `artifact.encryption`; 3 added `content` and per-table
-/// `fingerprint`. Older manifests are still read.
-pub const MANIFEST_VERSION: u32 = 3;
+/// `fingerprint`; 4 added `content.column-order` and
+/// `content.restore-hazards`. Older manifests are still read.
+pub const MANIFEST_VERSION: u32 = 4;
 pub const QUARANTINE_FORMAT: &str = "pgward-quarantine-record";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +67,14 @@ pub struct ContentRecord {
     pub encoding: Option<String>,
     pub sequences: Vec<SequenceValue>,
     pub large_objects: ContentFingerprint,
+    /// Every table's column order as the catalog had it in the backup's
+    /// snapshot (the archive cannot express it; absent before v4).
+    #[serde(default)]
+    pub column_order: Vec<ColumnOrder>,
+    /// Constraints whose restore depends on the order tables are loaded
+    /// in; a restore of this backup runs serially, in archive order.
+    #[serde(default)]
+    pub restore_hazards: Vec<RestoreHazard>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,7 +195,8 @@ pub struct TableRecord {
 }
 
 pub const DRILL_FORMAT: &str = "pgward-drill-record";
-pub const DRILL_VERSION: u32 = 1;
+/// 2 added `finding` on checks and `accepted-findings`.
+pub const DRILL_VERSION: u32 = 2;
 
 /// The verdict of a backup's last restore drill, kept beside its manifest
 /// (`backups/ID.drill.json`).
@@ -208,6 +219,10 @@ pub struct DrillRecord {
     /// The first check that failed, in one line (absent on a pass).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_failure: Option<String>,
+    /// Findings the configuration accepts (`[drill] accept`) that this
+    /// drill found: `CLASS OBJECT` each. They did not fail it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accepted_findings: Vec<String>,
     pub checks: Vec<DrillCheck>,
 }
 
@@ -219,6 +234,60 @@ pub struct DrillCheck {
     pub name: String,
     pub ok: bool,
     pub detail: String,
+    /// A difference of a known, explained class (see [`crate::findings`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finding: Option<Finding>,
+}
+
+impl DrillCheck {
+    pub fn passed(name: impl Into<String>, detail: impl Into<String>) -> DrillCheck {
+        DrillCheck {
+            name: name.into(),
+            ok: true,
+            detail: detail.into(),
+            finding: None,
+        }
+    }
+
+    pub fn failed(name: impl Into<String>, detail: impl Into<String>) -> DrillCheck {
+        DrillCheck {
+            name: name.into(),
+            ok: false,
+            detail: detail.into(),
+            finding: None,
+        }
+    }
+
+    /// Whether this check fails the drill: a difference not accepted by
+    /// the configuration.
+    pub fn fails(&self) -> bool {
+        !self.ok && !self.finding.as_ref().is_some_and(|f| f.accepted)
+    }
+}
+
+/// A difference between a backup and its restore of a known class: what
+/// differs, why, what it means, and whether the operator accepted it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Finding {
+    /// e.g. "column-order".
+    pub class: String,
+    /// The object it concerns, e.g. "public.child".
+    pub object: String,
+    /// Why it happens (the pg_dump or PostgreSQL behaviour behind it).
+    pub why: String,
+    /// What it means for whoever uses the restored database.
+    pub means: String,
+    /// Accepted in the configuration (`[drill] accept`): recorded, and no
+    /// longer failing the drill.
+    pub accepted: bool,
+}
+
+impl Finding {
+    /// `CLASS OBJECT`, as `[drill] accept` names it.
+    pub fn key(&self) -> String {
+        format!("{} {}", self.class, self.object)
+    }
 }
 
 impl DrillRecord {

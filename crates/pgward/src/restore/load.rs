@@ -27,6 +27,9 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// The schemas in every database created from template0.
+const TEMPLATE_SCHEMAS: [&str; 1] = ["public"];
+
 /// An archive ready for pg_restore, checked as far as it can be before
 /// the database is touched.
 pub(crate) struct Prepared {
@@ -35,6 +38,9 @@ pub(crate) struct Prepared {
     pub toc_bytes: Vec<u8>,
     /// The entries to restore, for a partial restore.
     pub entries: Option<BTreeSet<i64>>,
+    /// Schemas the archive creates that the new database already has:
+    /// (name, the archive's owner for it). pg_restore skips their CREATE.
+    pub adopted: Vec<(String, String)>,
     input: Input,
     /// pg_restore's arguments common to both phases.
     args: Vec<String>,
@@ -101,6 +107,10 @@ pub(crate) fn prepare(
         args.push("--no-acl".to_string());
     }
     let spooled = options.jobs > 1 && !pg_restore.is_prefixed();
+    // A backup with restore-order hazards is restored serially, in
+    // archive order, as a plain pg_restore would: the same outcome every
+    // time, where a parallel schedule would decide it by chance.
+    let serial = !super::restore_hazards(manifest).is_empty();
     let (toc, toc_bytes, input) = if spooled {
         let (path, file) = repo.create_spool(&manifest.id)?;
         *scratch.spool.borrow_mut() = Some(path.clone());
@@ -183,17 +193,43 @@ pub(crate) fn prepare(
             ))
             .with_hint("names are exact and case-sensitive; `pgward list --json` shows each backup's tables"));
         }
-        write_private(&scratch.list, Selection::list_file(&entries).as_bytes())?;
-        args.push(format!("--use-list={}", scratch.list.display()));
-        Some(entries.into_iter().collect())
+        Some(entries)
     };
+    // Schemas the archive creates that every new database already has
+    // (public, from template0) are not created again: pg_restore would
+    // stop at CREATE SCHEMA. pgward gives the existing one the archive's
+    // owner; its comment and grants are entries of their own and restore.
+    let adopted: Vec<&crate::pipeline::archive::TocEntry> = toc
+        .entries
+        .iter()
+        .filter(|e| e.desc == "SCHEMA" && TEMPLATE_SCHEMAS.contains(&e.tag.as_str()))
+        .filter(|e| e.definition.contains("CREATE SCHEMA"))
+        .filter(|e| entries.as_ref().is_none_or(|ids| ids.contains(&e.dump_id)))
+        .collect();
+    if entries.is_some() || !adopted.is_empty() {
+        let restore: Vec<i64> = match &entries {
+            Some(ids) => ids.clone(),
+            None => toc.entries.iter().map(|e| e.dump_id).collect(),
+        }
+        .into_iter()
+        .filter(|id| !adopted.iter().any(|e| e.dump_id == *id))
+        .collect();
+        write_private(&scratch.list, Selection::list_file(&restore).as_bytes())?;
+        args.push(format!("--use-list={}", scratch.list.display()));
+    }
+    let adopted = adopted
+        .iter()
+        .map(|e| (e.tag.clone(), e.owner.clone()))
+        .collect();
+    let entries = entries.map(|ids| ids.into_iter().collect());
     Ok(Prepared {
         toc,
         toc_bytes,
         entries,
+        adopted,
         input,
         args,
-        jobs: if spooled { options.jobs } else { 1 },
+        jobs: if spooled && !serial { options.jobs } else { 1 },
     })
 }
 
@@ -239,6 +275,9 @@ impl Prepared {
     /// How the archive reaches pg_restore, for reports.
     pub fn feed(&self) -> String {
         match &self.input {
+            Input::Spool(_) if self.jobs == 1 => {
+                "spooled, serial pg_restore (restore-order hazards)".to_string()
+            }
             Input::Spool(_) => format!("spooled, pg_restore --jobs {}", self.jobs),
             Input::Stream { .. } => "streamed".to_string(),
         }
@@ -371,7 +410,7 @@ pub(crate) fn finish(child: ChildSource, read_error: Option<CopyError>) -> Resul
                 failure.key_line().unwrap_or("no message")
             ),
         )
-        .with_hint("fix what pg_restore names: a missing role (create it, or restore with --no-owner --no-acl), an object outside --schema/--table (select it too)"));
+        .with_hint("fix what pg_restore names: a missing role (create it, or restore with --no-owner --no-acl)"));
     }
     match read_error {
         None => Ok(()),

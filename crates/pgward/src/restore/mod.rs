@@ -20,6 +20,7 @@ pub mod source;
 pub mod target;
 
 use crate::catalog::connect::Env;
+use crate::catalog::restorability::RestoreHazard;
 use crate::config::Config;
 use crate::dump::Tool;
 use crate::encryption::secret::Decryptor;
@@ -92,12 +93,15 @@ pub struct RestoreReport {
     /// (streamed) to the end.
     pub verify_ms: u64,
     pub ok: bool,
+    /// Findings the configuration accepts (`[drill] accept`) that were
+    /// found: `CLASS OBJECT` each.
+    pub accepted_findings: Vec<String>,
     pub checks: Vec<DrillCheck>,
 }
 
 impl RestoreReport {
     pub fn first_failure(&self) -> Option<&DrillCheck> {
-        self.checks.iter().find(|c| !c.ok)
+        self.checks.iter().find(|c| c.fails())
     }
 }
 
@@ -178,6 +182,64 @@ pub fn run(
     }
 }
 
+/// The constraints the backup recorded whose restore depends on the order
+/// tables are loaded in (see [`crate::catalog::restorability`]).
+pub(crate) fn restore_hazards(manifest: &Manifest) -> &[RestoreHazard] {
+    manifest
+        .content
+        .as_ref()
+        .map_or(&[], |c| c.restore_hazards.as_slice())
+}
+
+/// After a restore that went through: each hazard, and that the restore
+/// was serial because of it.
+fn restore_order_checks(manifest: &Manifest) -> Vec<DrillCheck> {
+    restore_hazards(manifest)
+        .iter()
+        .map(|hazard| {
+            DrillCheck::passed(
+                format!("restore order {}", hazard.table_name()),
+                format!(
+                    "restored serially in archive order, as a plain pg_restore would: {}; a parallel pg_restore (-j) of this archive may fail or pass by chance",
+                    hazard.describe()
+                ),
+            )
+        })
+        .collect()
+}
+
+/// pg_restore's failure `message` explained by the backup's restore-order
+/// hazards: those whose table or constraint it names, else every one as a
+/// possible cause.
+pub(crate) fn hazard_cause(manifest: &Manifest, message: &str) -> Option<String> {
+    let hazards = restore_hazards(manifest);
+    let named: Vec<&RestoreHazard> = hazards
+        .iter()
+        .filter(|h| {
+            message.contains(&format!("\"{}\"", h.constraint))
+                || message.contains(&format!("\"{}\"", h.table))
+        })
+        .collect();
+    let (lead, which): (&str, Vec<&RestoreHazard>) = if !named.is_empty() {
+        ("cause: restore-order hazard", named)
+    } else if !hazards.is_empty() {
+        (
+            "possible cause: restore-order hazard",
+            hazards.iter().collect(),
+        )
+    } else {
+        return None;
+    };
+    Some(format!(
+        "{lead}: {} (pgward restores such a backup serially in archive order, so the outcome is the same every time)",
+        which
+            .iter()
+            .map(|h| h.describe())
+            .collect::<Vec<_>>()
+            .join("; ")
+    ))
+}
+
 /// The archive's encoding, for CREATE DATABASE.
 pub(crate) fn encoding(manifest: &Manifest) -> Option<&str> {
     manifest
@@ -212,6 +274,8 @@ pub(crate) struct Restoring<'a> {
     pg_dump: Tool,
     started: Instant,
     prepare_ms: u64,
+    /// `[drill] accept`.
+    accept: Vec<String>,
 }
 
 impl<'a> Restoring<'a> {
@@ -235,6 +299,7 @@ impl<'a> Restoring<'a> {
             pg_dump: Tool::pg_dump(&config.pg_dump),
             started: Instant::now(),
             prepare_ms: 0,
+            accept: config.drill.accept.clone(),
         })
     }
 
@@ -283,8 +348,33 @@ impl<'a> Restoring<'a> {
         options: &RestoreOptions,
         progress: &mut dyn FnMut(u64),
     ) -> Result<RestoreReport> {
+        let restored = self.restore_then_compare(&mut prepared, server, dbname, options, progress);
+        restored.map_err(|e| {
+            if e.kind() != ErrorKind::Restore {
+                return e;
+            }
+            let e = match hazard_cause(self.manifest, e.message()) {
+                Some(cause) => e.append(cause),
+                None => e,
+            };
+            match selection::missing_object_hint(&prepared.toc, &options.selection, e.message()) {
+                Some(hint) => e.with_hint(hint),
+                None => e,
+            }
+        })
+    }
+
+    fn restore_then_compare(
+        &mut self,
+        prepared: &mut Prepared,
+        server: &RestoreServer,
+        dbname: &str,
+        options: &RestoreOptions,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<RestoreReport> {
         let manifest = self.manifest;
         let database = server.target_for(dbname);
+        server.adopt_schemas(dbname, &prepared.adopted, options.no_owner)?;
         let schema_list = self.scratch.schema_list.clone();
         let entries = prepared.entries.clone();
         let restored = compare::RestoredAs {
@@ -385,6 +475,7 @@ impl<'a> Restoring<'a> {
                         left_out.join(", ")
                     )
                 },
+                finding: None,
             });
         }
         checks.extend(compare::compare_objects_and_schema(
@@ -400,6 +491,8 @@ impl<'a> Restoring<'a> {
         if let Some(error) = stopped(&mut self.watch, manifest) {
             return Err(error);
         }
+        checks.extend(restore_order_checks(manifest));
+        let accepted_findings = crate::findings::apply_acceptance(&mut checks, &self.accept);
         Ok(RestoreReport {
             backup_id: manifest.id.clone(),
             server: server.describe(),
@@ -410,7 +503,8 @@ impl<'a> Restoring<'a> {
             post_data_ms,
             restore_ms,
             verify_ms: verify_started.elapsed().as_millis() as u64,
-            ok: checks.iter().all(|c| c.ok),
+            ok: checks.iter().all(|c| !c.fails()),
+            accepted_findings,
             checks,
         })
     }

@@ -126,6 +126,121 @@ impl Selection {
     }
 }
 
+/// What to do when a partial restore failed because pg_restore's
+/// `message` names an object the selection did not bring: the object, and
+/// what selects it, or that nothing can and what to do instead.
+pub fn missing_object_hint(toc: &Toc, selection: &Selection, message: &str) -> Option<String> {
+    if selection.is_everything() {
+        return None;
+    }
+    let error = &message[message.find("ERROR:")? + "ERROR:".len()..];
+    let quoted = error.split('"').nth(1)?;
+    let (schema, name) = match quoted.rsplit_once('.') {
+        Some((schema, name)) => (Some(schema), name),
+        None => (None, quoted),
+    };
+    // `type "x" does not exist` -> "type"; `access method "x" ...` -> "access method".
+    let kind = error
+        .split_whitespace()
+        .take_while(|w| !w.starts_with('"'))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let entry = |descs: &[&str]| {
+        toc.entries.iter().find(|e| {
+            descs.contains(&e.desc.as_str())
+                && (e.tag == name || e.tag.starts_with(&format!("{name}(")))
+                && schema.is_none_or(|s| e.namespace == s)
+        })
+    };
+    let restore_whole = "or restore the whole backup";
+    let selectable = |e: &crate::pipeline::archive::TocEntry, what: &str| {
+        if matches!(
+            e.desc.as_str(),
+            "TABLE" | "VIEW" | "MATERIALIZED VIEW" | "FOREIGN TABLE"
+        ) {
+            format!(
+                "{what} {}.{} is in the backup: add --table {} (or --schema {}), {restore_whole}",
+                e.namespace,
+                e.tag,
+                TableName {
+                    schema: e.namespace.clone(),
+                    table: e.tag.clone()
+                },
+                e.namespace
+            )
+        } else {
+            format!(
+                "{what} {}.{} is in the backup: add --schema {}, {restore_whole}",
+                e.namespace, e.tag, e.namespace
+            )
+        }
+    };
+    let extensions: Vec<&str> = toc
+        .entries
+        .iter()
+        .filter(|e| e.desc == "EXTENSION")
+        .map(|e| e.tag.as_str())
+        .collect();
+    let from_extension = |what: &str| {
+        if extensions.is_empty() {
+            format!(
+                "{what} {quoted} is not in the backup: create it in the target database before restoring into it (an empty database pgward may use), {restore_whole}"
+            )
+        } else {
+            format!(
+                "{what} {quoted} is not an entry of its own in the backup, so it most likely belongs to one of its extensions ({}); --schema and --table never select an extension: create the extension in the target database first and restore into that (empty) database, {restore_whole}",
+                extensions.join(", ")
+            )
+        }
+    };
+    Some(match kind.as_str() {
+        "access method" => match entry(&["ACCESS METHOD"]) {
+            Some(_) => format!(
+                "access method {name} is in the backup, but --schema and --table never select an access method: create it in the target database first (its definition is in `pg_restore --list` of the backup) and restore into that (empty) database, or restore the whole backup"
+            ),
+            None => from_extension("access method"),
+        },
+        "type" => match entry(&["TYPE", "DOMAIN"]) {
+            Some(e) => selectable(e, "type"),
+            None => from_extension("type"),
+        },
+        "schema" => match toc
+            .entries
+            .iter()
+            .find(|e| e.desc == "SCHEMA" && e.tag == quoted)
+        {
+            Some(_) => {
+                format!("schema {quoted} is in the backup: add --schema {quoted}, {restore_whole}")
+            }
+            None => from_extension("schema"),
+        },
+        "function" | "operator" | "collation" | "text search configuration" => {
+            match entry(&[
+                "FUNCTION",
+                "PROCEDURE",
+                "AGGREGATE",
+                "OPERATOR",
+                "COLLATION",
+                "TEXT SEARCH CONFIGURATION",
+            ]) {
+                Some(e) => selectable(e, &kind),
+                None => from_extension(&kind),
+            }
+        }
+        "relation" => match entry(&[
+            "TABLE",
+            "VIEW",
+            "MATERIALIZED VIEW",
+            "FOREIGN TABLE",
+            "SEQUENCE",
+        ]) {
+            Some(e) => selectable(e, "relation"),
+            None => from_extension("relation"),
+        },
+        _ => return None,
+    })
+}
+
 /// The dump ids of the archive's SCHEMA entries.
 fn schema_entries(toc: &Toc) -> BTreeSet<i64> {
     toc.entries
@@ -171,6 +286,38 @@ mod tests {
         );
         assert!(!names.iter().any(|n| n.contains("t1")), "{names:?}");
         assert!(!names.iter().any(|n| n.starts_with("BLOB")), "{names:?}");
+    }
+
+    #[test]
+    fn a_missing_object_is_named_with_what_selects_it() {
+        let toc = toc();
+        let selection = Selection::new(vec![], &["public.t1".to_string()]).unwrap();
+        let hint = |message: &str| missing_object_hint(&toc, &selection, message);
+        let schema = hint(
+            "pg_restore: error: could not execute query: ERROR:  schema \"s2\" does not exist",
+        );
+        assert_eq!(
+            schema.as_deref(),
+            Some("schema s2 is in the backup: add --schema s2, or restore the whole backup")
+        );
+        let table = hint("ERROR:  relation \"s2.Mixed Case\" does not exist").unwrap();
+        assert!(table.contains("add --table s2.\"Mixed Case\""), "{table}");
+        let access_method = hint("ERROR:  access method \"heap2\" does not exist").unwrap();
+        assert!(
+            access_method.starts_with(
+                "access method heap2 is not in the backup: create it in the target database"
+            ),
+            "{access_method}"
+        );
+        assert!(hint("ERROR:  role \"alice\" does not exist").is_none());
+        assert!(
+            missing_object_hint(
+                &toc,
+                &Selection::default(),
+                "ERROR:  schema \"s2\" does not exist"
+            )
+            .is_none()
+        );
     }
 
     #[test]

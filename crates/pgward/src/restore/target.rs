@@ -147,6 +147,46 @@ impl RestoreServer {
         })
     }
 
+    /// Takes over, in database `dbname`, the schemas in `adopted` (name,
+    /// owner) that the archive creates and a new database already has
+    /// (`public`, from template0), whose CREATE SCHEMA pg_restore skips:
+    /// creates one that is missing, and gives each the archive's owner
+    /// (unless the restore is `--no-owner`). Dropping and recreating would
+    /// lose the grants template0 gives `public`, which pg_dump counts as
+    /// the schema's initial privileges and does not write.
+    pub fn adopt_schemas(
+        &self,
+        dbname: &str,
+        adopted: &[(String, String)],
+        no_owner: bool,
+    ) -> Result<()> {
+        if adopted.is_empty() {
+            return Ok(());
+        }
+        let mut client = self.target_for(dbname).connect()?;
+        for (schema, owner) in adopted {
+            let mut sql = format!("CREATE SCHEMA IF NOT EXISTS {};", quote_ident(schema));
+            if !no_owner && !owner.is_empty() {
+                sql.push_str(&format!(
+                    " ALTER SCHEMA {} OWNER TO {};",
+                    quote_ident(schema),
+                    quote_ident(owner)
+                ));
+            }
+            client.batch_execute(&sql).map_err(|e| {
+                Error::new(
+                    ErrorKind::Restore,
+                    format!(
+                        "cannot give schema {schema:?} in database {dbname:?} the backup's owner {owner:?}: {}",
+                        e.as_db_error().map_or_else(|| e.to_string(), |db| db.message().to_string())
+                    ),
+                )
+                .with_hint("create the role (restoring needs it as much as pg_restore would), or restore with --no-owner")
+            })?;
+        }
+        Ok(())
+    }
+
     /// Drops `dbname`. Refuses (with PostgreSQL's message) while sessions
     /// are connected to it: pgward never terminates other sessions.
     pub fn drop_database(&mut self, dbname: &str) -> Result<()> {

@@ -194,6 +194,8 @@ pub struct TocEntry {
     pub tag: String,
     pub desc: String,
     pub namespace: String,
+    /// The role that owns the object (empty where the entry has none).
+    pub owner: String,
     /// The tar member holding this entry's data, when it has any.
     pub member: Option<String>,
     /// Whether the entry has a data block (custom format).
@@ -478,7 +480,7 @@ impl Toc {
             if v >= (1, 16) {
                 let _relkind = r.int()?;
             }
-            let _owner = r.string()?;
+            let owner = r.string()?.unwrap_or_default();
             let _with_oids = r.string()?;
             let mut dependencies = Vec::new();
             while let Some(dependency) = r.string()? {
@@ -517,6 +519,7 @@ impl Toc {
                 tag,
                 desc,
                 namespace,
+                owner,
                 member,
                 has_data,
                 definition,

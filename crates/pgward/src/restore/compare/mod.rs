@@ -5,10 +5,13 @@
 //! manifest), fingerprinted the way the backup fingerprinted the archive
 //! ([`crate::fingerprint`]); rows and fingerprint must be equal. Sequences:
 //! `last_value` and `is_called`. Large objects: count and a fingerprint of
-//! oids and bytes. Schema: the restored database's schema-only dump must
-//! equal the schema the archive itself restores to (`pg_restore
-//! --schema-only` of its TOC), line for line, apart from the lines that
-//! name the tools' versions.
+//! oids and bytes. Column order: each table's columns in the order the
+//! backup recorded from the catalog (the archive cannot carry it). Schema:
+//! the restored database's schema-only dump must equal the schema the
+//! archive itself restores to (`pg_restore --schema-only` of its TOC),
+//! object by object, apart from the lines that name the tools' versions.
+//! A difference with a known cause is a named finding
+//! ([`crate::findings`]), which the configuration may accept.
 
 mod schema;
 mod tables;
@@ -90,16 +93,82 @@ pub fn compare_objects_and_schema(
     {
         checks.push(compare_large_objects(manifest, &mut client));
     }
+    let column_findings = compare_column_order(manifest, toc, restored, &mut client);
     // A tool that cannot run (a pg_dump older than the server, say) makes
     // the schema unproven, not the restore failed.
-    checks.push(
-        schema::compare_schema(toc, toc_bytes, restored, tools).unwrap_or_else(|e| DrillCheck {
-            name: "schema".to_string(),
-            ok: false,
-            detail: format!("cannot compare: {}", e.message()),
-        }),
-    );
+    let schema_checks = match schema::compare_schema(manifest, toc, toc_bytes, restored, tools) {
+        Ok(comparison) => schema::into_checks(comparison, &column_findings),
+        Err(e) => vec![DrillCheck::failed(
+            "schema",
+            format!("cannot compare: {}", e.message()),
+        )],
+    };
+    checks.extend(column_findings);
+    checks.extend(schema_checks);
     Ok(checks)
+}
+
+/// Every restored table's column order against the one the backup
+/// recorded from the catalog: one check for all that match, a finding for
+/// each that does not.
+fn compare_column_order(
+    manifest: &Manifest,
+    toc: &Toc,
+    restored: &RestoredAs,
+    client: &mut postgres::Client,
+) -> Vec<DrillCheck> {
+    let name = "column order";
+    let Some(recorded) = manifest
+        .content
+        .as_ref()
+        .map(|c| &c.column_order)
+        .filter(|c| !c.is_empty())
+    else {
+        return vec![DrillCheck::passed(
+            name,
+            "not compared: the backup recorded no column order (taken before manifest v4)",
+        )];
+    };
+    let found = match crate::catalog::restorability::column_orders(client) {
+        Ok(found) => found,
+        Err(e) => {
+            return vec![DrillCheck::failed(
+                name,
+                format!("cannot read it back: {}", db_message(&e)),
+            )];
+        }
+    };
+    let restored_tables: BTreeSet<(&str, &str)> = toc
+        .entries
+        .iter()
+        .filter(|e| matches!(e.desc.as_str(), "TABLE" | "FOREIGN TABLE") && chosen(restored, e))
+        .map(|e| (e.namespace.as_str(), e.tag.as_str()))
+        .collect();
+    let mut checks = Vec::new();
+    let mut same = 0;
+    for table in recorded
+        .iter()
+        .filter(|t| restored_tables.contains(&(t.schema.as_str(), t.table.as_str())))
+    {
+        match found
+            .iter()
+            .find(|f| f.schema == table.schema && f.table == table.table)
+        {
+            Some(back) if back.columns == table.columns => same += 1,
+            Some(back) => checks.push(crate::findings::column_order(table, &back.columns)),
+            None => checks.push(DrillCheck::failed(
+                format!("column order {}", table.name()),
+                "the table is not in the restored database",
+            )),
+        }
+    }
+    if checks.is_empty() {
+        checks.push(DrillCheck::passed(
+            name,
+            format!("{same} tables have their columns in the recorded order"),
+        ));
+    }
+    checks
 }
 
 /// A session on the restored database, set up as pg_dump's was.
@@ -156,6 +225,7 @@ fn compare_sequence(
             name,
             ok: false,
             detail: "in the archive but not in the manifest".to_string(),
+            finding: None,
         };
     };
     let query = format!(
@@ -178,12 +248,14 @@ fn compare_sequence(
                         expected.last_value, expected.is_called
                     )
                 },
+                finding: None,
             }
         }
         Err(e) => DrillCheck {
             name,
             ok: false,
             detail: format!("cannot read it back: {}", db_message(&e)),
+            finding: None,
         },
     }
 }
@@ -224,6 +296,7 @@ fn compare_large_objects(manifest: &Manifest, client: &mut postgres::Client) -> 
                 name,
                 ok: false,
                 detail: format!("cannot read them back: {}", db_message(&e)),
+                finding: None,
             };
         }
     };
@@ -232,6 +305,7 @@ fn compare_large_objects(manifest: &Manifest, client: &mut postgres::Client) -> 
             name,
             ok: true,
             detail: format!("{} restored (the manifest has no fingerprint)", found.count),
+            finding: None,
         };
     };
     if &found == expected {
@@ -239,6 +313,7 @@ fn compare_large_objects(manifest: &Manifest, client: &mut postgres::Client) -> 
             name,
             ok: true,
             detail: format!("{} objects, fingerprint {}", found.count, short(&found.sum)),
+            finding: None,
         }
     } else {
         DrillCheck {
@@ -248,6 +323,7 @@ fn compare_large_objects(manifest: &Manifest, client: &mut postgres::Client) -> 
                 "backup has {} objects with fingerprint {}, restored database has {} with fingerprint {}",
                 expected.count, expected.sum, found.count, found.sum
             ),
+            finding: None,
         }
     }
 }

@@ -6,6 +6,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::archive::Toc;
 use crate::pipeline::child::ChildSource;
 use crate::repository::manifest::DrillCheck;
+use crate::repository::manifest::Manifest;
 use std::collections::BTreeSet;
 use std::io::Write;
 
@@ -16,7 +17,8 @@ fn normalise(schema: &str) -> Vec<&str> {
     schema
         .lines()
         .filter(|line| {
-            !line.starts_with("-- Dumped from database version")
+            !line.starts_with("-- PostgreSQL database dump")
+                && !line.starts_with("-- Dumped from database version")
                 && !line.starts_with("-- Dumped by pg_dump version")
                 && !line.starts_with("\\restrict ")
                 && !line.starts_with("\\unrestrict ")
@@ -24,12 +26,31 @@ fn normalise(schema: &str) -> Vec<&str> {
         .collect()
 }
 
+/// One object whose definition differs, as a failed check.
+pub(super) struct ObjectDifference {
+    /// The object as a table name, when it is a table (for findings).
+    table: Option<String>,
+    /// The object's lines are all there, in another order.
+    reordered: bool,
+    check: DrillCheck,
+}
+
+/// The schema comparison: its differences, object by object.
+pub(super) struct SchemaComparison {
+    objects: usize,
+    lines: usize,
+    differences: Vec<ObjectDifference>,
+    /// How to see the restored side for oneself.
+    regenerate: String,
+}
+
 pub(super) fn compare_schema(
+    manifest: &Manifest,
     toc: &Toc,
     toc_bytes: &[u8],
     restored: &RestoredAs,
     tools: &Tools,
-) -> Result<DrillCheck> {
+) -> Result<SchemaComparison> {
     // Large objects, and the REFRESH of materialized views, are data to
     // `pg_dump --schema-only` but schema to `pg_restore --schema-only`
     // (large objects are compared above).
@@ -84,42 +105,264 @@ pub(super) fn compare_schema(
     command.env_remove("PGPASSWORD");
     let from_archive = run_capturing(command, Some(toc_bytes), "pg_restore --schema-only")?;
 
+    // The restored database is dumped with the backup's own scope
+    // switches, so that both sides are written by the same rules: pg_dump
+    // writes `CREATE SCHEMA public` only for an explicitly selected public.
     let mut dump_args = flags;
+    dump_args.extend(scope_switches(manifest));
+    let regenerate = format!(
+        "pg_dump {} {}",
+        dump_args.join(" "),
+        restored.database.dbname
+    );
     dump_args.push("--no-password".to_string());
     dump_args.push(format!("--dbname={}", restored.database.conninfo()));
     let command = tools.pg_dump.client_command(restored.database, dump_args);
     let from_database = run_capturing(command, None, "pg_dump --schema-only")?;
 
-    let (archive_lines, database_lines) = (normalise(&from_archive), normalise(&from_database));
-    let name = "schema".to_string();
-    let first_difference = archive_lines
-        .iter()
-        .zip(database_lines.iter())
-        .position(|(a, b)| a != b)
-        .or_else(|| {
-            (archive_lines.len() != database_lines.len())
-                .then(|| archive_lines.len().min(database_lines.len()))
-        });
-    Ok(match first_difference {
-        None => DrillCheck {
-            name,
-            ok: true,
-            detail: format!(
-                "schema-only dump of the restored database equals the archive's ({} lines)",
-                archive_lines.len()
-            ),
-        },
-        Some(i) => DrillCheck {
-            name,
-            ok: false,
-            detail: format!(
-                "differs at line {}: the archive has {:?}, the restored database has {:?}",
-                i + 1,
-                archive_lines.get(i).copied().unwrap_or("(end)"),
-                database_lines.get(i).copied().unwrap_or("(end)")
-            ),
-        },
+    let archive = objects(&from_archive);
+    let database = objects(&from_database);
+    Ok(SchemaComparison {
+        objects: archive.len(),
+        lines: archive.iter().map(|o| o.lines.len()).sum(),
+        differences: differences(&archive, &database),
+        regenerate,
     })
+}
+
+/// The scope switches pg_dump was given for the backup.
+fn scope_switches(manifest: &Manifest) -> Vec<String> {
+    manifest
+        .pg_dump
+        .arguments
+        .iter()
+        .filter(|a| {
+            [
+                "--schema=",
+                "--exclude-schema=",
+                "--table=",
+                "--exclude-table=",
+            ]
+            .iter()
+            .any(|switch| a.starts_with(switch))
+        })
+        .cloned()
+        .collect()
+}
+
+/// Attributes to a finding each schema difference that the finding
+/// explains (a table whose definition only changed the order of its lines
+/// when its columns came back in another order), then sums up.
+pub(super) fn into_checks(
+    comparison: SchemaComparison,
+    findings: &[DrillCheck],
+) -> Vec<DrillCheck> {
+    let mut checks: Vec<DrillCheck> = Vec::new();
+    let mut unexplained = Vec::new();
+    for difference in comparison.differences {
+        let mut check = difference.check;
+        let finding = findings
+            .iter()
+            .filter_map(|f| f.finding.as_ref())
+            .find(|f| {
+                difference.reordered
+                    && f.class == crate::findings::COLUMN_ORDER
+                    && difference.table.as_deref() == Some(f.object.as_str())
+            });
+        match finding {
+            Some(finding) => {
+                check.detail = format!("{} (explained by finding {})", check.detail, finding.key());
+                check.finding = Some(finding.clone());
+            }
+            None => unexplained.push(check.name.clone()),
+        }
+        checks.push(check);
+    }
+    let summary = if checks.is_empty() {
+        DrillCheck::passed(
+            "schema",
+            format!(
+                "schema-only dump of the restored database equals the archive's ({} objects, {} lines)",
+                comparison.objects, comparison.lines
+            ),
+        )
+    } else if unexplained.is_empty() {
+        DrillCheck::passed(
+            "schema",
+            format!(
+                "equal to the archive's ({} objects) but for {} explained by findings; the restored side: {}",
+                comparison.objects,
+                checks.len(),
+                comparison.regenerate
+            ),
+        )
+    } else {
+        DrillCheck::failed(
+            "schema",
+            format!(
+                "{} of {} objects differ ({}); the restored side: {}",
+                unexplained.len(),
+                comparison.objects,
+                unexplained
+                    .iter()
+                    .map(|n| n.trim_start_matches("schema ").to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                comparison.regenerate
+            ),
+        )
+    };
+    checks.insert(0, summary);
+    checks
+}
+
+/// One object's part of a schema-only dump: its header's type, schema and
+/// name, and its lines (header included).
+#[derive(Debug)]
+struct SchemaObject<'a> {
+    kind: String,
+    schema: String,
+    name: String,
+    lines: Vec<&'a str>,
+}
+
+impl SchemaObject<'_> {
+    fn key(&self) -> (String, String, String) {
+        (self.kind.clone(), self.schema.clone(), self.name.clone())
+    }
+
+    fn describe(&self) -> String {
+        match (self.kind.as_str(), self.schema.as_str()) {
+            ("TABLE", _) => format!("TABLE {}", self.qualified()),
+            (kind, "-") => format!("{kind} {}", self.name),
+            (kind, schema) => format!("{kind} {schema}.{}", self.name),
+        }
+    }
+
+    fn qualified(&self) -> String {
+        crate::scope::TableName {
+            schema: self.schema.clone(),
+            table: self.name.clone(),
+        }
+        .to_string()
+    }
+}
+
+/// Splits a schema-only dump at pg_dump's object headers
+/// (`-- Name: t; Type: TABLE; Schema: public; Owner: alice`); what comes
+/// before the first is the preamble (session settings). Blank lines and
+/// bare `--` lines carry nothing and are dropped.
+fn objects(schema: &str) -> Vec<SchemaObject<'_>> {
+    let mut objects = vec![SchemaObject {
+        kind: "PREAMBLE".to_string(),
+        schema: "-".to_string(),
+        name: String::new(),
+        lines: Vec::new(),
+    }];
+    for line in normalise(schema) {
+        if let Some((name, kind, schema)) = header(line) {
+            objects.push(SchemaObject {
+                kind,
+                schema,
+                name,
+                lines: Vec::new(),
+            });
+        }
+        if line.is_empty() || line == "--" {
+            continue;
+        }
+        objects.last_mut().expect("never empty").lines.push(line);
+    }
+    objects
+}
+
+/// `-- Name: N; Type: T; Schema: S; Owner: O` -> (N, T, S).
+fn header(line: &str) -> Option<(String, String, String)> {
+    let rest = line.strip_prefix("-- Name: ")?;
+    let (name, rest) = rest.rsplit_once("; Type: ")?;
+    let (kind, rest) = rest.split_once("; Schema: ")?;
+    let schema = rest.split_once("; Owner: ").map_or(rest, |(s, _)| s);
+    Some((name.to_string(), kind.to_string(), schema.to_string()))
+}
+
+/// Every object that is missing, extra or different, in the archive's order.
+fn differences(archive: &[SchemaObject], database: &[SchemaObject]) -> Vec<ObjectDifference> {
+    use std::collections::BTreeMap;
+    type Key = (String, String, String);
+    let mut in_database: BTreeMap<Key, Vec<&SchemaObject>> = BTreeMap::new();
+    for object in database {
+        in_database.entry(object.key()).or_default().push(object);
+    }
+    let mut found = Vec::new();
+    let table_of = |o: &SchemaObject| (o.kind == "TABLE").then(|| o.qualified());
+    for object in archive {
+        let candidates = in_database.get_mut(&object.key());
+        let Some(candidates) = candidates.filter(|c| !c.is_empty()) else {
+            found.push(ObjectDifference {
+                table: table_of(object),
+                reordered: false,
+                check: DrillCheck::failed(
+                    format!("schema {}", object.describe()),
+                    "in the archive, missing from the restored database",
+                ),
+            });
+            continue;
+        };
+        let back = candidates.remove(0);
+        if back.lines == object.lines {
+            continue;
+        }
+        let at = object
+            .lines
+            .iter()
+            .zip(&back.lines)
+            .position(|(a, b)| a != b)
+            .unwrap_or(object.lines.len().min(back.lines.len()));
+        let reordered = same_lines(&object.lines, &back.lines);
+        found.push(ObjectDifference {
+            table: table_of(object),
+            reordered,
+            check: DrillCheck::failed(
+                format!("schema {}", object.describe()),
+                format!(
+                    "{}: at line {} of its definition the archive has {:?}, the restored database has {:?}",
+                    if reordered {
+                        "the same lines in another order"
+                    } else {
+                        "defined differently"
+                    },
+                    at + 1,
+                    object.lines.get(at).copied().unwrap_or("(end)"),
+                    back.lines.get(at).copied().unwrap_or("(end)")
+                ),
+            ),
+        });
+    }
+    for extra in in_database.values().flatten() {
+        found.push(ObjectDifference {
+            table: None,
+            reordered: false,
+            check: DrillCheck::failed(
+                format!("schema {}", extra.describe()),
+                "in the restored database, not in the archive",
+            ),
+        });
+    }
+    found
+}
+
+/// Whether two definitions hold the same lines in some order (a column
+/// list's last line has no comma, so commas at line ends do not count).
+fn same_lines(a: &[&str], b: &[&str]) -> bool {
+    let sorted = |lines: &[&str]| {
+        let mut lines: Vec<String> = lines
+            .iter()
+            .map(|l| l.trim_end_matches(',').to_string())
+            .collect();
+        lines.sort();
+        lines
+    };
+    sorted(a) == sorted(b)
 }
 
 /// Runs a tool to completion, feeding it `input` on stdin when given, and
@@ -173,5 +416,40 @@ mod tests {
         let b = "-- Dumped from database version 15.2\n\\restrict xyz\nCREATE TABLE t ();\n\\unrestrict xyz\n";
         assert_eq!(normalise(a), normalise(b));
         assert_ne!(normalise(a), normalise("CREATE TABLE u ();\n"));
+    }
+
+    const ARCHIVE: &str = "SET x = 0;\n\n--\n-- Name: child; Type: TABLE; Schema: public; Owner: alice\n--\n\nCREATE TABLE public.child (\n    b integer,\n    a integer\n)\nINHERITS (public.parent);\n\n--\n-- Name: f(); Type: FUNCTION; Schema: public; Owner: alice\n--\n\nCREATE FUNCTION public.f() RETURNS int;\n\n--\n-- Name: gone; Type: VIEW; Schema: public; Owner: alice\n--\n\nCREATE VIEW public.gone AS SELECT 1;\n";
+
+    #[test]
+    fn differences_name_every_object() {
+        let database = ARCHIVE
+            .replace(
+                "    b integer,\n    a integer\n",
+                "    a integer,\n    b integer\n",
+            )
+            .replace("RETURNS int;", "RETURNS bigint;")
+            .replace("Name: gone; Type: VIEW", "Name: extra; Type: VIEW");
+        let found = differences(&objects(ARCHIVE), &objects(&database));
+        let names: Vec<&str> = found.iter().map(|d| d.check.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "schema TABLE public.child",
+                "schema FUNCTION public.f()",
+                "schema VIEW public.gone",
+                "schema VIEW public.extra"
+            ]
+        );
+        assert!(found[0].reordered && !found[1].reordered);
+        assert_eq!(found[0].table.as_deref(), Some("public.child"));
+        assert!(
+            found[1]
+                .check
+                .detail
+                .contains("at line 2 of its definition"),
+            "{}",
+            found[1].check.detail
+        );
+        assert!(differences(&objects(ARCHIVE), &objects(ARCHIVE)).is_empty());
     }
 }

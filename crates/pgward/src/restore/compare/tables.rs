@@ -330,6 +330,7 @@ fn compare_unit(unit: &ReadBack, client: &mut postgres::Client) -> DrillCheck {
         name: unit.name.clone(),
         ok: false,
         detail,
+        finding: None,
     };
     if let Some(signal) = crate::interrupt::pending() {
         return fail(format!(
@@ -374,6 +375,7 @@ fn compare_unit(unit: &ReadBack, client: &mut postgres::Client) -> DrillCheck {
                 "{} rows restored, {} recorded (the manifest has no fingerprint)",
                 found.count, expected.rows
             ),
+            finding: None,
         };
     };
     if found.count == expected.rows && &found.sum == fingerprint {
@@ -381,6 +383,7 @@ fn compare_unit(unit: &ReadBack, client: &mut postgres::Client) -> DrillCheck {
             name: unit.name.clone(),
             ok: true,
             detail: format!("{} rows, fingerprint {}", found.count, short(fingerprint)),
+            finding: None,
         }
     } else {
         fail(format!(
