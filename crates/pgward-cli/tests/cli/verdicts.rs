@@ -215,13 +215,41 @@ fn a_restore_order_hazard_gets_the_same_verdict_on_every_drill() {
 
     // Named the other way round, the same hazard restores in archive
     // order every time, and the drill says it was serial and why.
+    // A SQL-standard body shows what it reads; a domain's constraint on a
+    // column counts as the table's.
     cluster().psql(
         &db,
         "ALTER TABLE public.a_checked RENAME TO zz_checked; ALTER TABLE public.z_keys RENAME TO b_keys; \
          CREATE OR REPLACE FUNCTION public.key_exists(int) RETURNS boolean LANGUAGE sql STABLE \
-           AS $$ SELECT EXISTS (SELECT 1 FROM public.b_keys WHERE k = $1) $$",
+           AS $$ SELECT EXISTS (SELECT 1 FROM public.b_keys WHERE k = $1) $$; \
+         CREATE FUNCTION public.key_known(k int) RETURNS boolean LANGUAGE sql STABLE \
+           BEGIN ATOMIC SELECT EXISTS (SELECT 1 FROM public.b_keys WHERE b_keys.k = key_known.k); END; \
+         ALTER TABLE public.zz_checked DROP CONSTRAINT a_checked_known, \
+           ADD CONSTRAINT zz_known CHECK (public.key_known(k)); \
+         CREATE DOMAIN public.known_key AS int CONSTRAINT known CHECK (public.key_exists(VALUE)); \
+         CREATE TABLE public.zz_typed (k public.known_key); INSERT INTO public.zz_typed VALUES (3)",
     );
-    backup(&ws.repo(), &db, &[]).assert_ok();
+    let res = backup(&ws.repo(), &db, &[]);
+    res.assert_ok();
+    let warnings: Vec<String> = res.json()["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[0].contains(
+            "table public.zz_checked: CHECK constraint zz_known calls public.key_known(k integer) (stable), which reads public.b_keys"
+        ),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[1].contains(
+            "table public.zz_typed: domain public.known_key's constraint known calls public.key_exists(integer) (stable)"
+        ),
+        "{warnings:?}"
+    );
     for _ in 0..3 {
         let res = drill(&ws.repo(), None, &[]);
         res.assert_ok();
@@ -374,7 +402,9 @@ fn a_partial_restore_names_the_object_it_misses_and_what_selects_it() {
         "CREATE SCHEMA kinds; CREATE TYPE kinds.mood AS ENUM ('ok', 'sad'); \
          CREATE TYPE public.colour AS ENUM ('red'); \
          CREATE SCHEMA app; CREATE TABLE app.t (m kinds.mood); INSERT INTO app.t VALUES ('ok'); \
-         CREATE TABLE app.c (c public.colour); INSERT INTO app.c VALUES ('red')",
+         CREATE TABLE app.c (c public.colour); INSERT INTO app.c VALUES ('red'); \
+         CREATE ACCESS METHOD heap_copy TYPE TABLE HANDLER heap_tableam_handler; \
+         CREATE TABLE app.h (x int) USING heap_copy; INSERT INTO app.h VALUES (7)",
     );
     let ws = Workspace::new();
     backup(&ws.repo(), &db, &[]).assert_ok();
@@ -405,6 +435,19 @@ fn a_partial_restore_names_the_object_it_misses_and_what_selects_it() {
     );
     res.assert_ok();
     assert_eq!(cluster().psql(&to, "SELECT m FROM app.t"), "ok");
+
+    // Nothing can name an access method, so a table brings its own.
+    let to = unique("v_partial_am");
+    let res = restore(&ws.repo(), None, &to, &["--table", "app.h"]);
+    res.assert_ok();
+    assert_eq!(
+        cluster().psql(
+            &to,
+            "SELECT a.amname || ' ' || (SELECT x FROM app.h) FROM pg_class c \
+             JOIN pg_am a ON a.oid = c.relam WHERE c.oid = 'app.h'::regclass"
+        ),
+        "heap_copy 7"
+    );
 }
 
 /// PostgreSQL's regression database (616 tables: inheritance, partitions,

@@ -5,7 +5,8 @@
 //! a table's indexes, constraints and the schema itself behind, so pgward
 //! chooses the TOC entries itself and hands pg_restore a list (`-L`): the
 //! named schemas with everything in them, the named tables with their data
-//! and the sequences they own, the schemas these live in, and then every
+//! and the sequences they own, the schemas these live in, the access
+//! methods of the tables (nothing else can select one), and then every
 //! entry all of whose dependencies are chosen (indexes, constraints,
 //! defaults, triggers, comments, grants). An entry that also needs
 //! something left out (a foreign key to another table, a trigger calling a
@@ -58,6 +59,19 @@ impl Selection {
         }
         for entry in &toc.entries {
             if entry.desc == "SCHEMA" && schemas.contains(entry.tag.as_str()) {
+                chosen.insert(entry.dump_id);
+            }
+        }
+        // The access methods of chosen tables: no --schema or --table can
+        // name one, and the table cannot be created without it.
+        let methods: BTreeSet<&str> = toc
+            .entries
+            .iter()
+            .filter(|e| chosen.contains(&e.dump_id))
+            .filter_map(|e| e.table_access_method.as_deref())
+            .collect();
+        for entry in &toc.entries {
+            if entry.desc == "ACCESS METHOD" && methods.contains(entry.tag.as_str()) {
                 chosen.insert(entry.dump_id);
             }
         }
@@ -134,6 +148,12 @@ pub fn missing_object_hint(toc: &Toc, selection: &Selection, message: &str) -> O
         return None;
     }
     let error = &message[message.find("ERROR:")? + "ERROR:".len()..];
+    // A table with another access method is created after `SET
+    // default_table_access_method = heap2`, which fails first.
+    let error = match error.split_once("parameter \"default_table_access_method\": ") {
+        Some((_, method)) => format!("access method {method}"),
+        None => error.to_string(),
+    };
     let quoted = error.split('"').nth(1)?;
     let (schema, name) = match quoted.rsplit_once('.') {
         Some((schema, name)) => (Some(schema), name),
@@ -195,8 +215,9 @@ pub fn missing_object_hint(toc: &Toc, selection: &Selection, message: &str) -> O
     };
     Some(match kind.as_str() {
         "access method" => match entry(&["ACCESS METHOD"]) {
-            Some(_) => format!(
-                "access method {name} is in the backup, but --schema and --table never select an access method: create it in the target database first (its definition is in `pg_restore --list` of the backup) and restore into that (empty) database, or restore the whole backup"
+            Some(e) => format!(
+                "access method {name} is in the backup, but --schema and --table never select an access method: create it in the target database first ({}) and restore into that (empty) database, or restore the whole backup",
+                e.definition.trim()
             ),
             None => from_extension("access method"),
         },
@@ -302,7 +323,7 @@ mod tests {
         );
         let table = hint("ERROR:  relation \"s2.Mixed Case\" does not exist").unwrap();
         assert!(table.contains("add --table s2.\"Mixed Case\""), "{table}");
-        let access_method = hint("ERROR:  access method \"heap2\" does not exist").unwrap();
+        let access_method = hint("pg_restore: error: could not set default_table_access_method: ERROR:  invalid value for parameter \"default_table_access_method\": \"heap2\"").unwrap();
         assert!(
             access_method.starts_with(
                 "access method heap2 is not in the backup: create it in the target database"

@@ -196,6 +196,8 @@ pub struct TocEntry {
     pub namespace: String,
     /// The role that owns the object (empty where the entry has none).
     pub owner: String,
+    /// A table's access method, when pg_dump recorded one (archive 1.14+).
+    pub table_access_method: Option<String>,
     /// The tar member holding this entry's data, when it has any.
     pub member: Option<String>,
     /// Whether the entry has a data block (custom format).
@@ -474,9 +476,11 @@ impl Toc {
             let copy_statement = r.text()?;
             let namespace = r.text()?;
             let _tablespace = r.string()?;
-            if v >= (1, 14) {
-                let _table_access_method = r.string()?;
-            }
+            let table_access_method = if v >= (1, 14) {
+                r.string()?.filter(|am| !am.is_empty())
+            } else {
+                None
+            };
             if v >= (1, 16) {
                 let _relkind = r.int()?;
             }
@@ -520,6 +524,7 @@ impl Toc {
                 desc,
                 namespace,
                 owner,
+                table_access_method,
                 member,
                 has_data,
                 definition,
