@@ -174,7 +174,8 @@ pub fn build_plan(
     // Default privileges cover the tables a role creates later, so they
     // are suggested for the roles that own the tables and sequences in the
     // schemas with gaps: those are the roles that create tables there.
-    // Never for pg_database_owner, as whom no session creates anything.
+    // Never for pg_database_owner, as whom no session creates anything
+    // (the report names the database's owner instead).
     let gap_schemas: BTreeSet<&str> = gaps
         .iter()
         .filter_map(|g| match &g.object {

@@ -467,3 +467,41 @@ fn check_reports_a_running_backup_and_does_not_disturb_it() {
     );
     run(pgward(&r.ws.repo()).args(["check", "--dbname", &r.db])).assert_ok();
 }
+
+#[test]
+fn default_privileges_are_suggested_for_the_roles_that_create_the_tables() {
+    let r = roles("ck_defaults");
+    // One table owned by the application role, one by pg_database_owner
+    // (whose member, the database's owner, is who creates tables).
+    r.admin_script(&format!(
+        "CREATE TABLE public.app_table (x int); ALTER TABLE public.app_table OWNER TO {app}; \
+         CREATE TABLE public.shared_table (x int); ALTER TABLE public.shared_table OWNER TO pg_database_owner",
+        app = r.app_role
+    ));
+    let grants = r.as_backup(&["--json", "grants"]);
+    grants.assert_ok();
+    let defaults = grants.json()["plan"]["optional-default-privileges"].clone();
+    let defaults: Vec<&str> = defaults
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    let owner = cluster().psql(
+        &r.db,
+        "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()",
+    );
+    for role in [r.app_role.as_str(), owner.as_str()] {
+        assert!(
+            defaults.contains(&format!(
+                "ALTER DEFAULT PRIVILEGES FOR ROLE \"{role}\" IN SCHEMA \"public\" GRANT SELECT ON TABLES TO \"{}\";",
+                r.backup_role
+            ).as_str()),
+            "{role}: {defaults:?}"
+        );
+    }
+    assert!(
+        !defaults.iter().any(|d| d.contains("pg_database_owner")),
+        "{defaults:?}"
+    );
+}

@@ -99,7 +99,8 @@ pub struct PrivilegeReport {
     /// Sorted: schemas first, then tables, sequences, large objects.
     pub gaps: Vec<Gap>,
     /// (schema, role) for every role that owns tables or sequences in
-    /// scope: the roles whose future tables default privileges can cover.
+    /// scope (the database's owner for pg_database_owner): the roles whose
+    /// future tables default privileges can cover.
     #[serde(skip)]
     pub relation_owners: BTreeSet<(String, String)>,
     pub row_security: Vec<RowSecurityBlock>,
@@ -261,11 +262,15 @@ impl CatalogSession {
             }
         }
 
-        let role: String = self
+        let row = self
             .client
-            .query_one("SELECT current_user::text", &[])
-            .map_err(|e| query_error("cannot read the current role", e))?
-            .get(0);
+            .query_one(
+                "SELECT current_user::text, pg_catalog.pg_get_userbyid(d.datdba)::text \
+                   FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()",
+                &[],
+            )
+            .map_err(|e| query_error("cannot read the current role", e))?;
+        let (role, database_owner): (String, String) = (row.get(0), row.get(1));
         Ok(PrivilegeReport {
             role,
             schemas_checked: schemas.len(),
@@ -275,7 +280,16 @@ impl CatalogSession {
             gaps: gaps.into_iter().collect(),
             relation_owners: selected
                 .iter()
-                .map(|r| (r.name.schema.clone(), r.owner.clone()))
+                .map(|r| {
+                    // Nobody creates tables as pg_database_owner: its
+                    // member, the database's owner, does.
+                    let owner = if r.owner == "pg_database_owner" {
+                        database_owner.clone()
+                    } else {
+                        r.owner.clone()
+                    };
+                    (r.name.schema.clone(), owner)
+                })
                 .collect(),
             row_security,
         })
