@@ -113,7 +113,8 @@ pub fn run(
             let detail = if manifest.artifact.encryption.is_some() && e.kind() == ErrorKind::Restore
             {
                 let mut detail = "pg_restore failed (its message may quote data of this encrypted backup, so it is not recorded: see the drill's output)".to_string();
-                if let Some(cause) = crate::restore::hazard_cause(&manifest, e.message()) {
+                if let Some(cause) = crate::restore::hazard_cause(&manifest, e.message(), &|_| true)
+                {
                     detail = format!("{detail}; {cause}");
                 }
                 detail

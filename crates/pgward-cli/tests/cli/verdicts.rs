@@ -144,7 +144,29 @@ fn backups_scoped_to_public_restore_and_drill() {
             "SELECT count(*) FROM pg_catalog.pg_namespace WHERE nspname = 'other'",
         );
         assert_eq!(other, if scope.contains(&"other") { "1" } else { "0" });
+
+        // A partial restore that leaves public out compares what it restored.
+        if scope.contains(&"other") {
+            let to = unique("v_public_other");
+            let res = restore(&ws.repo(), None, &to, &["--schema", "other"]);
+            res.assert_ok();
+            assert_eq!(cluster().psql(&to, "SELECT count(*) FROM other.o"), "3");
+        }
     }
+
+    // A public with no comment of its own gets none of template0's.
+    let plain = cluster().create_database("v_public_plain");
+    cluster().psql(
+        &plain,
+        "COMMENT ON SCHEMA public IS NULL; CREATE TABLE public.p (x int); INSERT INTO public.p VALUES (1)",
+    );
+    let ws = Workspace::new();
+    backup(&ws.repo(), &plain, &["--schema", "public"]).assert_ok();
+    let res = drill(&ws.repo(), None, &[]);
+    res.assert_ok();
+    let to = unique("v_public_plain_to");
+    restore(&ws.repo(), None, &to, &[]).assert_ok();
+    assert_eq!(public_schema_facts(&to), public_schema_facts(&plain));
 }
 
 /// A table whose CHECK calls a function reading another table: pg_dump
@@ -181,9 +203,16 @@ fn a_restore_order_hazard_gets_the_same_verdict_on_every_drill() {
         assert!(evidence.contains(named), "{named}: {evidence}");
     }
 
+    // Constraints PostgreSQL does not check while loading are none.
+    cluster().psql(
+        &db,
+        "CREATE TABLE public.later (k int); \
+         ALTER TABLE public.later ADD CONSTRAINT later_known CHECK (public.key_exists(k)) NOT VALID",
+    );
     let res = backup(&ws.repo(), &db, &[]);
     res.assert_ok();
     let warnings = res.json()["warnings"].clone();
+    assert_eq!(warnings.as_array().unwrap().len(), 1, "{warnings}");
     assert!(
         warnings[0]
             .as_str()
@@ -403,6 +432,8 @@ fn a_partial_restore_names_the_object_it_misses_and_what_selects_it() {
          CREATE TYPE public.colour AS ENUM ('red'); \
          CREATE SCHEMA app; CREATE TABLE app.t (m kinds.mood); INSERT INTO app.t VALUES ('ok'); \
          CREATE TABLE app.c (c public.colour); INSERT INTO app.c VALUES ('red'); \
+         CREATE FUNCTION public.start_value() RETURNS int LANGUAGE sql AS 'SELECT 1'; \
+         CREATE TABLE app.d (x int DEFAULT public.start_value()); \
          CREATE ACCESS METHOD heap_copy TYPE TABLE HANDLER heap_tableam_handler; \
          CREATE TABLE app.h (x int) USING heap_copy; INSERT INTO app.h VALUES (7)",
     );
@@ -424,6 +455,15 @@ fn a_partial_restore_names_the_object_it_misses_and_what_selects_it() {
     assert!(
         res.stderr
             .contains("(hint: type public.colour is in the backup: add --schema public, or restore the whole backup)"),
+        "{}",
+        res.stderr
+    );
+    let res = restore(&ws.repo(), None, &to, &["--table", "app.d"]);
+    res.assert_exit(1);
+    assert!(
+        res.stderr.contains(
+            "(hint: function public.start_value() is in the backup: add --schema public, or restore the whole backup)"
+        ),
         "{}",
         res.stderr
     );

@@ -24,8 +24,8 @@ pub struct ColumnOrder {
     pub schema: String,
     pub table: String,
     pub columns: Vec<String>,
-    /// The tables it inherits from, in inheritance order: what explains a
-    /// column order that cannot come back.
+    /// The tables it inherits from, in inheritance order (none for a
+    /// partition): what explains a column order that cannot come back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inherits: Vec<String>,
 }
@@ -111,7 +111,7 @@ pub fn column_orders(client: &mut postgres::Client) -> Result<Vec<ColumnOrder>, 
                             FROM pg_catalog.pg_inherits i \
                             JOIN pg_catalog.pg_class p ON p.oid = i.inhparent \
                             JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace \
-                           WHERE i.inhrelid = c.oid ORDER BY i.inhseqno) \
+                           WHERE i.inhrelid = c.oid AND NOT c.relispartition ORDER BY i.inhseqno) \
                FROM pg_catalog.pg_class c \
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
               WHERE c.relkind IN ('r', 'p', 'f') AND {} \
@@ -139,23 +139,38 @@ pub fn restore_hazards(
     client: &mut postgres::Client,
     server_version: u32,
 ) -> Result<Vec<RestoreHazard>, postgres::Error> {
-    let sql_body = if server_version >= 140000 {
-        "p.prosqlbody IS NOT NULL"
+    let (sql_body, range_of) = if server_version >= 140000 {
+        (
+            "p.prosqlbody IS NOT NULL",
+            "r.rngtypid = t.oid OR r.rngmultitypid = t.oid",
+        )
     } else {
-        "false"
+        ("false", "r.rngtypid = t.oid")
     };
+    // Every type a column's values are checked against while COPY loads
+    // them: the column's type, a domain's base type, an array's element
+    // type, a composite type's attributes and a range's subtype, to any
+    // depth (UNION keeps the recursion finite).
     let rows = client.query(
         &format!(
             "WITH RECURSIVE column_types(relid, typid) AS ( \
                  SELECT a.attrelid, a.atttypid FROM pg_catalog.pg_attribute a \
                   WHERE a.attnum > 0 AND NOT a.attisdropped \
                  UNION \
-                 SELECT ct.relid, CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.typelem END \
-                   FROM column_types ct JOIN pg_catalog.pg_type t ON t.oid = ct.typid \
-                  WHERE t.typtype = 'd' OR (t.typelem <> 0 AND t.typlen = -1) \
+                 SELECT ct.relid, next.typid \
+                   FROM column_types ct \
+                   JOIN pg_catalog.pg_type t ON t.oid = ct.typid \
+                   CROSS JOIN LATERAL ( \
+                       SELECT t.typbasetype WHERE t.typtype = 'd' \
+                       UNION ALL SELECT t.typelem WHERE t.typelem <> 0 AND t.typlen = -1 \
+                       UNION ALL SELECT a.atttypid FROM pg_catalog.pg_attribute a \
+                                  WHERE t.typtype = 'c' AND a.attrelid = t.typrelid \
+                                    AND a.attnum > 0 AND NOT a.attisdropped \
+                       UNION ALL SELECT r.rngsubtype FROM pg_catalog.pg_range r WHERE {range_of} \
+                   ) next(typid) \
              ), constraints(relid, conoid, domain) AS ( \
                  SELECT con.conrelid, con.oid, NULL::text FROM pg_catalog.pg_constraint con \
-                  WHERE con.contype = 'c' AND con.conrelid <> 0 \
+                  WHERE con.contype = 'c' AND con.conrelid <> 0 AND con.convalidated \
                  UNION \
                  SELECT ct.relid, con.oid, \
                         pg_catalog.quote_ident(dn.nspname) || '.' || pg_catalog.quote_ident(dt.typname) \
@@ -163,6 +178,16 @@ pub fn restore_hazards(
                    JOIN pg_catalog.pg_type dt ON dt.oid = ct.typid AND dt.typtype = 'd' \
                    JOIN pg_catalog.pg_namespace dn ON dn.oid = dt.typnamespace \
                    JOIN pg_catalog.pg_constraint con ON con.contypid = dt.oid AND con.contype = 'c' \
+                        AND con.convalidated \
+             ), called(conoid, procid) AS ( \
+                 SELECT d.objid, d.refobjid FROM pg_catalog.pg_depend d \
+                  WHERE d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass \
+                    AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+                 UNION \
+                 SELECT d.objid, o.oprcode::oid FROM pg_catalog.pg_depend d \
+                   JOIN pg_catalog.pg_operator o ON o.oid = d.refobjid \
+                  WHERE d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass \
+                    AND d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass \
              ) \
              SELECT DISTINCT n.nspname::text, c.relname::text, con.conname::text, x.domain, \
                     pg_catalog.quote_ident(pn.nspname) || '.' || pg_catalog.quote_ident(p.proname) \
@@ -181,9 +206,8 @@ pub fn restore_hazards(
                JOIN pg_catalog.pg_class c ON c.oid = x.relid \
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
                JOIN pg_catalog.pg_constraint con ON con.oid = x.conoid \
-               JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass \
-                    AND d.objid = con.oid AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
-               JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid \
+               JOIN called f ON f.conoid = con.oid \
+               JOIN pg_catalog.pg_proc p ON p.oid = f.procid \
                JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace \
                JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
               WHERE c.relkind IN ('r', 'p') AND {} \
@@ -193,21 +217,24 @@ pub fn restore_hazards(
         ),
         &[],
     )?;
-    Ok(rows
-        .iter()
-        .map(|r| RestoreHazard {
-            schema: r.get(0),
-            table: r.get(1),
-            constraint: r.get(2),
-            domain: r.get(3),
-            function: r.get(4),
-            volatility: r.get(5),
-            reads: r.get(6),
-            language: r.get(7),
-            reads_known: r.get(8),
-        })
-        // An immutable function is a hazard only where the catalog shows
-        // it reading a table anyway.
-        .filter(|h| h.volatility != "immutable" || !h.reads.is_empty())
-        .collect())
+    let mut hazards = Vec::new();
+    for r in &rows {
+        hazards.push(RestoreHazard {
+            schema: r.try_get(0)?,
+            table: r.try_get(1)?,
+            constraint: r.try_get(2)?,
+            domain: r.try_get(3)?,
+            // NULL when the function was dropped after the snapshot (the
+            // name is read from the catalog cache): the query fails then.
+            function: r.try_get(4)?,
+            volatility: r.try_get(5)?,
+            reads: r.try_get(6)?,
+            language: r.try_get(7)?,
+            reads_known: r.try_get(8)?,
+        });
+    }
+    // An immutable function is a hazard only where the catalog shows it
+    // reading a table anyway.
+    hazards.retain(|h| h.volatility != "immutable" || !h.reads.is_empty());
+    Ok(hazards)
 }

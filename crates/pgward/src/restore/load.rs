@@ -206,6 +206,13 @@ pub(crate) fn prepare(
         .filter(|e| e.definition.contains("CREATE SCHEMA"))
         .filter(|e| entries.as_ref().is_none_or(|ids| ids.contains(&e.dump_id)))
         .collect();
+    if !adopted.is_empty() && pg_restore.is_prefixed() {
+        return Err(Error::config(format!(
+            "backup {} creates schema public, which every new database already has; leaving that out needs pg_restore to read a list file on this host, and pg-restore.command-prefix runs it elsewhere",
+            manifest.id
+        ))
+        .with_hint("run pg_restore on this host for this restore (unset pg-restore.command-prefix)"));
+    }
     if entries.is_some() || !adopted.is_empty() {
         let restore: Vec<i64> = match &entries {
             Some(ids) => ids.clone(),
@@ -410,7 +417,7 @@ pub(crate) fn finish(child: ChildSource, read_error: Option<CopyError>) -> Resul
                 failure.key_line().unwrap_or("no message")
             ),
         )
-        .with_hint("fix what pg_restore names: a missing role (create it, or restore with --no-owner --no-acl)"));
+        .with_hint("fix what pg_restore names: a missing role (create it, or restore with --no-owner --no-acl), an object outside --schema/--table (select it too)"));
     }
     match read_error {
         None => Ok(()),

@@ -209,24 +209,27 @@ fn restore_order_checks(manifest: &Manifest) -> Vec<DrillCheck> {
 }
 
 /// pg_restore's failure `message` explained by the backup's restore-order
-/// hazards: those whose table or constraint it names, else every one as a
-/// possible cause.
-pub(crate) fn hazard_cause(manifest: &Manifest, message: &str) -> Option<String> {
-    let hazards = restore_hazards(manifest);
+/// hazards on tables that were restored (`restored`): the hazard whose
+/// constraint it names as violated is the cause; a failure while loading
+/// data that names none may still be one of them.
+pub(crate) fn hazard_cause(
+    manifest: &Manifest,
+    message: &str,
+    restored: &dyn Fn(&RestoreHazard) -> bool,
+) -> Option<String> {
+    let hazards: Vec<&RestoreHazard> = restore_hazards(manifest)
+        .iter()
+        .filter(|h| restored(h))
+        .collect();
     let named: Vec<&RestoreHazard> = hazards
         .iter()
-        .filter(|h| {
-            message.contains(&format!("\"{}\"", h.constraint))
-                || message.contains(&format!("\"{}\"", h.table))
-        })
+        .copied()
+        .filter(|h| message.contains(&format!("violates check constraint \"{}\"", h.constraint)))
         .collect();
-    let (lead, which): (&str, Vec<&RestoreHazard>) = if !named.is_empty() {
+    let (lead, which) = if !named.is_empty() {
         ("cause: restore-order hazard", named)
-    } else if !hazards.is_empty() {
-        (
-            "possible cause: restore-order hazard",
-            hazards.iter().collect(),
-        )
+    } else if message.contains("COPY failed for table") && !hazards.is_empty() {
+        ("possible cause: restore-order hazard", hazards)
     } else {
         return None;
     };
@@ -353,7 +356,18 @@ impl<'a> Restoring<'a> {
             if e.kind() != ErrorKind::Restore {
                 return e;
             }
-            let e = match hazard_cause(self.manifest, e.message()) {
+            let restored = |h: &RestoreHazard| {
+                prepared.toc.entries.iter().any(|e| {
+                    e.desc == "TABLE DATA"
+                        && e.namespace == h.schema
+                        && e.tag == h.table
+                        && prepared
+                            .entries
+                            .as_ref()
+                            .is_none_or(|ids| ids.contains(&e.dump_id))
+                })
+            };
+            let e = match hazard_cause(self.manifest, e.message(), &restored) {
                 Some(cause) => e.append(cause),
                 None => e,
             };

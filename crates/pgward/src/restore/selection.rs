@@ -154,21 +154,40 @@ pub fn missing_object_hint(toc: &Toc, selection: &Selection, message: &str) -> O
         Some((_, method)) => format!("access method {method}"),
         None => error.to_string(),
     };
-    let quoted = error.split('"').nth(1)?;
-    let (schema, name) = match quoted.rsplit_once('.') {
-        Some((schema, name)) => (Some(schema), name),
-        None => (None, quoted),
+    let error = error.trim();
+    // PostgreSQL quotes most names (`type "x" does not exist`), but not
+    // functions (`function public.f(integer) does not exist`) or operators
+    // (`operator does not exist: integer public.=== integer`).
+    let (kind, quoted): (String, &str) = if let Some(rest) = error.strip_prefix("function ") {
+        let signature = rest.split(" does not exist").next()?;
+        ("function".to_string(), signature.split('(').next()?)
+    } else if let Some(rest) = error.strip_prefix("operator does not exist: ") {
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        let operator = if words.len() >= 3 {
+            words[1]
+        } else {
+            words.first()?
+        };
+        ("operator".to_string(), operator)
+    } else {
+        // `type "x" does not exist` -> "type"; `access method "x" ...` -> "access method".
+        let kind = error
+            .split_whitespace()
+            .take_while(|w| !w.starts_with('"'))
+            .collect::<Vec<_>>()
+            .join(" ");
+        (kind, error.split('"').nth(1)?)
     };
-    // `type "x" does not exist` -> "type"; `access method "x" ...` -> "access method".
-    let kind = error
-        .split_whitespace()
-        .take_while(|w| !w.starts_with('"'))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let (schema, name) = match quoted.rsplit_once('.') {
+        Some((schema, name)) if !schema.is_empty() => (Some(schema), name),
+        _ => (None, quoted),
+    };
     let entry = |descs: &[&str]| {
         toc.entries.iter().find(|e| {
             descs.contains(&e.desc.as_str())
-                && (e.tag == name || e.tag.starts_with(&format!("{name}(")))
+                && (e.tag == name
+                    || e.tag.starts_with(&format!("{name}("))
+                    || e.tag.starts_with(&format!("{name} (")))
                 && schema.is_none_or(|s| e.namespace == s)
         })
     };
@@ -322,6 +341,16 @@ mod tests {
             Some("schema s2 is in the backup: add --schema s2, or restore the whole backup")
         );
         let table = hint("ERROR:  relation \"s2.Mixed Case\" does not exist").unwrap();
+        let function = hint("ERROR:  function s2.nowhere(integer) does not exist").unwrap();
+        assert!(
+            function.starts_with("function s2.nowhere is not in the backup"),
+            "{function}"
+        );
+        let operator = hint("ERROR:  operator does not exist: integer s2.=== integer").unwrap();
+        assert!(
+            operator.starts_with("operator s2.=== is not in the backup"),
+            "{operator}"
+        );
         assert!(table.contains("add --table s2.\"Mixed Case\""), "{table}");
         let access_method = hint("pg_restore: error: could not set default_table_access_method: ERROR:  invalid value for parameter \"default_table_access_method\": \"heap2\"").unwrap();
         assert!(

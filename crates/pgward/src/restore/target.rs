@@ -151,7 +151,8 @@ impl RestoreServer {
     /// owner) that the archive creates and a new database already has
     /// (`public`, from template0), whose CREATE SCHEMA pg_restore skips:
     /// creates one that is missing, and gives each the archive's owner
-    /// (unless the restore is `--no-owner`). Dropping and recreating would
+    /// (unless the restore is `--no-owner`), and no comment but the
+    /// archive's. Dropping and recreating would
     /// lose the grants template0 gives `public`, which pg_dump counts as
     /// the schema's initial privileges and does not write.
     pub fn adopt_schemas(
@@ -165,7 +166,12 @@ impl RestoreServer {
         }
         let mut client = self.target_for(dbname).connect()?;
         for (schema, owner) in adopted {
-            let mut sql = format!("CREATE SCHEMA IF NOT EXISTS {};", quote_ident(schema));
+            // template0's comment goes too: the archive's own comment, if
+            // the schema has one, is an entry that restores after this.
+            let mut sql = format!(
+                "CREATE SCHEMA IF NOT EXISTS {0}; COMMENT ON SCHEMA {0} IS NULL;",
+                quote_ident(schema)
+            );
             if !no_owner && !owner.is_empty() {
                 sql.push_str(&format!(
                     " ALTER SCHEMA {} OWNER TO {};",

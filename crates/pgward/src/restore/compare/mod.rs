@@ -96,7 +96,7 @@ pub fn compare_objects_and_schema(
     let column_findings = compare_column_order(manifest, toc, restored, &mut client);
     // A tool that cannot run (a pg_dump older than the server, say) makes
     // the schema unproven, not the restore failed.
-    let schema_checks = match schema::compare_schema(manifest, toc, toc_bytes, restored, tools) {
+    let schema_checks = match schema::compare_schema(toc, toc_bytes, restored, tools) {
         Ok(comparison) => schema::into_checks(comparison, &column_findings),
         Err(e) => vec![DrillCheck::failed(
             "schema",
@@ -118,16 +118,14 @@ fn compare_column_order(
     client: &mut postgres::Client,
 ) -> Vec<DrillCheck> {
     let name = "column order";
-    let Some(recorded) = manifest
-        .content
-        .as_ref()
-        .map(|c| &c.column_order)
-        .filter(|c| !c.is_empty())
-    else {
-        return vec![DrillCheck::passed(
-            name,
-            "not compared: the backup recorded no column order (taken before manifest v4)",
-        )];
+    let recorded = match manifest.content.as_ref() {
+        Some(content) if manifest.format_version >= 4 => &content.column_order,
+        _ => {
+            return vec![DrillCheck::passed(
+                name,
+                "not compared: the backup recorded no column order (taken before manifest v4)",
+            )];
+        }
     };
     let found = match crate::catalog::restorability::column_orders(client) {
         Ok(found) => found,
@@ -138,6 +136,10 @@ fn compare_column_order(
             )];
         }
     };
+    let found: std::collections::HashMap<(&str, &str), &Vec<String>> = found
+        .iter()
+        .map(|f| ((f.schema.as_str(), f.table.as_str()), &f.columns))
+        .collect();
     let restored_tables: BTreeSet<(&str, &str)> = toc
         .entries
         .iter()
@@ -150,14 +152,24 @@ fn compare_column_order(
         .iter()
         .filter(|t| restored_tables.contains(&(t.schema.as_str(), t.table.as_str())))
     {
-        match found
-            .iter()
-            .find(|f| f.schema == table.schema && f.table == table.table)
-        {
-            Some(back) if back.columns == table.columns => same += 1,
-            Some(back) => checks.push(crate::findings::column_order(table, &back.columns)),
+        let check_name = format!("column order {}", table.name());
+        match found.get(&(table.schema.as_str(), table.table.as_str())) {
+            Some(back) if **back == table.columns => same += 1,
+            // The same columns in another order: the known finding. Any
+            // other difference is no finding and cannot be accepted.
+            Some(back) if is_permutation(back, &table.columns) => {
+                checks.push(crate::findings::column_order(table, back))
+            }
+            Some(back) => checks.push(DrillCheck::failed(
+                check_name,
+                format!(
+                    "other columns: backup has ({}), restored table has ({})",
+                    table.columns.join(", "),
+                    back.join(", ")
+                ),
+            )),
             None => checks.push(DrillCheck::failed(
-                format!("column order {}", table.name()),
+                check_name,
                 "the table is not in the restored database",
             )),
         }
@@ -169,6 +181,15 @@ fn compare_column_order(
         ));
     }
     checks
+}
+
+fn is_permutation(a: &[String], b: &[String]) -> bool {
+    let sorted = |v: &[String]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v
+    };
+    sorted(a) == sorted(b)
 }
 
 /// A session on the restored database, set up as pg_dump's was.

@@ -6,7 +6,6 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::archive::Toc;
 use crate::pipeline::child::ChildSource;
 use crate::repository::manifest::DrillCheck;
-use crate::repository::manifest::Manifest;
 use std::collections::BTreeSet;
 use std::io::Write;
 
@@ -45,7 +44,6 @@ pub(super) struct SchemaComparison {
 }
 
 pub(super) fn compare_schema(
-    manifest: &Manifest,
     toc: &Toc,
     toc_bytes: &[u8],
     restored: &RestoredAs,
@@ -105,15 +103,16 @@ pub(super) fn compare_schema(
     command.env_remove("PGPASSWORD");
     let from_archive = run_capturing(command, Some(toc_bytes), "pg_restore --schema-only")?;
 
-    // The restored database is dumped with the backup's own scope
-    // switches, so that both sides are written by the same rules: pg_dump
-    // writes `CREATE SCHEMA public` only for an explicitly selected public.
     let mut dump_args = flags;
-    dump_args.extend(scope_switches(manifest));
+    dump_args.extend(restored_side_switches(toc, &entries));
     let regenerate = format!(
         "pg_dump {} {}",
-        dump_args.join(" "),
-        restored.database.dbname
+        dump_args
+            .iter()
+            .map(|a| shell_quote(a))
+            .collect::<Vec<_>>()
+            .join(" "),
+        shell_quote(&restored.database.dbname)
     );
     dump_args.push("--no-password".to_string());
     dump_args.push(format!("--dbname={}", restored.database.conninfo()));
@@ -130,24 +129,42 @@ pub(super) fn compare_schema(
     })
 }
 
-/// The scope switches pg_dump was given for the backup.
-fn scope_switches(manifest: &Manifest) -> Vec<String> {
-    manifest
-        .pg_dump
-        .arguments
+/// How the restored database must be dumped to be written by the same
+/// rules as the compared archive entries. pg_dump writes `CREATE SCHEMA
+/// public` only when public is selected explicitly (`--schema public`), and
+/// a backup so scoped has that entry: then the restored side is dumped
+/// with every compared schema selected by name. Otherwise the whole
+/// restored database is dumped (it holds only what was restored).
+fn restored_side_switches(toc: &Toc, compared: &[i64]) -> Vec<String> {
+    let compared: BTreeSet<i64> = compared.iter().copied().collect();
+    let schemas: Vec<&crate::pipeline::archive::TocEntry> = toc
+        .entries
         .iter()
-        .filter(|a| {
-            [
-                "--schema=",
-                "--exclude-schema=",
-                "--table=",
-                "--exclude-table=",
-            ]
-            .iter()
-            .any(|switch| a.starts_with(switch))
-        })
-        .cloned()
+        .filter(|e| e.desc == "SCHEMA" && compared.contains(&e.dump_id))
+        .collect();
+    let public_created = schemas
+        .iter()
+        .any(|e| e.tag == "public" && e.definition.contains("CREATE SCHEMA"));
+    if !public_created {
+        return Vec::new();
+    }
+    schemas
+        .iter()
+        .map(|e| format!("--schema={}", crate::scope::quote_ident(&e.tag)))
         .collect()
+}
+
+/// An argument as a POSIX shell reads it back.
+fn shell_quote(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_=./:,@%+-".contains(c));
+    if plain {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
+    }
 }
 
 /// Attributes to a finding each schema difference that the finding
@@ -250,8 +267,9 @@ impl SchemaObject<'_> {
 
 /// Splits a schema-only dump at pg_dump's object headers
 /// (`-- Name: t; Type: TABLE; Schema: public; Owner: alice`); what comes
-/// before the first is the preamble (session settings). Blank lines and
-/// bare `--` lines carry nothing and are dropped.
+/// before the first is the preamble (session settings). The blank and bare
+/// `--` lines that separate objects are trimmed from each object's ends;
+/// those inside a definition (a function body) count.
 fn objects(schema: &str) -> Vec<SchemaObject<'_>> {
     let mut objects = vec![SchemaObject {
         kind: "PREAMBLE".to_string(),
@@ -259,6 +277,9 @@ fn objects(schema: &str) -> Vec<SchemaObject<'_>> {
         name: String::new(),
         lines: Vec::new(),
     }];
+    fn separator(line: &&str) -> bool {
+        line.is_empty() || *line == "--"
+    }
     for line in normalise(schema) {
         if let Some((name, kind, schema)) = header(line) {
             objects.push(SchemaObject {
@@ -268,10 +289,14 @@ fn objects(schema: &str) -> Vec<SchemaObject<'_>> {
                 lines: Vec::new(),
             });
         }
-        if line.is_empty() || line == "--" {
-            continue;
-        }
         objects.last_mut().expect("never empty").lines.push(line);
+    }
+    for object in &mut objects {
+        while object.lines.last().is_some_and(separator) {
+            object.lines.pop();
+        }
+        let leading = object.lines.iter().take_while(|l| separator(l)).count();
+        object.lines.drain(..leading);
     }
     objects
 }
@@ -325,7 +350,7 @@ fn differences(archive: &[SchemaObject], database: &[SchemaObject]) -> Vec<Objec
             check: DrillCheck::failed(
                 format!("schema {}", object.describe()),
                 format!(
-                    "{}: at line {} of its definition the archive has {:?}, the restored database has {:?}",
+                    "{}: at line {} from its `-- Name:` header the archive has {:?}, the restored database has {:?}",
                     if reordered {
                         "the same lines in another order"
                     } else {
@@ -446,7 +471,7 @@ mod tests {
             found[1]
                 .check
                 .detail
-                .contains("at line 2 of its definition"),
+                .contains("at line 4 from its `-- Name:` header"),
             "{}",
             found[1].check.detail
         );
