@@ -198,7 +198,9 @@ pub(crate) fn prepare(
     // Schemas the archive creates that every new database already has
     // (public, from template0) are not created again: pg_restore would
     // stop at CREATE SCHEMA. pgward gives the existing one the archive's
-    // owner; its comment and grants are entries of their own and restore.
+    // owner and drops template0's comment ([`super::target::RestoreServer::
+    // adopt_schemas`]); the archive's comment and grants are entries of
+    // their own and restore.
     let adopted: Vec<&crate::pipeline::archive::TocEntry> = toc
         .entries
         .iter()
@@ -276,6 +278,19 @@ impl Prepared {
                 ErrorKind::Restore,
                 format!("cannot start {}: {e}", pg_restore.display_program()),
             )
+        })
+    }
+
+    /// Whether this restore loads the data of table `schema.table`.
+    pub fn restores_data_of(&self, schema: &str, table: &str) -> bool {
+        self.toc.entries.iter().any(|e| {
+            e.desc == "TABLE DATA"
+                && e.namespace == schema
+                && e.tag == table
+                && self
+                    .entries
+                    .as_ref()
+                    .is_none_or(|ids| ids.contains(&e.dump_id))
         })
     }
 

@@ -191,11 +191,12 @@ pub(crate) fn restore_hazards(manifest: &Manifest) -> &[RestoreHazard] {
         .map_or(&[], |c| c.restore_hazards.as_slice())
 }
 
-/// After a restore that went through: each hazard, and that the restore
-/// was serial because of it.
-fn restore_order_checks(manifest: &Manifest) -> Vec<DrillCheck> {
+/// After a restore that went through: each hazard on a restored table,
+/// and that the restore was serial because of it.
+fn restore_order_checks(manifest: &Manifest, prepared: &Prepared) -> Vec<DrillCheck> {
     restore_hazards(manifest)
         .iter()
+        .filter(|h| prepared.restores_data_of(&h.schema, &h.table))
         .map(|hazard| {
             DrillCheck::passed(
                 format!("restore order {}", hazard.table_name()),
@@ -351,22 +352,12 @@ impl<'a> Restoring<'a> {
         options: &RestoreOptions,
         progress: &mut dyn FnMut(u64),
     ) -> Result<RestoreReport> {
-        let restored = self.restore_then_compare(&mut prepared, server, dbname, options, progress);
-        restored.map_err(|e| {
+        let outcome = self.restore_then_compare(&mut prepared, server, dbname, options, progress);
+        outcome.map_err(|e| {
             if e.kind() != ErrorKind::Restore {
                 return e;
             }
-            let restored = |h: &RestoreHazard| {
-                prepared.toc.entries.iter().any(|e| {
-                    e.desc == "TABLE DATA"
-                        && e.namespace == h.schema
-                        && e.tag == h.table
-                        && prepared
-                            .entries
-                            .as_ref()
-                            .is_none_or(|ids| ids.contains(&e.dump_id))
-                })
-            };
+            let restored = |h: &RestoreHazard| prepared.restores_data_of(&h.schema, &h.table);
             let e = match hazard_cause(self.manifest, e.message(), &restored) {
                 Some(cause) => e.append(cause),
                 None => e,
@@ -505,7 +496,7 @@ impl<'a> Restoring<'a> {
         if let Some(error) = stopped(&mut self.watch, manifest) {
             return Err(error);
         }
-        checks.extend(restore_order_checks(manifest));
+        checks.extend(restore_order_checks(manifest, prepared));
         let accepted_findings = crate::findings::apply_acceptance(&mut checks, &self.accept);
         Ok(RestoreReport {
             backup_id: manifest.id.clone(),
