@@ -49,12 +49,13 @@ pub fn error(error: &Error, json: bool) {
 
 pub fn backup(outcome: &BackupOutcome, json: bool) {
     let m = &outcome.manifest;
-    let warnings: Vec<String> = m
+    let mut warnings: Vec<String> = m
         .content
         .iter()
         .flat_map(|c| &c.restore_hazards)
         .map(|h| format!("restore-order hazard: {}", h.describe()))
         .collect();
+    warnings.extend(outcome.warnings.iter().cloned());
     if json {
         out_json(&json!({
             "message-type": "backup",
@@ -136,6 +137,7 @@ pub fn list(listing: &Listing, json: bool) {
             "backups": backups,
             "quarantine": listing.quarantine,
             "orphans": listing.orphans,
+            "damaged": listing.damaged,
         }));
         return;
     }
@@ -195,6 +197,12 @@ pub fn list(listing: &Listing, json: bool) {
         text.push_str("\nartifacts without a manifest (not backups):\n");
         for name in &listing.orphans {
             text.push_str(&format!("  {name}\n"));
+        }
+    }
+    if !listing.damaged.is_empty() {
+        text.push_str("\nDAMAGED (not backups, not trusted; inspect them):\n");
+        for d in &listing.damaged {
+            text.push_str(&format!("  DAMAGED {}: {}\n", d.file, d.cause));
         }
     }
     out(&text);

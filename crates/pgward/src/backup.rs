@@ -44,6 +44,8 @@ pub struct BackupOutcome {
     pub manifest: Manifest,
     pub artifact_path: PathBuf,
     pub manifest_path: PathBuf,
+    /// What the run noticed and went on despite (damaged manifests).
+    pub warnings: Vec<String>,
 }
 
 /// Running totals reported while the dump streams.
@@ -83,7 +85,32 @@ pub fn run(
     let pg_dump = PgDump::pg_dump(&config.pg_dump);
     let pg_dump_version = pg_dump.version()?;
     crate::dump::require_can_dump(&pg_dump_version, &server)?;
-    let previous = repo.previous(&server.database, &config.scope)?;
+    let catalog = repo.catalog()?;
+    let previous = catalog
+        .backups
+        .iter()
+        .find(|m| m.database == server.database && m.scope == config.scope)
+        .cloned();
+    // A damaged manifest of this database is skipped, loudly: the checks
+    // below compare with the newest intact backup instead.
+    let warnings: Vec<String> = catalog
+        .damaged
+        .iter()
+        .filter(|d| d.is_of_database(&server.database))
+        .map(|d| {
+            format!(
+                "{} is damaged ({}); this backup is compared with {}",
+                d.file,
+                d.cause,
+                previous
+                    .as_ref()
+                    .map_or("no earlier backup".to_string(), |p| format!(
+                        "the newest intact backup {}",
+                        p.id
+                    ))
+            )
+        })
+        .collect();
     crate::encryption::require_continuity(
         &config.encryption,
         encryption.as_ref(),
@@ -133,6 +160,7 @@ pub fn run(
                 manifest,
                 artifact_path,
                 manifest_path,
+                warnings,
             }),
             Err(failed) => {
                 let (staging, error) = *failed;

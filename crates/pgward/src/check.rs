@@ -440,12 +440,34 @@ fn repository(ctx: &mut Context, m: &mut Matrix) {
             format!("{} does not exist yet; the first backup will create it", root.display()),
         ),
     }
+    if let Some((problem, hint)) = &state.unsafe_permissions {
+        m.fail("repository.permissions", problem.clone(), hint.clone());
+    }
     if let Some(error) = &state.catalog_error {
         m.fail(
             "repository.catalog",
             error.clone(),
             "inspect the damaged manifest; pgward will not guess",
         );
+    }
+    // A damaged manifest of this database breaks its continuity (the
+    // shrink check and encryption continuity see only intact backups);
+    // another database's is that database's problem, worth a warning.
+    for damaged in &state.damaged {
+        let evidence = format!("{} is damaged: {}", damaged.file, damaged.cause);
+        if damaged.is_of_database(&database) {
+            m.fail(
+                "repository.catalog",
+                evidence,
+                "inspect or move the file away; until then backups of this database compare with the newest intact manifest, and `latest` skips it",
+            );
+        } else {
+            m.warn(
+                "repository.catalog",
+                evidence,
+                "it belongs to another database's backups; inspect or move it away",
+            );
+        }
     }
     match &state.lock_holder {
         Some(pid) => m.fail(

@@ -1,10 +1,11 @@
-//! `pgward list`: the repository's catalog. Only what has a manifest is a
-//! backup; quarantined runs and manifest-less artifacts are shown apart so
-//! that nobody mistakes them for backups.
+//! `pgward list`: the repository's catalog. Only what has an intact
+//! manifest is a backup; quarantined runs, manifest-less artifacts and
+//! damaged files are shown apart so that nobody mistakes them for backups,
+//! and one damaged file never hides the rest.
 
 use crate::error::Result;
-use crate::repository::Repository;
 use crate::repository::manifest::{DrillRecord, Manifest, QuarantineRecord};
+use crate::repository::{DamagedFile, Repository};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone)]
@@ -17,20 +18,35 @@ pub struct Listing {
     pub orphans: Vec<String>,
     /// The last drill of each backup that was drilled, by backup id.
     pub drills: BTreeMap<String, DrillRecord>,
+    /// Files that cannot be trusted (manifests, drill records, quarantine
+    /// records), with their cause.
+    pub damaged: Vec<DamagedFile>,
 }
 
 pub fn run(repo: &Repository) -> Result<Listing> {
-    let backups = repo.backups()?;
+    let catalog = repo.catalog()?;
+    let mut damaged = catalog.damaged;
     let mut drills = BTreeMap::new();
-    for manifest in &backups {
-        if let Some(record) = repo.drill_record(&manifest.id)? {
-            drills.insert(manifest.id.clone(), record);
+    for manifest in &catalog.backups {
+        match repo.drill_record(&manifest.id) {
+            Ok(Some(record)) => {
+                drills.insert(manifest.id.clone(), record);
+            }
+            Ok(None) => {}
+            Err(e) => damaged.push(DamagedFile {
+                file: format!("backups/{}.drill.json", manifest.id),
+                cause: e.message().to_string(),
+                id: Some(manifest.id.clone()),
+            }),
         }
     }
+    let (quarantine, damaged_records) = repo.quarantined()?;
+    damaged.extend(damaged_records);
     Ok(Listing {
-        backups,
-        quarantine: repo.quarantined()?,
+        backups: catalog.backups,
+        quarantine,
         orphans: repo.orphans()?,
         drills,
+        damaged,
     })
 }

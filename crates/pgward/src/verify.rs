@@ -17,13 +17,12 @@ use crate::pipeline::archive::{ArchiveFormat, ArchiveInspector};
 use crate::pipeline::compress;
 use crate::pipeline::decrypt::{DecryptError, decrypt, is_decrypt_failure};
 use crate::pipeline::hash::StreamHasher;
-use crate::pipeline::hash::digest_file;
+use crate::pipeline::hash::digest_reader;
 use crate::repository::Repository;
 use crate::repository::manifest::EncryptionRecord;
 use crate::repository::manifest::Manifest;
 use serde::Serialize;
 use std::fs::File;
-use std::path::Path;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -122,13 +121,24 @@ pub fn run(
 ) -> Result<VerifyReport> {
     let manifest = repo.find(selector)?;
     let path = repo.artifact_path(&manifest);
+    let open = |checks: &mut Checks| match repo.open_artifact(&manifest) {
+        Ok(file) => Some(file),
+        Err(e) => {
+            checks.add(
+                "artifact present",
+                false,
+                format!("{}: {e}", path.display()),
+            );
+            None
+        }
+    };
     let mut checks = Checks(Vec::new());
     let mut content_checked = false;
-    if verify_stored(&manifest, &path, &mut checks) {
+    if verify_stored(&manifest, open(&mut checks), &mut checks) {
         match &manifest.artifact.encryption {
             None => {
                 content_checked = true;
-                if let Some(file) = open(&path, &mut checks) {
+                if let Some(file) = open(&mut checks) {
                     verify_content(&manifest, file, &mut checks, progress);
                 }
             }
@@ -140,7 +150,7 @@ pub fn run(
                 Some(decryptor) => {
                     require_recipient(&manifest, encryption, &decryptor)?;
                     content_checked = true;
-                    if let Some(file) = open(&path, &mut checks) {
+                    if let Some(file) = open(&mut checks) {
                         verify_encrypted(&manifest, file, &decryptor, &mut checks, progress)?;
                     }
                 }
@@ -156,30 +166,15 @@ pub fn run(
     })
 }
 
-fn open(path: &Path, checks: &mut Checks) -> Option<File> {
-    match File::open(path) {
-        Ok(f) => Some(f),
-        Err(e) => {
-            checks.add(
-                "artifact present",
-                false,
-                format!("{}: {e}", path.display()),
-            );
-            None
-        }
-    }
-}
-
 /// The stored bytes against the manifest: size and sha256. Needs no key,
 /// so it runs first and always. False when there is nothing to go on.
-fn verify_stored(manifest: &Manifest, path: &Path, checks: &mut Checks) -> bool {
-    let Some(file) = open(path, checks) else {
+fn verify_stored(manifest: &Manifest, file: Option<File>, checks: &mut Checks) -> bool {
+    let Some(file) = file else {
         return false;
     };
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    drop(file);
     checks.compare("artifact size", manifest.artifact.bytes, size);
-    match digest_file(path) {
+    match digest_reader(file) {
         Ok(stored) => {
             checks.compare(
                 "artifact sha256",

@@ -8,5 +8,6 @@ mod drill;
 mod encryption;
 mod failures;
 mod harness;
+mod hostile;
 mod verdicts;
 mod verify;

@@ -50,7 +50,12 @@ pub fn to_hex(bytes: &[u8]) -> String {
 
 /// SHA-256 and length of a whole file, read in chunks.
 pub fn digest_file(path: &std::path::Path) -> std::io::Result<StreamDigest> {
-    let mut reader = super::ObserveRead::new(std::fs::File::open(path)?, StreamHasher::default());
+    digest_reader(std::fs::File::open(path)?)
+}
+
+/// Size and sha256 of everything `reader` yields.
+pub fn digest_reader(reader: impl std::io::Read) -> std::io::Result<StreamDigest> {
+    let mut reader = super::ObserveRead::new(reader, StreamHasher::default());
     std::io::copy(&mut reader, &mut std::io::sink())?;
     Ok(reader.into_parts().1.finish())
 }

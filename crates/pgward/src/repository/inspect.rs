@@ -26,6 +26,11 @@ pub struct RepositoryState {
     pub previous: Option<Manifest>,
     /// Why the catalog could not be read, if it could not.
     pub catalog_error: Option<String>,
+    /// Why the repository's directories are not safe to trust, and the
+    /// remedy (see [`super::unsafe_permissions`]).
+    pub unsafe_permissions: Option<(String, String)>,
+    /// Manifests that cannot be trusted (see [`Repository::catalog`]).
+    pub damaged: Vec<super::DamagedFile>,
 }
 
 /// The closest existing ancestor of `path` (itself included).
@@ -106,13 +111,22 @@ pub fn inspect(root: &Path, database: &str, scope: &Scope) -> RepositoryState {
                 _ => None,
             });
 
-    let (previous, catalog_error) = if exists {
-        match Repository::open(root).and_then(|repo| repo.previous(database, scope)) {
-            Ok(previous) => (previous, None),
-            Err(e) => (None, Some(e.to_string())),
+    let unsafe_permissions = super::unsafe_permissions(root);
+    // An unsafe repository is not read at all (`check` says why).
+    let (previous, catalog_error, damaged) = if exists && unsafe_permissions.is_none() {
+        match Repository::open(root).and_then(|repo| repo.catalog()) {
+            Ok(catalog) => (
+                catalog
+                    .backups
+                    .into_iter()
+                    .find(|m| m.database == database && &m.scope == scope),
+                None,
+                catalog.damaged,
+            ),
+            Err(e) => (None, Some(e.to_string()), Vec::new()),
         }
     } else {
-        (None, None)
+        (None, None, Vec::new())
     };
     RepositoryState {
         root: root.to_path_buf(),
@@ -122,5 +136,7 @@ pub fn inspect(root: &Path, database: &str, scope: &Scope) -> RepositoryState {
         free_bytes: existing_ancestor(root).and_then(free_bytes),
         previous,
         catalog_error,
+        unsafe_permissions,
+        damaged,
     }
 }

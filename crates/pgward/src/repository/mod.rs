@@ -19,6 +19,13 @@
 //! directory, then write the manifest the same way. A crash at any point
 //! leaves at worst a staging file, which the next run of that database moves
 //! to quarantine, or an artifact without a manifest, which is not a backup.
+//!
+//! Everything read back is input, since others may write a repository: a
+//! manifest counts only when its id has the exact form pgward writes and
+//! names its artifact file (no path leaves `backups/`), files are opened
+//! without following links and must be regular ([`open_regular`]), a
+//! damaged file is listed apart and never stops the rest ([`Catalog`]),
+//! and a repository others can write is refused ([`unsafe_permissions`]).
 
 pub mod inspect;
 pub mod lock;
@@ -97,6 +104,7 @@ impl Repository {
             let body = serde_json::json!({"format": "pgward-repository", "layout-version": LAYOUT_VERSION});
             write_json_durably(&marker, &repo.tmp_dir(), &body)?;
         }
+        refuse_unsafe_permissions(root)?;
         // Probe writability now rather than after pg_dump has run.
         let probe = repo
             .tmp_dir()
@@ -116,6 +124,7 @@ impl Repository {
             )
             .with_hint("check --repo / PGWARD_REPO; a repository is created by the first backup"));
         }
+        refuse_unsafe_permissions(root)?;
         Ok(Repository {
             root: root.to_path_buf(),
         })
@@ -141,8 +150,16 @@ impl Repository {
         self.root.join("locks")
     }
 
+    /// The artifact of a manifest from [`Repository::catalog`], whose
+    /// file name was checked to be its id's: it stays inside `backups/`.
     pub fn artifact_path(&self, manifest: &Manifest) -> PathBuf {
         self.backups_dir().join(&manifest.artifact.file)
+    }
+
+    /// Opens the artifact of `manifest` for reading: a regular file in
+    /// `backups/`, never a link, a FIFO or a device.
+    pub fn open_artifact(&self, manifest: &Manifest) -> std::io::Result<File> {
+        open_regular(&self.artifact_path(manifest))
     }
 
     pub fn manifest_path(&self, id: &str) -> PathBuf {
@@ -166,17 +183,30 @@ impl Repository {
     /// record is an error: a failed drill must not turn into "never drilled".
     pub fn drill_record(&self, id: &str) -> Result<Option<manifest::DrillRecord>> {
         let path = self.drill_record_path(id);
-        let text = match fs::read_to_string(&path) {
+        let text = match read_regular(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::repository_io("cannot read drill record", &path, e)),
         };
-        serde_json::from_str(&text).map(Some).map_err(|e| {
-            Error::new(
-                ErrorKind::Integrity,
-                format!("drill record {} is unreadable: {e}", path.display()),
-            )
-        })
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Integrity,
+                    format!("drill record {} is unreadable: {e}", path.display()),
+                )
+            })
+            .and_then(|record: Option<manifest::DrillRecord>| match &record {
+                Some(r) if r.backup_id != id => Err(Error::new(
+                    ErrorKind::Integrity,
+                    format!(
+                        "drill record {} is of backup {:?}",
+                        path.display(),
+                        r.backup_id
+                    ),
+                )),
+                _ => Ok(record),
+            })
     }
 
     /// `tmp/restore-PID-ID.SUFFIX`: a file of this process's restore of `id`.
@@ -365,51 +395,63 @@ impl Repository {
         Ok(partial)
     }
 
-    /// All complete backups, newest first. A manifest that cannot be read is
-    /// an error: a damaged catalog must never look like a shorter one.
+    /// All complete backups, newest first. Damaged manifests are left
+    /// out here; [`Repository::catalog`] names them.
     pub fn backups(&self) -> Result<Vec<Manifest>> {
-        let mut manifests = Vec::new();
-        for path in list_with_suffix(&self.backups_dir(), MANIFEST_SUFFIX)? {
-            let text = fs::read_to_string(&path)
-                .map_err(|e| Error::repository_io("cannot read manifest", &path, e))?;
-            let manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
-                Error::new(
-                    ErrorKind::Integrity,
-                    format!("manifest {} is unreadable: {e}", path.display()),
-                )
-            })?;
-            if manifest.format != MANIFEST_FORMAT || manifest.format_version > MANIFEST_VERSION {
-                return Err(Error::new(
-                    ErrorKind::Integrity,
-                    format!(
-                        "manifest {} has unsupported format {} v{}",
-                        path.display(),
-                        manifest.format,
-                        manifest.format_version
-                    ),
-                )
-                .with_hint("use a newer pgward to read this repository"));
-            }
-            manifests.push(manifest);
-        }
-        manifests.sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.id.cmp(&a.id)));
-        Ok(manifests)
+        Ok(self.catalog()?.backups)
     }
 
-    /// Quarantined runs, newest first.
-    pub fn quarantined(&self) -> Result<Vec<QuarantineRecord>> {
+    /// Every manifest in `backups/`: the intact ones, newest first, and
+    /// the damaged ones with their cause. A manifest is intact when it is a
+    /// regular file that parses, of a format this pgward reads, whose id is
+    /// one pgward writes and matches its file name, and whose artifact file
+    /// is the one its id names (so that no path leads out of `backups/`).
+    /// A damaged one is never a backup, and never stops the others.
+    pub fn catalog(&self) -> Result<Catalog> {
+        let mut catalog = Catalog::default();
+        for path in list_with_suffix(&self.backups_dir(), MANIFEST_SUFFIX)? {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let id = name.strip_suffix(MANIFEST_SUFFIX).unwrap_or_default();
+            match read_manifest(&path, id) {
+                Ok(manifest) => catalog.backups.push(manifest),
+                Err(cause) => catalog.damaged.push(DamagedFile {
+                    file: format!("backups/{name}"),
+                    cause,
+                    id: is_backup_id(id).then(|| id.to_string()),
+                }),
+            }
+        }
+        catalog
+            .backups
+            .sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.id.cmp(&a.id)));
+        catalog.damaged.sort_by(|a, b| b.file.cmp(&a.file));
+        Ok(catalog)
+    }
+
+    /// Quarantined runs, newest first; reason records that cannot be read
+    /// are listed apart.
+    pub fn quarantined(&self) -> Result<(Vec<QuarantineRecord>, Vec<DamagedFile>)> {
         let mut records = Vec::new();
+        let mut damaged = Vec::new();
         for path in list_with_suffix(&self.quarantine_dir(), REASON_SUFFIX)? {
-            let text = fs::read_to_string(&path)
-                .map_err(|e| Error::repository_io("cannot read", &path, e))?;
-            match serde_json::from_str::<QuarantineRecord>(&text) {
+            let record = read_regular(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| {
+                    serde_json::from_str::<QuarantineRecord>(&text).map_err(|e| e.to_string())
+                });
+            match record {
                 Ok(record) => records.push(record),
-                Err(e) => {
-                    return Err(Error::new(
-                        ErrorKind::Integrity,
-                        format!("quarantine record {} is unreadable: {e}", path.display()),
-                    ));
-                }
+                Err(cause) => damaged.push(DamagedFile {
+                    file: format!(
+                        "quarantine/{}",
+                        path.file_name().unwrap_or_default().to_string_lossy()
+                    ),
+                    cause,
+                    id: None,
+                }),
             }
         }
         records.sort_by(|a, b| {
@@ -417,16 +459,22 @@ impl Repository {
                 .cmp(&a.quarantined_at)
                 .then(b.id.cmp(&a.id))
         });
-        Ok(records)
+        Ok((records, damaged))
     }
 
     /// Artifacts in `backups/` that have no manifest (a crash between the
     /// two renames): not backups, but worth showing.
+    /// An artifact whose manifest exists but is damaged is no orphan: it
+    /// may be a good backup whose record needs repair, and must stay.
     pub fn orphans(&self) -> Result<Vec<String>> {
-        let manifests: Vec<String> = self
-            .backups()?
-            .into_iter()
-            .map(|m| m.artifact.file)
+        let manifests: Vec<String> = list_with_suffix(&self.backups_dir(), MANIFEST_SUFFIX)?
+            .iter()
+            .filter_map(|p| p.file_name())
+            .filter_map(|n| {
+                n.to_string_lossy()
+                    .strip_suffix(MANIFEST_SUFFIX)
+                    .map(String::from)
+            })
             .collect();
         let mut found = Vec::new();
         for suffix in [
@@ -439,15 +487,32 @@ impl Repository {
         let mut names: Vec<String> = found
             .into_iter()
             .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .filter(|name| !manifests.contains(name))
+            .filter(|name| artifact_id(name).is_some_and(|id| !manifests.iter().any(|m| m == id)))
             .collect();
         names.sort();
         Ok(names)
     }
 
     /// The backup named by `selector`: an id, or `latest`.
+    /// `latest` is the newest intact backup; a damaged one named by its
+    /// id is an integrity error that says why.
     pub fn find(&self, selector: &str) -> Result<Manifest> {
-        let backups = self.backups()?;
+        let catalog = self.catalog()?;
+        if let Some(damaged) = catalog
+            .damaged
+            .iter()
+            .find(|d| d.id.as_deref() == Some(selector))
+        {
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                format!(
+                    "backup {selector} is damaged: {} is {}",
+                    damaged.file, damaged.cause
+                ),
+            )
+            .with_hint("do not rely on it; restore from another backup (`pgward list` shows them) and inspect the file"));
+        }
+        let backups = catalog.backups;
         let found = if selector == "latest" {
             backups.into_iter().next()
         } else {
@@ -501,8 +566,8 @@ impl Repository {
         }
         let mut plans = Vec::new();
         for path in list_with_suffix(&dir, ".json")? {
-            let text = fs::read_to_string(&path)
-                .map_err(|e| Error::repository_io("cannot read", &path, e))?;
+            let text =
+                read_regular(&path).map_err(|e| Error::repository_io("cannot read", &path, e))?;
             let plan: crate::grants::GrantPlan = serde_json::from_str(&text).map_err(|e| {
                 Error::new(
                     ErrorKind::Integrity,
@@ -514,18 +579,216 @@ impl Repository {
         plans.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
         Ok(plans)
     }
+}
 
-    /// The newest complete backup of the same database and scope.
-    pub fn previous(
-        &self,
-        database: &str,
-        scope: &crate::scope::Scope,
-    ) -> Result<Option<Manifest>> {
-        Ok(self
-            .backups()?
-            .into_iter()
-            .find(|m| m.database == database && &m.scope == scope))
+/// Set to `1` to use a repository that other users may write (a shared
+/// backup host where that is intended).
+pub const SHARED_REPOSITORY_ENV: &str = "PGWARD_SHARED_REPOSITORY";
+
+/// The repository's directories, relative to its root.
+const DIRECTORIES: [&str; 6] = ["", "backups", "quarantine", "tmp", "locks", "grants"];
+
+/// Why the repository at `root` is not safe to trust, with the remedy: a
+/// directory writable by group or others, owned by someone other than the
+/// user running pgward or root (both allowed with `PGWARD_SHARED_REPOSITORY=1`),
+/// or (below the root, always) a symbolic link. Any of these would let
+/// another local user plant files that pgward then reads as its own, as
+/// ssh refuses key files others can write.
+pub fn unsafe_permissions(root: &Path) -> Option<(String, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let shared = std::env::var(SHARED_REPOSITORY_ENV).as_deref() == Ok("1");
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    for sub in DIRECTORIES {
+        let dir = root.join(sub);
+        let meta = if sub.is_empty() {
+            fs::metadata(&dir)
+        } else {
+            fs::symlink_metadata(&dir)
+        };
+        let Ok(meta) = meta else { continue };
+        if meta.file_type().is_symlink() {
+            return Some((
+                format!("repository directory {} is a symbolic link", dir.display()),
+                format!(
+                    "make it a real directory inside the repository (or point --repo at the real location); {SHARED_REPOSITORY_ENV}=1 does not change this"
+                ),
+            ));
+        }
+        if shared {
+            continue;
+        }
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            return Some((
+                format!(
+                    "repository directory {} is writable by {} (mode {mode:04o}): another local user could plant files that pgward would read as backups",
+                    dir.display(),
+                    if mode & 0o002 != 0 {
+                        "everyone"
+                    } else {
+                        "its group"
+                    }
+                ),
+                format!(
+                    "chmod go-w {} (pgward creates its directories 0700), or set {SHARED_REPOSITORY_ENV}=1 if sharing it is intended",
+                    dir.display()
+                ),
+            ));
+        }
+        if meta.uid() != me && meta.uid() != 0 {
+            return Some((
+                format!(
+                    "repository directory {} is owned by uid {}, not by the user running pgward (uid {me}) or root",
+                    dir.display(),
+                    meta.uid()
+                ),
+                format!(
+                    "run pgward as its owner, or chown it to the user that runs pgward; set {SHARED_REPOSITORY_ENV}=1 if sharing it is intended"
+                ),
+            ));
+        }
     }
+    None
+}
+
+fn refuse_unsafe_permissions(root: &Path) -> Result<()> {
+    match unsafe_permissions(root) {
+        None => Ok(()),
+        Some((problem, hint)) => Err(Error::config(problem).with_hint(hint)),
+    }
+}
+
+/// The catalog of `backups/`: what is a backup, and what is damaged.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    /// Intact backups, newest first.
+    pub backups: Vec<Manifest>,
+    pub damaged: Vec<DamagedFile>,
+}
+
+/// A file in the repository that pgward cannot trust: unreadable, not a
+/// regular file, or inconsistent with its name. Never a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DamagedFile {
+    /// Relative to the repository root, e.g. `backups/ID.manifest.json`.
+    pub file: String,
+    /// What is wrong with it, in a few words.
+    pub cause: String,
+    /// The backup id its name carries, when that is a valid id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+impl DamagedFile {
+    /// Whether the file's name says it belongs to a backup of `database`.
+    pub fn is_of_database(&self, database: &str) -> bool {
+        self.id
+            .as_deref()
+            .and_then(id_database_key)
+            .is_some_and(|key| key == database_key(database))
+    }
+}
+
+/// Reads and checks the manifest at `path`, named for backup `id`; the
+/// cause when it cannot be trusted.
+fn read_manifest(path: &Path, id: &str) -> std::result::Result<Manifest, String> {
+    let text = read_regular(path).map_err(|e| e.to_string())?;
+    let manifest: Manifest =
+        serde_json::from_str(&text).map_err(|e| format!("not a readable manifest ({e})"))?;
+    if manifest.format != MANIFEST_FORMAT || manifest.format_version > MANIFEST_VERSION {
+        return Err(format!(
+            "of unsupported format {} v{} (a newer pgward may read it)",
+            manifest.format, manifest.format_version
+        ));
+    }
+    if !is_backup_id(id) || manifest.id != id {
+        return Err(format!(
+            "not the manifest of a backup named so: it says id {:?}",
+            manifest.id
+        ));
+    }
+    let expected = match (&manifest.artifact.encryption, manifest.format_version) {
+        (Some(_), _) => vec![artifact_file(id, true)],
+        (None, 1) => vec![format!("{id}{LEGACY_ARTIFACT_SUFFIX}")],
+        (None, _) => vec![artifact_file(id, false)],
+    };
+    if !expected.contains(&manifest.artifact.file) {
+        return Err(format!(
+            "inconsistent: its artifact file {:?} is not {:?}",
+            manifest.artifact.file, expected[0]
+        ));
+    }
+    Ok(manifest)
+}
+
+/// The largest record pgward reads whole (manifests of databases with
+/// very many tables stay far below it).
+const MAX_RECORD_BYTES: u64 = 256 << 20;
+
+/// Opens `path` for reading if it is a regular file: a symbolic link is
+/// not followed, and a FIFO or device is refused before anything blocks on
+/// it. Everything pgward reads from its repository goes through here.
+pub(crate) fn open_regular(path: &Path) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "a symbolic link, which pgward does not follow in its repository",
+                )
+            } else {
+                e
+            }
+        })?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
+}
+
+/// A small record file's text, read through [`open_regular`].
+pub(crate) fn read_regular(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let file = open_regular(path)?;
+    if file.metadata()?.len() > MAX_RECORD_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_RECORD_BYTES} bytes"),
+        ));
+    }
+    let mut text = String::new();
+    file.take(MAX_RECORD_BYTES).read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// Whether `id` has the exact form [`new_backup_id`] gives ids.
+pub fn is_backup_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    let digits = |range: std::ops::Range<usize>| bytes[range].iter().all(u8::is_ascii_digit);
+    let Some(key) = id_database_key(id) else {
+        return false;
+    };
+    bytes.len() >= 23
+        && digits(0..8)
+        && bytes[8] == b'T'
+        && digits(9..15)
+        && bytes[15] == b'Z'
+        && bytes[16] == b'-'
+        && bytes[bytes.len() - 5] == b'-'
+        && bytes[bytes.len() - 4..]
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+        && !key.is_empty()
+        && key.len() <= 49
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// A file-name-safe key for a database name, unique per name.

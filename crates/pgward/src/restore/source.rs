@@ -12,7 +12,7 @@ use crate::pipeline::archive::custom::{CustomInspector, OffsetPatch};
 use crate::pipeline::archive::{ArchiveFormat, ArchiveSummary, Toc};
 use crate::pipeline::compress;
 use crate::pipeline::decrypt::{DecryptError, Decrypting, decrypt};
-use crate::pipeline::hash::{StreamHasher, digest_file};
+use crate::pipeline::hash::{StreamHasher, digest_reader};
 use crate::repository::Repository;
 use crate::repository::manifest::Manifest;
 use std::fs::File;
@@ -71,7 +71,12 @@ impl ArchiveSource {
             .with_hint("restore it by hand: zstd -d < ARTIFACT | pg_restore ..., or take a new backup"));
         }
         let path = repo.artifact_path(manifest);
-        let stored = digest_file(&path)
+        // One open for the check and the read: what was checked is what
+        // is read.
+        let mut file = repo
+            .open_artifact(manifest)
+            .map_err(|e| Error::repository_io("cannot open the artifact", &path, e))?;
+        let stored = digest_reader(&mut file)
             .map_err(|e| Error::repository_io("cannot read the artifact", &path, e))?;
         if stored.bytes != manifest.artifact.bytes || stored.sha256 != manifest.artifact.sha256 {
             return Err(damaged(
@@ -86,7 +91,8 @@ impl ArchiveSource {
                 ),
             ));
         }
-        let file = File::open(&path).map_err(|e| Error::repository_io("cannot open", &path, e))?;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0))
+            .map_err(|e| Error::repository_io("cannot read the artifact", &path, e))?;
         let stored = match (&manifest.artifact.encryption, decryptor) {
             (None, _) => Stored::Plain(file),
             (Some(encryption), None) => {

@@ -81,11 +81,13 @@ pub(super) fn compare_schema(
         .filter(|id| !left_out.contains(id))
         .filter(|id| restored.entries.is_none_or(|set| set.contains(id)))
         .collect();
-    std::fs::write(
-        restored.list_file,
-        crate::restore::selection::Selection::list_file(&entries),
-    )
-    .map_err(|e| Error::repository_io("cannot write", restored.list_file, e))?;
+    // Private like every file pgward writes: it names the backup's objects.
+    let _ = std::fs::remove_file(restored.list_file);
+    crate::repository::create_private(restored.list_file)
+        .and_then(|mut file| {
+            file.write_all(crate::restore::selection::Selection::list_file(&entries).as_bytes())
+        })
+        .map_err(|e| Error::repository_io("cannot write", restored.list_file, e))?;
 
     let mut flags = vec!["--schema-only".to_string()];
     if restored.no_owner {

@@ -1,0 +1,362 @@
+//! A repository that defends itself: names read back from it are checked
+//! against the grammar pgward writes, paths never leave it, links, FIFOs
+//! and devices are refused before anything blocks on them, one damaged
+//! file never stops the rest, the files a drill writes are private, and a
+//! repository other users can write is refused.
+
+use crate::harness::*;
+use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A database with one backup in its own repository.
+struct Backed {
+    ws: Workspace,
+    db: String,
+    id: String,
+}
+
+fn backed(hint: &str) -> Backed {
+    let ws = Workspace::new();
+    let db = cluster().create_database(hint);
+    load_rows(&db, "public.items", 300);
+    let res = backup(&ws.repo(), &db, &[]);
+    res.assert_ok();
+    let id = res.json()["id"].as_str().unwrap().to_string();
+    Backed { ws, db, id }
+}
+
+impl Backed {
+    fn backups(&self) -> PathBuf {
+        self.ws.repo().join("backups")
+    }
+
+    fn manifest_path(&self) -> PathBuf {
+        self.backups().join(format!("{}.manifest.json", self.id))
+    }
+
+    fn manifest(&self) -> Value {
+        serde_json::from_str(&std::fs::read_to_string(self.manifest_path()).unwrap()).unwrap()
+    }
+
+    fn artifact(&self) -> PathBuf {
+        self.backups().join(format!("{}.dump.zst", self.id))
+    }
+
+    fn pgward(&self, args: &[&str]) -> Run {
+        run(pgward(&self.ws.repo()).args(args))
+    }
+
+    fn list(&self) -> Value {
+        let res = self.pgward(&["--json", "list"]);
+        res.assert_ok();
+        res.json()
+    }
+}
+
+fn ids(list: &Value) -> Vec<String> {
+    list["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn damaged(list: &Value) -> Vec<(String, String)> {
+    list["damaged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["file"].as_str().unwrap().to_string(),
+                d["cause"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Runs `cmd`, killing it after `limit`: (exit code, stderr, elapsed).
+fn run_with_limit(cmd: &mut std::process::Command, limit: Duration) -> (i32, String, Duration) {
+    let started = Instant::now();
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+            return (status.code().unwrap_or(-1), stderr, started.elapsed());
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn paths_read_from_the_repository_never_leave_it() {
+    let b = backed("hs_paths");
+    let outside = b.ws.path("outside.dump.zst");
+    std::fs::copy(b.artifact(), &outside).unwrap();
+
+    // An artifact name that climbs out: the manifest is damaged, nothing
+    // is read from outside, and the backup is no longer listed.
+    let mut manifest = b.manifest();
+    manifest["artifact"]["file"] = Value::from("../../outside.dump.zst");
+    std::fs::write(b.manifest_path(), manifest.to_string()).unwrap();
+    let list = b.list();
+    assert!(ids(&list).is_empty(), "{list}");
+    let found = damaged(&list);
+    assert_eq!(found.len(), 1, "{list}");
+    assert!(
+        found[0]
+            .1
+            .contains("its artifact file \"../../outside.dump.zst\" is not"),
+        "{found:?}"
+    );
+    let res = b.pgward(&["verify", &b.id]);
+    res.assert_exit(1);
+    assert!(
+        res.stderr.contains(&format!("backup {} is damaged", b.id)),
+        "{}",
+        res.stderr
+    );
+    let res = b.pgward(&["restore", &b.id, "--to", "hs_paths_never"]);
+    res.assert_exit(1);
+    assert!(res.stderr.contains("is damaged"), "{}", res.stderr);
+
+    // An id that is a path: damaged too.
+    let mut manifest = b.manifest();
+    manifest["artifact"]["file"] = Value::from(format!("{}.dump.zst", b.id));
+    manifest["id"] = Value::from("../../outside/evil");
+    std::fs::write(b.manifest_path(), manifest.to_string()).unwrap();
+    let list = b.list();
+    assert!(ids(&list).is_empty(), "{list}");
+    assert!(
+        damaged(&list)[0].1.contains("\"../../outside/evil\""),
+        "{list}"
+    );
+
+    // A manifest whose name is no backup id at all is never a backup.
+    manifest["id"] = Value::from(b.id.as_str());
+    std::fs::write(b.manifest_path(), manifest.to_string()).unwrap();
+    std::fs::write(b.backups().join("evil.manifest.json"), manifest.to_string()).unwrap();
+    let list = b.list();
+    assert_eq!(ids(&list), vec![b.id.as_str()], "{list}");
+    assert_eq!(damaged(&list)[0].0, "backups/evil.manifest.json");
+
+    // The artifact a link: refused even though the file it points at is
+    // the real artifact, byte for byte.
+    std::fs::remove_file(b.artifact()).unwrap();
+    std::os::unix::fs::symlink(&outside, b.artifact()).unwrap();
+    let res = b.pgward(&["--json", "verify", &b.id]);
+    res.assert_exit(1);
+    assert!(
+        res.stdout
+            .contains("a symbolic link, which pgward does not follow in its repository"),
+        "{}",
+        res.stdout
+    );
+    let res = b.pgward(&["restore", &b.id, "--to", "hs_paths_link"]);
+    res.assert_exit(1);
+    assert!(res.stderr.contains("a symbolic link"), "{}", res.stderr);
+}
+
+#[test]
+fn a_fifo_or_a_device_in_place_of_the_artifact_does_not_hang() {
+    let b = backed("hs_fifo");
+    std::fs::remove_file(b.artifact()).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", b.artifact()).unwrap();
+    let (code, stderr, took) = run_with_limit(
+        pgward(&b.ws.repo()).args(["verify", &b.id]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+
+    std::fs::remove_file(b.artifact()).unwrap();
+    let fifo = std::ffi::CString::new(b.artifact().to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    for args in [vec!["verify", b.id.as_str()], vec!["drill", b.id.as_str()]] {
+        let (code, stderr, _) =
+            run_with_limit(pgward(&b.ws.repo()).args(&args), Duration::from_secs(20));
+        assert_ne!(code, 0, "{args:?}: {stderr}");
+        assert!(stderr.contains("not a regular file"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn one_damaged_file_cannot_stop_the_rest() {
+    let b = backed("hs_damaged");
+    let other = backed("hs_damaged_other");
+    // A second backup of the same database, then its manifest turns to junk.
+    let res = backup(&b.ws.repo(), &b.db, &[]);
+    res.assert_ok();
+    let newer = res.json()["id"].as_str().unwrap().to_string();
+    let junk = b.backups().join(format!("{newer}.manifest.json"));
+    std::fs::write(&junk, "{ not json").unwrap();
+    // And a drill record and a quarantine record that cannot be read.
+    std::fs::write(b.backups().join(format!("{}.drill.json", b.id)), "junk").unwrap();
+    std::fs::write(b.ws.repo().join("quarantine").join("x.reason.json"), "junk").unwrap();
+
+    let list = b.list();
+    assert_eq!(ids(&list), vec![b.id.as_str()], "{list}");
+    let files: Vec<String> = damaged(&list).into_iter().map(|(f, _)| f).collect();
+    for file in [
+        format!("backups/{newer}.manifest.json"),
+        format!("backups/{}.drill.json", b.id),
+        "quarantine/x.reason.json".to_string(),
+    ] {
+        assert!(files.contains(&file), "{file}: {files:?}");
+    }
+    let text = b.pgward(&["list"]);
+    assert!(
+        text.stdout
+            .contains(&format!("DAMAGED backups/{newer}.manifest.json")),
+        "{}",
+        text.stdout
+    );
+    // The artifact of the damaged manifest is no orphan and stays.
+    assert!(b.backups().join(format!("{newer}.dump.zst")).is_file());
+
+    // latest is the newest intact backup; the damaged one by name is an
+    // integrity error that says why.
+    let res = b.pgward(&["--json", "verify", "latest"]);
+    res.assert_ok();
+    assert_eq!(res.json()["id"], b.id.as_str());
+    let res = b.pgward(&["verify", &newer]);
+    res.assert_exit(1);
+    assert!(res.stderr.contains("is damaged"), "{}", res.stderr);
+
+    // A backup of the same database goes on, compared with the newest
+    // intact backup, and says so; another database's is not bothered.
+    let res = backup(&b.ws.repo(), &b.db, &[]);
+    res.assert_ok();
+    let warnings = res.json()["warnings"].to_string();
+    assert!(
+        warnings.contains(&format!(
+            "{newer}.manifest.json is damaged (not a readable manifest"
+        )) && warnings.contains(&format!("compared with the newest intact backup {}", b.id)),
+        "{warnings}"
+    );
+    let res = backup(&b.ws.repo(), &other.db, &[]);
+    res.assert_ok();
+    assert_eq!(res.json()["warnings"], serde_json::json!([]));
+
+    // check: FAIL for the database whose manifest is damaged, WARN for
+    // another database's.
+    let row = |db: &str| -> Value {
+        let res = b.pgward(&["--json", "check", "--dbname", db]);
+        res.json()["matrix"]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == "repository.catalog")
+            .cloned()
+            .unwrap_or_else(|| panic!("no catalog row: {}", res.stdout))
+    };
+    assert_eq!(row(&b.db)["status"], "FAIL");
+    assert_eq!(row(&other.db)["status"], "WARN");
+}
+
+#[test]
+fn every_file_a_drill_writes_is_private() {
+    let b = backed("hs_modes");
+    // pg_dump runs for the schema comparison while the drill's files are
+    // all in tmp/: the wrapper writes down their modes.
+    let modes = b.ws.path("modes");
+    let wrapper = b.ws.script(
+        "pg_dump",
+        &format!(
+            "stat -c '%a %n' {}/* >> {} 2>/dev/null\nexec {} \"$@\"",
+            b.ws.repo().join("tmp").display(),
+            modes.display(),
+            real_pg_dump()
+        ),
+    );
+    let config = b.ws.file(
+        "pgward.toml",
+        &format!("[pg-dump]\npath = \"{}\"\n", wrapper.display()),
+    );
+    for jobs in ["2", "1"] {
+        let res = run(pgward(&b.ws.repo())
+            .arg("--config")
+            .arg(&config)
+            .args(["drill", "latest", "--jobs", jobs]));
+        res.assert_ok();
+    }
+    let seen = std::fs::read_to_string(&modes).unwrap();
+    assert!(seen.contains("schema.list"), "{seen}");
+    for line in seen.lines() {
+        assert!(line.starts_with("600 "), "{line}");
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn a_repository_other_users_can_write_is_refused() {
+    let b = backed("hs_perms");
+    let before = snapshot(&b.backups());
+    for (dir, mode) in [("", 0o777), ("backups", 0o770), ("tmp", 0o722)] {
+        let path = b.ws.repo().join(dir);
+        set_mode(&path, mode);
+        for args in [
+            vec!["backup", "--dbname", b.db.as_str()],
+            vec!["verify", "latest"],
+            vec!["list"],
+        ] {
+            let res = b.pgward(&args);
+            res.assert_exit(2);
+            assert!(
+                res.stderr.contains("is writable by")
+                    && res.stderr.contains("chmod go-w")
+                    && res.stderr.contains("PGWARD_SHARED_REPOSITORY=1"),
+                "{args:?}: {}",
+                res.stderr
+            );
+        }
+        let res = b.pgward(&["--json", "check", "--dbname", &b.db]);
+        res.assert_exit(1);
+        let row = res.json()["matrix"]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == "repository.permissions")
+            .cloned()
+            .unwrap_or_else(|| panic!("{}", res.stdout));
+        assert_eq!(row["status"], "FAIL");
+        // The documented override for shared setups.
+        let res = run(pgward(&b.ws.repo())
+            .env("PGWARD_SHARED_REPOSITORY", "1")
+            .args(["verify", "latest"]));
+        res.assert_ok();
+        set_mode(&path, 0o700);
+    }
+    assert_eq!(snapshot(&b.backups()), before);
+
+    // Owned by someone else (not root): refused.
+    if unsafe { libc::geteuid() } == 0 {
+        let backups = std::ffi::CString::new(b.backups().to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::chown(backups.as_ptr(), 65534, 65534) }, 0);
+        let res = b.pgward(&["list"]);
+        res.assert_exit(2);
+        assert!(
+            res.stderr.contains("is owned by uid 65534"),
+            "{}",
+            res.stderr
+        );
+        assert_eq!(unsafe { libc::chown(backups.as_ptr(), 0, 0) }, 0);
+        b.pgward(&["list"]).assert_ok();
+    }
+}
