@@ -360,3 +360,72 @@ fn a_repository_other_users_can_write_is_refused() {
         b.pgward(&["list"]).assert_ok();
     }
 }
+
+#[test]
+fn leftovers_of_dead_runs_are_cleaned_up_by_the_next_run_of_any_database() {
+    let b = backed("hs_left");
+    let tmp = b.ws.repo().join("tmp");
+    let quarantine = b.ws.repo().join("quarantine");
+    let id = |db: &str, n: u32| format!("20260101T00000{n}Z-{db}-000{n}");
+    let other = "hs_left_other";
+    let busy = "hs_left_busy";
+    // What kills left behind (the states a killed run leaves at each
+    // point of its commit), for this database, another whose lock is
+    // free, and one whose run holds its lock.
+    let write = |name: String, body: &[u8]| std::fs::write(tmp.join(name), body).unwrap();
+    write(
+        format!("{}.reason.json.reserved", id(&b.db, 1)),
+        &[b' '; 8192],
+    );
+    write(format!("{}.reason.json.reserved", id(&b.db, 2)), b"");
+    write(
+        format!("{}.manifest.json.tmp", id(&b.db, 3)),
+        b"{\"id\": 3}\n",
+    );
+    let mut partial = b"{\"id\": \"x\", \"err".to_vec();
+    partial.extend([b' '; 100]);
+    write(format!("{}.reason.json.reserved", id(&b.db, 4)), &partial);
+    write("pgward-repository.json.2147483646.tmp".to_string(), b"{");
+    write(format!("{}.manifest.json.tmp", id(other, 5)), b"{}\n");
+    write(
+        format!("{}.reason.json.reserved", id(other, 6)),
+        &[b' '; 10],
+    );
+    write(format!("{}.manifest.json.tmp", id(busy, 7)), b"{}\n");
+    let lock = b.ws.repo().join("locks").join(format!("{busy}.lock"));
+    let mut holder = std::process::Command::new("flock")
+        .arg(&lock)
+        .args(["sleep", "60"])
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lock.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+
+    let res = backup(&b.ws.repo(), &b.db, &[]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    res.assert_ok();
+
+    let mut left = names_in(&tmp);
+    left.sort();
+    assert_eq!(left, [format!("{}.manifest.json.tmp", id(busy, 7))]);
+    let kept = names_in(&quarantine);
+    for name in [
+        format!("{}.manifest.json.partial", id(&b.db, 3)),
+        format!("{}.reason.json.partial", id(&b.db, 4)),
+        format!("{}.manifest.json.partial", id(other, 5)),
+    ] {
+        assert!(kept.contains(&name), "{name}: {kept:?}");
+    }
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    // Evidence is kept as it was.
+    assert_eq!(
+        std::fs::read(quarantine.join(format!("{}.reason.json.partial", id(&b.db, 4)))).unwrap(),
+        partial
+    );
+    // None of it is a backup.
+    assert_eq!(ids(&b.list()).len(), 2);
+}

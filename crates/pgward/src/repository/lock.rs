@@ -19,14 +19,7 @@ pub struct RepoLock {
 
 impl RepoLock {
     pub fn acquire(path: &Path, database: &str) -> Result<RepoLock> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| Error::repository_io("cannot open lock file", path, e))?;
+        let mut file = open_lock_file(path)?;
         // A `pgward check` probing the lock holds it for an instant: retry
         // briefly before calling the repository busy.
         let mut attempt = file.try_lock();
@@ -62,5 +55,36 @@ impl RepoLock {
         let _ = file.rewind();
         let _ = write!(file, "{}", std::process::id());
         Ok(RepoLock { _file: file })
+    }
+
+    /// The lock at `path` if it is free right now (no waiting): for
+    /// looking after another database's leftovers without ever making
+    /// that database's own run wait.
+    pub fn try_now(path: &Path) -> Option<RepoLock> {
+        let file = open_lock_file(path).ok()?;
+        file.try_lock().ok()?;
+        Some(RepoLock { _file: file })
+    }
+}
+
+/// Opens (creating) a lock file: never through a symbolic link, and only
+/// a regular file, since the holder's pid is written into it.
+fn open_lock_file(path: &Path) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| Error::repository_io("cannot open lock file", path, e))?;
+    match file.metadata() {
+        Ok(meta) if meta.file_type().is_file() => Ok(file),
+        _ => Err(Error::repository(format!(
+            "lock file {} is not a regular file",
+            path.display()
+        ))
+        .with_hint("remove it; pgward creates its lock files itself")),
     }
 }

@@ -60,6 +60,8 @@ const LEGACY_STAGING_SUFFIX: &str = ".tar.zst.tmp";
 const PARTIAL_SUFFIX: &str = ".dump.zst.partial";
 const REASON_SUFFIX: &str = ".reason.json";
 const RESERVED_REASON_SUFFIX: &str = ".reason.json.reserved";
+/// A manifest written in `tmp/` before the commit renames it into place.
+const MANIFEST_STAGING_SUFFIX: &str = ".manifest.json.tmp";
 /// Space set aside for a quarantine record when a run starts, so that the
 /// record can still be written when the run failed because the disk is full.
 const REASON_RESERVE: usize = 8192;
@@ -245,16 +247,93 @@ impl Repository {
         Ok((path, file))
     }
 
-    /// Takes the per-database lock, then quarantines what earlier runs of
-    /// this database left in staging when they died without cleaning up.
+    /// Takes the per-database lock, then cleans up what earlier runs left
+    /// behind when they died: this database's, and every other database's
+    /// whose lock is free right now (no run of it is alive).
     pub fn lock(&self, database: &str) -> Result<RepoLock> {
         let key = database_key(database);
         let lock = RepoLock::acquire(&self.locks_dir().join(format!("{key}.lock")), database)?;
-        self.quarantine_leftovers(&key, database)?;
+        self.remove_dead_staging_files();
+        self.clear_leftovers(&key, database)?;
+        let others: std::collections::BTreeSet<String> = self
+            .leftover_ids()?
+            .iter()
+            .filter_map(|id| id_database_key(id))
+            .filter(|k| *k != key)
+            .map(String::from)
+            .collect();
+        for other in others {
+            let Some(_held) = RepoLock::try_now(&self.locks_dir().join(format!("{other}.lock")))
+            else {
+                continue;
+            };
+            // Its real name is in its manifests; the key stands in when
+            // there is none.
+            let name = self
+                .backups()?
+                .into_iter()
+                .find(|m| database_key(&m.database) == other)
+                .map_or(other.clone(), |m| m.database);
+            self.clear_leftovers(&other, &name)?;
+        }
         Ok(lock)
     }
 
-    fn quarantine_leftovers(&self, key: &str, database: &str) -> Result<()> {
+    /// The backup ids that files left in `tmp/` and artifacts without a
+    /// manifest carry.
+    fn leftover_ids(&self) -> Result<Vec<String>> {
+        let mut ids: Vec<String> = fs::read_dir(self.tmp_dir())
+            .map_err(|e| Error::repository_io("cannot read", &self.tmp_dir(), e))?
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                [
+                    STAGING_SUFFIX,
+                    LEGACY_STAGING_SUFFIX,
+                    RESERVED_REASON_SUFFIX,
+                    MANIFEST_STAGING_SUFFIX,
+                ]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix).map(String::from))
+            })
+            .filter(|id| is_backup_id(id))
+            .collect();
+        ids.extend(
+            self.orphans()?
+                .iter()
+                .filter_map(|name| artifact_id(name).map(String::from)),
+        );
+        Ok(ids)
+    }
+
+    /// Removes the staging files of [`write_bytes_durably`]
+    /// (`NAME.PID.tmp`) whose process is gone: whole records that never
+    /// got their name, or parts of one.
+    fn remove_dead_staging_files(&self) {
+        let Ok(entries) = fs::read_dir(self.tmp_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_suffix(".tmp")
+                .and_then(|rest| rest.rsplit_once('.'))
+                .and_then(|(_, pid)| pid.parse::<i32>().ok());
+            if let Some(pid) = pid
+                && pid > 0
+                && !process_alive(pid)
+            {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// Moves what dead runs of database `key` left into quarantine:
+    /// staging files and artifacts without a manifest (with a reason
+    /// record each), manifests that were never renamed into place, and
+    /// quarantine reservations with anything written in them; an empty or
+    /// blank reservation is removed. Nothing here is a backup.
+    fn clear_leftovers(&self, key: &str, database: &str) -> Result<()> {
         // Staging files of runs that died without cleaning up, and artifacts
         // without a manifest (a run died between the two renames of its
         // commit). Neither is a backup; both are kept for inspection.
@@ -291,6 +370,41 @@ impl Repository {
             let mut staging = self.staging_paths(&id);
             staging.path = path;
             self.quarantine(staging, database, "unknown", &error)?;
+        }
+        // What is left of this database in tmp/ now: manifests that never
+        // got their name, and reservations of runs that left no staging
+        // file (killed after the commit, or before the dump started).
+        for entry in fs::read_dir(self.tmp_dir())
+            .map_err(|e| Error::repository_io("cannot read", &self.tmp_dir(), e))?
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if let Some(id) = name.strip_suffix(MANIFEST_STAGING_SUFFIX)
+                && id_database_key(id) == Some(key)
+            {
+                let kept = self
+                    .quarantine_dir()
+                    .join(format!("{id}{MANIFEST_SUFFIX}.partial"));
+                rename_no_replace(&path, &kept)
+                    .map_err(|e| Error::repository_io("cannot quarantine", &path, e))?;
+            } else if let Some(id) = name.strip_suffix(RESERVED_REASON_SUFFIX)
+                && id_database_key(id) == Some(key)
+            {
+                let blank = read_regular(&path)
+                    .map(|text| text.bytes().all(|b| b == b' '))
+                    .unwrap_or(false);
+                if blank {
+                    fs::remove_file(&path)
+                        .map_err(|e| Error::repository_io("cannot remove", &path, e))?;
+                } else {
+                    let kept = self
+                        .quarantine_dir()
+                        .join(format!("{id}{REASON_SUFFIX}.partial"));
+                    rename_no_replace(&path, &kept)
+                        .map_err(|e| Error::repository_io("cannot quarantine", &path, e))?;
+                }
+            }
         }
         Ok(())
     }
@@ -333,7 +447,7 @@ impl Repository {
         let manifest_path = self.manifest_path(&manifest.id);
         let manifest_staging = self
             .tmp_dir()
-            .join(format!("{}{MANIFEST_SUFFIX}.tmp", manifest.id));
+            .join(format!("{}{MANIFEST_STAGING_SUFFIX}", manifest.id));
         let mut text = serde_json::to_vec_pretty(manifest).expect("manifests serialise");
         text.push(b'\n');
         let written = create_private(&manifest_staging).and_then(|mut file| {
