@@ -125,10 +125,14 @@ pub fn list(listing: &Listing, json: bool) {
                     "archive-bytes": m.archive.bytes, "artifact-bytes": m.artifact.bytes,
                     "artifact-sha256": m.artifact.sha256, "tables": m.tables.len(), "scope": m.scope,
                     "encryption": m.artifact.encryption,
-                    "last-drill": listing.drills.get(&m.id).map(|d| json!({
-                        "finished-at": d.finished_at, "verdict": d.verdict,
-                        "first-failure": d.first_failure,
-                    })),
+                    "last-drill": if listing.unreadable_drills.contains(&m.id) {
+                        json!({"verdict": "damaged"})
+                    } else {
+                        json!(listing.drills.get(&m.id).map(|d| json!({
+                            "finished-at": d.finished_at, "verdict": d.verdict,
+                            "first-failure": d.first_failure,
+                        })))
+                    },
                 })
             })
             .collect();
@@ -163,6 +167,7 @@ pub fn list(listing: &Listing, json: bool) {
                 None => "none".to_string(),
             };
             let drill = match listing.drills.get(&m.id) {
+                _ if listing.unreadable_drills.contains(&m.id) => "DAMAGED record".to_string(),
                 Some(d) if d.passed() => format!("PASS {}", d.finished_at),
                 Some(d) => format!("FAIL {}", d.finished_at),
                 None => "never".to_string(),
@@ -200,7 +205,7 @@ pub fn list(listing: &Listing, json: bool) {
         }
     }
     if !listing.damaged.is_empty() {
-        text.push_str("\nDAMAGED (not backups, not trusted; inspect them):\n");
+        text.push_str("\nDAMAGED files (not trusted, never counted as backups; inspect them):\n");
         for d in &listing.damaged {
             text.push_str(&format!("  DAMAGED {}: {}\n", d.file, d.cause));
         }

@@ -116,6 +116,23 @@ pub fn run(
         encryption.as_ref(),
         previous.as_ref(),
     )?;
+    // A damaged manifest beside an encrypted artifact counts as an
+    // encrypted backup: damage must not open the way to plaintext.
+    if encryption.is_none()
+        && config.encryption.required.is_none()
+        && let Some(damaged) = catalog.damaged.iter().find(|d| {
+            d.is_of_database(&server.database)
+                && d.id
+                    .as_deref()
+                    .is_some_and(|id| repo.has_artifact(&artifact_file(id, true)))
+        })
+    {
+        return Err(Error::config(format!(
+            "{} is damaged and its backup was encrypted, but no recipient certificate is configured now",
+            damaged.file
+        ))
+        .with_hint("restore the [[encryption.recipient]] settings, or set encryption.required = false to write unencrypted backups on purpose"));
+    }
 
     let started = clock::now();
     let id = new_backup_id(&server.database, started);
@@ -154,7 +171,7 @@ pub fn run(
     if watch.received().is_some() {
         watch.acknowledge();
     }
-    match result {
+    match result.map(Manifest::sealed) {
         Ok(manifest) => match repo.commit(staging, &manifest) {
             Ok((artifact_path, manifest_path)) => Ok(BackupOutcome {
                 manifest,
@@ -477,6 +494,7 @@ impl Run<'_> {
                 column_order: self.column_order.to_vec(),
                 restore_hazards: self.restore_hazards.to_vec(),
             }),
+            manifest_digest: None,
         })
     }
 

@@ -21,23 +21,30 @@ pub struct Listing {
     /// Files that cannot be trusted (manifests, drill records, quarantine
     /// records), with their cause.
     pub damaged: Vec<DamagedFile>,
+    /// Backups whose drill record cannot be read: their last drill is
+    /// unknown, never "never drilled".
+    pub unreadable_drills: std::collections::BTreeSet<String>,
 }
 
 pub fn run(repo: &Repository) -> Result<Listing> {
     let catalog = repo.catalog()?;
     let mut damaged = catalog.damaged;
     let mut drills = BTreeMap::new();
+    let mut unreadable_drills = std::collections::BTreeSet::new();
     for manifest in &catalog.backups {
         match repo.drill_record(&manifest.id) {
             Ok(Some(record)) => {
                 drills.insert(manifest.id.clone(), record);
             }
             Ok(None) => {}
-            Err(e) => damaged.push(DamagedFile {
-                file: format!("backups/{}.drill.json", manifest.id),
-                cause: e.message().to_string(),
-                id: Some(manifest.id.clone()),
-            }),
+            Err(e) => {
+                unreadable_drills.insert(manifest.id.clone());
+                damaged.push(DamagedFile {
+                    file: format!("backups/{}.drill.json", manifest.id),
+                    cause: e.message().to_string(),
+                    id: Some(manifest.id.clone()),
+                });
+            }
         }
     }
     let (quarantine, damaged_records) = repo.quarantined()?;
@@ -48,5 +55,6 @@ pub fn run(repo: &Repository) -> Result<Listing> {
         orphans: repo.orphans()?,
         drills,
         damaged,
+        unreadable_drills,
     })
 }

@@ -134,11 +134,29 @@ pub fn run(
     };
     let mut checks = Checks(Vec::new());
     let mut content_checked = false;
-    if verify_stored(&manifest, open(&mut checks), &mut checks) {
+    // One open for both passes: what was hashed is what is inspected.
+    let mut opened = open(&mut checks);
+    // A duplicate of the same descriptor (same offset) for the hash.
+    let stored = opened.as_ref().and_then(|f| f.try_clone().ok());
+    let mut reopen = |checks: &mut Checks| {
+        let mut file = opened.take()?;
+        match std::io::Seek::rewind(&mut file) {
+            Ok(()) => Some(file),
+            Err(e) => {
+                checks.add(
+                    "artifact present",
+                    false,
+                    format!("{}: {e}", path.display()),
+                );
+                None
+            }
+        }
+    };
+    if verify_stored(&manifest, stored, &mut checks) {
         match &manifest.artifact.encryption {
             None => {
                 content_checked = true;
-                if let Some(file) = open(&mut checks) {
+                if let Some(file) = reopen(&mut checks) {
                     verify_content(&manifest, file, &mut checks, progress);
                 }
             }
@@ -150,7 +168,7 @@ pub fn run(
                 Some(decryptor) => {
                     require_recipient(&manifest, encryption, &decryptor)?;
                     content_checked = true;
-                    if let Some(file) = open(&mut checks) {
+                    if let Some(file) = reopen(&mut checks) {
                         verify_encrypted(&manifest, file, &decryptor, &mut checks, progress)?;
                     }
                 }
@@ -388,6 +406,35 @@ fn verify_content(
         "toc entries",
         manifest.archive.toc_entries,
         summary.toc_entries,
+    );
+    // What the archive says of itself must be what the manifest says.
+    let identity = |database: &str, server: &str, archive: &str, encoding: Option<&str>| {
+        format!(
+            "database {database:?}, server {server:?}, archive {archive}{}",
+            encoding.map_or(String::new(), |e| format!(", encoding {e}"))
+        )
+    };
+    let recorded_encoding = manifest
+        .content
+        .as_ref()
+        .and_then(|c| c.encoding.as_deref());
+    checks.compare(
+        "archive identity",
+        identity(
+            &manifest.database,
+            &manifest.server.version,
+            &manifest.archive.version,
+            recorded_encoding,
+        ),
+        identity(
+            &summary.database_name,
+            summary.server_version.as_deref().unwrap_or_default(),
+            &summary.archive_version,
+            summary
+                .encoding
+                .as_deref()
+                .filter(|_| manifest.content.is_some()),
+        ),
     );
     // Fingerprints are compared where the manifest has them (v3 and later).
     let fingerprinted = manifest.tables.iter().any(|t| t.fingerprint.is_some());

@@ -349,6 +349,7 @@ fn rebuild_artifact(b: &Backed, from: &[u8], to: &[u8], forge_archive: bool) {
         manifest["archive"]["bytes"] = archive.len().into();
         manifest["archive"]["sha256"] = sha256_file(&plain).into();
     }
+    reseal(&mut manifest);
     std::fs::write(
         b.manifest_path(),
         serde_json::to_vec_pretty(&manifest).unwrap(),

@@ -488,3 +488,10 @@ pub fn zstd(args: &[&str], input: &Path, output: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Recomputes a manifest's `manifest-digest` after a test edited it, as
+/// someone who can write the repository could: what the digest cannot
+/// catch then must be caught against the archive.
+pub fn reseal(manifest: &mut serde_json::Value) {
+    manifest["manifest-digest"] = pgward::repository::manifest::canonical_digest(manifest).into();
+}

@@ -429,3 +429,203 @@ fn leftovers_of_dead_runs_are_cleaned_up_by_the_next_run_of_any_database() {
     // None of it is a backup.
     assert_eq!(ids(&b.list()).len(), 2);
 }
+
+/// Every leaf of a manifest as a JSON pointer, with its value.
+fn leaves(value: &Value, at: String, out: &mut Vec<(String, Value)>) {
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map {
+                leaves(
+                    child,
+                    format!("{at}/{}", key.replace('~', "~0").replace('/', "~1")),
+                    out,
+                );
+            }
+        }
+        Value::Array(items) if !items.is_empty() => {
+            for (i, child) in items.iter().enumerate() {
+                leaves(child, format!("{at}/{i}"), out);
+            }
+        }
+        other => out.push((at, other.clone())),
+    }
+}
+
+/// The value one step away: a number plus one, a string with its last
+/// character changed, a boolean negated, an empty list with one entry.
+fn one_step(value: &Value) -> Value {
+    match value {
+        Value::Number(n) => Value::from(n.as_u64().map_or(1, |n| n + 1)),
+        Value::String(s) => {
+            let mut changed: Vec<char> = s.chars().collect();
+            match changed.last_mut() {
+                Some(c) => *c = if *c == '0' { '1' } else { '0' },
+                None => changed.push('x'),
+            }
+            Value::from(changed.into_iter().collect::<String>())
+        }
+        Value::Bool(b) => Value::from(!b),
+        Value::Array(_) => serde_json::json!(["x"]),
+        Value::Null => Value::from("x"),
+        Value::Object(_) => serde_json::json!({"x": 1}),
+    }
+}
+
+#[test]
+fn every_manifest_field_changed_by_one_step_is_detected() {
+    let b = backed("hs_fields");
+    let original = std::fs::read(b.manifest_path()).unwrap();
+    let manifest = b.manifest();
+    let mut fields = Vec::new();
+    leaves(&manifest, String::new(), &mut fields);
+    assert!(fields.len() > 50, "{}", fields.len());
+    // Changed and left as it is: the manifest digest shows every one.
+    for (pointer, value) in &fields {
+        let mut edited = manifest.clone();
+        *edited.pointer_mut(pointer).unwrap() = one_step(value);
+        std::fs::write(b.manifest_path(), edited.to_string()).unwrap();
+        let res = b.pgward(&["verify", &b.id]);
+        assert_eq!(
+            res.code, 1,
+            "{pointer} changed and not detected: {}",
+            res.stderr
+        );
+    }
+    // Changed and the digest recomputed, as anyone who can write the
+    // repository could: what the archive holds is still caught.
+    for pointer in [
+        "/database",
+        "/server/version",
+        "/archive/version",
+        "/archive/toc-entries",
+        "/archive/bytes",
+        "/archive/sha256",
+        "/artifact/bytes",
+        "/artifact/sha256",
+        "/content/encoding",
+        "/tables/0/rows",
+        "/tables/0/bytes",
+        "/tables/0/fingerprint",
+        "/tables/0/table",
+    ] {
+        let mut edited = manifest.clone();
+        let value = edited.pointer(pointer).unwrap().clone();
+        *edited.pointer_mut(pointer).unwrap() = one_step(&value);
+        reseal(&mut edited);
+        std::fs::write(b.manifest_path(), edited.to_string()).unwrap();
+        let res = b.pgward(&["verify", &b.id]);
+        assert_eq!(
+            res.code, 1,
+            "{pointer} resealed and not detected: {}",
+            res.stderr
+        );
+    }
+    std::fs::write(b.manifest_path(), &original).unwrap();
+    b.pgward(&["verify", &b.id]).assert_ok();
+}
+
+#[test]
+fn random_bit_flips_in_a_manifest_are_always_detected() {
+    let b = backed("hs_flips");
+    let original = std::fs::read(b.manifest_path()).unwrap();
+    // A fixed xorshift sequence: the same flips on every run.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..150 {
+        let mut flipped = original.clone();
+        let bit = (next() % (flipped.len() as u64 * 8)) as usize;
+        flipped[bit / 8] ^= 1 << (bit % 8);
+        std::fs::write(b.manifest_path(), &flipped).unwrap();
+        let list = b.list();
+        assert!(
+            ids(&list).is_empty(),
+            "bit {bit} flipped and still a backup: {}",
+            String::from_utf8_lossy(&flipped)
+        );
+    }
+    std::fs::write(b.manifest_path(), &original).unwrap();
+    assert_eq!(ids(&b.list()), vec![b.id.as_str()]);
+}
+
+#[test]
+fn hostile_files_in_tmp_backups_and_a_fresh_root_change_nothing_outside() {
+    let b = backed("hs_planted");
+    let tmp = b.ws.repo().join("tmp");
+    let victim = b.ws.path("victim");
+    std::fs::write(&victim, "keep me").unwrap();
+    // A staging leftover whose reservation is a link to a file outside,
+    // and an artifact-like file whose name is no backup id.
+    let dead = format!("20260101T000000Z-{}-dead", b.db);
+    std::fs::write(tmp.join(format!("{dead}.dump.zst.tmp")), "partial").unwrap();
+    std::os::unix::fs::symlink(&victim, tmp.join(format!("{dead}.reason.json.reserved"))).unwrap();
+    std::fs::write(
+        b.backups()
+            .join(format!("20260101T000000Z-{}-zz.dump.zst", b.db)),
+        "junk",
+    )
+    .unwrap();
+    // A damaged manifest beside an encrypted artifact.
+    let encrypted = format!("20260102T000000Z-{}-beef", b.db);
+    std::fs::write(b.backups().join(format!("{encrypted}.manifest.json")), "{").unwrap();
+    std::fs::write(b.backups().join(format!("{encrypted}.dump.zst.gpg")), "x").unwrap();
+
+    // No recipient configured: the damaged encrypted backup counts.
+    let res = backup(&b.ws.repo(), &b.db, &[]);
+    res.assert_exit(2);
+    assert!(
+        res.stderr
+            .contains("is damaged and its backup was encrypted"),
+        "{}",
+        res.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+    // Unencrypted on purpose: the backup runs, the leftover is
+    // quarantined with a record of its own, the link is gone, the junk
+    // name is left alone, and the file outside is untouched.
+    let config = b.ws.file("plain.toml", "[encryption]\nrequired = false\n");
+    let res = run(pgward(&b.ws.repo())
+        .arg("--config")
+        .arg(&config)
+        .args(["--json", "backup", "--dbname", &b.db]));
+    res.assert_ok();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+    let quarantined = names_in(&b.ws.repo().join("quarantine"));
+    assert!(
+        quarantined.contains(&format!("{dead}.dump.zst.partial"))
+            && quarantined.contains(&format!("{dead}.reason.json")),
+        "{quarantined:?}"
+    );
+    assert!(!tmp.join(format!("{dead}.reason.json.reserved")).exists());
+    assert!(
+        b.backups()
+            .join(format!("20260101T000000Z-{}-zz.dump.zst", b.db))
+            .exists()
+    );
+
+    // A drill record that cannot be read: the backup's last drill is
+    // unknown, not "never".
+    std::fs::write(b.backups().join(format!("{}.drill.json", b.id)), "junk").unwrap();
+    let list = b.list();
+    let row = list["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == b.id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(row["last-drill"]["verdict"], "damaged", "{row}");
+
+    // A world-writable directory given as a new repository: refused
+    // before anything is created in it.
+    let open_dir = b.ws.path("open");
+    std::fs::create_dir(&open_dir).unwrap();
+    set_mode(&open_dir, 0o777);
+    let res = backup(&open_dir, &b.db, &[]);
+    res.assert_exit(2);
+    assert!(names_in(&open_dir).is_empty(), "{:?}", names_in(&open_dir));
+}

@@ -98,12 +98,10 @@ fn damage_behind_a_forged_digest_is_still_found() {
         .next()
         .unwrap()
         .to_string();
-    let text = std::fs::read_to_string(&manifest_path).unwrap();
-    std::fs::write(
-        &manifest_path,
-        text.replace(manifest["artifact"]["sha256"].as_str().unwrap(), &forged),
-    )
-    .unwrap();
+    let mut edited = manifest.clone();
+    edited["artifact"]["sha256"] = forged.into();
+    reseal(&mut edited);
+    std::fs::write(&manifest_path, edited.to_string()).unwrap();
 
     let res = verify(&ws.repo(), id);
     assert_eq!(res.code, 1, "{}", res.stdout);
@@ -132,6 +130,7 @@ fn a_manifest_that_disagrees_with_the_archive_fails() {
     let mut edited: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
     edited["tables"][0]["rows"] = serde_json::json!(1999);
+    reseal(&mut edited);
     std::fs::write(
         &manifest_path,
         serde_json::to_string_pretty(&edited).unwrap(),
@@ -172,7 +171,14 @@ fn a_manifest_v1_tar_backup_still_verifies() {
     inspector.update(tar);
     let summary = inspector.finish().unwrap();
 
-    let id = v2["id"].as_str().unwrap().replace("legacytar", "legacy");
+    // Named for the fixture's own database, as pgward named its backups.
+    let v2_id = v2["id"].as_str().unwrap();
+    let id = format!(
+        "{}-{}-{}",
+        &v2_id[..16],
+        pgward::repository::database_key(&summary.database_name),
+        &v2_id[v2_id.len() - 4..]
+    );
     let plain = ws.path("legacy.tar");
     std::fs::write(&plain, tar).unwrap();
     let artifact = ws.repo().join("backups").join(format!("{id}.tar.zst"));
@@ -191,7 +197,11 @@ fn a_manifest_v1_tar_backup_still_verifies() {
     v1["format-version"] = 1.into();
     // Manifest v3's content record did not exist in v1.
     v1.as_object_mut().unwrap().remove("content");
+    v1.as_object_mut().unwrap().remove("manifest-digest");
     v1["id"] = id.clone().into();
+    // The fixture archive is of its own database, which verify checks.
+    v1["database"] = summary.database_name.clone().into();
+    v1["server"]["version"] = summary.server_version.clone().unwrap_or_default().into();
     v1["archive"] = serde_json::json!({
         "format": "tar",
         "version": summary.archive_version,

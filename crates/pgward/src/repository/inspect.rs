@@ -6,7 +6,7 @@ use super::{Repository, database_key};
 use crate::repository::manifest::Manifest;
 use crate::scope::Scope;
 use std::ffi::CString;
-use std::fs::{File, TryLockError};
+use std::fs::TryLockError;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -100,7 +100,7 @@ pub fn inspect(root: &Path, database: &str, scope: &Scope) -> RepositoryState {
         .join("locks")
         .join(format!("{}.lock", database_key(database)));
     let lock_holder =
-        File::open(&lock_path)
+        super::open_regular(&lock_path)
             .ok()
             .and_then(|mut file| match file.try_lock_shared() {
                 Err(TryLockError::WouldBlock) => {

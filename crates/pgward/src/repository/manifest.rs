@@ -17,8 +17,12 @@ use serde::{Deserialize, Serialize};
 pub const MANIFEST_FORMAT: &str = "pgward-backup-manifest";
 /// 2 added `artifact.encryption`; 3 added `content` and per-table
 /// `fingerprint`; 4 added `content.column-order` and
-/// `content.restore-hazards`. Older manifests are still read.
-pub const MANIFEST_VERSION: u32 = 4;
+/// `content.restore-hazards`; 5 added `manifest-digest`. Older manifests
+/// are still read.
+pub const MANIFEST_VERSION: u32 = 5;
+/// The manifest version from which `manifest-digest` is required.
+pub const DIGEST_SINCE: u32 = 5;
+const DIGEST_FIELD: &str = "manifest-digest";
 pub const QUARANTINE_FORMAT: &str = "pgward-quarantine-record";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +56,122 @@ pub struct Manifest {
     /// What drills compare a restored database with (absent before v3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<ContentRecord>,
+    /// sha256 of the manifest's canonical form without this field (see
+    /// [`canonical_digest`]): any later edit of any field shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_digest: Option<String>,
+}
+
+/// The sha256 of a manifest's canonical JSON form: object keys sorted,
+/// no whitespace, the `manifest-digest` field itself left out.
+pub fn canonical_digest(manifest: &serde_json::Value) -> String {
+    fn write(value: &serde_json::Value, out: &mut String, top: bool) {
+        match value {
+            serde_json::Value::Object(map) => {
+                let mut keys: Vec<&String> = map
+                    .keys()
+                    .filter(|k| !(top && k.as_str() == DIGEST_FIELD))
+                    .collect();
+                keys.sort();
+                out.push('{');
+                for (i, key) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&serde_json::Value::from(key.as_str()).to_string());
+                    out.push(':');
+                    write(&map[key], out, false);
+                }
+                out.push('}');
+            }
+            serde_json::Value::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(item, out, false);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut text = String::new();
+    write(manifest, &mut text, true);
+    let mut hasher = crate::pipeline::hash::StreamHasher::default();
+    crate::pipeline::Observer::observe(&mut hasher, text.as_bytes());
+    hasher.finish().sha256
+}
+
+impl Manifest {
+    /// The manifest with its `manifest-digest` set.
+    pub fn sealed(mut self) -> Manifest {
+        self.manifest_digest = None;
+        let value = serde_json::to_value(&self).expect("manifests serialise");
+        self.manifest_digest = Some(canonical_digest(&value));
+        self
+    }
+
+    /// Checks what a manifest read back claims that can be checked without
+    /// its artifact: the digest over all its fields (from version 5), and
+    /// that its values have their forms (times, digests, identifiers).
+    /// `raw` is the manifest as read. The cause when it fails.
+    pub fn check_read_back(&self, raw: &serde_json::Value) -> std::result::Result<(), String> {
+        match (&self.manifest_digest, self.format_version >= DIGEST_SINCE) {
+            (Some(recorded), _) => {
+                let actual = canonical_digest(raw);
+                if *recorded != actual {
+                    return Err(format!(
+                        "edited after it was written: its manifest-digest is {recorded}, its content hashes to {actual}"
+                    ));
+                }
+            }
+            (None, true) => return Err("without its manifest-digest".to_string()),
+            (None, false) => {}
+        }
+        let hex64 = |what: &str, value: &str| {
+            if value.len() == 64
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            {
+                Ok(())
+            } else {
+                Err(format!("of an invalid {what} {value:?}"))
+            }
+        };
+        hex64("archive sha256", &self.archive.sha256)?;
+        hex64("artifact sha256", &self.artifact.sha256)?;
+        for table in &self.tables {
+            if let Some(fingerprint) = &table.fingerprint {
+                hex64("table fingerprint", fingerprint)?;
+            }
+        }
+        for (what, time) in [
+            ("started-at", &self.started_at),
+            ("finished-at", &self.finished_at),
+        ] {
+            time.parse::<jiff::Timestamp>()
+                .map_err(|_| format!("of an invalid {what} {time:?}"))?;
+        }
+        if self.server.system_identifier.is_empty()
+            || !self
+                .server
+                .system_identifier
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        {
+            return Err(format!(
+                "of an invalid system identifier {:?}",
+                self.server.system_identifier
+            ));
+        }
+        if self.format_version == 0 || self.database.is_empty() {
+            return Err("without a format version or database".to_string());
+        }
+        Ok(())
+    }
 }
 
 /// The content of the archive beyond its tables' rows, and how the

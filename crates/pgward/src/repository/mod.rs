@@ -86,6 +86,8 @@ impl Repository {
         let repo = Repository {
             root: root.to_path_buf(),
         };
+        // What exists already is checked before anything is created in it.
+        refuse_unsafe_permissions(root)?;
         for dir in [
             root.to_path_buf(),
             repo.backups_dir(),
@@ -93,7 +95,7 @@ impl Repository {
             repo.tmp_dir(),
             repo.locks_dir(),
         ] {
-            if !dir.is_dir() {
+            if fs::symlink_metadata(&dir).is_err() {
                 DirBuilder::new()
                     .recursive(true)
                     .mode(0o700)
@@ -156,6 +158,11 @@ impl Repository {
     /// file name was checked to be its id's: it stays inside `backups/`.
     pub fn artifact_path(&self, manifest: &Manifest) -> PathBuf {
         self.backups_dir().join(&manifest.artifact.file)
+    }
+
+    /// Whether `backups/` holds a file named `file` (never followed).
+    pub fn has_artifact(&self, file: &str) -> bool {
+        fs::symlink_metadata(self.backups_dir().join(file)).is_ok()
     }
 
     /// Opens the artifact of `manifest` for reading: a regular file in
@@ -341,7 +348,7 @@ impl Repository {
             .map_err(|e| Error::repository_io("cannot read", &self.tmp_dir(), e))?
             .flatten()
             .filter_map(|entry| {
-                let name = entry.file_name().to_string_lossy().into_owned();
+                let name = entry.file_name().to_str()?.to_string();
                 let id = name
                     .strip_suffix(STAGING_SUFFIX)
                     .or_else(|| name.strip_suffix(LEGACY_STAGING_SUFFIX))?
@@ -358,7 +365,7 @@ impl Repository {
         });
         let leftovers: Vec<_> = staged.chain(orphans).collect();
         for (id, path, why) in leftovers {
-            if id_database_key(&id) != Some(key) {
+            if !is_backup_id(&id) || id_database_key(&id) != Some(key) {
                 continue;
             }
             let error = Error::new(
@@ -369,7 +376,9 @@ impl Repository {
             );
             let mut staging = self.staging_paths(&id);
             staging.path = path;
-            self.quarantine(staging, database, "unknown", &error)?;
+            // One leftover that cannot be moved (a name already taken in
+            // quarantine, say) must not stop this database's backups.
+            let _ = self.quarantine(staging, database, "unknown", &error);
         }
         // What is left of this database in tmp/ now: manifests that never
         // got their name, and reservations of runs that left no staging
@@ -378,35 +387,47 @@ impl Repository {
             .map_err(|e| Error::repository_io("cannot read", &self.tmp_dir(), e))?
             .flatten()
         {
-            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(name) = entry.file_name().to_str().map(String::from) else {
+                continue;
+            };
             let path = entry.path();
+            let ours = |id: &str| is_backup_id(id) && id_database_key(id) == Some(key);
             if let Some(id) = name.strip_suffix(MANIFEST_STAGING_SUFFIX)
-                && id_database_key(id) == Some(key)
+                && ours(id)
             {
-                let kept = self
-                    .quarantine_dir()
-                    .join(format!("{id}{MANIFEST_SUFFIX}.partial"));
-                rename_no_replace(&path, &kept)
-                    .map_err(|e| Error::repository_io("cannot quarantine", &path, e))?;
+                let _ = self.keep_in_quarantine(&path, &format!("{id}{MANIFEST_SUFFIX}.partial"));
             } else if let Some(id) = name.strip_suffix(RESERVED_REASON_SUFFIX)
-                && id_database_key(id) == Some(key)
+                && ours(id)
             {
                 let blank = read_regular(&path)
                     .map(|text| text.bytes().all(|b| b == b' '))
                     .unwrap_or(false);
                 if blank {
-                    fs::remove_file(&path)
-                        .map_err(|e| Error::repository_io("cannot remove", &path, e))?;
+                    let _ = fs::remove_file(&path);
                 } else {
-                    let kept = self
-                        .quarantine_dir()
-                        .join(format!("{id}{REASON_SUFFIX}.partial"));
-                    rename_no_replace(&path, &kept)
-                        .map_err(|e| Error::repository_io("cannot quarantine", &path, e))?;
+                    let _ = self.keep_in_quarantine(&path, &format!("{id}{REASON_SUFFIX}.partial"));
                 }
             }
         }
         Ok(())
+    }
+
+    /// Moves `path` into `quarantine/` as `name`, or `name.N` when that is
+    /// taken: evidence is never overwritten, and never blocks a run.
+    fn keep_in_quarantine(&self, path: &Path, name: &str) -> std::io::Result<PathBuf> {
+        let mut target = self.quarantine_dir().join(name);
+        for n in 1..100 {
+            match rename_no_replace(path, &target) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    target = self.quarantine_dir().join(format!("{name}.{n}"));
+                }
+                other => return other.map(|()| target),
+            }
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("{name} and 99 more names are taken in quarantine"),
+        ))
     }
 
     fn staging_paths(&self, id: &str) -> Staging {
@@ -485,11 +506,11 @@ impl Repository {
         started_at: &str,
         error: &Error,
     ) -> Result<PathBuf> {
+        let partial_bytes = fs::symlink_metadata(&staging.path)
+            .map(|m| m.len())
+            .unwrap_or(0);
         let partial = self
-            .quarantine_dir()
-            .join(format!("{}{PARTIAL_SUFFIX}", staging.id));
-        let partial_bytes = fs::metadata(&staging.path).map(|m| m.len()).unwrap_or(0);
-        rename_no_replace(&staging.path, &partial)
+            .keep_in_quarantine(&staging.path, &format!("{}{PARTIAL_SUFFIX}", staging.id))
             .map_err(|e| Error::repository_io("cannot quarantine", &staging.path, e))?;
         let record = QuarantineRecord {
             format: QUARANTINE_FORMAT.to_string(),
@@ -502,9 +523,15 @@ impl Repository {
             partial_bytes,
             error: manifest::ErrorRecord::from_error(error),
         };
-        let reason = self
-            .quarantine_dir()
-            .join(format!("{}{REASON_SUFFIX}", staging.id));
+        // The record is named like the partial file it explains.
+        let partial_name = partial.file_name().unwrap().to_string_lossy().into_owned();
+        let reason = self.quarantine_dir().join(format!(
+            "{}{REASON_SUFFIX}{}",
+            staging.id,
+            partial_name
+                .strip_prefix(&format!("{}{PARTIAL_SUFFIX}", staging.id))
+                .unwrap_or_default()
+        ));
         write_reason(&staging.reserved_reason, &reason, &record)?;
         Ok(partial)
     }
@@ -601,7 +628,10 @@ impl Repository {
         let mut names: Vec<String> = found
             .into_iter()
             .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .filter(|name| artifact_id(name).is_some_and(|id| !manifests.iter().any(|m| m == id)))
+            .filter(|name| {
+                artifact_id(name)
+                    .is_some_and(|id| is_backup_id(id) && !manifests.iter().any(|m| m == id))
+            })
             .collect();
         names.sort();
         Ok(names)
@@ -809,8 +839,10 @@ impl DamagedFile {
 /// cause when it cannot be trusted.
 fn read_manifest(path: &Path, id: &str) -> std::result::Result<Manifest, String> {
     let text = read_regular(path).map_err(|e| e.to_string())?;
-    let manifest: Manifest =
+    let raw: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| format!("not a readable manifest ({e})"))?;
+    let manifest: Manifest = serde_json::from_value(raw.clone())
+        .map_err(|e| format!("not a readable manifest ({e})"))?;
     if manifest.format != MANIFEST_FORMAT || manifest.format_version > MANIFEST_VERSION {
         return Err(format!(
             "of unsupported format {} v{} (a newer pgward may read it)",
@@ -823,9 +855,29 @@ fn read_manifest(path: &Path, id: &str) -> std::result::Result<Manifest, String>
             manifest.id
         ));
     }
-    let expected = match (&manifest.artifact.encryption, manifest.format_version) {
+    if database_key(&manifest.database) != id_database_key(id).unwrap_or_default() {
+        return Err(format!(
+            "inconsistent: database {:?} is not the one its id names",
+            manifest.database
+        ));
+    }
+    let started = manifest
+        .started_at
+        .parse::<jiff::Timestamp>()
+        .map(|t| t.strftime("%Y%m%dT%H%M%SZ").to_string())
+        .unwrap_or_default();
+    if started != id[..16] {
+        return Err(format!(
+            "inconsistent: started-at {:?} is not the time its id names",
+            manifest.started_at
+        ));
+    }
+    let expected = match (
+        &manifest.artifact.encryption,
+        manifest.archive.format.as_str(),
+    ) {
         (Some(_), _) => vec![artifact_file(id, true)],
-        (None, 1) => vec![format!("{id}{LEGACY_ARTIFACT_SUFFIX}")],
+        (None, "tar") => vec![format!("{id}{LEGACY_ARTIFACT_SUFFIX}")],
         (None, _) => vec![artifact_file(id, false)],
     };
     if !expected.contains(&manifest.artifact.file) {
@@ -834,6 +886,7 @@ fn read_manifest(path: &Path, id: &str) -> std::result::Result<Manifest, String>
             manifest.artifact.file, expected[0]
         ));
     }
+    manifest.check_read_back(&raw)?;
     Ok(manifest)
 }
 
@@ -1032,10 +1085,20 @@ fn write_bytes_durably(path: &Path, tmp: &Path, text: &[u8]) -> Result<()> {
 fn write_reason(reserved: &Path, reason: &Path, record: &QuarantineRecord) -> Result<()> {
     let text = serde_json::to_vec_pretty(record).expect("records serialise");
     let result = (|| {
-        let mut file = match OpenOptions::new().write(true).open(reserved) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_private(reserved)?,
-            Err(e) => return Err(e),
+        // The reservation is used only if it is a regular file of ours;
+        // anything else (a link, a FIFO) is removed and a new file made.
+        let reserved_file = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(reserved)
+            .ok()
+            .filter(|f| f.metadata().is_ok_and(|m| m.file_type().is_file()));
+        let mut file = match reserved_file {
+            Some(file) => file,
+            None => {
+                let _ = fs::remove_file(reserved);
+                create_private(reserved)?
+            }
         };
         file.write_all(&text)?;
         file.write_all(b"\n")?;

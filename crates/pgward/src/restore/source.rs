@@ -76,8 +76,35 @@ impl ArchiveSource {
         let mut file = repo
             .open_artifact(manifest)
             .map_err(|e| Error::repository_io("cannot open the artifact", &path, e))?;
-        let stored = digest_reader(&mut file)
-            .map_err(|e| Error::repository_io("cannot read the artifact", &path, e))?;
+        // The size first (cheap), so a swollen file is not read to its end.
+        let size = file
+            .metadata()
+            .map_err(|e| Error::repository_io("cannot read the artifact", &path, e))?
+            .len();
+        if size != manifest.artifact.bytes {
+            return Err(damaged(
+                manifest,
+                format!(
+                    "{} has {size} bytes, the manifest says {}",
+                    path.display(),
+                    manifest.artifact.bytes
+                ),
+            ));
+        }
+        let stored =
+            digest_reader(StopOnSignal(&mut file)).map_err(
+                |e| match crate::interrupt::pending() {
+                    Some(signal) => Error::new(
+                        ErrorKind::Interrupted { signal },
+                        format!(
+                            "reading backup {} stopped by {}",
+                            manifest.id,
+                            crate::pipeline::child::signal_name(signal)
+                        ),
+                    ),
+                    None => Error::repository_io("cannot read the artifact", &path, e),
+                },
+            )?;
         if stored.bytes != manifest.artifact.bytes || stored.sha256 != manifest.artifact.sha256 {
             return Err(damaged(
                 manifest,
@@ -261,5 +288,19 @@ impl Read for ArchiveSource {
         self.hasher.observe(&buf[..n]);
         self.inspector.update(&buf[..n]);
         Ok(n)
+    }
+}
+
+/// A reader that fails once a signal was received (see
+/// [`crate::interrupt`]), so that reading a large artifact stops on Ctrl-C.
+struct StopOnSignal<R>(R);
+
+impl<R: std::io::Read> std::io::Read for StopOnSignal<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if crate::interrupt::pending().is_some() {
+            // Not ErrorKind::Interrupted: io::copy would retry that.
+            return Err(std::io::Error::other("stopped by a signal"));
+        }
+        self.0.read(buf)
     }
 }
