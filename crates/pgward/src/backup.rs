@@ -116,6 +116,16 @@ pub fn run(
         encryption.as_ref(),
         previous.as_ref(),
     )?;
+    // A newer pgward's manifest of this database: its rules (encryption,
+    // size) are unknown here, so this version does not go on.
+    if let Some(newer) = catalog
+        .damaged
+        .iter()
+        .find(|d| d.is_of_database(&server.database) && d.is_newer_format())
+    {
+        return Err(Error::config(format!("{} is {}", newer.file, newer.cause))
+            .with_hint("back up with the pgward version that wrote it (or newer)"));
+    }
     // A damaged manifest beside an encrypted artifact counts as an
     // encrypted backup: damage must not open the way to plaintext.
     if encryption.is_none()

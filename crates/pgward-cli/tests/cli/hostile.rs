@@ -629,3 +629,35 @@ fn hostile_files_in_tmp_backups_and_a_fresh_root_change_nothing_outside() {
     res.assert_exit(2);
     assert!(names_in(&open_dir).is_empty(), "{:?}", names_in(&open_dir));
 }
+
+#[test]
+fn a_manifest_of_a_newer_format_stops_latest_and_backups_of_its_database() {
+    let b = backed("hs_newer");
+    let mut newer = b.manifest();
+    // Another id of the same database and second.
+    let suffix = if b.id.ends_with("ffff") {
+        "0000"
+    } else {
+        "ffff"
+    };
+    let newer_id = format!("{}{suffix}", &b.id[..b.id.len() - 4]);
+    newer["id"] = Value::from(newer_id.as_str());
+    newer["format-version"] = Value::from(99);
+    std::fs::write(
+        b.backups().join(format!("{newer_id}.manifest.json")),
+        newer.to_string(),
+    )
+    .unwrap();
+    let res = b.pgward(&["verify", "latest"]);
+    res.assert_exit(2);
+    assert!(
+        res.stderr.contains("of unsupported format"),
+        "{}",
+        res.stderr
+    );
+    // Named by its id, the intact backup still verifies.
+    b.pgward(&["verify", &b.id]).assert_ok();
+    let res = backup(&b.ws.repo(), &b.db, &[]);
+    res.assert_exit(2);
+    assert!(res.stderr.contains("v99"), "{}", res.stderr);
+}

@@ -656,6 +656,15 @@ impl Repository {
             )
             .with_hint("do not rely on it; restore from another backup (`pgward list` shows them) and inspect the file"));
         }
+        if selector == "latest"
+            && let Some(newer) = catalog.damaged.iter().find(|d| d.is_newer_format())
+        {
+            return Err(Error::config(format!(
+                "{} is {}: `latest` may not be the newest backup",
+                newer.file, newer.cause
+            ))
+            .with_hint("use the pgward version that wrote it, or name a backup by its id"));
+        }
         let backups = catalog.backups;
         let found = if selector == "latest" {
             backups.into_iter().next()
@@ -825,7 +834,16 @@ pub struct DamagedFile {
     pub id: Option<String>,
 }
 
+/// How a manifest this pgward cannot read is described.
+const NEWER_FORMAT: &str = "of unsupported format";
+
 impl DamagedFile {
+    /// Whether it is a manifest written by a newer pgward: not damage,
+    /// but nothing this version may pass over either.
+    pub fn is_newer_format(&self) -> bool {
+        self.cause.starts_with(NEWER_FORMAT)
+    }
+
     /// Whether the file's name says it belongs to a backup of `database`.
     pub fn is_of_database(&self, database: &str) -> bool {
         self.id
@@ -845,7 +863,7 @@ fn read_manifest(path: &Path, id: &str) -> std::result::Result<Manifest, String>
         .map_err(|e| format!("not a readable manifest ({e})"))?;
     if manifest.format != MANIFEST_FORMAT || manifest.format_version > MANIFEST_VERSION {
         return Err(format!(
-            "of unsupported format {} v{} (a newer pgward may read it)",
+            "{NEWER_FORMAT} {} v{} (a newer pgward may read it)",
             manifest.format, manifest.format_version
         ));
     }
