@@ -121,42 +121,34 @@ pub fn run(
 ) -> Result<VerifyReport> {
     let manifest = repo.find(selector)?;
     let path = repo.artifact_path(&manifest);
-    let open = |checks: &mut Checks| match repo.open_artifact(&manifest) {
-        Ok(file) => Some(file),
-        Err(e) => {
-            checks.add(
-                "artifact present",
-                false,
-                format!("{}: {e}", path.display()),
-            );
-            None
-        }
-    };
     let mut checks = Checks(Vec::new());
     let mut content_checked = false;
-    // One open for both passes: what was hashed is what is inspected.
-    let mut opened = open(&mut checks);
-    // A duplicate of the same descriptor (same offset) for the hash.
+    let missing = |checks: &mut Checks, e: std::io::Error| {
+        checks.add(
+            "artifact present",
+            false,
+            format!("{}: {e}", path.display()),
+        );
+    };
+    // One open for both passes: what was hashed is what is inspected. The
+    // hash reads through a duplicate of the descriptor (same offset).
+    let mut opened = repo
+        .open_artifact(&manifest)
+        .map_err(|e| missing(&mut checks, e))
+        .ok();
     let stored = opened.as_ref().and_then(|f| f.try_clone().ok());
-    let mut reopen = |checks: &mut Checks| {
+    let mut rewound = |checks: &mut Checks| {
         let mut file = opened.take()?;
-        match std::io::Seek::rewind(&mut file) {
-            Ok(()) => Some(file),
-            Err(e) => {
-                checks.add(
-                    "artifact present",
-                    false,
-                    format!("{}: {e}", path.display()),
-                );
-                None
-            }
-        }
+        std::io::Seek::rewind(&mut file)
+            .map(|()| file)
+            .map_err(|e| missing(checks, e))
+            .ok()
     };
     if verify_stored(&manifest, stored, &mut checks) {
         match &manifest.artifact.encryption {
             None => {
                 content_checked = true;
-                if let Some(file) = reopen(&mut checks) {
+                if let Some(file) = rewound(&mut checks) {
                     verify_content(&manifest, file, &mut checks, progress);
                 }
             }
@@ -168,7 +160,7 @@ pub fn run(
                 Some(decryptor) => {
                     require_recipient(&manifest, encryption, &decryptor)?;
                     content_checked = true;
-                    if let Some(file) = reopen(&mut checks) {
+                    if let Some(file) = rewound(&mut checks) {
                         verify_encrypted(&manifest, file, &decryptor, &mut checks, progress)?;
                     }
                 }
