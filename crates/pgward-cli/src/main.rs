@@ -298,12 +298,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             run_grants(&config, &args, cli.json)?;
         }
         Command::List => {
-            let repo = pgward::Repository::open(config.repository_path()?)?;
+            let repo = pgward::Repository::open_configured(&config)?;
             render::list(&list::run(&repo)?, cli.json);
         }
         Command::Verify(args) => {
             apply_decrypt_args(&mut config, &args.decrypt);
-            let repo = pgward::Repository::open(config.repository_path()?)?;
+            let repo = pgward::Repository::open_configured(&config)?;
             let mut progress = render::Progress::new(!cli.json);
             let mut decryptor = configured_decryptor(&config);
             let report = verify::run(&repo, &args.backup, &mut decryptor, &mut |n| {

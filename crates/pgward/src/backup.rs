@@ -61,12 +61,16 @@ pub fn run(
     env: Env,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<BackupOutcome> {
-    let repo_path = config.repository_path()?;
+    // Nothing starts without a repository to write to.
+    config.repository_path()?;
     let target = ConnectionTarget::resolve(&config.connection, env)?;
     // Recipients are checked before anything is written: a backup that
     // cannot be encrypted as configured does not start.
     let encryption = crate::encryption::plan(&config.encryption, jiff::Timestamp::now())?;
-    let repo = Repository::init(repo_path)?;
+    // So is the signing key: a manifest this repository would refuse is
+    // never written.
+    let signer = crate::signing::signer(&config.signing)?;
+    let repo = Repository::init_configured(config)?;
     let _lock = repo.lock(&target.dbname)?;
 
     // The session stays open, holding the exported snapshot, until pg_dump
@@ -181,6 +185,10 @@ pub fn run(
     if watch.received().is_some() {
         watch.acknowledge();
     }
+    let result = match &signer {
+        Some(signer) => result.and_then(|manifest| manifest.signed(signer)),
+        None => result,
+    };
     match result.map(Manifest::sealed) {
         Ok(manifest) => match repo.commit(staging, &manifest) {
             Ok((artifact_path, manifest_path)) => Ok(BackupOutcome {
@@ -504,6 +512,7 @@ impl Run<'_> {
                 column_order: self.column_order.to_vec(),
                 restore_hazards: self.restore_hazards.to_vec(),
             }),
+            manifest_signature: None,
             manifest_digest: None,
         })
     }

@@ -169,6 +169,7 @@ pub fn run(config: &Config, env: Env) -> Result<CheckReport> {
         restore_order,
         repository,
         encryption,
+        signing,
     ] {
         section(&mut ctx, &mut matrix);
     }
@@ -264,6 +265,12 @@ fn connection(ctx: &mut Context, m: &mut Matrix) {
 impl Context<'_> {
     fn target_pin(&self) -> Option<String> {
         self.config.connection.system_identifier.clone()
+    }
+
+    /// The key manifests must be signed by; a pin that cannot be loaded
+    /// is the `signing` row's FAIL, and the repository is read without it.
+    fn signature_pin(&self) -> Option<std::sync::Arc<crate::signing::SignaturePin>> {
+        crate::signing::pin(&self.config.signing).ok().flatten()
     }
 }
 
@@ -405,7 +412,7 @@ fn expected_size(ctx: &Context) -> Option<u64> {
         .as_ref()
         .map(|s| s.database.as_str())
         .unwrap_or(&ctx.target.dbname);
-    let state = inspect(root, database, &ctx.config.scope);
+    let state = inspect(root, database, &ctx.config.scope, ctx.signature_pin());
     state
         .previous
         .map(|p| p.artifact.bytes)
@@ -426,7 +433,7 @@ fn repository(ctx: &mut Context, m: &mut Matrix) {
         .as_ref()
         .map(|s| s.database.clone())
         .unwrap_or(ctx.target.dbname.clone());
-    let state: RepositoryState = inspect(root, &database, &ctx.config.scope);
+    let state: RepositoryState = inspect(root, &database, &ctx.config.scope, ctx.signature_pin());
     ctx.previous = state.previous.clone();
     match (&state.not_writable, state.exists) {
         (Some(why), _) => m.fail(
@@ -631,6 +638,36 @@ fn encryption(ctx: &mut Context, m: &mut Matrix) {
             format!("in-memory encrypt/decrypt failed: {e}"),
             "this is a defect in pgward: report it with `pgward --version`",
         ),
+    }
+}
+
+/// Whether backups will be able to sign their manifests, and readers to
+/// accept them: the key, its passphrase, its pin, a round trip.
+fn signing(ctx: &mut Context, m: &mut Matrix) {
+    use crate::encryption::short;
+    let config = &ctx.config.signing;
+    if config.fingerprint.is_none() && config == &Default::default() {
+        m.pass(
+            "signing",
+            "off: manifests carry a digest that shows edits, not a signature that shows who wrote them",
+        );
+        return;
+    }
+    let checked = crate::signing::signer(config).and_then(|signer| {
+        let pin = crate::signing::pin(config)?.expect("a signer implies a pin");
+        let signer = signer.expect("signing is configured");
+        crate::signing::round_trip(&signer, &pin)?;
+        Ok(pin)
+    });
+    match checked {
+        Ok(pin) => m.pass(
+            "signing",
+            format!(
+                "manifests are signed by {} and only manifests signed by it are read; a test signature verified",
+                short(pin.fingerprint())
+            ),
+        ),
+        Err(e) => m.fail_with("signing", &e),
     }
 }
 

@@ -41,6 +41,27 @@ pub struct Config {
     pub decryption: DecryptionConfig,
     #[serde(default)]
     pub drill: DrillConfig,
+    #[serde(default)]
+    pub signing: SigningConfig,
+}
+
+/// Signed manifests: a backup signs its manifest with a key of its own,
+/// and every command that reads manifests accepts only those signed by the
+/// pinned key, so that someone who can write the repository but not this
+/// key cannot plant or alter a backup. Off unless `fingerprint` is set.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SigningConfig {
+    /// The full fingerprint of the signing key. Set: every manifest must
+    /// carry a valid signature by this key's primary key.
+    pub fingerprint: Option<String>,
+    /// The signing key's public certificate, where manifests are read
+    /// (not needed where `secret-key` is set).
+    pub certificate: Option<PathBuf>,
+    /// The signing key's secret key (mode 0600), on the host that backs up.
+    pub secret_key: Option<PathBuf>,
+    /// A file whose first line is the secret key's passphrase.
+    pub passphrase_file: Option<PathBuf>,
 }
 
 /// How drills (and the verification after a restore) judge what they find.

@@ -63,7 +63,7 @@ pub fn run(
     decryptor: &mut dyn FnMut() -> Result<Option<Decryptor>>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<DrillReport> {
-    let repo = crate::Repository::open(config.repository_path()?)?;
+    let repo = crate::Repository::open_configured(config)?;
     let manifest = repo.find(selector)?;
     let started = clock::now();
     // A damaged artifact is found before any database is created (or while

@@ -280,6 +280,7 @@ pub fn save(repo: &Repository, plan: &GrantPlan) -> Result<Option<PathBuf>> {
     }
     if let Some(previous) = repo
         .grant_plans()?
+        .plans
         .into_iter()
         .find(|p| p.database == plan.database && p.role == plan.role)
         && previous.grants == plan.grants
@@ -293,7 +294,22 @@ pub fn save(repo: &Repository, plan: &GrantPlan) -> Result<Option<PathBuf>> {
 
 /// A saved plan: `latest` (for this database, when given) or an id.
 pub fn load(repo: &Repository, selector: &str, database: Option<&str>) -> Result<GrantPlan> {
-    let plans = repo.grant_plans()?;
+    let saved = repo.grant_plans()?;
+    if let Some(damaged) = saved
+        .damaged
+        .iter()
+        .find(|d| d.id.as_deref() == Some(selector))
+    {
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            format!(
+                "grant plan {selector} is damaged: {} is {}",
+                damaged.file, damaged.cause
+            ),
+        )
+        .with_hint("do not run it; make a new plan with `pgward grants` and inspect the file"));
+    }
+    let plans = saved.plans;
     let found = if selector == "latest" {
         plans
             .into_iter()

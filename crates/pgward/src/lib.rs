@@ -33,6 +33,7 @@ pub mod pipeline;
 pub mod repository;
 pub mod restore;
 pub mod scope;
+pub mod signing;
 pub mod verify;
 
 pub use catalog::connect::process_env;

@@ -123,6 +123,17 @@ pub fn run(
     let path = repo.artifact_path(&manifest);
     let mut checks = Checks(Vec::new());
     let mut content_checked = false;
+    // The catalog only lets a manifest through whose signature verified.
+    if let Some(pin) = repo.signature_pin() {
+        checks.add(
+            "manifest signature",
+            true,
+            format!(
+                "signed by the pinned key {}",
+                crate::encryption::short(pin.fingerprint())
+            ),
+        );
+    }
     let missing = |checks: &mut Checks, e: std::io::Error| {
         checks.add(
             "artifact present",

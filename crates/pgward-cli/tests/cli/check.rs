@@ -177,6 +177,20 @@ fn a_privilege_gap_is_found_closed_and_rolled_back_exactly() {
         .collect();
     assert!(tables.contains(&"proposals".to_string()), "{tables:?}");
 
+    // A junk plan and a copy under another plan's name never stop the
+    // saved one, and the copy, named, is refused as damaged.
+    let grants_dir = std::path::Path::new(&saved).parent().unwrap().to_path_buf();
+    std::fs::write(grants_dir.join("junk.json"), "not a plan").unwrap();
+    let renamed = "20991231T235959Z-elsewhere-deadbeef";
+    std::fs::copy(&saved, grants_dir.join(format!("{renamed}.json"))).unwrap();
+    let named = r.as_backup(&["--json", "grants", "--revoke", "--plan", renamed]);
+    named.assert_exit(1);
+    assert!(
+        named.stderr.contains("is damaged") && named.stderr.contains("not the plan its name says"),
+        "{}",
+        named.stderr
+    );
+
     // After the plan ran there are no gaps, so the rollback comes from the saved plan.
     let revoke = r.as_backup(&["--json", "grants", "--revoke", "--plan", "latest"]);
     revoke.assert_ok();

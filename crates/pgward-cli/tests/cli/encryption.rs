@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 const SCHEME: &str = "openpgp-seipdv1-aes256";
 
 /// A throwaway GnuPG home with its own agent.
-struct Gpg {
+pub(crate) struct Gpg {
     home: PathBuf,
     _short: Option<tempfile::TempDir>,
 }
 
 impl Gpg {
-    fn new(ws: &Workspace, name: &str) -> Gpg {
+    pub(crate) fn new(ws: &Workspace, name: &str) -> Gpg {
         let wanted = ws.path(name);
         // gpg-agent's socket lives in the home; its path must stay short.
         let (home, short) = if wanted.as_os_str().len() > 60 {
@@ -44,7 +44,7 @@ impl Gpg {
         }
     }
 
-    fn command(&self) -> Command {
+    pub(crate) fn command(&self) -> Command {
         let mut cmd = Command::new("gpg");
         cmd.env("GNUPGHOME", &self.home)
             .arg("--batch")
@@ -54,7 +54,7 @@ impl Gpg {
 
     /// Runs gpg, panics on failure, returns stdout.
     #[track_caller]
-    fn ok(&self, args: &[&str]) -> Vec<u8> {
+    pub(crate) fn ok(&self, args: &[&str]) -> Vec<u8> {
         let out = self.command().args(args).output().expect("run gpg");
         assert!(
             out.status.success(),
@@ -203,14 +203,14 @@ impl Drop for Gpg {
 
 /// A key in its own home, exported: armored certificate and unprotected
 /// secret key (mode 0600) in the workspace.
-struct Key {
-    fingerprint: String,
-    encryption_key: String,
-    certificate: PathBuf,
-    secret: PathBuf,
+pub(crate) struct Key {
+    pub(crate) fingerprint: String,
+    pub(crate) encryption_key: String,
+    pub(crate) certificate: PathBuf,
+    pub(crate) secret: PathBuf,
 }
 
-fn make_key(ws: &Workspace, gpg: &Gpg, name: &str) -> Key {
+pub(crate) fn make_key(ws: &Workspace, gpg: &Gpg, name: &str) -> Key {
     let uid = format!("{name} <{name}@example.invalid>");
     let fingerprint = gpg.generate(&uid, "default", "default", "never", &[]);
     let certificate = ws.path(&format!("{name}.pub.asc"));

@@ -194,6 +194,48 @@ fn a_fifo_or_a_device_in_place_of_the_artifact_does_not_hang() {
 }
 
 #[test]
+fn a_manifest_or_artifact_others_can_write_is_not_trusted() {
+    let b = backed("hs_filemode");
+    // pgward writes them private.
+    for path in [b.manifest_path(), b.artifact()] {
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", path.display());
+    }
+    set_mode(&b.manifest_path(), 0o666);
+    let list = b.list();
+    assert!(ids(&list).is_empty(), "{list}");
+    let causes = damaged(&list);
+    assert!(
+        causes
+            .iter()
+            .any(|(_, c)| c.contains("writable by group or others")),
+        "{causes:?}"
+    );
+    b.pgward(&["verify", &b.id]).assert_exit(1);
+    set_mode(&b.manifest_path(), 0o644);
+    assert_eq!(
+        ids(&b.list()),
+        vec![b.id.clone()],
+        "read-only for others is fine"
+    );
+
+    set_mode(&b.artifact(), 0o620);
+    let res = b.pgward(&["--json", "verify", &b.id]);
+    res.assert_exit(1);
+    assert!(
+        res.stdout.contains("writable by group or others"),
+        "{}",
+        res.stdout
+    );
+    let res = run(pgward(&b.ws.repo())
+        .env("PGWARD_SHARED_REPOSITORY", "1")
+        .args(["verify", &b.id]));
+    res.assert_ok();
+    set_mode(&b.artifact(), 0o600);
+    b.pgward(&["verify", &b.id]).assert_ok();
+}
+
+#[test]
 fn one_damaged_file_cannot_stop_the_rest() {
     let b = backed("hs_damaged");
     let other = backed("hs_damaged_other");
@@ -336,11 +378,22 @@ fn a_repository_other_users_can_write_is_refused() {
             .cloned()
             .unwrap_or_else(|| panic!("{}", res.stdout));
         assert_eq!(row["status"], "FAIL");
-        // The documented override for shared setups.
-        let res = run(pgward(&b.ws.repo())
-            .env("PGWARD_SHARED_REPOSITORY", "1")
-            .args(["verify", "latest"]));
-        res.assert_ok();
+        // The documented override for shared setups: others may write,
+        // as in /tmp only with the sticky bit.
+        let shared = |args: &[&str]| {
+            run(pgward(&b.ws.repo())
+                .env("PGWARD_SHARED_REPOSITORY", "1")
+                .args(args))
+        };
+        let res = shared(&["verify", "latest"]);
+        res.assert_exit(2);
+        assert!(
+            res.stderr.contains("without the sticky bit") && res.stderr.contains("chmod +t"),
+            "{}",
+            res.stderr
+        );
+        set_mode(&path, mode | 0o1000);
+        shared(&["verify", "latest"]).assert_ok();
         set_mode(&path, 0o700);
     }
     assert_eq!(snapshot(&b.backups()), before);

@@ -9,5 +9,6 @@ mod encryption;
 mod failures;
 mod harness;
 mod hostile;
+mod signing;
 mod verdicts;
 mod verify;

@@ -75,7 +75,14 @@ fn free_bytes(path: &Path) -> Option<u64> {
     Some(stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
-pub fn inspect(root: &Path, database: &str, scope: &Scope) -> RepositoryState {
+/// The state of the repository at `root` for a backup of `database` with
+/// `scope`; `pin` is the key manifests must be signed by, if any.
+pub fn inspect(
+    root: &Path,
+    database: &str,
+    scope: &Scope,
+    pin: Option<std::sync::Arc<crate::signing::SignaturePin>>,
+) -> RepositoryState {
     let exists = root.join(super::MARKER).is_file();
     let not_writable = if exists {
         ["", "backups", "quarantine", "tmp", "locks"]
@@ -114,7 +121,7 @@ pub fn inspect(root: &Path, database: &str, scope: &Scope) -> RepositoryState {
     let unsafe_permissions = super::unsafe_permissions(root);
     // An unsafe repository is not read at all (`check` says why).
     let (previous, catalog_error, damaged) = if exists && unsafe_permissions.is_none() {
-        match Repository::open(root).and_then(|repo| repo.catalog()) {
+        match Repository::open(root).and_then(|repo| repo.trusting(pin).catalog()) {
             Ok(catalog) => (
                 catalog
                     .backups

@@ -23,6 +23,7 @@ pub const MANIFEST_VERSION: u32 = 5;
 /// The manifest version from which `manifest-digest` is required.
 pub const DIGEST_SINCE: u32 = 5;
 const DIGEST_FIELD: &str = "manifest-digest";
+const SIGNATURE_FIELD: &str = "manifest-signature";
 pub const QUARANTINE_FORMAT: &str = "pgward-quarantine-record";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +57,10 @@ pub struct Manifest {
     /// What drills compare a restored database with (absent before v3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<ContentRecord>,
+    /// An armored OpenPGP signature over [`signed_text`] by the key
+    /// `[signing]` pins (see `crate::signing`); absent when unsigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_signature: Option<String>,
     /// sha256 of the manifest's canonical form without this field (see
     /// [`canonical_digest`]): any later edit of any field shows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,12 +70,28 @@ pub struct Manifest {
 /// The sha256 of a manifest's canonical JSON form: object keys sorted,
 /// no whitespace, the `manifest-digest` field itself left out.
 pub fn canonical_digest(manifest: &serde_json::Value) -> String {
-    fn write(value: &serde_json::Value, out: &mut String, top: bool) {
+    let text = canonical_text(manifest, &[DIGEST_FIELD]);
+    let mut hasher = crate::pipeline::hash::StreamHasher::default();
+    crate::pipeline::Observer::observe(&mut hasher, text.as_bytes());
+    hasher.finish().sha256
+}
+
+/// What a manifest's signature signs: its canonical form without the
+/// digest and the signature (`jq -cjS 'del(."manifest-digest",
+/// ."manifest-signature")'` gives the same bytes for an ASCII manifest).
+pub fn signed_text(manifest: &serde_json::Value) -> String {
+    canonical_text(manifest, &[DIGEST_FIELD, SIGNATURE_FIELD])
+}
+
+/// A manifest's canonical JSON form: object keys sorted, no whitespace,
+/// the `excluded` top-level fields left out.
+fn canonical_text(manifest: &serde_json::Value, excluded: &[&str]) -> String {
+    fn write(value: &serde_json::Value, out: &mut String, excluded: &[&str]) {
         match value {
             serde_json::Value::Object(map) => {
                 let mut keys: Vec<&String> = map
                     .keys()
-                    .filter(|k| !(top && k.as_str() == DIGEST_FIELD))
+                    .filter(|k| !excluded.contains(&k.as_str()))
                     .collect();
                 keys.sort();
                 out.push('{');
@@ -80,7 +101,7 @@ pub fn canonical_digest(manifest: &serde_json::Value) -> String {
                     }
                     out.push_str(&serde_json::Value::from(key.as_str()).to_string());
                     out.push(':');
-                    write(&map[key], out, false);
+                    write(&map[key], out, &[]);
                 }
                 out.push('}');
             }
@@ -90,7 +111,7 @@ pub fn canonical_digest(manifest: &serde_json::Value) -> String {
                     if i > 0 {
                         out.push(',');
                     }
-                    write(item, out, false);
+                    write(item, out, &[]);
                 }
                 out.push(']');
             }
@@ -98,13 +119,21 @@ pub fn canonical_digest(manifest: &serde_json::Value) -> String {
         }
     }
     let mut text = String::new();
-    write(manifest, &mut text, true);
-    let mut hasher = crate::pipeline::hash::StreamHasher::default();
-    crate::pipeline::Observer::observe(&mut hasher, text.as_bytes());
-    hasher.finish().sha256
+    write(manifest, &mut text, excluded);
+    text
 }
 
 impl Manifest {
+    /// The manifest signed by `signer` (before it is sealed: the digest
+    /// covers the signature).
+    pub fn signed(mut self, signer: &crate::signing::ManifestSigner) -> crate::Result<Manifest> {
+        self.manifest_signature = None;
+        self.manifest_digest = None;
+        let value = serde_json::to_value(&self).expect("manifests serialise");
+        self.manifest_signature = Some(signer.sign(signed_text(&value).as_bytes())?);
+        Ok(self)
+    }
+
     /// The manifest with its `manifest-digest` set.
     pub fn sealed(mut self) -> Manifest {
         self.manifest_digest = None;
@@ -116,8 +145,13 @@ impl Manifest {
     /// Checks what a manifest read back claims that can be checked without
     /// its artifact: the digest over all its fields (from version 5), and
     /// that its values have their forms (times, digests, identifiers).
-    /// `raw` is the manifest as read. The cause when it fails.
-    pub fn check_read_back(&self, raw: &serde_json::Value) -> std::result::Result<(), String> {
+    /// `raw` is the manifest as read; `pin`, when signatures are
+    /// required, the key they must be by. The cause when it fails.
+    pub fn check_read_back(
+        &self,
+        raw: &serde_json::Value,
+        pin: Option<&crate::signing::SignaturePin>,
+    ) -> std::result::Result<(), String> {
         match (&self.manifest_digest, self.format_version >= DIGEST_SINCE) {
             (Some(recorded), _) => {
                 let actual = canonical_digest(raw);
@@ -129,6 +163,12 @@ impl Manifest {
             }
             (None, true) => return Err("without its manifest-digest".to_string()),
             (None, false) => {}
+        }
+        if let Some(pin) = pin {
+            pin.check(
+                self.manifest_signature.as_deref(),
+                signed_text(raw).as_bytes(),
+            )?;
         }
         let hex64 = |what: &str, value: &str| {
             if value.len() == 64

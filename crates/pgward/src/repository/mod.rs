@@ -34,6 +34,7 @@ pub mod manifest;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::Observer;
 use crate::pipeline::hash::StreamHasher;
+use crate::signing::SignaturePin;
 use lock::RepoLock;
 use manifest::{MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, QUARANTINE_FORMAT, QuarantineRecord};
 use serde::Serialize;
@@ -41,6 +42,7 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 const MARKER: &str = "pgward-repository.json";
 const LAYOUT_VERSION: u32 = 1;
@@ -69,6 +71,8 @@ const REASON_RESERVE: usize = 8192;
 #[derive(Debug, Clone)]
 pub struct Repository {
     root: PathBuf,
+    /// The key manifests must be signed by (`[signing]`), if any.
+    pin: Option<Arc<SignaturePin>>,
 }
 
 /// A staging file being written by a backup in progress, and the space
@@ -85,6 +89,7 @@ impl Repository {
     pub fn init(root: &Path) -> Result<Repository> {
         let repo = Repository {
             root: root.to_path_buf(),
+            pin: None,
         };
         // What exists already is checked before anything is created in it.
         refuse_unsafe_permissions(root)?;
@@ -131,7 +136,33 @@ impl Repository {
         refuse_unsafe_permissions(root)?;
         Ok(Repository {
             root: root.to_path_buf(),
+            pin: None,
         })
+    }
+
+    /// Opens the configured repository for reading, trusting only the
+    /// manifests the configuration trusts (signed, with `[signing]`).
+    pub fn open_configured(config: &crate::Config) -> Result<Repository> {
+        let pin = crate::signing::pin(&config.signing)?;
+        Ok(Repository::open(config.repository_path()?)?.trusting(pin))
+    }
+
+    /// [`Repository::init`] of the configured repository, with the
+    /// configuration's trust as in [`Repository::open_configured`].
+    pub fn init_configured(config: &crate::Config) -> Result<Repository> {
+        let pin = crate::signing::pin(&config.signing)?;
+        Ok(Repository::init(config.repository_path()?)?.trusting(pin))
+    }
+
+    /// The repository, accepting only manifests signed by `pin` if set.
+    pub fn trusting(mut self, pin: Option<Arc<SignaturePin>>) -> Repository {
+        self.pin = pin;
+        self
+    }
+
+    /// The key manifests must be signed by, if signatures are required.
+    pub fn signature_pin(&self) -> Option<&SignaturePin> {
+        self.pin.as_deref()
     }
 
     pub fn root(&self) -> &Path {
@@ -168,7 +199,7 @@ impl Repository {
     /// Opens the artifact of `manifest` for reading: a regular file in
     /// `backups/`, never a link, a FIFO or a device.
     pub fn open_artifact(&self, manifest: &Manifest) -> std::io::Result<File> {
-        open_regular(&self.artifact_path(manifest))
+        open_trusted(&self.artifact_path(manifest))
     }
 
     pub fn manifest_path(&self, id: &str) -> PathBuf {
@@ -556,7 +587,7 @@ impl Repository {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             let id = name.strip_suffix(MANIFEST_SUFFIX).unwrap_or_default();
-            match read_manifest(&path, id) {
+            match read_manifest(&path, id, self.pin.as_deref()) {
                 Ok(manifest) => catalog.backups.push(manifest),
                 Err(cause) => catalog.damaged.push(DamagedFile {
                     file: format!("backups/{name}"),
@@ -712,26 +743,57 @@ impl Repository {
     }
 
     /// Saved grant plans, newest first.
-    pub fn grant_plans(&self) -> Result<Vec<crate::grants::GrantPlan>> {
+    pub fn grant_plans(&self) -> Result<GrantPlans> {
         let dir = self.grants_dir();
+        let mut found = GrantPlans::default();
         if !dir.is_dir() {
-            return Ok(Vec::new());
+            return Ok(found);
         }
-        let mut plans = Vec::new();
         for path in list_with_suffix(&dir, ".json")? {
-            let text =
-                read_regular(&path).map_err(|e| Error::repository_io("cannot read", &path, e))?;
-            let plan: crate::grants::GrantPlan = serde_json::from_str(&text).map_err(|e| {
-                Error::new(
-                    ErrorKind::Integrity,
-                    format!("grant plan {} is unreadable: {e}", path.display()),
-                )
-            })?;
-            plans.push(plan);
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let stem = name.strip_suffix(".json").unwrap_or_default().to_string();
+            let plan = open_trusted(&path)
+                .and_then(read_whole)
+                .map_err(|e| e.to_string())
+                .and_then(|text| {
+                    serde_json::from_str::<crate::grants::GrantPlan>(&text)
+                        .map_err(|e| format!("not a readable grant plan ({e})"))
+                })
+                .and_then(|plan| {
+                    if plan.id == stem {
+                        Ok(plan)
+                    } else {
+                        Err(format!(
+                            "not the plan its name says: it says id {:?}",
+                            plan.id
+                        ))
+                    }
+                });
+            match plan {
+                Ok(plan) => found.plans.push(plan),
+                Err(cause) => found.damaged.push(DamagedFile {
+                    file: format!("grants/{name}"),
+                    cause,
+                    id: Some(stem),
+                }),
+            }
         }
-        plans.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
-        Ok(plans)
+        found
+            .plans
+            .sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        Ok(found)
     }
+}
+
+/// The saved grant plans: the readable ones, newest first, and those that
+/// cannot be trusted (never used, never stopping the others).
+#[derive(Debug, Default)]
+pub struct GrantPlans {
+    pub plans: Vec<crate::grants::GrantPlan>,
+    pub damaged: Vec<DamagedFile>,
 }
 
 /// Set to `1` to use a repository that other users may write (a shared
@@ -768,10 +830,23 @@ pub fn unsafe_permissions(root: &Path) -> Option<(String, String)> {
                 ),
             ));
         }
+        let mode = meta.mode() & 0o7777;
         if shared {
+            // Shared on purpose: others may write, but like /tmp only with
+            // the sticky bit, so that nobody can rename, replace or remove
+            // a file another user's run wrote and is about to read back
+            // (a staged artifact, a restore's list file).
+            if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+                return Some((
+                    format!(
+                        "shared repository directory {} is writable by others without the sticky bit (mode {mode:04o}): another user could replace files a run is about to read back",
+                        dir.display()
+                    ),
+                    format!("chmod +t {}", dir.display()),
+                ));
+            }
             continue;
         }
-        let mode = meta.mode() & 0o7777;
         if mode & 0o022 != 0 {
             return Some((
                 format!(
@@ -855,8 +930,14 @@ impl DamagedFile {
 
 /// Reads and checks the manifest at `path`, named for backup `id`; the
 /// cause when it cannot be trusted.
-fn read_manifest(path: &Path, id: &str) -> std::result::Result<Manifest, String> {
-    let text = read_regular(path).map_err(|e| e.to_string())?;
+fn read_manifest(
+    path: &Path,
+    id: &str,
+    pin: Option<&SignaturePin>,
+) -> std::result::Result<Manifest, String> {
+    let text = open_trusted(path)
+        .and_then(read_whole)
+        .map_err(|e| e.to_string())?;
     let raw: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| format!("not a readable manifest ({e})"))?;
     let manifest: Manifest = serde_json::from_value(raw.clone())
@@ -904,7 +985,7 @@ fn read_manifest(path: &Path, id: &str) -> std::result::Result<Manifest, String>
             manifest.artifact.file, expected[0]
         ));
     }
-    manifest.check_read_back(&raw)?;
+    manifest.check_read_back(&raw, pin)?;
     Ok(manifest)
 }
 
@@ -916,6 +997,17 @@ const MAX_RECORD_BYTES: u64 = 256 << 20;
 /// not followed, and a FIFO or device is refused before anything blocks on
 /// it. Everything pgward reads from its repository goes through here.
 pub(crate) fn open_regular(path: &Path) -> std::io::Result<File> {
+    // A device is not even opened (opening some has effects); the type is
+    // checked again on the open file below.
+    if let Ok(meta) = fs::symlink_metadata(path)
+        && !meta.file_type().is_file()
+        && !meta.file_type().is_symlink()
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -941,8 +1033,12 @@ pub(crate) fn open_regular(path: &Path) -> std::io::Result<File> {
 
 /// A small record file's text, read through [`open_regular`].
 pub(crate) fn read_regular(path: &Path) -> std::io::Result<String> {
+    open_regular(path).and_then(read_whole)
+}
+
+/// The whole text of a small record file, refusing a huge one.
+fn read_whole(file: File) -> std::io::Result<String> {
     use std::io::Read;
-    let file = open_regular(path)?;
     if file.metadata()?.len() > MAX_RECORD_BYTES {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -952,6 +1048,36 @@ pub(crate) fn read_regular(path: &Path) -> std::io::Result<String> {
     let mut text = String::new();
     file.take(MAX_RECORD_BYTES).read_to_string(&mut text)?;
     Ok(text)
+}
+
+/// [`open_regular`] for the files that decide what a backup is and what
+/// runs (manifests, artifacts, grant plans): also refused when others
+/// could have written them, as the repository's directories are
+/// (allowed with `PGWARD_SHARED_REPOSITORY=1`).
+pub(crate) fn open_trusted(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::MetadataExt;
+    let file = open_regular(path)?;
+    if std::env::var(SHARED_REPOSITORY_ENV).as_deref() == Ok("1") {
+        return Ok(file);
+    }
+    let meta = file.metadata()?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let mode = meta.mode() & 0o777;
+    let why = if mode & 0o022 != 0 {
+        format!("writable by group or others (mode {mode:04o}; pgward writes 0600: chmod go-w)")
+    } else if meta.uid() != me && meta.uid() != 0 {
+        format!(
+            "owned by uid {}, not by the user running pgward (uid {me}) or root",
+            meta.uid()
+        )
+    } else {
+        return Ok(file);
+    };
+    Err(std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        why,
+    ))
 }
 
 /// Whether `id` has the exact form [`new_backup_id`] gives ids.

@@ -115,7 +115,7 @@ pub fn run(
     decryptor: &mut dyn FnMut() -> Result<Option<Decryptor>>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<RestoreReport> {
-    let repo = Repository::open(config.repository_path()?)?;
+    let repo = Repository::open_configured(config)?;
     let manifest = repo.find(selector)?;
     // The artifact is checked (size, sha256, a key that is one of its
     // recipients) before anything on the server changes.
