@@ -71,7 +71,13 @@ pub fn run(
     // never written.
     let signer = crate::signing::signer(&config.signing)?;
     let repo = Repository::init_configured(config)?;
+    if let (Some(signer), Some(pin)) = (&signer, repo.signature_pin()) {
+        crate::signing::round_trip(signer, pin)?;
+    }
     let _lock = repo.lock(&target.dbname)?;
+    if let (Some(signer), Some(pin)) = (&signer, repo.signature_pin()) {
+        crate::signing::round_trip(signer, pin)?;
+    }
 
     // The session stays open, holding the exported snapshot, until pg_dump
     // has finished: the table list below and the dump see the same state.

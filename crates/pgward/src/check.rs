@@ -268,9 +268,9 @@ impl Context<'_> {
     }
 
     /// The key manifests must be signed by; a pin that cannot be loaded
-    /// is the `signing` row's FAIL, and the repository is read without it.
-    fn signature_pin(&self) -> Option<std::sync::Arc<crate::signing::SignaturePin>> {
-        crate::signing::pin(&self.config.signing).ok().flatten()
+    /// is the `signing` row's FAIL, and the catalog is not read at all.
+    fn signature_pin(&self) -> Result<Option<std::sync::Arc<crate::signing::SignaturePin>>> {
+        crate::signing::pin(&self.config.signing)
     }
 }
 

@@ -19,6 +19,7 @@ use crate::encryption::{Fingerprint, certificate::Certificate, short};
 use crate::error::{Error, Result};
 use pgp::composed::{Deserializable, DetachedSignature, SignedPublicKey, SignedSecretKey};
 use pgp::crypto::hash::HashAlgorithm;
+use pgp::packet::SignatureType;
 use pgp::types::{Password, SecretParams};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -52,7 +53,14 @@ pub fn pin(config: &SigningConfig) -> Result<Option<Arc<SignaturePin>>> {
     };
     let key = match (&config.certificate, &config.secret_key) {
         (Some(path), _) => {
-            let certificate = Certificate::load(path)?;
+            let certificate = Certificate::load(path).map_err(|e| {
+                Error::config(format!(
+                    "signing.certificate {}: {}",
+                    path.display(),
+                    e.message()
+                ))
+                .with_hint("signing.certificate must be the signing key's public certificate (gpg --export --armor FPR, or PREFIX.pub.asc from `pgward key generate`)")
+            })?;
             if certificate.fingerprint() != fingerprint {
                 return Err(mismatch(
                     "signing.certificate",
@@ -131,7 +139,7 @@ fn load_signer(config: &SigningConfig, fingerprint: &Fingerprint) -> Result<Mani
                     "signing key {} is passphrase-protected and signing.passphrase-file is not set",
                     path.display()
                 ))
-                .with_hint("set signing.passphrase-file to a file (mode 0600) whose first line is the passphrase"));
+                .with_hint("set signing.passphrase-file to a file whose first line is the passphrase (keep it readable by the backup user only)"));
             };
             let passphrase = crate::encryption::secret::read_passphrase_file(file)?;
             let password = Password::from(passphrase.as_bytes());
@@ -208,6 +216,11 @@ impl SignaturePin {
         };
         let (signature, _) = DetachedSignature::from_armor_single(armored.as_bytes())
             .map_err(|e| format!("signed with an unreadable signature ({e})"))?;
+        // What pgward makes: a signature over binary data, nothing the
+        // key may have made for another purpose.
+        if signature.signature.typ() != Some(SignatureType::Binary) {
+            return Err("signed with a signature that is not a binary data signature".to_string());
+        }
         signature.verify(&self.key.primary_key, text).map_err(|_| {
             format!("not signed by the pinned key {pinned}, or edited after it was signed")
         })

@@ -161,29 +161,29 @@ fn signed_manifests_verify_with_gpg_and_a_pinned_reader_refuses_every_forgery() 
     // resealed manifest, one with its signature removed, one signed by
     // another key. Each is damaged for the pinned reader, and by name an
     // integrity error.
-    let intruder_host = signing_config(
-        &ws,
-        "intruder.toml",
-        &intruder.fingerprint,
-        &[("secret-key", &intruder.secret)],
-    );
+    // The intruder's key signs exactly the signed text of the victim's
+    // manifest: a valid signature, by the wrong key.
     let resigned = {
-        // The intruder's own backup of the same database, its manifest
-        // then dressed as the signer's backup.
-        let res = with_config(
-            &ws.path("intruder-repo"),
-            &intruder_host,
-            &["--json", "backup", "--dbname", &db],
-        );
-        res.assert_ok();
-        let their_id = res.json()["id"].as_str().unwrap().to_string();
-        let theirs = read_json(
-            &ws.path("intruder-repo")
-                .join("backups")
-                .join(format!("{their_id}.manifest.json")),
+        let out = gpg
+            .command()
+            .args([
+                "--armor",
+                "--detach-sign",
+                "--local-user",
+                &intruder.fingerprint,
+                "--output",
+                "-",
+            ])
+            .arg(&text)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
         );
         let mut forged = manifest.clone();
-        forged["manifest-signature"] = theirs["manifest-signature"].clone();
+        forged["manifest-signature"] = String::from_utf8(out.stdout).unwrap().into();
         forged
     };
     let mut edited = manifest.clone();
@@ -232,6 +232,77 @@ fn signed_manifests_verify_with_gpg_and_a_pinned_reader_refuses_every_forgery() 
         with_config(&ws.repo(), &reader, &["--json", "verify", &id]).assert_exit(1);
         with_config(&ws.repo(), &reader, &["--json", "verify", "latest"]).assert_exit(2);
     }
+
+    // Every reader goes through the pin: restore, drill, check, and the
+    // backup that compares with the previous one.
+    let mut edited = manifest.clone();
+    edited["archive"]["bytes"] = (manifest["archive"]["bytes"].as_u64().unwrap() * 100).into();
+    reseal(&mut edited);
+    write_json(&manifest_path, &edited);
+    let target = format!("{db}_restored");
+    let res = with_config(
+        &ws.repo(),
+        &reader,
+        &["--json", "restore", &id, "--to", &target],
+    );
+    res.assert_exit(1);
+    assert!(
+        res.stderr.contains("not signed by the pinned key"),
+        "{}",
+        res.stderr
+    );
+    let res = with_config(&ws.repo(), &reader, &["--json", "drill", "latest"]);
+    res.assert_exit(2);
+    let check = with_config(
+        &ws.repo(),
+        &backup_host,
+        &["--json", "check", "--dbname", &db],
+    );
+    check.assert_exit(1);
+    let report = check.json();
+    let catalog_rows: Vec<&Value> = report["matrix"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["id"] == "repository.catalog")
+        .collect();
+    assert!(
+        catalog_rows.iter().any(|r| r["status"] == "FAIL"
+            && r["evidence"]
+                .as_str()
+                .unwrap()
+                .contains("not signed by the pinned key")),
+        "{}",
+        check.stdout
+    );
+    // An unsigned manifest claiming a newer format blocks nothing: it is
+    // not believed at all.
+    let mut newer = manifest.clone();
+    newer.as_object_mut().unwrap().remove("manifest-signature");
+    newer["format-version"] = 99.into();
+    reseal(&mut newer);
+    let newer_id = format!("29991231T235959Z-{}", &id[17..]);
+    newer["id"] = newer_id.clone().into();
+    write_json(
+        &ws.repo()
+            .join("backups")
+            .join(format!("{newer_id}.manifest.json")),
+        &newer,
+    );
+    let res = with_config(
+        &ws.repo(),
+        &backup_host,
+        &["--json", "backup", "--dbname", &db],
+    );
+    res.assert_ok();
+    // The forged (hundredfold) size was not the one compared with.
+    let warnings = res.json()["warnings"].to_string();
+    assert!(
+        warnings.contains("not signed by the pinned key"),
+        "{warnings}"
+    );
+    assert!(!res.stdout.contains("shrank"), "{}", res.stdout);
+
     write_json(&manifest_path, &manifest);
     with_config(&ws.repo(), &reader, &["--json", "verify", &id]).assert_ok();
 }

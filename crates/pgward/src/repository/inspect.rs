@@ -76,12 +76,14 @@ fn free_bytes(path: &Path) -> Option<u64> {
 }
 
 /// The state of the repository at `root` for a backup of `database` with
-/// `scope`; `pin` is the key manifests must be signed by, if any.
+/// `scope`; `pin` is the key manifests must be signed by, if any (a pin
+/// that cannot be loaded leaves the catalog unread: nothing unsigned is
+/// believed).
 pub fn inspect(
     root: &Path,
     database: &str,
     scope: &Scope,
-    pin: Option<std::sync::Arc<crate::signing::SignaturePin>>,
+    pin: crate::Result<Option<std::sync::Arc<crate::signing::SignaturePin>>>,
 ) -> RepositoryState {
     let exists = root.join(super::MARKER).is_file();
     let not_writable = if exists {
@@ -121,7 +123,9 @@ pub fn inspect(
     let unsafe_permissions = super::unsafe_permissions(root);
     // An unsafe repository is not read at all (`check` says why).
     let (previous, catalog_error, damaged) = if exists && unsafe_permissions.is_none() {
-        match Repository::open(root).and_then(|repo| repo.trusting(pin).catalog()) {
+        match pin
+            .and_then(|pin| Repository::open(root).and_then(|repo| repo.trusting(pin).catalog()))
+        {
             Ok(catalog) => (
                 catalog
                     .backups

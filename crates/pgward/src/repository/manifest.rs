@@ -83,6 +83,20 @@ pub fn signed_text(manifest: &serde_json::Value) -> String {
     canonical_text(manifest, &[DIGEST_FIELD, SIGNATURE_FIELD])
 }
 
+/// Whether the manifest as read (any JSON, before anything else is
+/// believed of it) is signed by the pinned key; the cause when not.
+pub fn check_signature(
+    raw: &serde_json::Value,
+    pin: &crate::signing::SignaturePin,
+) -> std::result::Result<(), String> {
+    let signature = match raw.get(SIGNATURE_FIELD) {
+        None => None,
+        Some(serde_json::Value::String(text)) => Some(text.as_str()),
+        Some(_) => return Err("signed with an unreadable signature (not a string)".to_string()),
+    };
+    pin.check(signature, signed_text(raw).as_bytes())
+}
+
 /// A manifest's canonical JSON form: object keys sorted, no whitespace,
 /// the `excluded` top-level fields left out.
 fn canonical_text(manifest: &serde_json::Value, excluded: &[&str]) -> String {
@@ -145,13 +159,8 @@ impl Manifest {
     /// Checks what a manifest read back claims that can be checked without
     /// its artifact: the digest over all its fields (from version 5), and
     /// that its values have their forms (times, digests, identifiers).
-    /// `raw` is the manifest as read; `pin`, when signatures are
-    /// required, the key they must be by. The cause when it fails.
-    pub fn check_read_back(
-        &self,
-        raw: &serde_json::Value,
-        pin: Option<&crate::signing::SignaturePin>,
-    ) -> std::result::Result<(), String> {
+    /// `raw` is the manifest as read. The cause when it fails.
+    pub fn check_read_back(&self, raw: &serde_json::Value) -> std::result::Result<(), String> {
         match (&self.manifest_digest, self.format_version >= DIGEST_SINCE) {
             (Some(recorded), _) => {
                 let actual = canonical_digest(raw);
@@ -163,12 +172,6 @@ impl Manifest {
             }
             (None, true) => return Err("without its manifest-digest".to_string()),
             (None, false) => {}
-        }
-        if let Some(pin) = pin {
-            pin.check(
-                self.manifest_signature.as_deref(),
-                signed_text(raw).as_bytes(),
-            )?;
         }
         let hex64 = |what: &str, value: &str| {
             if value.len() == 64

@@ -940,6 +940,11 @@ fn read_manifest(
         .map_err(|e| e.to_string())?;
     let raw: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| format!("not a readable manifest ({e})"))?;
+    // With [signing], nothing a manifest says is believed (not even that
+    // it is of a newer format) before its signature is.
+    if let Some(pin) = pin {
+        manifest::check_signature(&raw, pin)?;
+    }
     let manifest: Manifest = serde_json::from_value(raw.clone())
         .map_err(|e| format!("not a readable manifest ({e})"))?;
     if manifest.format != MANIFEST_FORMAT || manifest.format_version > MANIFEST_VERSION {
@@ -985,7 +990,7 @@ fn read_manifest(
             manifest.artifact.file, expected[0]
         ));
     }
-    manifest.check_read_back(&raw, pin)?;
+    manifest.check_read_back(&raw)?;
     Ok(manifest)
 }
 
