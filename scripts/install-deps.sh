@@ -42,6 +42,8 @@ command -v gpg >/dev/null 2>&1 || missing+=(gnupg)
 # The tests trace pg_dump's file opens to prove no plaintext temp file.
 command -v strace >/dev/null 2>&1 || missing+=(strace)
 command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+# The TLS tests make a throwaway CA and certificates with it.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 
 if [[ $need_pg -eq 0 && ${#missing[@]} -eq 0 ]]; then
   log "system packages: all present (nothing to install)"
@@ -50,7 +52,7 @@ else
     [[ $need_pg -eq 1 ]] && missing+=(postgresql-server)
     die "missing: ${missing[*]}; run as root to install"
   fi
-  command -v apt-get >/dev/null 2>&1 || die "no apt-get: install PostgreSQL server, zstd, gnupg, GNU time and strace by hand"
+  command -v apt-get >/dev/null 2>&1 || die "no apt-get: install PostgreSQL server, zstd, gnupg, GNU time, strace and openssl by hand"
   export DEBIAN_FRONTEND=noninteractive
   log "apt-get update"
   apt-get update -q >/dev/null

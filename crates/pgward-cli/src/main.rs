@@ -12,8 +12,17 @@ use std::path::PathBuf;
 
 /// Governed PostgreSQL backups that cannot fail silently.
 #[derive(Parser, Debug)]
-#[command(name = "pgward", version, about, max_term_width = 100)]
+#[command(
+    name = "pgward",
+    version,
+    about,
+    max_term_width = 100,
+    disable_help_flag = true
+)]
 struct Cli {
+    /// Print help (-h is the host, as in pg_dump and psql).
+    #[arg(long, global = true, action = clap::ArgAction::Help)]
+    help: Option<bool>,
     /// Print one JSON document on stdout instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -36,7 +45,7 @@ enum Command {
     /// The narrowest GRANTs that close the backup role's privilege gaps, and their rollback.
     Grants(GrantsArgs),
     /// List the repository's backups (newest first) and its quarantine.
-    List,
+    List(ListArgs),
     /// Prove a backup's artifact intact against its manifest, offline.
     Verify(VerifyArgs),
     /// Restore a backup into a new database, then prove every table came back.
@@ -49,10 +58,44 @@ enum Command {
 }
 
 #[derive(Args, Debug)]
+struct ListArgs {
+    /// Only the backups of this database.
+    #[arg(long, value_name = "NAME")]
+    database: Option<String>,
+}
+
+/// Which database's backups `latest` means (and an id must be of).
+#[derive(Args, Debug)]
+struct DatabaseArgs {
+    /// The database whose backups are meant (default: the one the connection settings name; required for `latest` when the repository holds several databases' backups).
+    #[arg(long, value_name = "NAME")]
+    database: Option<String>,
+}
+
+/// Where the database is, with pg_dump's and psql's short flags.
+#[derive(Args, Debug)]
+struct ConnectArgs {
+    /// Database name, `key=value` conninfo or `postgresql://` URI (default: libpq environment).
+    #[arg(short = 'd', long, value_name = "CONNINFO")]
+    dbname: Option<String>,
+    /// Server host name, IP address or socket directory (connection.host).
+    #[arg(short = 'h', long, value_name = "HOST")]
+    host: Option<String>,
+    /// Server port (connection.port).
+    #[arg(short = 'p', long, value_name = "PORT")]
+    port: Option<u16>,
+    /// Database user (connection.user).
+    #[arg(short = 'U', long = "username", value_name = "USER")]
+    user: Option<String>,
+}
+
+#[derive(Args, Debug)]
 struct VerifyArgs {
     /// A backup id, or `latest`.
     #[arg(value_name = "ID|latest")]
     backup: String,
+    #[command(flatten)]
+    of: DatabaseArgs,
     #[command(flatten)]
     decrypt: DecryptArgs,
 }
@@ -74,6 +117,13 @@ struct RestoreArgs {
     /// DROP the existing target database, and everything in it, before restoring.
     #[arg(long)]
     drop_existing_database: bool,
+    /// Allow restoring into postgres, template0, template1 or the restore connection's own database.
+    #[arg(long)]
+    allow_system_database: bool,
+    #[command(flatten)]
+    of: DatabaseArgs,
+    #[command(flatten)]
+    connect: ConnectArgs,
     #[command(flatten)]
     how: RestoreHowArgs,
     #[command(flatten)]
@@ -88,6 +138,10 @@ struct DrillArgs {
     /// Keep the scratch database afterwards (it is dropped by default).
     #[arg(long)]
     keep: bool,
+    #[command(flatten)]
+    of: DatabaseArgs,
+    #[command(flatten)]
+    connect: ConnectArgs,
     #[command(flatten)]
     how: RestoreHowArgs,
     #[command(flatten)]
@@ -152,9 +206,8 @@ enum KeyCommand {
 /// commands that look at a database.
 #[derive(Args, Debug)]
 struct TargetArgs {
-    /// Database name, `key=value` conninfo or `postgresql://` URI (default: libpq environment).
-    #[arg(long, value_name = "CONNINFO")]
-    dbname: Option<String>,
+    #[command(flatten)]
+    connect: ConnectArgs,
     /// Only this schema (repeatable); replaces the config file's scope.
     #[arg(long = "schema", value_name = "SCHEMA")]
     schemas: Vec<String>,
@@ -232,7 +285,10 @@ impl From<Error> for Failure {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(usage) => usage_error(usage),
+    };
     let json = cli.json;
     let code = match run(cli) {
         Ok(()) => 0,
@@ -248,9 +304,37 @@ fn main() {
     std::process::exit(code);
 }
 
+/// A command line clap refuses: its own text, and with `--json` one JSON
+/// error document too (kind `config`, exit 2). Help and the version are
+/// no errors.
+fn usage_error(usage: clap::Error) -> ! {
+    use clap::error::ErrorKind as Clap;
+    if matches!(usage.kind(), Clap::DisplayHelp | Clap::DisplayVersion)
+        || !std::env::args().any(|arg| arg == "--json")
+    {
+        usage.exit();
+    }
+    let text = usage.render().to_string();
+    let first = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid command line")
+        .trim_start_matches("error: ")
+        .to_string();
+    let error = Error::config(format!("usage: {first}"))
+        .with_hint("see `pgward --help` or `pgward COMMAND --help`");
+    render::error(&error, true);
+    std::process::exit(error.kind().exit_code());
+}
+
 fn load_config(cli: &Cli) -> Result<Config, Error> {
-    let mut config = match &cli.config {
-        Some(path) => Config::load(path)?,
+    let default = || {
+        pgward::config::default_paths(&pgward::process_env)
+            .into_iter()
+            .find(|path| path.is_file())
+    };
+    let mut config = match cli.config.clone().or_else(default) {
+        Some(path) => Config::load(&path)?,
         None => Config::default(),
     };
     if let Some(repo) = &cli.repo {
@@ -297,16 +381,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             run_grants(&config, &args, cli.json)?;
         }
-        Command::List => {
+        Command::List(args) => {
             let repo = pgward::Repository::open_configured(&config)?;
-            render::list(&list::run(&repo)?, cli.json);
+            render::list(&list::run(&repo, args.database.as_deref())?, cli.json);
         }
         Command::Verify(args) => {
             apply_decrypt_args(&mut config, &args.decrypt);
             let repo = pgward::Repository::open_configured(&config)?;
             let mut progress = render::Progress::new(!cli.json);
             let mut decryptor = configured_decryptor(&config);
-            let report = verify::run(&repo, &args.backup, &mut decryptor, &mut |n| {
+            let selector = selector(&config, &args.backup, &args.of);
+            let report = verify::run(&repo, &selector, &mut decryptor, &mut |n| {
                 progress.update(n)
             });
             progress.clear();
@@ -316,12 +401,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Restore(args) => {
             apply_decrypt_args(&mut config, &args.decrypt);
+            apply_connect_args(&mut config, &args.connect);
             let options = pgward::restore::RestoreOptions {
                 selection: pgward::restore::selection::Selection::new(
                     args.schemas.clone(),
                     &args.tables,
                 )?,
                 drop_existing: args.drop_existing_database,
+                allow_system_database: args.allow_system_database,
                 ..restore_options(&mut config, &args.how)
             };
             let mut decryptor = configured_decryptor(&config);
@@ -329,7 +416,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let report = pgward::restore::run(
                 &config,
                 &pgward::process_env,
-                &args.backup,
+                &selector(&config, &args.backup, &args.of),
                 &args.to,
                 &options,
                 &mut decryptor,
@@ -353,6 +440,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Drill(args) => {
             apply_decrypt_args(&mut config, &args.decrypt);
+            apply_connect_args(&mut config, &args.connect);
             let options = pgward::drill::DrillOptions {
                 restore: restore_options(&mut config, &args.how),
                 keep: args.keep,
@@ -362,7 +450,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let report = pgward::drill::run(
                 &config,
                 &pgward::process_env,
-                &args.backup,
+                &selector(&config, &args.backup, &args.of),
                 &options,
                 &mut decryptor,
                 &mut |n| progress.update(n),
@@ -546,10 +634,38 @@ fn new_passphrase(file: Option<PathBuf>) -> Result<secret::Zeroizing<String>, Er
     Ok(first)
 }
 
-fn apply_target_args(config: &mut Config, args: &TargetArgs) -> Result<(), Error> {
+/// The backup a command names, among the backups of the database given
+/// or configured.
+fn selector(
+    config: &Config,
+    backup: &str,
+    of: &DatabaseArgs,
+) -> pgward::repository::select::Selector {
+    pgward::repository::select::Selector::configured(
+        backup,
+        config,
+        of.database.as_deref(),
+        &pgward::process_env,
+    )
+}
+
+fn apply_connect_args(config: &mut Config, args: &ConnectArgs) {
     if let Some(dbname) = &args.dbname {
         config.connection.dbname = Some(dbname.clone());
     }
+    if let Some(host) = &args.host {
+        config.connection.host = Some(host.clone());
+    }
+    if let Some(port) = args.port {
+        config.connection.port = Some(port);
+    }
+    if let Some(user) = &args.user {
+        config.connection.user = Some(user.clone());
+    }
+}
+
+fn apply_target_args(config: &mut Config, args: &TargetArgs) -> Result<(), Error> {
+    apply_connect_args(config, &args.connect);
     let scope_given = !(args.schemas.is_empty()
         && args.exclude_schemas.is_empty()
         && args.tables.is_empty()

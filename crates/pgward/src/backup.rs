@@ -7,10 +7,10 @@
 //! facts), then pg_dump's version, and only then the dump. From the moment
 //! the staging file exists, every failure path ends in `quarantine/`.
 
-use crate::catalog::connect::{ConnectionTarget, Env};
 use crate::catalog::{CatalogSession, ServerInfo};
 use crate::clock;
 use crate::config::Config;
+use crate::connection::{ConnectionTarget, Env};
 use crate::dump::{PgDump, ToolVersion};
 use crate::encryption::EncryptionPlan;
 use crate::error::{Error, ErrorKind, Result};

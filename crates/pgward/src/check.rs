@@ -9,10 +9,10 @@
 //! function of their own. An item that cannot be evaluated is a FAIL that
 //! says why: the matrix never passes by omission.
 
-use crate::catalog::connect::{ConnectionTarget, Env};
 use crate::catalog::privileges::PrivilegeReport;
 use crate::catalog::{CatalogSession, ServerInfo};
 use crate::config::{Config, format_size};
+use crate::connection::{ConnectionTarget, Env};
 use crate::dump::{Tool, ToolVersion};
 use crate::encryption::certificate;
 use crate::error::Result;
@@ -162,6 +162,7 @@ pub fn run(config: &Config, env: Env) -> Result<CheckReport> {
     };
     let mut matrix = Matrix::default();
     for section in [
+        configuration,
         tools,
         connection,
         scope,
@@ -184,6 +185,22 @@ pub fn run(config: &Config, env: Env) -> Result<CheckReport> {
         privileges: ctx.privileges,
         expected_backup_bytes,
     })
+}
+
+/// Which configuration file the answers below come from.
+fn configuration(ctx: &mut Context, m: &mut Matrix) {
+    let evidence = match &ctx.config.source {
+        Some(file) => format!("configuration file {}", file.display()),
+        None => format!(
+            "no configuration file ({} not found, none given by --config or PGWARD_CONFIG): settings from the command line, the environment and defaults",
+            crate::config::default_paths(&crate::connection::process_env)
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    m.pass("config", evidence);
 }
 
 fn tools(ctx: &mut Context, m: &mut Matrix) {
@@ -209,9 +226,19 @@ fn tools(ctx: &mut Context, m: &mut Matrix) {
 }
 
 fn connection(ctx: &mut Context, m: &mut Matrix) {
+    if let Some((file, mode)) = ctx.target.ignored_passfile() {
+        m.warn(
+            "connection.passfile",
+            format!(
+                "password file {} is ignored (by pgward and by libpq, so by pg_dump): group or others can read it (mode {mode:04o})",
+                file.display()
+            ),
+            format!("chmod 600 {}", file.display()),
+        );
+    }
     let session =
         CatalogSession::open(ctx.target).and_then(|mut s| s.server_info().map(|info| (s, info)));
-    let (session, server) = match session {
+    let (mut session, server) = match session {
         Ok(pair) => pair,
         Err(e) => {
             m.fail_with("connection", &e);
@@ -220,11 +247,24 @@ fn connection(ctx: &mut Context, m: &mut Matrix) {
             return;
         }
     };
+    let verified = match &ctx.target.tls.verification {
+        crate::connection::tls::Verification::Full(_) => {
+            ", server certificate and host name verified"
+        }
+        crate::connection::tls::Verification::Chain(_) => {
+            ", server certificate verified (not its host name)"
+        }
+        crate::connection::tls::Verification::None => "",
+    };
+    let transport = session.transport();
     m.pass(
         "connection",
         format!(
-            "connected to {} as {} on PostgreSQL {}",
-            server.database, server.user, server.version
+            "connected to {} as {} on PostgreSQL {}, {transport} (sslmode={}{verified})",
+            server.database,
+            server.user,
+            server.version,
+            ctx.target.tls.mode.as_str()
         ),
     );
     match &ctx.target_pin() {

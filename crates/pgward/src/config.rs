@@ -43,6 +43,21 @@ pub struct Config {
     pub drill: DrillConfig,
     #[serde(default)]
     pub signing: SigningConfig,
+    /// The file this configuration was read from (not a key).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// Where pgward looks for its configuration when neither `--config` nor
+/// PGWARD_CONFIG names one: the system's, then the user's.
+pub fn default_paths(env: crate::connection::Env) -> Vec<PathBuf> {
+    let user = env("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").map(|home| Path::new(&home).join(".config")))
+        .map(|dir| dir.join("pgward").join("pgward.toml"));
+    std::iter::once(PathBuf::from("/etc/pgward/pgward.toml"))
+        .chain(user)
+        .collect()
 }
 
 /// Signed manifests: a backup signs its manifest with a key of its own,
@@ -139,6 +154,53 @@ pub struct ConnectionConfig {
     /// The cluster's expected system identifier: a safety pin against
     /// backing up (or later restoring to) the wrong cluster.
     pub system_identifier: Option<String>,
+    /// TLS, with libpq's names and meanings (see README, Connecting).
+    pub sslmode: Option<String>,
+    pub sslrootcert: Option<String>,
+    pub sslcert: Option<PathBuf>,
+    pub sslkey: Option<PathBuf>,
+    pub sslcrl: Option<PathBuf>,
+    pub sslcrldir: Option<PathBuf>,
+    pub sslsni: Option<String>,
+    #[serde(rename = "ssl_min_protocol_version")]
+    pub ssl_min_protocol_version: Option<String>,
+    #[serde(rename = "ssl_max_protocol_version")]
+    pub ssl_max_protocol_version: Option<String>,
+    /// Server options, as libpq's `options` (`-c name=value ...`).
+    pub options: Option<String>,
+    /// libpq's `target_session_attrs`, for several hosts.
+    #[serde(rename = "target_session_attrs")]
+    pub target_session_attrs: Option<String>,
+}
+
+impl ConnectionConfig {
+    /// The libpq parameters this section sets besides dbname, host, port,
+    /// user and the password file, by their libpq names.
+    pub fn libpq_parameters(&self) -> Vec<(&'static str, String)> {
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        [
+            ("sslmode", self.sslmode.clone()),
+            ("sslrootcert", self.sslrootcert.clone()),
+            ("sslcert", path(&self.sslcert)),
+            ("sslkey", path(&self.sslkey)),
+            ("sslcrl", path(&self.sslcrl)),
+            ("sslcrldir", path(&self.sslcrldir)),
+            ("sslsni", self.sslsni.clone()),
+            (
+                "ssl_min_protocol_version",
+                self.ssl_min_protocol_version.clone(),
+            ),
+            (
+                "ssl_max_protocol_version",
+                self.ssl_max_protocol_version.clone(),
+            ),
+            ("options", self.options.clone()),
+            ("target_session_attrs", self.target_session_attrs.clone()),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect()
+    }
 }
 
 /// How a PostgreSQL client tool (pg_dump, pg_restore) is run.
@@ -280,7 +342,10 @@ impl Config {
             Error::config(format!("cannot read config file {}: {e}", path.display()))
                 .with_hint("check the path given by --config or PGWARD_CONFIG")
         })?;
-        Config::parse(&text).map_err(|e| e.context(format!("config file {}", path.display())))
+        let mut config = Config::parse(&text)
+            .map_err(|e| e.context(format!("config file {}", path.display())))?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
     }
 
     pub fn parse(text: &str) -> Result<Config> {

@@ -7,9 +7,9 @@
 //! failed drill and is recorded as one. What stops the drill before it
 //! restores anything (no key, no server) is an error, not a verdict.
 
-use crate::catalog::connect::Env;
 use crate::clock;
 use crate::config::Config;
+use crate::connection::Env;
 use crate::encryption::secret::Decryptor;
 use crate::error::{Error, ErrorKind, Result};
 use crate::repository::manifest::{DRILL_FORMAT, DRILL_VERSION, DrillCheck, DrillRecord};
@@ -58,7 +58,7 @@ pub fn scratch_name(backup_id: &str) -> String {
 pub fn run(
     config: &Config,
     env: Env,
-    selector: &str,
+    selector: &crate::repository::select::Selector,
     options: &DrillOptions,
     decryptor: &mut dyn FnMut() -> Result<Option<Decryptor>>,
     progress: &mut dyn FnMut(u64),

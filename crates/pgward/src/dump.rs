@@ -8,8 +8,8 @@
 //! (`--no-password`: a prompt would hang an unattended run), and gets the
 //! password only through its environment.
 
-use crate::catalog::connect::ConnectionTarget;
 use crate::config::ToolConfig;
+use crate::connection::ConnectionTarget;
 use crate::error::{Error, ErrorKind, Result};
 use crate::fingerprint::TextSettings;
 use crate::pipeline::child::run_to_string;

@@ -15,11 +15,11 @@
 //! to the baseline recorded in the plan. Row-level security is not closable
 //! by a GRANT; the plan says so instead of improvising.
 
-use crate::catalog::connect::{ConnectionTarget, Env};
 use crate::catalog::privileges::{Gap, Object, PrivilegeReport};
 use crate::catalog::{CatalogSession, query_error};
 use crate::clock;
 use crate::config::Config;
+use crate::connection::{ConnectionTarget, Env};
 use crate::error::{Error, ErrorKind, Result};
 use crate::repository::Repository;
 use crate::scope::quote_ident;

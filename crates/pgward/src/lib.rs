@@ -20,6 +20,7 @@ pub mod catalog;
 pub mod check;
 pub mod clock;
 pub mod config;
+pub mod connection;
 pub mod drill;
 pub mod dump;
 pub mod encryption;
@@ -36,7 +37,7 @@ pub mod scope;
 pub mod signing;
 pub mod verify;
 
-pub use catalog::connect::process_env;
 pub use config::Config;
+pub use connection::process_env;
 pub use error::{Error, ErrorKind, Result};
 pub use repository::Repository;

@@ -26,8 +26,15 @@ pub struct Listing {
     pub unreadable_drills: std::collections::BTreeSet<String>,
 }
 
-pub fn run(repo: &Repository) -> Result<Listing> {
-    let catalog = repo.catalog()?;
+/// The listing, of one database's backups when `database` is given.
+pub fn run(repo: &Repository, database: Option<&str>) -> Result<Listing> {
+    let mut catalog = repo.catalog()?;
+    if let Some(database) = database {
+        catalog.backups.retain(|m| m.database == database);
+        catalog
+            .damaged
+            .retain(|d| d.id.is_none() || d.is_of_database(database));
+    }
     let mut damaged = catalog.damaged;
     let mut drills = BTreeMap::new();
     let mut unreadable_drills = std::collections::BTreeSet::new();
@@ -47,12 +54,24 @@ pub fn run(repo: &Repository) -> Result<Listing> {
             }
         }
     }
-    let (quarantine, damaged_records) = repo.quarantined()?;
+    let (mut quarantine, damaged_records) = repo.quarantined()?;
     damaged.extend(damaged_records);
+    if let Some(database) = database {
+        quarantine.retain(|q| q.database == database);
+    }
     Ok(Listing {
         backups: catalog.backups,
         quarantine,
-        orphans: repo.orphans()?,
+        orphans: repo
+            .orphans()?
+            .into_iter()
+            .filter(|name| {
+                database.is_none_or(|database| {
+                    crate::repository::id_database_key(name.split('.').next().unwrap_or_default())
+                        == Some(crate::repository::database_key(database).as_str())
+                })
+            })
+            .collect(),
         drills,
         damaged,
         unreadable_drills,

@@ -115,7 +115,7 @@ impl Checks {
 
 pub fn run(
     repo: &Repository,
-    selector: &str,
+    selector: &crate::repository::select::Selector,
     decryptor: &mut dyn FnMut() -> Result<Option<Decryptor>>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<VerifyReport> {

@@ -20,11 +20,31 @@ use std::time::{Duration, Instant};
 pub struct Cluster {
     pub socket_dir: PathBuf,
     pub port: u16,
+    /// For a TLS cluster: its certificates and keys.
+    pub tls: Option<TlsFiles>,
 }
+
+/// A throwaway CA and what it signed, made with the `openssl` command: the
+/// server's certificate (for `localhost` and 127.0.0.1), a client
+/// certificate for [`CERT_ROLE`], and a second CA nobody trusts.
+pub struct TlsFiles {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub other_ca: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+/// On the TLS cluster: the role that logs in with a client certificate,
+/// and the one that logs in with a password (both superusers).
+pub const CERT_ROLE: &str = "tls_cert_user";
+pub const TLS_PASSWORD_ROLE: &str = "tls_pw_user";
+pub const TLS_PASSWORD: &str = "tls pass w0rd";
 
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 static SPARE: OnceLock<Cluster> = OnceLock::new();
 static REGRESSION: OnceLock<Cluster> = OnceLock::new();
+static TLS: OnceLock<Cluster> = OnceLock::new();
 /// Server pid and directory of every cluster started, stopped at exit.
 static CLEANUP: std::sync::Mutex<Vec<(u32, PathBuf)>> = std::sync::Mutex::new(Vec::new());
 
@@ -33,18 +53,25 @@ static CLEANUP: std::sync::Mutex<Vec<(u32, PathBuf)>> = std::sync::Mutex::new(Ve
 pub const PASSWORD_ROLE: &str = "pw_backup";
 
 pub fn cluster() -> &'static Cluster {
-    CLUSTER.get_or_init(|| Cluster::start(""))
+    CLUSTER.get_or_init(|| Cluster::start("", false))
+}
+
+/// A cluster that takes TCP connections on 127.0.0.1 over TLS only
+/// (`hostssl` lines only, as managed services require): scram-sha-256 for
+/// [`TLS_PASSWORD_ROLE`], client certificates for [`CERT_ROLE`].
+pub fn tls_cluster() -> &'static Cluster {
+    TLS.get_or_init(|| Cluster::start("-tls", true))
 }
 
 /// A second, independent cluster: a spare instance to restore and drill on.
 pub fn spare_cluster() -> &'static Cluster {
-    SPARE.get_or_init(|| Cluster::start("-spare"))
+    SPARE.get_or_init(|| Cluster::start("-spare", false))
 }
 
 /// A cluster of its own for PostgreSQL's regression suite, whose roles,
 /// tablespaces and connections stay away from the other tests.
 pub fn regression_cluster() -> &'static Cluster {
-    REGRESSION.get_or_init(|| Cluster::start("-regression"))
+    REGRESSION.get_or_init(|| Cluster::start("-regression", false))
 }
 
 fn is_root() -> bool {
@@ -108,7 +135,7 @@ extern "C" fn stop_cluster_at_exit() {
 }
 
 impl Cluster {
-    fn start(suffix: &str) -> Cluster {
+    fn start(suffix: &str, tls: bool) -> Cluster {
         let bin = find_server_bin();
         let dir = std::env::temp_dir().join(format!("pgward-test-{}{suffix}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -156,13 +183,49 @@ impl Cluster {
         // Password authentication for one role, trust for the rest.
         let hba = data.join("pg_hba.conf");
         let original = std::fs::read_to_string(&hba).unwrap();
-        std::fs::write(
-            &hba,
-            format!("local all {PASSWORD_ROLE} scram-sha-256\n{original}"),
-        )
-        .unwrap();
-
-        let port = 5432;
+        let tls_files = tls.then(|| make_tls_files(&dir.join("tls")));
+        let hba_text = match &tls_files {
+            // TCP over TLS only; the harness's own psql uses the socket.
+            Some(_) => format!(
+                "local all all trust\nhostssl all {CERT_ROLE} 127.0.0.1/32 cert\nhostssl all all 127.0.0.1/32 scram-sha-256\n"
+            ),
+            None => format!("local all {PASSWORD_ROLE} scram-sha-256\n{original}"),
+        };
+        std::fs::write(&hba, hba_text).unwrap();
+        let mut tcp = vec!["-c".to_string(), "listen_addresses=".to_string()];
+        let port = match &tls_files {
+            Some(files) => {
+                let server_files = data.join("server-tls");
+                std::fs::create_dir_all(&server_files).unwrap();
+                for name in ["server.crt", "server.key", "ca.crt"] {
+                    std::fs::copy(files.dir.join(name), server_files.join(name)).unwrap();
+                    if is_root() {
+                        let (uid, gid) = postgres_ids();
+                        std::os::unix::fs::chown(server_files.join(name), Some(uid), Some(gid))
+                            .unwrap();
+                    }
+                }
+                if is_root() {
+                    let (uid, gid) = postgres_ids();
+                    std::os::unix::fs::chown(&server_files, Some(uid), Some(gid)).unwrap();
+                }
+                tcp = [
+                    "listen_addresses=127.0.0.1".to_string(),
+                    "ssl=on".to_string(),
+                    format!(
+                        "ssl_cert_file={}",
+                        server_files.join("server.crt").display()
+                    ),
+                    format!("ssl_key_file={}", server_files.join("server.key").display()),
+                    format!("ssl_ca_file={}", server_files.join("ca.crt").display()),
+                ]
+                .into_iter()
+                .flat_map(|setting| ["-c".to_string(), setting])
+                .collect();
+                free_tcp_port()
+            }
+            None => 5432,
+        };
         let log = std::fs::File::create(dir.join("postgres.log")).unwrap();
         let mut postgres = Command::new(bin.join("postgres"));
         postgres
@@ -170,14 +233,8 @@ impl Cluster {
             .arg(&data)
             .arg("-k")
             .arg(&socket_dir)
-            .args([
-                "-p",
-                &port.to_string(),
-                "-c",
-                "listen_addresses=",
-                "-c",
-                "fsync=off",
-            ])
+            .args(["-p", &port.to_string(), "-c", "fsync=off"])
+            .args(&tcp)
             .args([
                 "-c",
                 "synchronous_commit=off",
@@ -195,7 +252,11 @@ impl Cluster {
         // Reaped with waitpid by stop_cluster_at_exit, not through `Child`.
         #[allow(clippy::zombie_processes)]
         let child = postgres.spawn().expect("start postgres");
-        let cluster = Cluster { socket_dir, port };
+        let cluster = Cluster {
+            socket_dir,
+            port,
+            tls: tls_files,
+        };
         let first = {
             let mut list = CLEANUP.lock().unwrap_or_else(|p| p.into_inner());
             list.push((child.id(), dir.clone()));
@@ -224,6 +285,15 @@ impl Cluster {
             "postgres",
             &format!("CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD 'Tr1cky pa$$ word'"),
         );
+        if cluster.tls.is_some() {
+            cluster.psql(
+                "postgres",
+                &format!(
+                    "CREATE ROLE {CERT_ROLE} LOGIN SUPERUSER; \
+                     CREATE ROLE {TLS_PASSWORD_ROLE} LOGIN SUPERUSER PASSWORD '{TLS_PASSWORD}'"
+                ),
+            );
+        }
         cluster
     }
 
@@ -373,6 +443,8 @@ pub fn pgward(repo: &Path) -> Command {
         .env_remove("PGPASSWORD")
         .env_remove("PGDATABASE")
         .env_remove("PGWARD_CONFIG")
+        // No user configuration file of whoever runs the tests.
+        .env("XDG_CONFIG_HOME", "/nonexistent/pgward-tests")
         .stdin(Stdio::null());
     cmd
 }
@@ -494,4 +566,117 @@ pub fn zstd(args: &[&str], input: &Path, output: &Path) {
 /// catch then must be caught against the archive.
 pub fn reseal(manifest: &mut serde_json::Value) {
     manifest["manifest-digest"] = pgward::repository::manifest::canonical_digest(manifest).into();
+}
+
+/// A TCP port nobody listens on right now.
+fn free_tcp_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Runs `openssl ARGS` in `dir`; panics on failure.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl (install the openssl package)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for localhost/127.0.0.1, a client
+/// certificate for [`CERT_ROLE`] and an unrelated CA, in `dir`.
+pub fn make_tls_files(dir: &Path) -> TlsFiles {
+    std::fs::create_dir_all(dir).unwrap();
+    let days = ["-days", "2"];
+    for ca in ["ca", "other-ca"] {
+        let subject = format!("/CN=pgward test {ca}");
+        let mut args = vec![
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            &subject,
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ];
+        let key = format!("{ca}.key");
+        let crt = format!("{ca}.crt");
+        args.extend(["-keyout", &key, "-out", &crt]);
+        args.extend(days);
+        openssl(dir, &args);
+    }
+    let leaf = |name: &str, subject: &str, ext: &str| {
+        let key = format!("{name}.key");
+        let csr = format!("{name}.csr");
+        let crt = format!("{name}.crt");
+        let extfile = format!("{name}.ext");
+        std::fs::write(dir.join(&extfile), ext).unwrap();
+        openssl(
+            dir,
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                subject,
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &extfile,
+                "-out",
+                &crt,
+            ],
+        );
+        std::fs::set_permissions(dir.join(&key), std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    leaf(
+        "server",
+        "/CN=localhost",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    );
+    leaf(
+        "client",
+        &format!("/CN={CERT_ROLE}"),
+        "extendedKeyUsage=clientAuth\n",
+    );
+    TlsFiles {
+        dir: dir.to_path_buf(),
+        ca: dir.join("ca.crt"),
+        other_ca: dir.join("other-ca.crt"),
+        client_cert: dir.join("client.crt"),
+        client_key: dir.join("client.key"),
+    }
 }

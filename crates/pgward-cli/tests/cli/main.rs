@@ -4,11 +4,13 @@
 
 mod backup;
 mod check;
+mod databases;
 mod drill;
 mod encryption;
 mod failures;
 mod harness;
 mod hostile;
 mod signing;
+mod tls;
 mod verdicts;
 mod verify;

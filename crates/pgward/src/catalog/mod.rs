@@ -5,13 +5,12 @@
 //! so objects in user schemas can never shadow what pgward reads; the
 //! session is read-only, because pgward's backup role never needs to write.
 
-pub mod connect;
 pub mod privileges;
 pub mod restorability;
 
+use crate::connection::ConnectionTarget;
 use crate::error::{Error, ErrorKind, Result};
 use crate::scope::{Scope, TableName};
-use connect::ConnectionTarget;
 use serde::{Deserialize, Serialize};
 
 /// Facts about the server that go into every manifest.
@@ -67,6 +66,24 @@ impl CatalogSession {
             )
             .map_err(|e| query_error("cannot prepare the catalog session", e))?;
         Ok(CatalogSession { client })
+    }
+
+    /// How this session is protected: `TLSv1.3 (TLS_AES_256_GCM_SHA384)`,
+    /// or `not encrypted` (a Unix socket, or a server without TLS).
+    pub fn transport(&mut self) -> String {
+        let row = self.client.query_opt(
+            "SELECT version, cipher FROM pg_catalog.pg_stat_ssl WHERE pid = pg_catalog.pg_backend_pid() AND ssl",
+            &[],
+        );
+        match row {
+            Ok(Some(row)) => format!(
+                "{} ({})",
+                row.get::<_, Option<String>>(0).unwrap_or_default(),
+                row.get::<_, Option<String>>(1).unwrap_or_default()
+            ),
+            Ok(None) => "not encrypted".to_string(),
+            Err(_) => "of unknown protection".to_string(),
+        }
     }
 
     /// Starts a REPEATABLE READ transaction and exports its snapshot for

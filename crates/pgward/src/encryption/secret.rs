@@ -8,8 +8,8 @@
 //! never confused with "damaged artifact".
 
 use super::{Fingerprint, short};
-use crate::catalog::connect::Env;
 use crate::config::DecryptionConfig;
+use crate::connection::Env;
 use crate::error::{Error, Result};
 use pgp::composed::{Deserializable, SignedSecretKey};
 use pgp::types::Password;

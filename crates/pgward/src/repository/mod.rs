@@ -30,6 +30,7 @@
 pub mod inspect;
 pub mod lock;
 pub mod manifest;
+pub mod select;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::Observer;
@@ -668,49 +669,6 @@ impl Repository {
         Ok(names)
     }
 
-    /// The backup named by `selector`: an id, or `latest`.
-    /// `latest` is the newest intact backup; a damaged one named by its
-    /// id is an integrity error that says why.
-    pub fn find(&self, selector: &str) -> Result<Manifest> {
-        let catalog = self.catalog()?;
-        if let Some(damaged) = catalog
-            .damaged
-            .iter()
-            .find(|d| d.id.as_deref() == Some(selector))
-        {
-            return Err(Error::new(
-                ErrorKind::Integrity,
-                format!(
-                    "backup {selector} is damaged: {} is {}",
-                    damaged.file, damaged.cause
-                ),
-            )
-            .with_hint("do not rely on it; restore from another backup (`pgward list` shows them) and inspect the file"));
-        }
-        if selector == "latest"
-            && let Some(newer) = catalog.damaged.iter().find(|d| d.is_newer_format())
-        {
-            return Err(Error::config(format!(
-                "{} is {}: `latest` may not be the newest backup",
-                newer.file, newer.cause
-            ))
-            .with_hint("use the pgward version that wrote it, or name a backup by its id"));
-        }
-        let backups = catalog.backups;
-        let found = if selector == "latest" {
-            backups.into_iter().next()
-        } else {
-            backups.into_iter().find(|m| m.id == selector)
-        };
-        found.ok_or_else(|| {
-            Error::new(
-                ErrorKind::NotFound,
-                format!("no backup {selector:?} in {}", self.root.display()),
-            )
-            .with_hint("run `pgward list` to see the backups in this repository")
-        })
-    }
-
     fn grants_dir(&self) -> PathBuf {
         self.root.join("grants")
     }
@@ -1143,7 +1101,7 @@ pub fn new_backup_id(database: &str, now: jiff::Timestamp) -> String {
     )
 }
 
-fn id_database_key(id: &str) -> Option<&str> {
+pub(crate) fn id_database_key(id: &str) -> Option<&str> {
     let rest = id.get(17..)?; // after "YYYYMMDDTHHMMSSZ-"
     rest.get(..rest.len().checked_sub(5)?) // before "-XXXX"
 }

@@ -14,7 +14,7 @@
 use super::selection::Selection;
 use super::source::{ArchiveSource, damaged};
 use super::{RestoreOptions, Scratch};
-use crate::catalog::connect::ConnectionTarget;
+use crate::connection::ConnectionTarget;
 use crate::dump::Tool;
 use crate::error::{Error, ErrorKind, Result};
 use crate::interrupt::InterruptWatch;

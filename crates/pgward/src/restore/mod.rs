@@ -19,9 +19,9 @@ pub mod selection;
 pub mod source;
 pub mod target;
 
-use crate::catalog::connect::Env;
 use crate::catalog::restorability::RestoreHazard;
 use crate::config::Config;
+use crate::connection::Env;
 use crate::dump::Tool;
 use crate::encryption::secret::Decryptor;
 use crate::error::{Error, ErrorKind, Result};
@@ -53,6 +53,9 @@ pub struct RestoreOptions {
     pub selection: Selection,
     /// Drop the target database (and everything in it) if it exists.
     pub drop_existing: bool,
+    /// Allow `postgres`, `template0`, `template1` or the restore
+    /// connection's own database as the target.
+    pub allow_system_database: bool,
 }
 
 impl Default for RestoreOptions {
@@ -63,6 +66,7 @@ impl Default for RestoreOptions {
             no_acl: false,
             selection: Selection::default(),
             drop_existing: false,
+            allow_system_database: false,
         }
     }
 }
@@ -109,7 +113,7 @@ impl RestoreReport {
 pub fn run(
     config: &Config,
     env: Env,
-    selector: &str,
+    selector: &crate::repository::select::Selector,
     to: &str,
     options: &RestoreOptions,
     decryptor: &mut dyn FnMut() -> Result<Option<Decryptor>>,
@@ -126,6 +130,15 @@ pub fn run(
             "restore to a new name (--to NEWDB), or pass --drop-existing-database to DROP {to} and everything in it first"
         ))
     };
+    if !options.allow_system_database
+        && (["postgres", "template0", "template1"].contains(&to)
+            || to == server.maintenance_database())
+    {
+        return Err(Error::config(format!(
+            "{to} is a database the server itself (or pgward's restore connection) relies on; pgward does not restore into it"
+        ))
+        .with_hint("restore to a new name (--to NEWDB); --allow-system-database overrides this"));
+    }
     if server.is_source_of(&manifest, to) && !options.drop_existing {
         return Err(refuse(format!(
             "{to} on {} is the database backup {} was taken from; pgward does not restore over it",

@@ -5,9 +5,9 @@
 //! the backup was taken from, unless the operator passed the flag that says
 //! the existing database will be dropped.
 
-use crate::catalog::connect::{ConnectionTarget, Env};
 use crate::catalog::query_error;
 use crate::config::Config;
+use crate::connection::{ConnectionTarget, Env};
 use crate::error::{Error, ErrorKind, Result};
 use crate::repository::manifest::Manifest;
 use crate::scope::quote_ident;
@@ -61,11 +61,15 @@ impl RestoreServer {
         )
     }
 
+    /// The database this session is in: where pgward creates and drops
+    /// databases from.
+    pub fn maintenance_database(&self) -> &str {
+        &self.target.dbname
+    }
+
     /// The connection to database `dbname` on this server.
     pub fn target_for(&self, dbname: &str) -> ConnectionTarget {
-        let mut target = self.target.clone();
-        target.dbname = dbname.to_string();
-        target
+        self.target.with_dbname(dbname)
     }
 
     /// Whether `dbname` here is the database `manifest` was taken from.

@@ -18,7 +18,7 @@ mod tables;
 
 pub use tables::{FinishedItems, compare_tables};
 
-use crate::catalog::connect::ConnectionTarget;
+use crate::connection::ConnectionTarget;
 use crate::dump::Tool;
 use crate::error::Result;
 use crate::fingerprint::{LargeObjectDigest, TextSettings};
