@@ -5,10 +5,12 @@
 mod render;
 mod tty;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use pgward::config::NotifyEvent;
 use pgward::encryption::{certificate::Certificate, keygen, secret};
 use pgward::{Config, Error, ErrorKind, backup, check, grants, list, verify};
 use std::path::PathBuf;
+use std::time::Instant;
 
 /// Governed PostgreSQL backups that cannot fail silently.
 #[derive(Parser, Debug)]
@@ -23,6 +25,9 @@ struct Cli {
     /// Print help (-h is the host, as in pg_dump and psql).
     #[arg(long, global = true, action = clap::ArgAction::Help)]
     help: Option<bool>,
+    /// Print nothing on success (for cron: mail only failures); errors and failed notifications still print.
+    #[arg(long, short = 'q', global = true)]
+    quiet: bool,
     /// Print one JSON document on stdout instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -55,6 +60,38 @@ enum Command {
     /// OpenPGP keys for encrypted backups.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// The nightly job: backup, verify it, drill when due, prune, notify.
+    Run(RunArgs),
+    /// Apply the retention policy: remove the backups it does not keep, and old quarantined runs.
+    Prune(PruneArgs),
+    /// Shell completions for bash, zsh, fish, elvish or powershell, on stdout.
+    Completions {
+        /// The shell.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// The manual page (roff), on stdout: `pgward man > pgward.1`.
+    Man,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    #[command(flatten)]
+    how: RestoreHowArgs,
+    #[command(flatten)]
+    decrypt: DecryptArgs,
+}
+
+#[derive(Args, Debug)]
+struct PruneArgs {
+    /// Show what would be kept and removed, and why; remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Only the backups (and quarantined runs) of this database.
+    #[arg(long, value_name = "NAME")]
+    database: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -343,7 +380,52 @@ fn load_config(cli: &Cli) -> Result<Config, Error> {
     Ok(config)
 }
 
+/// Tells the `[[notify]]` targets how a command went; what was sent is
+/// printed with the command's result. Never changes the outcome.
+fn notify(
+    config: &Config,
+    event: NotifyEvent,
+    started: Instant,
+    result: std::result::Result<(String, &serde_json::Value), &Error>,
+) {
+    if config.notify.is_empty() {
+        return;
+    }
+    let error_document;
+    let (ok, summary, document) = match result {
+        Ok((summary, document)) => (true, summary, document),
+        Err(error) => {
+            error_document = render::error_document(error);
+            (false, error.to_string(), &error_document)
+        }
+    };
+    let outcome = pgward::notify::Outcome {
+        event,
+        ok,
+        summary,
+        duration: started.elapsed(),
+        document,
+    };
+    render::attach_notifications(pgward::notify::send(
+        &config.notify,
+        &outcome,
+        &pgward::process_env,
+    ));
+}
+
+/// The healthchecks `start` signal for a command that begins.
+fn notify_start(config: &Config, event: NotifyEvent) {
+    if !config.notify.is_empty() {
+        render::attach_notifications(pgward::notify::start(
+            &config.notify,
+            event,
+            &pgward::process_env,
+        ));
+    }
+}
+
 fn run(cli: Cli) -> Result<(), Failure> {
+    render::set_quiet(cli.quiet && !cli.json);
     let mut config = load_config(&cli)?;
     match cli.command {
         Command::Backup(args) if args.dry_run => {
@@ -356,21 +438,58 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Backup(args) => {
             apply_target_args(&mut config, &args.target)?;
             apply_backup_args(&mut config, &args)?;
-            let mut progress = render::Progress::new(!cli.json);
+            let mut progress = render::Progress::new(!cli.json && !cli.quiet);
             let options = backup::BackupOptions {
                 allow_shrink: args.allow_shrink,
             };
+            let started = Instant::now();
+            notify_start(&config, NotifyEvent::Backup);
             let outcome = backup::run(&config, &options, &pgward::process_env, &mut |p| {
                 progress.update(p.archive_bytes)
             });
             progress.clear();
+            match &outcome {
+                Ok(done) => notify(
+                    &config,
+                    NotifyEvent::Backup,
+                    started,
+                    Ok((
+                        format!(
+                            "backup {} complete: {} tables, {} stored",
+                            done.manifest.id,
+                            done.manifest.tables.len(),
+                            pgward::config::format_size(done.manifest.artifact.bytes)
+                        ),
+                        &render::backup_document(done),
+                    )),
+                ),
+                Err(error) => notify(&config, NotifyEvent::Backup, started, Err(error)),
+            }
             render::backup(&outcome?, cli.json);
+            render::notifications(cli.json);
         }
         Command::Check(args) => {
             apply_target_args(&mut config, &args)?;
+            let started = Instant::now();
             let report = check::run(&config, &pgward::process_env)?;
+            let verdict = check_verdict(&report);
+            match &verdict {
+                Ok(()) => notify(
+                    &config,
+                    NotifyEvent::Check,
+                    started,
+                    Ok((
+                        format!("check passed: {} rows", report.matrix.items.len()),
+                        &render::check_document(&report),
+                    )),
+                ),
+                Err(Failure::Error(e) | Failure::Reported(e)) => {
+                    notify(&config, NotifyEvent::Check, started, Err(e))
+                }
+            }
             render::check(&report, cli.json);
-            check_verdict(&report)?;
+            render::notifications(cli.json);
+            verdict?;
         }
         Command::Grants(args) => {
             apply_target_args(&mut config, &args.target)?;
@@ -390,7 +509,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let repo = pgward::Repository::open_configured(&config)?;
             let mut progress = render::Progress::new(!cli.json);
             let mut decryptor = configured_decryptor(&config);
-            let selector = selector(&config, &args.backup, &args.of);
+            let selector = selector(&config, &args.backup, &args.of)?;
             let report = verify::run(&repo, &selector, &mut decryptor, &mut |n| {
                 progress.update(n)
             });
@@ -401,7 +520,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Restore(args) => {
             apply_decrypt_args(&mut config, &args.decrypt);
-            apply_connect_args(&mut config, &args.connect);
+            apply_restore_connect_args(&mut config, &args.connect)?;
             let options = pgward::restore::RestoreOptions {
                 selection: pgward::restore::selection::Selection::new(
                     args.schemas.clone(),
@@ -416,7 +535,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let report = pgward::restore::run(
                 &config,
                 &pgward::process_env,
-                &selector(&config, &args.backup, &args.of),
+                &selector(&config, &args.backup, &args.of)?,
                 &args.to,
                 &options,
                 &mut decryptor,
@@ -440,25 +559,105 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Drill(args) => {
             apply_decrypt_args(&mut config, &args.decrypt);
-            apply_connect_args(&mut config, &args.connect);
+            apply_restore_connect_args(&mut config, &args.connect)?;
             let options = pgward::drill::DrillOptions {
                 restore: restore_options(&mut config, &args.how),
                 keep: args.keep,
             };
             let mut decryptor = configured_decryptor(&config);
-            let mut progress = render::Progress::new(!cli.json);
+            let mut progress = render::Progress::new(!cli.json && !cli.quiet);
+            let started = Instant::now();
+            notify_start(&config, NotifyEvent::Drill);
             let report = pgward::drill::run(
                 &config,
                 &pgward::process_env,
-                &selector(&config, &args.backup, &args.of),
+                &selector(&config, &args.backup, &args.of)?,
                 &options,
                 &mut decryptor,
                 &mut |n| progress.update(n),
             );
             progress.clear();
-            let report = report?;
+            let report = match report {
+                Ok(report) => report,
+                Err(error) => {
+                    notify(&config, NotifyEvent::Drill, started, Err(&error));
+                    return Err(error.into());
+                }
+            };
+            let verdict = report.clone().into_result();
+            match &verdict {
+                Ok(_) => notify(
+                    &config,
+                    NotifyEvent::Drill,
+                    started,
+                    Ok((
+                        format!("drill of {} passed", report.record.backup_id),
+                        &render::drill_document(&report),
+                    )),
+                ),
+                Err(error) => notify(&config, NotifyEvent::Drill, started, Err(error)),
+            }
             render::drill(&report, cli.json);
-            report.into_result().map_err(Failure::Reported)?;
+            render::notifications(cli.json);
+            verdict.map_err(Failure::Reported)?;
+        }
+        Command::Prune(args) => {
+            let repo = pgward::Repository::open_configured(&config)?;
+            let started = Instant::now();
+            notify_start(&config, NotifyEvent::Prune);
+            let options = pgward::prune::PruneOptions {
+                dry_run: args.dry_run,
+                database: args.database.clone(),
+            };
+            let report = pgward::prune::run(&repo, &config, &options);
+            match &report {
+                Ok(pruned) if !pruned.dry_run => notify(
+                    &config,
+                    NotifyEvent::Prune,
+                    started,
+                    Ok((
+                        format!("prune: {} kept, {} deleted", pruned.kept, pruned.deleted),
+                        &render::prune_document(pruned),
+                    )),
+                ),
+                Ok(_) => {}
+                Err(error) => notify(&config, NotifyEvent::Prune, started, Err(error)),
+            }
+            render::prune(&report?, cli.json);
+            render::notifications(cli.json);
+        }
+        Command::Run(args) => {
+            apply_target_args(&mut config, &args.target)?;
+            apply_decrypt_args(&mut config, &args.decrypt);
+            let options = pgward::drill::DrillOptions {
+                restore: restore_options(&mut config, &args.how),
+                keep: false,
+            };
+            let mut decryptor = configured_decryptor(&config);
+            let started = Instant::now();
+            notify_start(&config, NotifyEvent::Run);
+            let report =
+                match pgward::run::run(&config, &pgward::process_env, &mut decryptor, &options) {
+                    Ok(report) => report,
+                    Err(error) => {
+                        notify(&config, NotifyEvent::Run, started, Err(&error));
+                        return Err(error.into());
+                    }
+                };
+            notify_run(&config, &report, started);
+            render::run(&report, cli.json);
+            render::notifications(cli.json);
+            if !report.ok {
+                return Err(Failure::Reported(pgward::run::failure_error(&report)));
+            }
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "pgward", &mut std::io::stdout());
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(|e| Error::config(format!("cannot write the manual page: {e}")))?;
         }
         Command::Key(KeyCommand::Generate {
             out,
@@ -634,13 +833,54 @@ fn new_passphrase(file: Option<PathBuf>) -> Result<secret::Zeroizing<String>, Er
     Ok(first)
 }
 
+/// A run's notifications: one for the whole run to the targets that want
+/// `run` events (after every step), one per step that ran to those that
+/// only want the steps' events.
+fn notify_run(config: &Config, report: &pgward::run::RunReport, started: Instant) {
+    if config.notify.is_empty() {
+        return;
+    }
+    let document = render::run_document(report);
+    let (whole, per_step): (Vec<_>, Vec<_>) = config
+        .notify
+        .iter()
+        .cloned()
+        .partition(|t| t.events.contains(&NotifyEvent::Run));
+    let env = &pgward::process_env;
+    let outcome = pgward::notify::Outcome {
+        event: NotifyEvent::Run,
+        ok: report.ok,
+        summary: report.summary(),
+        duration: started.elapsed(),
+        document: &document,
+    };
+    let mut deliveries = pgward::notify::send(&whole, &outcome, env);
+    for step in report.steps.iter().filter(|s| s.status != "skipped") {
+        let event = match step.name {
+            "backup" => NotifyEvent::Backup,
+            "drill" => NotifyEvent::Drill,
+            "prune" => NotifyEvent::Prune,
+            _ => continue,
+        };
+        let outcome = pgward::notify::Outcome {
+            event,
+            ok: step.status == "ok",
+            summary: format!("{}: {}", step.name, step.detail),
+            duration: std::time::Duration::from_millis(step.duration_ms),
+            document: &document,
+        };
+        deliveries.extend(pgward::notify::send(&per_step, &outcome, env));
+    }
+    render::attach_notifications(deliveries);
+}
+
 /// The backup a command names, among the backups of the database given
 /// or configured.
 fn selector(
     config: &Config,
     backup: &str,
     of: &DatabaseArgs,
-) -> pgward::repository::select::Selector {
+) -> Result<pgward::repository::select::Selector, Error> {
     pgward::repository::select::Selector::configured(
         backup,
         config,
@@ -649,19 +889,36 @@ fn selector(
     )
 }
 
+/// `-d -h -p -U`: the command line wins over the configuration, a
+/// conninfo in `connection.dbname` included.
 fn apply_connect_args(config: &mut Config, args: &ConnectArgs) {
     if let Some(dbname) = &args.dbname {
         config.connection.dbname = Some(dbname.clone());
     }
-    if let Some(host) = &args.host {
-        config.connection.host = Some(host.clone());
+    for (key, value) in [
+        ("host", args.host.clone()),
+        ("port", args.port.map(|p| p.to_string())),
+        ("user", args.user.clone()),
+    ] {
+        if let Some(value) = value {
+            config.connection.command_line.push((key, value));
+        }
     }
-    if let Some(port) = args.port {
-        config.connection.port = Some(port);
+}
+
+/// For restore and drill, `-h -p -U` choose the restore server only when
+/// no `[restore-connection]` or `[admin-connection]` does: refused rather
+/// than silently ignored.
+fn apply_restore_connect_args(config: &mut Config, args: &ConnectArgs) -> Result<(), Error> {
+    let server_flags = args.host.is_some() || args.port.is_some() || args.user.is_some();
+    if server_flags && (config.restore_connection.is_some() || config.admin_connection.is_some()) {
+        return Err(Error::config(
+            "-h/-p/-U would not choose the restore server: [restore-connection] or [admin-connection] does",
+        )
+        .with_hint("pass --restore-connection CONNINFO to restore elsewhere, or change that section"));
     }
-    if let Some(user) = &args.user {
-        config.connection.user = Some(user.clone());
-    }
+    apply_connect_args(config, args);
+    Ok(())
 }
 
 fn apply_target_args(config: &mut Config, args: &TargetArgs) -> Result<(), Error> {

@@ -7,14 +7,61 @@ use pgward::backup::{BackupOutcome, DryRun};
 use pgward::check::{CheckReport, Status};
 use pgward::grants::{Execution, GrantPlan};
 use pgward::list::Listing;
+use pgward::notify::Delivery;
 use pgward::repository::manifest::ErrorRecord;
 use pgward::verify::VerifyReport;
 use serde_json::{Value, json};
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
+/// `--quiet`: text output on success is not printed (cron mails only
+/// failures); JSON documents and errors are.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The notifications a command sent, attached to the document it prints
+/// (`notifications`) or, in text, printed after it by [`notifications`].
+static NOTIFICATIONS: std::sync::Mutex<Vec<Delivery>> = std::sync::Mutex::new(Vec::new());
+
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Records what was sent, for the document about to be printed.
+pub fn attach_notifications(deliveries: Vec<Delivery>) {
+    if let Ok(mut pending) = NOTIFICATIONS.lock() {
+        pending.extend(deliveries);
+    }
+}
+
+/// The notifications in text: delivered ones on stdout (unless quiet),
+/// failed ones on stderr always (an alert channel that is down must be
+/// heard of). Nothing in JSON mode: they are in the document.
+pub fn notifications(json: bool) {
+    if json {
+        return;
+    }
+    let pending = NOTIFICATIONS
+        .lock()
+        .map(|mut p| std::mem::take(&mut *p))
+        .unwrap_or_default();
+    for delivery in pending {
+        if delivery.delivered {
+            out(&format!("{}\n", delivery.describe()));
+        } else {
+            err(&format!("pgward: warning: {}\n", delivery.describe()));
+        }
+    }
+}
+
 /// Writes to stdout; a closed pipe (`pgward list | head`) is not an error.
 fn out(text: &str) {
+    if QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    write_stdout(text);
+}
+
+fn write_stdout(text: &str) {
     let mut stdout = std::io::stdout().lock();
     let _ = stdout
         .write_all(text.as_bytes())
@@ -22,10 +69,26 @@ fn out(text: &str) {
 }
 
 fn out_json(value: &Value) {
-    out(&format!(
+    let mut value = value.clone();
+    // Printed once, in the document.
+    let pending = NOTIFICATIONS
+        .lock()
+        .map(|mut p| std::mem::take(&mut *p))
+        .unwrap_or_default();
+    if !pending.is_empty()
+        && let Some(object) = value.as_object_mut()
+    {
+        object.insert("notifications".into(), json!(pending));
+    }
+    write_stdout(&format!(
         "{}\n",
-        serde_json::to_string_pretty(value).expect("JSON values serialise")
+        serde_json::to_string_pretty(&value).expect("JSON values serialise")
     ));
+}
+
+/// The JSON document of an error.
+pub fn error_document(error: &Error) -> Value {
+    json!({"message-type": "error", "error": ErrorRecord::from_error(error)})
 }
 
 use pgward::config::format_size as bytes;
@@ -43,30 +106,43 @@ fn err(text: &str) -> bool {
 pub fn error(error: &Error, json: bool) {
     err(&format!("pgward: error: {error}\n"));
     if json {
-        out_json(&json!({"message-type": "error", "error": ErrorRecord::from_error(error)}));
+        out_json(&error_document(error));
     }
+    notifications(json);
 }
 
-pub fn backup(outcome: &BackupOutcome, json: bool) {
-    let m = &outcome.manifest;
-    let mut warnings: Vec<String> = m
+fn backup_warnings(outcome: &BackupOutcome) -> Vec<String> {
+    let mut warnings: Vec<String> = outcome
+        .manifest
         .content
         .iter()
         .flat_map(|c| &c.restore_hazards)
         .map(|h| format!("restore-order hazard: {}", h.describe()))
         .collect();
     warnings.extend(outcome.warnings.iter().cloned());
+    warnings
+}
+
+/// The JSON document of a backup (also what a webhook receives).
+pub fn backup_document(outcome: &BackupOutcome) -> Value {
+    let m = &outcome.manifest;
+    json!({
+        "message-type": "backup",
+        "status": "complete",
+        "warnings": backup_warnings(outcome),
+        "id": m.id,
+        "artifact-path": outcome.artifact_path,
+        "manifest-path": outcome.manifest_path,
+        "envelope": m.envelope(),
+        "manifest": m,
+    })
+}
+
+pub fn backup(outcome: &BackupOutcome, json: bool) {
+    let m = &outcome.manifest;
+    let warnings = backup_warnings(outcome);
     if json {
-        out_json(&json!({
-            "message-type": "backup",
-            "status": "complete",
-            "warnings": warnings,
-            "id": m.id,
-            "artifact-path": outcome.artifact_path,
-            "manifest-path": outcome.manifest_path,
-            "envelope": m.envelope(),
-            "manifest": m,
-        }));
+        out_json(&backup_document(outcome));
         return;
     }
     let ratio = if m.archive.bytes > 0 {
@@ -287,12 +363,17 @@ pub fn restore(report: &pgward::restore::RestoreReport, json: bool) {
     out(&text);
 }
 
+/// The JSON document of a drill.
+pub fn drill_document(report: &pgward::drill::DrillReport) -> Value {
+    let mut value = serde_json::to_value(report).expect("reports serialise");
+    value["message-type"] = json!("drill");
+    value
+}
+
 pub fn drill(report: &pgward::drill::DrillReport, json: bool) {
     let record = &report.record;
     if json {
-        let mut value = serde_json::to_value(report).expect("reports serialise");
-        value["message-type"] = json!("drill");
-        out_json(&value);
+        out_json(&drill_document(report));
         return;
     }
     let mut text = format!(
@@ -361,13 +442,116 @@ fn matrix_text(report: &CheckReport) -> String {
     text
 }
 
+/// The JSON document of a check.
+pub fn check_document(report: &CheckReport) -> Value {
+    let mut value = serde_json::to_value(report).expect("reports serialise");
+    value["message-type"] = json!("check");
+    value
+}
+
 pub fn check(report: &CheckReport, json: bool) {
     if json {
-        let mut value = serde_json::to_value(report).expect("reports serialise");
-        value["message-type"] = json!("check");
-        out_json(&value);
+        out_json(&check_document(report));
     } else {
         out(&matrix_text(report));
+    }
+}
+
+/// The JSON document of a prune.
+pub fn prune_document(report: &pgward::prune::PruneReport) -> Value {
+    let mut value = serde_json::to_value(report).expect("reports serialise");
+    value["message-type"] = json!("prune");
+    value
+}
+
+pub fn prune(report: &pgward::prune::PruneReport, json: bool) {
+    if json {
+        out_json(&prune_document(report));
+        return;
+    }
+    let mut text = String::new();
+    if report.dry_run {
+        text.push_str("dry run: nothing was removed\n");
+    }
+    for id in &report.finished_removals {
+        text.push_str(&format!("finished the interrupted removal of {id}\n"));
+    }
+    text.push_str(&format!(
+        "{:<7} {:<34} {:<20} {:<24} WHY\n",
+        "ACTION", "ID", "DATABASE", "STARTED"
+    ));
+    for backup in &report.backups {
+        let in_use = report.skipped_in_use.contains(&backup.id);
+        let action = match (backup.action, in_use) {
+            (_, true) => "KEEP*",
+            ("keep", _) => "KEEP",
+            _ => "DELETE",
+        };
+        let why = if in_use {
+            "in use by a restore or drill (kept)".to_string()
+        } else {
+            backup.reasons.join(", ")
+        };
+        text.push_str(&format!(
+            "{action:<7} {:<34} {:<20} {:<24} {why}\n",
+            backup.id, backup.database, backup.started_at
+        ));
+    }
+    for id in &report.quarantine_removed {
+        text.push_str(&format!(
+            "{} quarantined run {id} (older than quarantine-keep)\n",
+            if report.dry_run {
+                "would remove"
+            } else {
+                "removed"
+            }
+        ));
+    }
+    text.push_str(&format!(
+        "{} kept, {} {}\n",
+        report.kept,
+        report.deleted,
+        if report.dry_run {
+            "to delete"
+        } else {
+            "deleted"
+        }
+    ));
+    out(&text);
+}
+
+/// The JSON document of a run.
+pub fn run_document(report: &pgward::run::RunReport) -> Value {
+    let mut value = serde_json::to_value(report).expect("reports serialise");
+    value["message-type"] = json!("run");
+    value["exit-code"] = json!(report.exit_code());
+    value
+}
+
+pub fn run(report: &pgward::run::RunReport, json: bool) {
+    if json {
+        out_json(&run_document(report));
+        return;
+    }
+    let mut text = String::new();
+    for step in &report.steps {
+        text.push_str(&format!(
+            "{:<7} {:<8} {}\n",
+            step.name,
+            step.status.to_uppercase(),
+            step.detail
+        ));
+    }
+    text.push_str(&format!(
+        "run {} in {:.1} s\n",
+        if report.ok { "OK" } else { "FAILED" },
+        report.duration_ms as f64 / 1000.0
+    ));
+    if report.ok {
+        out(&text);
+    } else {
+        // A failed run is said even with --quiet.
+        write_stdout(&text);
     }
 }
 

@@ -171,6 +171,8 @@ pub fn run(config: &Config, env: Env) -> Result<CheckReport> {
         repository,
         encryption,
         signing,
+        policy,
+        notify,
     ] {
         section(&mut ctx, &mut matrix);
     }
@@ -257,6 +259,13 @@ fn connection(ctx: &mut Context, m: &mut Matrix) {
         crate::connection::tls::Verification::None => "",
     };
     let transport = session.transport();
+    // What the session did, not what the settings asked for: a prefer
+    // that fell back to plain verified nothing.
+    let verified = if transport.starts_with("TLS") {
+        verified
+    } else {
+        ""
+    };
     m.pass(
         "connection",
         format!(
@@ -678,6 +687,83 @@ fn encryption(ctx: &mut Context, m: &mut Matrix) {
             format!("in-memory encrypt/decrypt failed: {e}"),
             "this is a defect in pgward: report it with `pgward --version`",
         ),
+    }
+}
+
+/// The retention policy and drill interval, as `run` and `prune` will
+/// apply them.
+fn policy(ctx: &mut Context, m: &mut Matrix) {
+    let config = &ctx.config.policy;
+    match crate::retention::RetentionPolicy::from_config(config) {
+        Err(e) => m.fail_with("policy.retention", &e),
+        Ok(None) => m.warn(
+            "policy.retention",
+            "no retention policy: `prune` refuses and `run` skips pruning, so the repository only grows",
+            "set keep-last, keep-daily, keep-weekly, keep-monthly or keep-within in [policy]",
+        ),
+        Ok(Some(p)) => {
+            let mut rules = Vec::new();
+            for (name, n) in [
+                ("keep-last", p.keep_last),
+                ("keep-hourly", p.keep_hourly),
+                ("keep-daily", p.keep_daily),
+                ("keep-weekly", p.keep_weekly),
+                ("keep-monthly", p.keep_monthly),
+                ("keep-yearly", p.keep_yearly),
+            ] {
+                if let Some(n) = n {
+                    rules.push(format!("{name} {n}"));
+                }
+            }
+            if let Some(within) = &config.keep_within {
+                rules.push(format!("keep-within {within}"));
+            }
+            let bound = [p.keep_last, p.keep_hourly, p.keep_daily, p.keep_weekly, p.keep_monthly, p.keep_yearly]
+                .iter()
+                .flatten()
+                .map(|n| *n as u64)
+                .sum::<u64>();
+            let space = match (expected_size(ctx), p.keep_within) {
+                (Some(size), None) if bound > 0 => format!(
+                    "; at most {} backups of this scope kept, ~{} at the current size",
+                    bound + 2,
+                    format_size(size.saturating_mul(bound + 2))
+                ),
+                _ => String::new(),
+            };
+            m.pass(
+                "policy.retention",
+                format!(
+                    "{} in {} (plus the newest and the newest drilled backup){space}",
+                    rules.join(", "),
+                    p.time_zone.iana_name().unwrap_or("the system time zone")
+                ),
+            );
+        }
+    }
+    match &config.drill_every {
+        None => m.warn(
+            "policy.drill",
+            "policy.drill-every is not set: `run` never drills, so nothing proves the backups restore",
+            "set drill-every = \"7d\" (or \"always\") in [policy], and a restore server with [restore-connection]",
+        ),
+        Some(every) => m.pass("policy.drill", format!("`run` drills when the newest passed drill is older than {every}")),
+    }
+}
+
+/// Each `[[notify]]` target: its URL readable, its host answering (its
+/// push URL is never called: that could count as a heartbeat).
+fn notify(ctx: &mut Context, m: &mut Matrix) {
+    for (n, target) in ctx.config.notify.iter().enumerate() {
+        let id = format!("notify.{}", n + 1);
+        match crate::notify::probe(target, &crate::connection::process_env) {
+            Ok(evidence) => m.pass(&id, evidence),
+            Err(why) => m.fail(
+                &id,
+                why,
+                "check the URL (url, url-file or url-env) and that this host can reach the service",
+            ),
+        }
     }
 }
 

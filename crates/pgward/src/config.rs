@@ -43,6 +43,12 @@ pub struct Config {
     pub drill: DrillConfig,
     #[serde(default)]
     pub signing: SigningConfig,
+    /// Retention, drills and the nightly job (`pgward run`, `pgward prune`).
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    /// `[[notify]]` tables: where outcomes are sent.
+    #[serde(default, rename = "notify")]
+    pub notify: Vec<NotifyConfig>,
     /// The file this configuration was read from (not a key).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -58,6 +64,127 @@ pub fn default_paths(env: crate::connection::Env) -> Vec<PathBuf> {
     std::iter::once(PathBuf::from("/etc/pgward/pgward.toml"))
         .chain(user)
         .collect()
+}
+
+/// What `prune` keeps (per database and scope), when `run` drills, and
+/// how long quarantined runs stay. Durations are a number and a unit:
+/// `90s`, `30m`, `12h`, `14d`, `2w`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PolicyConfig {
+    /// The N newest complete backups.
+    pub keep_last: Option<u32>,
+    /// The newest backup of each of the last N hours (days, ...) that
+    /// have one, in `time-zone`.
+    pub keep_hourly: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    pub keep_yearly: Option<u32>,
+    /// Every backup younger than this.
+    pub keep_within: Option<String>,
+    /// How long quarantined runs stay (default 30d).
+    pub quarantine_keep: Option<String>,
+    /// `run` drills when the newest passed drill of this database and
+    /// scope is older than this; `"always"`: every run; unset: never.
+    pub drill_every: Option<String>,
+    /// The time zone calendar buckets are counted in (IANA name, default
+    /// the system's).
+    pub time_zone: Option<String>,
+}
+
+/// Where an outcome is sent. The URL is a secret (it holds the push
+/// token): from `url-file` or `url-env`, or `url` in this (private) file;
+/// it is masked in every output.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NotifyConfig {
+    pub kind: NotifyKind,
+    pub url: Option<String>,
+    /// A file whose first line is the URL.
+    pub url_file: Option<PathBuf>,
+    /// An environment variable that holds the URL.
+    pub url_env: Option<String>,
+    /// Which outcomes are sent: `failure`, `success` (default both).
+    #[serde(default = "default_on")]
+    pub on: Vec<NotifyOn>,
+    /// Which commands' outcomes: `backup`, `drill`, `prune`, `check`,
+    /// `run` (default all).
+    #[serde(default = "default_events")]
+    pub events: Vec<NotifyEvent>,
+    /// Connect and total timeout of each attempt (default 10s).
+    pub timeout: Option<String>,
+    /// Attempts after the first, with backoff (default 2).
+    pub retries: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum NotifyKind {
+    /// Uptime Kuma push monitor: GET URL?status=up|down&msg=…&ping=ms.
+    UptimeKuma,
+    /// healthchecks.io and compatible: URL/start, URL (success), URL/fail.
+    Healthchecks,
+    /// POST of the command's JSON document.
+    Webhook,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum NotifyOn {
+    Failure,
+    Success,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum NotifyEvent {
+    Backup,
+    Drill,
+    Prune,
+    Check,
+    Run,
+}
+
+fn default_on() -> Vec<NotifyOn> {
+    vec![NotifyOn::Failure, NotifyOn::Success]
+}
+
+fn default_events() -> Vec<NotifyEvent> {
+    vec![
+        NotifyEvent::Backup,
+        NotifyEvent::Drill,
+        NotifyEvent::Prune,
+        NotifyEvent::Check,
+        NotifyEvent::Run,
+    ]
+}
+
+/// `90s`, `30m`, `12h`, `14d`, `2w`.
+pub fn parse_duration(text: &str) -> std::result::Result<jiff::SignedDuration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: i64 = digits.parse().map_err(|_| {
+        format!("invalid duration {text:?}: expected a number and a unit, such as \"14d\"")
+    })?;
+    let seconds = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        "w" => 7 * 86400,
+        other => {
+            return Err(format!(
+                "invalid duration unit {other:?} in {text:?}: use s, m, h, d or w"
+            ));
+        }
+    };
+    n.checked_mul(seconds)
+        .map(jiff::SignedDuration::from_secs)
+        .ok_or_else(|| format!("duration {text:?} is too long"))
 }
 
 /// Signed manifests: a backup signs its manifest with a key of its own,
@@ -171,7 +298,25 @@ pub struct ConnectionConfig {
     /// libpq's `target_session_attrs`, for several hosts.
     #[serde(rename = "target_session_attrs")]
     pub target_session_attrs: Option<String>,
+    /// Set by the command line (`-h`, `-p`, `-U`): wins over everything
+    /// else, a conninfo in `dbname` included (not a config key).
+    #[serde(skip)]
+    pub command_line: Vec<(&'static str, String)>,
 }
+
+/// The settings that say how the server is verified: a session of
+/// another role to the same server (admin, restore) inherits them from
+/// `[connection]` unless its own section sets them, so that it is never
+/// less protected. Client certificates are per role and not inherited.
+pub const INHERITED_TLS_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "sslrootcert",
+    "sslcrl",
+    "sslcrldir",
+    "sslsni",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+];
 
 impl ConnectionConfig {
     /// The libpq parameters this section sets besides dbname, host, port,
@@ -391,6 +536,35 @@ impl Config {
         }
         for entry in &self.drill.accept {
             crate::findings::Acceptance::parse(entry)?;
+        }
+        crate::retention::RetentionPolicy::from_config(&self.policy)?;
+        if let Some(keep) = &self.policy.quarantine_keep {
+            parse_duration(keep)
+                .map_err(|e| Error::config(format!("policy.quarantine-keep: {e}")))?;
+        }
+        if let Some(every) = &self.policy.drill_every
+            && every != "always"
+        {
+            parse_duration(every).map_err(|e| {
+                Error::config(format!("policy.drill-every: {e}"))
+                    .with_hint("a duration such as \"7d\", or \"always\" to drill on every run")
+            })?;
+        }
+        for (n, target) in self.notify.iter().enumerate() {
+            let sources = [
+                target.url.is_some(),
+                target.url_file.is_some(),
+                target.url_env.is_some(),
+            ];
+            if sources.iter().filter(|set| **set).count() != 1 {
+                return Err(Error::config(format!(
+                    "notify #{}: set exactly one of url, url-file and url-env",
+                    n + 1
+                ))
+                .with_hint("url-file (a file only pgward's user can read) keeps the token out of the config"));
+            }
+            crate::notify::validate(target)
+                .map_err(|e| Error::config(format!("notify #{}: {e}", n + 1)))?;
         }
         self.scope.validate()
     }

@@ -65,6 +65,8 @@ pub fn run(
 ) -> Result<DrillReport> {
     let repo = crate::Repository::open_configured(config)?;
     let manifest = repo.find(selector)?;
+    // Held against a prune until this command is done with it.
+    let _held = repo.hold(&manifest)?;
     let started = clock::now();
     // A damaged artifact is found before any database is created (or while
     // the spool is read); it is a verdict all the same.

@@ -365,7 +365,7 @@ pub fn execute(
         admin_config.port = admin_config.port.or(Some(backup_target.port));
         admin_config.dbname = admin_config.dbname.or(Some(backup_target.dbname.clone()));
     }
-    let admin = ConnectionTarget::resolve(&admin_config, env)?;
+    let admin = ConnectionTarget::resolve_inheriting(&admin_config, Some(&backup_target), env)?;
     if admin.user == plan.role {
         return Err(Error::config(format!(
             "the admin connection uses the backup role {:?}",

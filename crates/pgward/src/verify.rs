@@ -120,6 +120,8 @@ pub fn run(
     progress: &mut dyn FnMut(u64),
 ) -> Result<VerifyReport> {
     let manifest = repo.find(selector)?;
+    // Held against a prune until this command is done with it.
+    let _held = repo.hold(&manifest)?;
     let path = repo.artifact_path(&manifest);
     let mut checks = Checks(Vec::new());
     let mut content_checked = false;

@@ -404,8 +404,8 @@ fn check_and_dry_run_write_nothing() {
     let r = roles("dryrun");
     let check = r.as_backup(&["--json", "check"]);
     check.assert_ok();
-    // The only warning: no recipient is configured, so backups would be
-    // unencrypted. Everything else passes.
+    // The only warnings: no recipient is configured, so backups would be
+    // unencrypted, and no retention or drill policy. Everything else passes.
     let report = check.json();
     assert_eq!(report["verdict"], "WARN");
     let warned: Vec<&str> = report["matrix"]["items"]
@@ -415,7 +415,7 @@ fn check_and_dry_run_write_nothing() {
         .filter(|i| i["status"] != "PASS")
         .map(|i| i["id"].as_str().unwrap())
         .collect();
-    assert_eq!(warned, ["encryption"]);
+    assert_eq!(warned, ["encryption", "policy.retention", "policy.drill"]);
     assert!(!r.ws.repo().exists(), "check created the repository");
 
     let plan = r.as_backup(&["--json", "backup", "--dry-run"]);

@@ -189,3 +189,48 @@ fn short_flags_and_a_default_configuration_file() {
     res.assert_ok();
     assert!(res.stdout.contains("-h, --host"), "{}", res.stdout);
 }
+
+#[test]
+fn the_command_line_wins_and_sockets_never_do_tls() {
+    let ws = Workspace::new();
+    let db = cluster().create_database("cmdline");
+    load_rows(&db, "public.items", 20);
+    let c = cluster();
+    // A conninfo in the configuration names a socket directory that does
+    // not exist; -h on the command line wins over it.
+    let config = ws.file(
+        "pgward.toml",
+        &format!("[connection]\ndbname = \"host=/nonexistent-socket-dir dbname={db}\"\n"),
+    );
+    let res = run(pgward(&ws.repo())
+        .arg("--config")
+        .arg(&config)
+        .args(["--json", "backup", "-h"])
+        .arg(&c.socket_dir));
+    res.assert_ok();
+    // libpq never uses TLS over a Unix socket, whatever sslmode says.
+    let res = run(pgward(&ws.repo())
+        .env("PGSSLMODE", "require")
+        .args(["--json", "backup", "--dbname", &db]));
+    res.assert_ok();
+    // Settings that cannot be read never mean "no database named": latest
+    // is refused rather than taken from another database.
+    let other = cluster().create_database("cmdline_other");
+    load_rows(&other, "public.items", 10);
+    let only_other = Workspace::new();
+    backup(&only_other.repo(), &other, &[]).assert_ok();
+    let broken = ws.file(
+        "broken.toml",
+        &format!("[connection]\ndbname = \"{db}\"\nsslmode = \"verify-full\"\nsslrootcert = \"/nonexistent/root.crt\"\n"),
+    );
+    let res = run(pgward(&only_other.repo())
+        .arg("--config")
+        .arg(&broken)
+        .args(["--json", "verify", "latest"]));
+    res.assert_exit(2);
+    assert!(
+        res.stderr.contains("cannot tell which database"),
+        "{}",
+        res.stderr
+    );
+}

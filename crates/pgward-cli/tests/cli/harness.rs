@@ -680,3 +680,99 @@ pub fn make_tls_files(dir: &Path) -> TlsFiles {
         client_key: dir.join("client.key"),
     }
 }
+
+/// One request an [`HttpListener`] received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    /// Path and query, as sent.
+    pub target: String,
+    pub body: String,
+    /// What the listener's probe saw when the request arrived.
+    pub seen: String,
+}
+
+/// How an [`HttpListener`] answers.
+#[derive(Debug, Clone, Copy)]
+pub enum Answer {
+    Ok,
+    Status(u16),
+    /// Read the request, then say nothing for this long.
+    Hang(Duration),
+}
+
+/// A real HTTP listener on 127.0.0.1 that records every request (and,
+/// through `probe`, what the world looked like when it arrived).
+pub struct HttpListener {
+    pub port: u16,
+    received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+}
+
+impl HttpListener {
+    pub fn start(
+        answer: Answer,
+        probe: impl Fn() -> String + Send + Sync + 'static,
+    ) -> HttpListener {
+        use std::io::{BufRead, BufReader, Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = received.clone();
+        let probe = std::sync::Arc::new(probe);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let record = record.clone();
+                let probe = probe.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut parts = line.split_whitespace();
+                    let method = parts.next().unwrap_or_default().to_string();
+                    let target = parts.next().unwrap_or_default().to_string();
+                    let mut length = 0usize;
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+                            break;
+                        }
+                        if let Some((name, value)) = header.split_once(':')
+                            && name.eq_ignore_ascii_case("content-length")
+                        {
+                            length = value.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0u8; length];
+                    let _ = reader.read_exact(&mut body);
+                    record.lock().unwrap().push(Received {
+                        method,
+                        target,
+                        body: String::from_utf8_lossy(&body).into_owned(),
+                        seen: probe(),
+                    });
+                    let mut stream = stream;
+                    let status = match answer {
+                        Answer::Ok => 200,
+                        Answer::Status(code) => code,
+                        Answer::Hang(d) => {
+                            std::thread::sleep(d);
+                            return;
+                        }
+                    };
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                    );
+                });
+            }
+        });
+        HttpListener { port, received }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}

@@ -12,5 +12,6 @@ mod harness;
 mod hostile;
 mod signing;
 mod tls;
+mod unattended;
 mod verdicts;
 mod verify;

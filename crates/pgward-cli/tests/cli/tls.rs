@@ -412,3 +412,63 @@ fn libpq_default_files_and_several_hosts_work_as_for_psql() {
         res.stderr
     );
 }
+
+#[test]
+fn restore_and_admin_sessions_are_verified_at_least_as_the_backups() {
+    let ws = Workspace::new();
+    let db = tls_database("tls_inherit");
+    let ca = files().ca.display().to_string();
+    backup_over(
+        &ws,
+        &conninfo(
+            "localhost",
+            &db,
+            &format!("sslmode=verify-full sslrootcert={ca}"),
+        ),
+    )
+    .assert_ok();
+    // [connection] verifies against the wrong CA; [restore-connection]
+    // says nothing about TLS: it inherits verify-full and that CA, and
+    // refuses the server, where `prefer` would have gone ahead.
+    let restore_section = format!(
+        "[restore-connection]\nhost = \"localhost\"\nport = {}\nuser = \"{TLS_PASSWORD_ROLE}\"\ndbname = \"postgres\"\n",
+        tls_cluster().port
+    );
+    let config = |name: &str, root: &str, restore_extra: &str| {
+        ws.file(
+            name,
+            &format!(
+                "[connection]\ndbname = \"{}\"\nsslmode = \"verify-full\"\nsslrootcert = \"{root}\"\n\n{restore_section}{restore_extra}",
+                conninfo("localhost", &db, "")
+            ),
+        )
+    };
+    let wrong = config("wrong.toml", &files().other_ca.display().to_string(), "");
+    let target = format!("{db}_inherit");
+    let res = run(tls_pgward(&ws)
+        .arg("--config")
+        .arg(&wrong)
+        .args(["--json", "restore", "latest", "--to", &target]));
+    res.assert_exit(1);
+    assert!(
+        res.stderr.contains("not signed by a CA in sslrootcert"),
+        "{}",
+        res.stderr
+    );
+    // Its own sslrootcert wins over the inherited one.
+    let own = config(
+        "own.toml",
+        &files().other_ca.display().to_string(),
+        &format!("sslrootcert = \"{ca}\"\n"),
+    );
+    let res = run(tls_pgward(&ws).arg("--config").arg(&own).args([
+        "--json",
+        "restore",
+        "latest",
+        "--to",
+        &target,
+        "--database",
+        &db,
+    ]));
+    res.assert_ok();
+}

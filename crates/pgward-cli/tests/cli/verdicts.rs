@@ -98,16 +98,23 @@ fn backups_scoped_to_public_restore_and_drill() {
     let (db, _owner) = public_database("v_public");
     let source_public = public_schema_facts(&db);
     let source_rows = cluster().psql(&db, "SELECT count(*), sum(id) FROM public.t");
-    let scopes: [&[&str]; 3] = [
-        &["--schema", "public"],
-        &["--schema", "public", "--schema", "other"],
-        &["--table", "public.t"],
+    // Each scope also as [scope]: `latest` means the newest backup of the
+    // configured scope.
+    let scopes: [(&[&str], &str); 3] = [
+        (&["--schema", "public"], "schemas = [\"public\"]"),
+        (
+            &["--schema", "public", "--schema", "other"],
+            "schemas = [\"public\", \"other\"]",
+        ),
+        (&["--table", "public.t"], "tables = [\"public.t\"]"),
     ];
-    for scope in scopes {
+    for (scope, scope_toml) in scopes {
         let ws = Workspace::new();
         backup(&ws.repo(), &db, scope).assert_ok();
+        let config = ws.file("scope.toml", &format!("[scope]\n{scope_toml}\n"));
+        let config = Some(config.as_path());
 
-        let res = drill(&ws.repo(), None, &[]);
+        let res = drill(&ws.repo(), config, &[]);
         res.assert_ok();
         let record = &res.json()["record"];
         assert_eq!(record["verdict"], "pass", "{scope:?}: {record}");
@@ -122,12 +129,12 @@ fn backups_scoped_to_public_restore_and_drill() {
             "{record}"
         );
 
-        let streamed = drill(&ws.repo(), None, &["--jobs", "1"]);
+        let streamed = drill(&ws.repo(), config, &["--jobs", "1"]);
         streamed.assert_ok();
         assert_eq!(streamed.json()["record"]["verdict"], "pass");
 
         let to = unique("v_public_to");
-        let res = restore(&ws.repo(), None, &to, &[]);
+        let res = restore(&ws.repo(), config, &to, &[]);
         res.assert_ok();
         assert_eq!(res.json()["ok"], true, "{}", res.stdout);
         assert_eq!(
@@ -148,7 +155,7 @@ fn backups_scoped_to_public_restore_and_drill() {
         // A partial restore that leaves public out compares what it restored.
         if scope.contains(&"other") {
             let to = unique("v_public_other");
-            let res = restore(&ws.repo(), None, &to, &["--schema", "other"]);
+            let res = restore(&ws.repo(), config, &to, &["--schema", "other"]);
             res.assert_ok();
             assert_eq!(cluster().psql(&to, "SELECT count(*) FROM other.o"), "3");
         }
@@ -162,10 +169,20 @@ fn backups_scoped_to_public_restore_and_drill() {
     );
     let ws = Workspace::new();
     backup(&ws.repo(), &plain, &["--schema", "public"]).assert_ok();
+    // Not of the configured (whole-database) scope: `latest` refuses it
+    // and says what is there.
     let res = drill(&ws.repo(), None, &[]);
+    res.assert_exit(2);
+    assert!(
+        res.stderr.contains("backup(s) of other scopes"),
+        "{}",
+        res.stderr
+    );
+    let config = ws.file("scope.toml", "[scope]\nschemas = [\"public\"]\n");
+    let res = drill(&ws.repo(), Some(&config), &[]);
     res.assert_ok();
     let to = unique("v_public_plain_to");
-    restore(&ws.repo(), None, &to, &[]).assert_ok();
+    restore(&ws.repo(), Some(&config), &to, &[]).assert_ok();
     assert_eq!(public_schema_facts(&to), public_schema_facts(&plain));
 }
 

@@ -197,9 +197,23 @@ pub fn process_env(name: &str) -> Option<String> {
 
 impl ConnectionTarget {
     pub fn resolve(config: &ConnectionConfig, env: Env) -> Result<ConnectionTarget> {
+        Self::resolve_inheriting(config, None, env)
+    }
+
+    /// [`ConnectionTarget::resolve`] of a session of another role to the
+    /// server `base` reaches (admin, restore): the settings that say how
+    /// the server is verified come from `base` unless `config` sets them.
+    pub fn resolve_inheriting(
+        config: &ConnectionConfig,
+        base: Option<&ConnectionTarget>,
+        env: Env,
+    ) -> Result<ConnectionTarget> {
         let mut params: BTreeMap<String, String> = BTreeMap::new();
         if let Some(dbname) = &config.dbname {
             params = libpq::parse_dbname(dbname)?;
+        }
+        for (key, value) in &config.command_line {
+            params.insert(key.to_string(), value.clone());
         }
         let mut fill = |key: &str, value: Option<String>| {
             if let Some(value) = value {
@@ -211,6 +225,11 @@ impl ConnectionTarget {
         fill("user", config.user.clone());
         for (key, value) in config.libpq_parameters() {
             fill(key, Some(value));
+        }
+        if let Some(base) = base {
+            for key in crate::config::INHERITED_TLS_PARAMETERS {
+                fill(key, base.params.get(*key).cloned());
+            }
         }
         if let Some(service) = params.get("service").cloned().or_else(|| env("PGSERVICE")) {
             for (key, value) in libpq::read_service(&service, env)? {
@@ -393,10 +412,25 @@ impl ConnectionTarget {
         self.password.as_ref()
     }
 
+    /// Whether every host is a Unix socket directory: libpq never uses
+    /// TLS there (the socket's permissions protect it), whatever sslmode.
+    pub fn is_local_socket(&self) -> bool {
+        !self.params.contains_key("hostaddr")
+            && self
+                .host
+                .split(',')
+                .all(|h| h.starts_with('/') || h.starts_with('@'))
+    }
+
     /// Opens pgward's own session, with libpq's sslmode semantics.
     pub fn connect(&self) -> Result<postgres::Client> {
         use postgres::config::SslMode as Wire;
         let config = self.session_config()?;
+        if self.is_local_socket() {
+            return self
+                .attempt(&config, Wire::Disable)
+                .map_err(|failure| self.connect_error(failure));
+        }
         let result = match self.tls.mode {
             tls::SslMode::Disable => self.attempt(&config, Wire::Disable),
             tls::SslMode::Allow => self.attempt(&config, Wire::Disable).or_else(|plain| {
@@ -406,12 +440,15 @@ impl ConnectionTarget {
                     Err(plain)
                 }
             }),
+            // libpq 15 retries without TLS after any failure of the TLS
+            // attempt (a handshake, or a server that refuses TLS sessions
+            // for this role), unless the settings could not be used at all.
             tls::SslMode::Prefer => self.attempt(&config, Wire::Prefer).or_else(|over_tls| {
-                if over_tls.tls_failed() {
+                if matches!(over_tls, Attempt::Setup(_)) {
+                    Err(over_tls)
+                } else {
                     self.attempt(&config, Wire::Disable)
                         .map_err(|plain| over_tls.and_then(plain))
-                } else {
-                    Err(over_tls)
                 }
             }),
             _ => self.attempt(&config, Wire::Require),
@@ -624,13 +661,6 @@ enum Attempt {
 }
 
 impl Attempt {
-    /// The TLS part failed (handshake, certificate), not the server's
-    /// authentication: libpq's prefer then tries without TLS.
-    fn tls_failed(&self) -> bool {
-        matches!(self, Attempt::Failed { server: None, chain, .. }
-            if chain.contains("TLS") || chain.contains("tls") || chain.contains("certificate"))
-    }
-
     /// The server refused the session (pg_hba, authentication): libpq's
     /// allow then tries with TLS.
     fn server_refused(&self) -> bool {

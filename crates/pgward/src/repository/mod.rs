@@ -30,6 +30,7 @@
 pub mod inspect;
 pub mod lock;
 pub mod manifest;
+pub mod removal;
 pub mod select;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -61,7 +62,7 @@ const RESTORE_PREFIX: &str = "restore-";
 const STAGING_SUFFIX: &str = ".dump.zst.tmp";
 const LEGACY_STAGING_SUFFIX: &str = ".tar.zst.tmp";
 const PARTIAL_SUFFIX: &str = ".dump.zst.partial";
-const REASON_SUFFIX: &str = ".reason.json";
+pub(crate) const REASON_SUFFIX: &str = ".reason.json";
 const RESERVED_REASON_SUFFIX: &str = ".reason.json.reserved";
 /// A manifest written in `tmp/` before the commit renames it into place.
 const MANIFEST_STAGING_SUFFIX: &str = ".manifest.json.tmp";
@@ -292,6 +293,9 @@ impl Repository {
     pub fn lock(&self, database: &str) -> Result<RepoLock> {
         let key = database_key(database);
         let lock = RepoLock::acquire(&self.locks_dir().join(format!("{key}.lock")), database)?;
+        // A prune killed half way: its artifacts are finished off, never
+        // mistaken for leftovers to keep.
+        let _ = self.finish_interrupted_removals();
         self.remove_dead_staging_files();
         self.clear_leftovers(&key, database)?;
         let others: std::collections::BTreeSet<String> = self
@@ -661,8 +665,11 @@ impl Repository {
             .into_iter()
             .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .filter(|name| {
-                artifact_id(name)
-                    .is_some_and(|id| is_backup_id(id) && !manifests.iter().any(|m| m == id))
+                artifact_id(name).is_some_and(|id| {
+                    is_backup_id(id)
+                        && !manifests.iter().any(|m| m == id)
+                        && !self.is_being_removed(id)
+                })
             })
             .collect();
         names.sort();

@@ -22,6 +22,9 @@ pub struct Selector {
     pub backup: String,
     /// Only backups of this database.
     pub database: Option<String>,
+    /// Whether `database` was named on the command line (`--database`):
+    /// then an id of another database is refused too.
+    pub database_given: bool,
     /// Only backups of this scope (for `latest`).
     pub scope: Option<Scope>,
 }
@@ -32,25 +35,38 @@ impl Selector {
         Selector {
             backup: backup.to_string(),
             database: None,
+            database_given: false,
             scope: None,
         }
     }
 
     /// `backup` among the backups of `database` if given, else of the
     /// database the connection settings name (conninfo, config, service
-    /// file or PGDATABASE), and of the configured scope unless that is the
-    /// whole database.
-    pub fn configured(backup: &str, config: &Config, database: Option<&str>, env: Env) -> Selector {
-        let database = database.map(String::from).or_else(|| {
-            ConnectionTarget::resolve(&config.connection, env)
-                .ok()
-                .and_then(|target| target.named_database().map(String::from))
-        });
-        Selector {
+    /// file or PGDATABASE), and of the configured scope (the whole
+    /// database unless `[scope]` narrows it). Connection settings that
+    /// cannot be read are an error, never "no database named".
+    pub fn configured(
+        backup: &str,
+        config: &Config,
+        database: Option<&str>,
+        env: Env,
+    ) -> Result<Selector> {
+        let (database, database_given) = match database {
+            Some(database) => (Some(database.to_string()), true),
+            None => {
+                let target = ConnectionTarget::resolve(&config.connection, env).map_err(|e| {
+                    e.context("cannot tell which database's backups are meant")
+                        .with_hint("fix the connection settings, or pass --database NAME")
+                })?;
+                (target.named_database().map(String::from), false)
+            }
+        };
+        Ok(Selector {
             backup: backup.to_string(),
             database,
-            scope: (config.scope != Scope::default()).then(|| config.scope.clone()),
-        }
+            database_given,
+            scope: Some(config.scope.clone()),
+        })
     }
 
     fn admits(&self, manifest: &Manifest) -> bool {
@@ -61,11 +77,15 @@ impl Selector {
     }
 
     fn describe(&self) -> String {
-        match (&self.database, &self.scope) {
-            (Some(database), Some(_)) => format!("database {database} with the configured scope"),
-            (Some(database), None) => format!("database {database}"),
-            (None, Some(_)) => "the configured scope".to_string(),
-            (None, None) => "this repository".to_string(),
+        let scope = match &self.scope {
+            Some(scope) if *scope == Scope::default() => " (whole database)".to_string(),
+            Some(_) => " with the configured scope".to_string(),
+            None => String::new(),
+        };
+        match &self.database {
+            Some(database) => format!("database {database}{scope}"),
+            None if self.scope.is_some() => format!("the configured scope{scope}"),
+            None => "this repository".to_string(),
         }
     }
 }
@@ -96,11 +116,15 @@ impl Repository {
             let found = catalog.backups.into_iter().find(|m| m.id == wanted);
             return match found {
                 Some(manifest) => match &selector.database {
-                    Some(database) if &manifest.database != database => Err(Error::config(format!(
-                        "backup {wanted} is a backup of database {}, not of {database}",
-                        manifest.database
-                    ))
-                    .with_hint("name a backup of this database, or pass --database with the database it is of")),
+                    Some(database)
+                        if selector.database_given && &manifest.database != database =>
+                    {
+                        Err(Error::config(format!(
+                            "backup {wanted} is a backup of database {}, not of {database}",
+                            manifest.database
+                        ))
+                        .with_hint("name a backup of this database, or pass --database with the database it is of"))
+                    }
                     _ => Ok(manifest),
                 },
                 None => Err(Error::new(
@@ -141,20 +165,31 @@ impl Repository {
             ))
             .with_hint("use the pgward version that wrote it, or name a backup by its id"));
         }
-        catalog
+        if let Some(found) = catalog.backups.iter().find(|m| selector.admits(m)) {
+            return Ok(found.clone());
+        }
+        // Backups of the database with another scope (a one-off `backup
+        // --table x`, say) are never `latest` of the configured scope.
+        let other_scopes = catalog
             .backups
-            .into_iter()
-            .find(|m| selector.admits(m))
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::NotFound,
-                    format!(
-                        "no backup of {} in {}",
-                        selector.describe(),
-                        self.root().display()
-                    ),
-                )
-                .with_hint("run `pgward list` to see the backups in this repository")
-            })
+            .iter()
+            .filter(|m| selector.database.as_deref().is_none_or(|d| m.database == d))
+            .count();
+        let hint = if other_scopes > 0 {
+            format!(
+                "{other_scopes} backup(s) of other scopes are here: name one by its id (`pgward list`), or set [scope] to theirs"
+            )
+        } else {
+            "run `pgward list` to see the backups in this repository".to_string()
+        };
+        Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "no backup of {} in {}",
+                selector.describe(),
+                self.root().display()
+            ),
+        )
+        .with_hint(hint))
     }
 }

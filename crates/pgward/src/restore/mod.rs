@@ -121,6 +121,8 @@ pub fn run(
 ) -> Result<RestoreReport> {
     let repo = Repository::open_configured(config)?;
     let manifest = repo.find(selector)?;
+    // Held against a prune until this command is done with it.
+    let _held = repo.hold(&manifest)?;
     // The artifact is checked (size, sha256, a key that is one of its
     // recipients) before anything on the server changes.
     let source = open_source(&repo, &manifest, decryptor)?;

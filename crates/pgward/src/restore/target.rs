@@ -37,7 +37,14 @@ impl RestoreServer {
             .as_ref()
             .or(config.admin_connection.as_ref())
             .unwrap_or(&config.connection);
-        let target = ConnectionTarget::resolve(settings, env)?;
+        // Another role's session to the backed-up server (or a spare one)
+        // is verified at least as the backup's is.
+        let base = if std::ptr::eq(settings, &config.connection) {
+            None
+        } else {
+            ConnectionTarget::resolve(&config.connection, env).ok()
+        };
+        let target = ConnectionTarget::resolve_inheriting(settings, base.as_ref(), env)?;
         let mut client = target.connect()?;
         let system_identifier = client
             .query_one(

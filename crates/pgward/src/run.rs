@@ -1,0 +1,296 @@
+//! `pgward run`: the configured policy as one command, for cron or a
+//! systemd timer: backup, verify of what was just written, a drill when
+//! one is due, prune. Each step's outcome is reported; a failed backup
+//! skips everything after it; the run's exit code is its worst step's.
+//! Notifying is the caller's last step (it needs the run's document).
+
+use crate::backup::{self, BackupOptions};
+use crate::clock;
+use crate::config::{Config, parse_duration};
+use crate::connection::Env;
+use crate::drill::{self, DrillOptions};
+use crate::encryption::secret::Decryptor;
+use crate::error::{Error, ErrorKind, Result};
+use crate::prune::{self, PruneOptions, PruneReport};
+use crate::repository::Repository;
+use crate::repository::manifest::Manifest;
+use crate::repository::select::Selector;
+use crate::verify;
+use serde::Serialize;
+use std::time::Instant;
+
+/// One step of a run and how it went.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Step {
+    /// `backup`, `verify`, `drill`, `prune`.
+    pub name: &'static str,
+    /// `ok`, `failed` or `skipped`.
+    pub status: &'static str,
+    /// What it did, why it failed (one line), or why it was skipped.
+    pub detail: String,
+    pub duration_ms: u64,
+    /// The step's own exit code (0 unless failed).
+    pub exit_code: i32,
+    #[serde(skip)]
+    pub error: Option<Error>,
+}
+
+impl Step {
+    fn ok(name: &'static str, started: Instant, detail: String) -> Step {
+        Step {
+            name,
+            status: "ok",
+            detail,
+            duration_ms: started.elapsed().as_millis() as u64,
+            exit_code: 0,
+            error: None,
+        }
+    }
+
+    fn failed(name: &'static str, started: Instant, error: Error) -> Step {
+        Step {
+            name,
+            status: "failed",
+            detail: error.to_string(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            exit_code: error.kind().exit_code(),
+            error: Some(error),
+        }
+    }
+
+    fn skipped(name: &'static str, why: impl Into<String>) -> Step {
+        Step {
+            name,
+            status: "skipped",
+            detail: why.into(),
+            duration_ms: 0,
+            exit_code: 0,
+            error: None,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RunReport {
+    pub ok: bool,
+    /// The backup this run wrote, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<String>,
+    pub database: Option<String>,
+    pub steps: Vec<Step>,
+    pub duration_ms: u64,
+    /// The prune step's full report, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prune: Option<PruneReport>,
+    /// The backup's manifest, when one was written.
+    #[serde(skip)]
+    pub manifest: Option<Manifest>,
+}
+
+impl RunReport {
+    /// The worst step's exit code (0 when every step is ok or skipped).
+    pub fn exit_code(&self) -> i32 {
+        self.steps.iter().map(|s| s.exit_code).max().unwrap_or(0)
+    }
+
+    /// The run's failure, as the worst step's error; `None` when it
+    /// succeeded.
+    pub fn failure(&self) -> Option<&Error> {
+        self.steps
+            .iter()
+            .filter(|s| s.error.is_some())
+            .max_by_key(|s| s.exit_code)
+            .and_then(|s| s.error.as_ref())
+    }
+
+    /// One line: what the run did, or its first failure.
+    pub fn summary(&self) -> String {
+        match self.steps.iter().find(|s| s.status == "failed") {
+            Some(step) => format!("{} failed: {}", step.name, step.detail),
+            None => self
+                .steps
+                .iter()
+                .map(|s| format!("{} {}", s.name, s.status))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+}
+
+/// Whether a drill is due for the backups of `manifest`'s database and
+/// scope: `drill-every = "always"`, or its newest passed drill is older
+/// than the interval (or there is none). Unset: never.
+fn drill_due(repo: &Repository, config: &Config, manifest: &Manifest) -> Result<Option<String>> {
+    let Some(every) = config.policy.drill_every.as_deref() else {
+        return Ok(None);
+    };
+    if every == "always" {
+        return Ok(Some("drill-every = \"always\"".to_string()));
+    }
+    let interval =
+        parse_duration(every).map_err(|e| Error::config(format!("policy.drill-every: {e}")))?;
+    let now = clock::now();
+    let newest_pass = repo
+        .backups()?
+        .iter()
+        .filter(|m| m.database == manifest.database && m.scope == manifest.scope)
+        .filter_map(|m| repo.drill_record(&m.id).ok().flatten())
+        .filter(|r| r.verdict == "pass")
+        .filter_map(|r| r.finished_at.parse::<jiff::Timestamp>().ok())
+        .max();
+    Ok(match newest_pass {
+        None => Some("no passed drill of this database and scope yet".to_string()),
+        Some(at) if now.duration_since(at) >= interval => Some(format!(
+            "the newest passed drill is from {} (drill-every = {every:?})",
+            clock::rfc3339(at)
+        )),
+        Some(_) => None,
+    })
+}
+
+pub fn run(
+    config: &Config,
+    env: Env,
+    decryptor: &mut dyn FnMut() -> Result<Option<Decryptor>>,
+    drill_options: &DrillOptions,
+) -> Result<RunReport> {
+    let run_started = Instant::now();
+    let mut steps = Vec::new();
+    let mut report = RunReport {
+        ok: false,
+        backup_id: None,
+        database: None,
+        steps: Vec::new(),
+        duration_ms: 0,
+        prune: None,
+        manifest: None,
+    };
+
+    let started = Instant::now();
+    let outcome = backup::run(config, &BackupOptions::default(), env, &mut |_| {});
+    let manifest = match outcome {
+        Ok(outcome) => {
+            steps.push(Step::ok(
+                "backup",
+                started,
+                format!(
+                    "{} ({} tables, {} stored)",
+                    outcome.manifest.id,
+                    outcome.manifest.tables.len(),
+                    crate::config::format_size(outcome.manifest.artifact.bytes)
+                ),
+            ));
+            outcome.manifest
+        }
+        Err(error) => {
+            steps.push(Step::failed("backup", started, error));
+            for name in ["verify", "drill", "prune"] {
+                steps.push(Step::skipped(name, "the backup failed"));
+            }
+            report.steps = steps;
+            report.duration_ms = run_started.elapsed().as_millis() as u64;
+            return Ok(report);
+        }
+    };
+    report.backup_id = Some(manifest.id.clone());
+    report.database = Some(manifest.database.clone());
+    let repo = Repository::open_configured(config)?;
+
+    let started = Instant::now();
+    // An encrypted backup on a host without its key: the stored bytes are
+    // proved, and the step says the content was not.
+    let verified = verify::run(&repo, &Selector::any(&manifest.id), decryptor, &mut |_| {})
+        .and_then(verify::VerifyReport::into_result);
+    steps.push(match verified {
+        Ok(report) => Step::ok(
+            "verify",
+            started,
+            if report.content_checked {
+                format!("{}: intact ({} checks)", manifest.id, report.checks.len())
+            } else {
+                format!(
+                    "{}: stored bytes intact; content not checked (no decryption key here)",
+                    manifest.id
+                )
+            },
+        ),
+        Err(error) => Step::failed("verify", started, error),
+    });
+
+    let started = Instant::now();
+    match drill_due(&repo, config, &manifest) {
+        Err(error) => steps.push(Step::failed("drill", started, error)),
+        Ok(None) => steps.push(Step::skipped(
+            "drill",
+            match &config.policy.drill_every {
+                None => "policy.drill-every is not set".to_string(),
+                Some(every) => format!("not due (drill-every = {every:?})"),
+            },
+        )),
+        Ok(Some(why)) => {
+            let drilled = drill::run(
+                config,
+                env,
+                &Selector::any(&manifest.id),
+                drill_options,
+                decryptor,
+                &mut |_| {},
+            )
+            .and_then(drill::DrillReport::into_result);
+            steps.push(match drilled {
+                Ok(report) => Step::ok(
+                    "drill",
+                    started,
+                    format!("{}: PASS ({why})", report.record.backup_id),
+                ),
+                Err(error) => Step::failed("drill", started, error),
+            });
+        }
+    }
+
+    let started = Instant::now();
+    if crate::retention::RetentionPolicy::from_config(&config.policy)?.is_none() {
+        steps.push(Step::skipped("prune", "no retention policy in [policy]"));
+    } else {
+        let pruned = prune::run(
+            &repo,
+            config,
+            &PruneOptions {
+                dry_run: false,
+                database: Some(manifest.database.clone()),
+            },
+        );
+        match pruned {
+            Ok(pruned) => {
+                steps.push(Step::ok(
+                    "prune",
+                    started,
+                    format!(
+                        "{} kept, {} deleted, {} quarantined run(s) removed",
+                        pruned.kept,
+                        pruned.deleted,
+                        pruned.quarantine_removed.len()
+                    ),
+                ));
+                report.prune = Some(pruned);
+            }
+            Err(error) => steps.push(Step::failed("prune", started, error)),
+        }
+    }
+
+    report.ok = steps.iter().all(|s| s.status != "failed");
+    report.steps = steps;
+    report.manifest = Some(manifest);
+    report.duration_ms = run_started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// An error for a run that failed, for callers that need one.
+pub fn failure_error(report: &RunReport) -> Error {
+    report
+        .failure()
+        .map(|e| Error::new(e.kind(), format!("run failed: {}", report.summary())))
+        .unwrap_or_else(|| Error::new(ErrorKind::Validation, "run failed"))
+}
