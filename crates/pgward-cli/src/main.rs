@@ -567,11 +567,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let mut decryptor = configured_decryptor(&config);
             let mut progress = render::Progress::new(!cli.json && !cli.quiet);
             let started = Instant::now();
+            let selector = selector(&config, &args.backup, &args.of)?;
             notify_start(&config, NotifyEvent::Drill);
             let report = pgward::drill::run(
                 &config,
                 &pgward::process_env,
-                &selector(&config, &args.backup, &args.of)?,
+                &selector,
                 &options,
                 &mut decryptor,
                 &mut |n| progress.update(n),
@@ -604,7 +605,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Prune(args) => {
             let repo = pgward::Repository::open_configured(&config)?;
             let started = Instant::now();
-            notify_start(&config, NotifyEvent::Prune);
+            if !args.dry_run {
+                notify_start(&config, NotifyEvent::Prune);
+            }
             let options = pgward::prune::PruneOptions {
                 dry_run: args.dry_run,
                 database: args.database.clone(),
@@ -833,20 +836,38 @@ fn new_passphrase(file: Option<PathBuf>) -> Result<secret::Zeroizing<String>, Er
     Ok(first)
 }
 
-/// A run's notifications: one for the whole run to the targets that want
-/// `run` events (after every step), one per step that ran to those that
-/// only want the steps' events.
+/// A run's notifications: one per target, after every step, for the
+/// whole run (ok only when no step failed), to every target that wants
+/// `run` events or the events of any step that ran.
 fn notify_run(config: &Config, report: &pgward::run::RunReport, started: Instant) {
     if config.notify.is_empty() {
         return;
     }
     let document = render::run_document(report);
-    let (whole, per_step): (Vec<_>, Vec<_>) = config
+    let ran: Vec<NotifyEvent> = report
+        .steps
+        .iter()
+        .filter(|s| s.status != "skipped")
+        .filter_map(|s| match s.name {
+            "backup" | "verify" => Some(NotifyEvent::Backup),
+            "drill" => Some(NotifyEvent::Drill),
+            "prune" => Some(NotifyEvent::Prune),
+            _ => None,
+        })
+        .collect();
+    let targets: Vec<_> = config
         .notify
         .iter()
+        .filter(|t| {
+            t.events.contains(&NotifyEvent::Run) || ran.iter().any(|e| t.events.contains(e))
+        })
         .cloned()
-        .partition(|t| t.events.contains(&NotifyEvent::Run));
-    let env = &pgward::process_env;
+        .map(|mut t| {
+            // Matched here; the delivery filters on the outcome only.
+            t.events = vec![NotifyEvent::Run];
+            t
+        })
+        .collect();
     let outcome = pgward::notify::Outcome {
         event: NotifyEvent::Run,
         ok: report.ok,
@@ -854,24 +875,11 @@ fn notify_run(config: &Config, report: &pgward::run::RunReport, started: Instant
         duration: started.elapsed(),
         document: &document,
     };
-    let mut deliveries = pgward::notify::send(&whole, &outcome, env);
-    for step in report.steps.iter().filter(|s| s.status != "skipped") {
-        let event = match step.name {
-            "backup" => NotifyEvent::Backup,
-            "drill" => NotifyEvent::Drill,
-            "prune" => NotifyEvent::Prune,
-            _ => continue,
-        };
-        let outcome = pgward::notify::Outcome {
-            event,
-            ok: step.status == "ok",
-            summary: format!("{}: {}", step.name, step.detail),
-            duration: std::time::Duration::from_millis(step.duration_ms),
-            document: &document,
-        };
-        deliveries.extend(pgward::notify::send(&per_step, &outcome, env));
-    }
-    render::attach_notifications(deliveries);
+    render::attach_notifications(pgward::notify::send(
+        &targets,
+        &outcome,
+        &pgward::process_env,
+    ));
 }
 
 /// The backup a command names, among the backups of the database given

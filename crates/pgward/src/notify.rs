@@ -298,6 +298,9 @@ pub fn validate(target: &NotifyConfig) -> std::result::Result<(), String> {
     if target.events.is_empty() || target.on.is_empty() {
         return Err("its events or on list is empty: it would never be sent".to_string());
     }
+    if target.retries.is_some_and(|r| r > 10) {
+        return Err("retries above 10 would hold a run back for minutes".to_string());
+    }
     Ok(())
 }
 
@@ -342,10 +345,12 @@ fn origin(url: &str) -> String {
     format!("{scheme}://{host}")
 }
 
-/// A URL as it may be shown: its origin and path with the last segment
-/// (where push services put the token) and any query replaced by `****`.
+/// A URL as it may be shown: its origin and the leading path segments
+/// that are plain lowercase words (`/api/push/`); everything from the
+/// first other segment on (tokens, keys, UUIDs, and what follows them,
+/// such as a healthchecks slug after its ping key) and any query become
+/// `****`.
 pub fn mask(url: &str) -> String {
-    let origin = origin(url);
     let (_, rest) = url.split_once("://").unwrap_or(("", url));
     let path = rest
         .find('/')
@@ -354,22 +359,33 @@ pub fn mask(url: &str) -> String {
         .split(['?', '#'])
         .next()
         .unwrap_or("");
-    let path = path.trim_end_matches('/');
-    match path.rfind('/') {
-        Some(i) if i + 1 < path.len() => format!("{origin}{}/****", &path[..i]),
-        _ => format!("{origin}/****"),
+    let mut shown = origin(url);
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        let plain = segment.len() <= 16
+            && segment
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'-' || b == b'_');
+        if !plain {
+            break;
+        }
+        shown.push('/');
+        shown.push_str(segment);
     }
+    shown.push_str("/****");
+    shown
 }
 
-/// `text` with the URL, its token and its query taken out.
+/// `text` with the URL, and every part of it [`mask`] hides, taken out.
 fn redact(text: &str, url: &str) -> String {
-    let mut text = text.replace(url, &mask(url));
+    let masked = mask(url);
+    let mut text = text.replace(url, &masked);
     let base = url.split(['?', '#']).next().unwrap_or(url);
-    text = text.replace(base, &mask(url));
-    if let Some(token) = base.trim_end_matches('/').rsplit('/').next()
-        && token.len() >= 6
-    {
-        text = text.replace(token, "****");
+    text = text.replace(base, &masked);
+    let (_, rest) = base.split_once("://").unwrap_or(("", base));
+    for part in rest.split(['/', '?', '&', '=', '@', ':']) {
+        if part.len() >= 6 && !masked.contains(part) {
+            text = text.replace(part, "****");
+        }
     }
     text
 }
@@ -407,7 +423,16 @@ mod tests {
         );
         assert_eq!(
             mask("http://user:pw@host:8080/hook/"),
-            "http://host:8080/****"
+            "http://host:8080/hook/****"
+        );
+        // A healthchecks URL by ping key and slug: the key is the secret.
+        assert_eq!(
+            mask("https://hc-ping.com/PiNgKeY0secret123/nightly-backup"),
+            "https://hc-ping.com/****"
+        );
+        assert_eq!(
+            mask("https://hooks.slack.com/services/T0001/B0002/XXXXsecret"),
+            "https://hooks.slack.com/services/****"
         );
         assert_eq!(mask("https://host"), "https://host/****");
         let error = "connection to https://kuma.example/api/push/AbCdEf123 refused (AbCdEf123)";

@@ -78,7 +78,7 @@ pub fn run(repo: &Repository, config: &Config, options: &PruneOptions) -> Result
         .into_iter()
         .filter(|m| options.database.as_deref().is_none_or(|d| m.database == d))
         .collect();
-    let candidates: Vec<Candidate> = backups
+    let mut candidates: Vec<Candidate> = backups
         .iter()
         .map(|m| Candidate {
             id: m.id.clone(),
@@ -86,19 +86,35 @@ pub fn run(repo: &Repository, config: &Config, options: &PruneOptions) -> Result
             scope: m.scope.clone(),
             started_at: m.started_at.parse().unwrap_or(jiff::Timestamp::MIN),
             drill_passed: matches!(repo.drill_record(&m.id), Ok(Some(r)) if r.verdict == "pass" && r.backup_id == m.id),
-            in_use: repo.try_hold_for_removal(m).is_none(),
+            in_use: false,
         })
         .collect();
-    let decisions = plan(&candidates, &policy, now);
+    // Whether a backup is in use only matters for those the policy would
+    // delete: only they are probed, and the plan is made again with what
+    // the probe found (the removal below probes once more, holding it).
+    let mut decisions = plan(&candidates, &policy);
+    let index_of: std::collections::HashMap<String, usize> = candidates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.id.clone(), i))
+        .collect();
+    let mut found_in_use = false;
+    for decision in decisions.iter().filter(|d| !d.keep) {
+        let index = index_of[&decision.id];
+        if repo.try_hold_for_removal(&backups[index]).is_none() {
+            candidates[index].in_use = true;
+            found_in_use = true;
+        }
+    }
+    if found_in_use {
+        decisions = plan(&candidates, &policy);
+    }
 
     let mut skipped_in_use = Vec::new();
     let mut deleted = 0;
     if !options.dry_run {
         for decision in decisions.iter().filter(|d| !d.keep) {
-            let manifest = backups
-                .iter()
-                .find(|m| m.id == decision.id)
-                .expect("planned from these backups");
+            let manifest = &backups[index_of[&decision.id]];
             // Held now, or a restore or drill started since the plan.
             match repo.try_hold_for_removal(manifest) {
                 Some(held) => {
@@ -136,10 +152,9 @@ pub fn run(repo: &Repository, config: &Config, options: &PruneOptions) -> Result
     }
 
     let started = |id: &str| {
-        backups
-            .iter()
-            .find(|m| m.id == id)
-            .map(|m| m.started_at.clone())
+        index_of
+            .get(id)
+            .map(|i| backups[*i].started_at.clone())
             .unwrap_or_default()
     };
     let rows: Vec<PrunedBackup> = decisions

@@ -1,4 +1,4 @@
-//! Which backups `prune` keeps: a pure function of (backups, policy, now),
+//! Which backups `prune` keeps: a pure function of (backups, policy),
 //! so that `prune --dry-run` and the real prune decide the same, and the
 //! rules can be tested on calendars without a repository.
 //!
@@ -6,12 +6,13 @@
 //! scope, `keep-last N` keeps the N newest; `keep-daily N` keeps the
 //! newest backup of each of the N most recent days that have one (hourly,
 //! weekly (ISO weeks), monthly and yearly alike, in the configured time
-//! zone); `keep-within D` keeps everything younger than D; a backup can
-//! satisfy several rules and is kept if any keeps it. On top of the
-//! policy, and whatever it says, pgward never deletes: the newest backup,
-//! the newest backup whose last drill passed, a backup in use (being
-//! restored or drilled), nor anything of a group that has no more than
-//! `keep-last` backups.
+//! zone); `keep-within D` keeps every backup made within D of the group's
+//! newest one (restic's rule: when backups stop, the last ones do not age
+//! away); a backup can satisfy several rules and is kept if any keeps it.
+//! On top of the policy, and whatever it says, pgward never deletes: the
+//! newest backup, the newest backup whose last drill passed, nor a backup
+//! in use (being restored or drilled). A group of no more than `keep-last`
+//! backups is kept whole by keep-last itself.
 
 use crate::config::{PolicyConfig, parse_duration};
 use crate::error::{Error, Result};
@@ -103,8 +104,6 @@ pub enum Reason {
     NewestDrilled,
     /// Being restored or drilled.
     InUse,
-    /// Its group has no more than keep-last backups.
-    TooFew,
     Last,
     Hourly,
     Daily,
@@ -120,7 +119,6 @@ impl Reason {
             Reason::Newest => "newest backup",
             Reason::NewestDrilled => "newest backup whose last drill passed",
             Reason::InUse => "being restored or drilled",
-            Reason::TooFew => "no more than keep-last backups",
             Reason::Last => "keep-last",
             Reason::Hourly => "keep-hourly",
             Reason::Daily => "keep-daily",
@@ -144,7 +142,7 @@ pub struct Decision {
 }
 
 /// Decides every backup, newest first within each database and scope.
-pub fn plan(backups: &[Candidate], policy: &RetentionPolicy, now: Timestamp) -> Vec<Decision> {
+pub fn plan(backups: &[Candidate], policy: &RetentionPolicy) -> Vec<Decision> {
     let mut groups: BTreeMap<(String, String), Vec<&Candidate>> = BTreeMap::new();
     for backup in backups {
         let scope = serde_json::to_string(&backup.scope).unwrap_or_default();
@@ -163,20 +161,16 @@ pub fn plan(backups: &[Candidate], policy: &RetentionPolicy, now: Timestamp) -> 
         if let Some(i) = group.iter().position(|b| b.drill_passed) {
             reasons[i].insert(Reason::NewestDrilled);
         }
-        let too_few = policy.keep_last.is_some_and(|n| group.len() <= n as usize);
+        let newest = group.first().map(|b| b.started_at);
         for (i, backup) in group.iter().enumerate() {
             if backup.in_use {
                 reasons[i].insert(Reason::InUse);
             }
-            if too_few {
-                reasons[i].insert(Reason::TooFew);
-            }
             if policy.keep_last.is_some_and(|n| i < n as usize) {
                 reasons[i].insert(Reason::Last);
             }
-            if policy
-                .keep_within
-                .is_some_and(|d| now.duration_since(backup.started_at) < d)
+            if let (Some(within), Some(newest)) = (policy.keep_within, newest)
+                && newest.duration_since(backup.started_at) < within
             {
                 reasons[i].insert(Reason::Within);
             }
@@ -301,7 +295,7 @@ mod tests {
             p.keep_monthly = Some(12);
             p.keep_yearly = Some(3);
         });
-        let decisions = plan(&backups, &p, now);
+        let decisions = plan(&backups, &p);
         assert_eq!(decisions.len(), 400);
         let kept = kept(&decisions);
         let by_id = |id: &str| decisions.iter().find(|d| d.id == id).unwrap();
@@ -338,40 +332,28 @@ mod tests {
 
     #[test]
     fn daily_buckets_follow_local_days_across_dst() {
-        // Europe/Berlin leaves summer time on 2026-10-25 at 03:00 CEST.
-        // Backups at 00:30 local time: before the change that is 22:30
-        // UTC the day before, after it 23:30 UTC.
-        let local = |date: &str| {
-            format!("{date}T00:30:00[Europe/Berlin]")
-                .parse::<Zoned>()
-                .unwrap()
-                .timestamp()
-        };
-        let days = [
-            "2026-10-23",
-            "2026-10-24",
-            "2026-10-25",
-            "2026-10-26",
-            "2026-10-27",
+        // Europe/Berlin leaves summer time on 2026-10-25 at 03:00 CEST: that
+        // local day has 25 hours. Its 00:30 (22:30 UTC the day before) and
+        // 23:30 (22:30 UTC that day) are one local day, two UTC days.
+        let backups = vec![
+            backup(0, at("2026-10-26T11:00:00Z")), // Oct 26, 12:00 CET
+            backup(1, at("2026-10-25T22:30:00Z")), // Oct 25, 23:30 CET
+            backup(2, at("2026-10-24T22:30:00Z")), // Oct 25, 00:30 CEST
         ];
-        let backups: Vec<Candidate> = days
-            .iter()
-            .rev()
-            .enumerate()
-            .map(|(i, d)| backup(i, local(d)))
-            .collect();
-        let p = policy(|p| p.keep_daily = Some(5));
-        let decisions = plan(&backups, &p, local("2026-10-28"));
-        assert_eq!(kept(&decisions).len(), 5, "one per local day, none merged");
-        // Counted in UTC instead, the 00:30 backups are on the previous
-        // UTC day: still five days, but the policy's zone is what decides.
+        let p = policy(|p| p.keep_daily = Some(3));
+        assert_eq!(
+            kept(&plan(&backups, &p)),
+            vec!["b0000", "b0001"],
+            "one per local day: b0002 is Oct 25's older backup"
+        );
         let p_utc = policy(|p| {
-            p.keep_daily = Some(4);
+            p.keep_daily = Some(3);
             p.time_zone = TimeZone::UTC;
         });
         assert_eq!(
-            kept(&plan(&backups, &p_utc, local("2026-10-28"))),
-            vec!["b0000", "b0001", "b0002", "b0003"]
+            kept(&plan(&backups, &p_utc)),
+            vec!["b0000", "b0001", "b0002"],
+            "three UTC days"
         );
         // Two backups in the repeated hour 02:00-03:00 of the change night
         // are one hourly bucket.
@@ -379,8 +361,11 @@ mod tests {
         let second = at("2026-10-25T01:10:00Z"); // 02:10 CET
         let backups = vec![backup(0, second), backup(1, first)];
         let p = policy(|p| p.keep_hourly = Some(2));
-        let decisions = plan(&backups, &p, at("2026-10-25T02:00:00Z"));
-        assert_eq!(kept(&decisions), vec!["b0000"], "same local clock hour");
+        assert_eq!(
+            kept(&plan(&backups, &p)),
+            vec!["b0000"],
+            "same local clock hour"
+        );
     }
 
     #[test]
@@ -393,12 +378,12 @@ mod tests {
             backup(4, at("2028-01-31T22:30:00Z")), // 2028-01-31 23:30 in Berlin
         ];
         let p = policy(|p| p.keep_monthly = Some(3));
-        let decisions = plan(&backups, &p, at("2028-03-02T00:00:00Z"));
+        let decisions = plan(&backups, &p);
         // March (b0000), February's newest in Berlin time (b0002, since
         // b0001 is already March there), January (b0004).
         assert_eq!(kept(&decisions), vec!["b0000", "b0002", "b0004"]);
         let p = policy(|p| p.keep_daily = Some(3));
-        let decisions = plan(&backups, &p, at("2028-03-02T00:00:00Z"));
+        let decisions = plan(&backups, &p);
         // Mar 1 (b0000, b0001 same local day), Feb 29 (b0002), Feb 28.
         assert_eq!(kept(&decisions), vec!["b0000", "b0002", "b0003"]);
     }
@@ -411,7 +396,7 @@ mod tests {
         backups[8].drill_passed = true;
         backups[9].in_use = true;
         let p = policy(|p| p.keep_within = Some(SignedDuration::from_hours(36)));
-        let decisions = plan(&backups, &p, now);
+        let decisions = plan(&backups, &p);
         let by_id = |id: &str| decisions.iter().find(|d| d.id == id).unwrap().clone();
         assert_eq!(by_id("b0000").reasons, vec![Reason::Newest, Reason::Within]);
         assert_eq!(by_id("b0001").reasons, vec![Reason::Within]);
@@ -422,12 +407,21 @@ mod tests {
         );
         assert_eq!(by_id("b0009").reasons, vec![Reason::InUse]);
         assert_eq!(kept(&decisions), vec!["b0000", "b0001", "b0006", "b0009"]);
+        // keep-within counts from the group's newest backup, not from now:
+        // backups that stopped a month ago are not aged away.
+        let stale = series(
+            now - SignedDuration::from_hours(24 * 30),
+            SignedDuration::from_hours(24),
+            5,
+        );
+        let p = policy(|p| p.keep_within = Some(SignedDuration::from_hours(24 * 3)));
+        assert_eq!(kept(&plan(&stale, &p)), vec!["b0000", "b0001", "b0002"]);
         // A group with no more than keep-last backups keeps them all.
         let p = policy(|p| {
             p.keep_last = Some(10);
             p.keep_daily = Some(1);
         });
-        assert_eq!(kept(&plan(&backups, &p, now)).len(), 10);
+        assert_eq!(kept(&plan(&backups, &p)).len(), 10);
     }
 
     #[test]
@@ -446,7 +440,7 @@ mod tests {
         let p = policy(|p| p.keep_last = Some(1));
         // Each of app/whole (b0000), other (b0001, b0003: newest b0001),
         // app/public (b0002) keeps its own newest.
-        let decisions = plan(&backups, &p, now);
+        let decisions = plan(&backups, &p);
         let mut kept = kept(&decisions);
         kept.sort();
         assert_eq!(kept, vec!["b0000", "b0001", "b0002"]);
@@ -483,7 +477,7 @@ mod tests {
             p.keep_weekly = Some(12);
             p.keep_monthly = Some(24);
         });
-        let decisions = plan(&backups, &p, now);
+        let decisions = plan(&backups, &p);
         assert_eq!(decisions.len(), 10_000);
         assert!(kept(&decisions).len() < 150);
     }

@@ -220,7 +220,13 @@ pub fn run(
     });
 
     let started = Instant::now();
+    let verify_interrupted = steps.iter().any(|s| {
+        s.error
+            .as_ref()
+            .is_some_and(|e| matches!(e.kind(), ErrorKind::Interrupted { .. }))
+    });
     match drill_due(&repo, config, &manifest) {
+        _ if verify_interrupted => steps.push(Step::skipped("drill", "the run was interrupted")),
         Err(error) => steps.push(Step::failed("drill", started, error)),
         Ok(None) => steps.push(Step::skipped(
             "drill",
@@ -251,7 +257,22 @@ pub fn run(
     }
 
     let started = Instant::now();
-    if crate::retention::RetentionPolicy::from_config(&config.policy)?.is_none() {
+    // Nothing is pruned on the strength of a backup that did not prove
+    // itself tonight: the older ones may be all that is good.
+    let unproven = steps.iter().find(|s| s.status == "failed").map(|s| s.name);
+    let interrupted = steps.iter().any(|s| {
+        s.error
+            .as_ref()
+            .is_some_and(|e| matches!(e.kind(), ErrorKind::Interrupted { .. }))
+    });
+    if interrupted {
+        steps.push(Step::skipped("prune", "the run was interrupted"));
+    } else if let Some(step) = unproven {
+        steps.push(Step::skipped(
+            "prune",
+            format!("the {step} of tonight's backup failed: nothing is pruned until a backup proves itself"),
+        ));
+    } else if crate::retention::RetentionPolicy::from_config(&config.policy)?.is_none() {
         steps.push(Step::skipped("prune", "no retention policy in [policy]"));
     } else {
         let pruned = prune::run(

@@ -40,7 +40,8 @@ fn job(hint: &str, listener_port: u16, kind: &str, extra: &str) -> Job {
         "uptime-kuma" => {
             format!("http://127.0.0.1:{listener_port}/api/push/{TOKEN}?status=up&msg=OK&ping=")
         }
-        _ => format!("http://127.0.0.1:{listener_port}/ping/{TOKEN}"),
+        // healthchecks' ping-key form: the key, then the check's slug.
+        _ => format!("http://127.0.0.1:{listener_port}/ping/{TOKEN}/nightly-backup"),
     };
     let url_file = ws.file("push-url", &format!("{url}\n"));
     let config = ws.file(
@@ -232,6 +233,10 @@ fn healthchecks_get_start_and_the_summary_and_webhooks_the_document() {
     let hc_job = job("run_hc", listener.port, "healthchecks", "");
     let res = hc_job.pgward(&["--json", "backup"]);
     res.assert_ok();
+    assert_no_token(&res);
+    assert!(res.stdout.contains("127.0.0.1:"), "{}", res.stdout);
+    let checked = hc_job.pgward(&["check"]);
+    assert_no_token(&checked);
     let received = listener.received();
     let targets: Vec<(&str, &str)> = received
         .iter()
@@ -240,8 +245,13 @@ fn healthchecks_get_start_and_the_summary_and_webhooks_the_document() {
     assert_eq!(
         targets,
         vec![
-            ("POST", format!("/ping/{TOKEN}/start").as_str()),
-            ("POST", format!("/ping/{TOKEN}").as_str())
+            (
+                "POST",
+                format!("/ping/{TOKEN}/nightly-backup/start").as_str()
+            ),
+            ("POST", format!("/ping/{TOKEN}/nightly-backup").as_str()),
+            ("HEAD", "/"),
+            ("POST", format!("/ping/{TOKEN}/nightly-backup").as_str()),
         ]
     );
     assert!(
@@ -506,4 +516,113 @@ fn completions_and_the_manual_come_from_the_command_line_definition() {
         "{}",
         &man.stdout[..200.min(man.stdout.len())]
     );
+}
+
+#[test]
+fn a_failed_drill_in_a_run_prunes_nothing_and_every_target_hears_down_once() {
+    let listener = HttpListener::start(Answer::Ok, String::new);
+    // A target for some steps only, and a drill that cannot restore: the
+    // restore server does not exist.
+    let job = job(
+        "run_drillfail",
+        listener.port,
+        "uptime-kuma",
+        "[policy]\nkeep-last = 1\ndrill-every = \"always\"\n[restore-connection]\nhost = \"/nonexistent-socket-dir\"",
+    );
+    let config = std::fs::read_to_string(&job.config).unwrap().replace(
+        "timeout = \"2s\"",
+        "timeout = \"2s\"\nevents = [\"backup\", \"prune\"]",
+    );
+    std::fs::write(&job.config, config).unwrap();
+    let first = job.pgward(&["--json", "run"]);
+    first.assert_exit(1);
+    let second = job.pgward(&["--json", "run"]);
+    second.assert_exit(1);
+    let report = second.json();
+    assert_eq!(report["steps"][2]["status"], "failed", "{report}");
+    assert_eq!(report["steps"][3]["status"], "skipped");
+    assert!(
+        report["steps"][3]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("nothing is pruned")
+    );
+    // keep-last 1 would have removed the first backup: both are there.
+    let list = job.pgward(&["--json", "list"]);
+    assert_eq!(list.json()["backups"].as_array().unwrap().len(), 2);
+    // One notification per run, and it is "down".
+    let received = listener.received();
+    assert_eq!(received.len(), 2, "{received:?}");
+    assert!(
+        received
+            .iter()
+            .all(|r| query(&r.target, "status").as_deref() == Some("down"))
+    );
+}
+
+#[test]
+fn prune_leaves_a_held_backup_and_removes_old_quarantine() {
+    let ws = Workspace::new();
+    let db = cluster().create_database("prune_held");
+    load_rows(&db, "public.items", 50);
+    let old = backup_id(&ws, &db);
+    let _new = backup_id(&ws, &db);
+    let broken = ws.script(
+        "pg_dump",
+        "if [ \"$1\" = --version ]; then exec pg_dump --version; fi\nexit 3",
+    );
+    backup(&ws.repo(), &db, &["--pg-dump", broken.to_str().unwrap()]).assert_exit(1);
+    let config = ws.file(
+        "pgward.toml",
+        "[policy]\nkeep-last = 1\nquarantine-keep = \"0s\"\n",
+    );
+    // A restore or drill holds the old backup's manifest (shared flock).
+    let manifest = ws
+        .repo()
+        .join("backups")
+        .join(format!("{old}.manifest.json"));
+    // --no-fork: the process holding the lock is the one killed below.
+    let mut holder = std::process::Command::new("flock")
+        .args(["--no-fork", "-s"])
+        .arg(&manifest)
+        .args(["sleep", "30"])
+        .spawn()
+        .expect("flock (util-linux)");
+    std::thread::sleep(Duration::from_millis(300));
+    let res = run(pgward(&ws.repo())
+        .arg("--config")
+        .arg(&config)
+        .args(["--json", "prune"]));
+    let _ = holder.kill();
+    let _ = holder.wait();
+    res.assert_ok();
+    let report = res.json();
+    let old_row = report["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == old.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(old_row["action"], "keep", "{old_row}");
+    assert!(
+        old_row["reasons"]
+            .to_string()
+            .contains("being restored or drilled")
+    );
+    assert!(manifest.exists());
+    // The quarantined run was older than quarantine-keep: gone, files too.
+    assert_eq!(report["quarantine-removed"].as_array().unwrap().len(), 1);
+    assert!(
+        names_in(&ws.repo().join("quarantine")).is_empty(),
+        "{:?}",
+        names_in(&ws.repo().join("quarantine"))
+    );
+    // Released, the next prune removes it.
+    run(pgward(&ws.repo())
+        .arg("--config")
+        .arg(&config)
+        .args(["prune"]))
+    .assert_ok();
+    assert!(!manifest.exists());
 }
