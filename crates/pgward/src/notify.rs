@@ -178,21 +178,8 @@ enum Request {
 /// Sends `request` with the target's timeout, retrying transport errors
 /// and 5xx answers with backoff; a 4xx answer (a wrong token) is final.
 fn attempt_all(target: &NotifyConfig, url: &str, signal: &str, request: Request) -> Delivery {
-    let timeout = target
-        .timeout
-        .as_deref()
-        .and_then(|t| parse_duration(t).ok())
-        .and_then(|d| d.try_into().ok())
-        .unwrap_or(DEFAULT_TIMEOUT);
     let retries = target.retries.unwrap_or(DEFAULT_RETRIES);
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .timeout_connect(Some(timeout))
-        .http_status_as_error(false)
-        .max_redirects(3)
-        .user_agent(concat!("pgward/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into();
+    let agent = agent(target, 3);
     let mut delivery = Delivery {
         target: mask(url),
         kind: target.kind,
@@ -239,6 +226,25 @@ fn attempt_all(target: &NotifyConfig, url: &str, signal: &str, request: Request)
         }
     }
     delivery
+}
+
+/// An HTTP client with the target's timeout for connecting and for the
+/// whole exchange, answers of any status returned as answers.
+fn agent(target: &NotifyConfig, redirects: u32) -> ureq::Agent {
+    let timeout = target
+        .timeout
+        .as_deref()
+        .and_then(|t| parse_duration(t).ok())
+        .and_then(|d| d.try_into().ok())
+        .unwrap_or(DEFAULT_TIMEOUT);
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .timeout_connect(Some(timeout))
+        .http_status_as_error(false)
+        .max_redirects(redirects)
+        .user_agent(concat!("pgward/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into()
 }
 
 fn failed(target: &NotifyConfig, signal: &str, url: &str, error: String) -> Delivery {
@@ -310,19 +316,7 @@ pub fn validate(target: &NotifyConfig) -> std::result::Result<(), String> {
 pub fn probe(target: &NotifyConfig, env: Env) -> std::result::Result<String, String> {
     let url = resolve_url(target, env)?;
     let origin = origin(&url);
-    let timeout = target
-        .timeout
-        .as_deref()
-        .and_then(|t| parse_duration(t).ok())
-        .and_then(|d| d.try_into().ok())
-        .unwrap_or(DEFAULT_TIMEOUT);
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .timeout_connect(Some(timeout))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .build()
-        .into();
+    let agent = agent(target, 0);
     let started = Instant::now();
     match agent.head(&format!("{origin}/")).call() {
         Ok(response) => Ok(format!(
