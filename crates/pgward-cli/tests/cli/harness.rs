@@ -776,3 +776,28 @@ impl HttpListener {
         self.received.lock().unwrap().clone()
     }
 }
+
+/// The ids of the backups a `list --json` document lists, newest first.
+pub fn listed_backup_ids(list: &serde_json::Value) -> Vec<String> {
+    list["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The damaged files a `list --json` document names, with their causes.
+pub fn damaged_files(list: &serde_json::Value) -> Vec<(String, String)> {
+    list["damaged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["file"].as_str().unwrap().to_string(),
+                d["cause"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}

@@ -55,29 +55,6 @@ impl Backed {
     }
 }
 
-fn ids(list: &Value) -> Vec<String> {
-    list["backups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
-fn damaged(list: &Value) -> Vec<(String, String)> {
-    list["damaged"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            (
-                d["file"].as_str().unwrap().to_string(),
-                d["cause"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
 /// Runs `cmd`, killing it after `limit`: (exit code, stderr, elapsed).
 fn run_with_limit(cmd: &mut std::process::Command, limit: Duration) -> (i32, String, Duration) {
     let started = Instant::now();
@@ -113,8 +90,8 @@ fn paths_read_from_the_repository_never_leave_it() {
     manifest["artifact"]["file"] = Value::from("../../outside.dump.zst");
     std::fs::write(b.manifest_path(), manifest.to_string()).unwrap();
     let list = b.list();
-    assert!(ids(&list).is_empty(), "{list}");
-    let found = damaged(&list);
+    assert!(listed_backup_ids(&list).is_empty(), "{list}");
+    let found = damaged_files(&list);
     assert_eq!(found.len(), 1, "{list}");
     assert!(
         found[0]
@@ -139,9 +116,9 @@ fn paths_read_from_the_repository_never_leave_it() {
     manifest["id"] = Value::from("../../outside/evil");
     std::fs::write(b.manifest_path(), manifest.to_string()).unwrap();
     let list = b.list();
-    assert!(ids(&list).is_empty(), "{list}");
+    assert!(listed_backup_ids(&list).is_empty(), "{list}");
     assert!(
-        damaged(&list)[0].1.contains("\"../../outside/evil\""),
+        damaged_files(&list)[0].1.contains("\"../../outside/evil\""),
         "{list}"
     );
 
@@ -150,8 +127,8 @@ fn paths_read_from_the_repository_never_leave_it() {
     std::fs::write(b.manifest_path(), manifest.to_string()).unwrap();
     std::fs::write(b.backups().join("evil.manifest.json"), manifest.to_string()).unwrap();
     let list = b.list();
-    assert_eq!(ids(&list), vec![b.id.as_str()], "{list}");
-    assert_eq!(damaged(&list)[0].0, "backups/evil.manifest.json");
+    assert_eq!(listed_backup_ids(&list), vec![b.id.as_str()], "{list}");
+    assert_eq!(damaged_files(&list)[0].0, "backups/evil.manifest.json");
 
     // The artifact a link: refused even though the file it points at is
     // the real artifact, byte for byte.
@@ -203,8 +180,8 @@ fn a_manifest_or_artifact_others_can_write_is_not_trusted() {
     }
     set_mode(&b.manifest_path(), 0o666);
     let list = b.list();
-    assert!(ids(&list).is_empty(), "{list}");
-    let causes = damaged(&list);
+    assert!(listed_backup_ids(&list).is_empty(), "{list}");
+    let causes = damaged_files(&list);
     assert!(
         causes
             .iter()
@@ -214,7 +191,7 @@ fn a_manifest_or_artifact_others_can_write_is_not_trusted() {
     b.pgward(&["verify", &b.id]).assert_exit(1);
     set_mode(&b.manifest_path(), 0o644);
     assert_eq!(
-        ids(&b.list()),
+        listed_backup_ids(&b.list()),
         vec![b.id.clone()],
         "read-only for others is fine"
     );
@@ -250,8 +227,8 @@ fn one_damaged_file_cannot_stop_the_rest() {
     std::fs::write(b.ws.repo().join("quarantine").join("x.reason.json"), "junk").unwrap();
 
     let list = b.list();
-    assert_eq!(ids(&list), vec![b.id.as_str()], "{list}");
-    let files: Vec<String> = damaged(&list).into_iter().map(|(f, _)| f).collect();
+    assert_eq!(listed_backup_ids(&list), vec![b.id.as_str()], "{list}");
+    let files: Vec<String> = damaged_files(&list).into_iter().map(|(f, _)| f).collect();
     for file in [
         format!("backups/{newer}.manifest.json"),
         format!("backups/{}.drill.json", b.id),
@@ -480,7 +457,7 @@ fn leftovers_of_dead_runs_are_cleaned_up_by_the_next_run_of_any_database() {
         partial
     );
     // None of it is a backup.
-    assert_eq!(ids(&b.list()).len(), 2);
+    assert_eq!(listed_backup_ids(&b.list()).len(), 2);
 }
 
 /// Every leaf of a manifest as a JSON pointer, with its value.
@@ -596,13 +573,13 @@ fn random_bit_flips_in_a_manifest_are_always_detected() {
         std::fs::write(b.manifest_path(), &flipped).unwrap();
         let list = b.list();
         assert!(
-            ids(&list).is_empty(),
+            listed_backup_ids(&list).is_empty(),
             "bit {bit} flipped and still a backup: {}",
             String::from_utf8_lossy(&flipped)
         );
     }
     std::fs::write(b.manifest_path(), &original).unwrap();
-    assert_eq!(ids(&b.list()), vec![b.id.as_str()]);
+    assert_eq!(listed_backup_ids(&b.list()), vec![b.id.as_str()]);
 }
 
 #[test]

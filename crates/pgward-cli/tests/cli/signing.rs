@@ -34,30 +34,6 @@ fn write_json(path: &Path, value: &Value) {
     std::fs::write(path, serde_json::to_string_pretty(value).unwrap()).unwrap();
 }
 
-/// The causes `list` gives for damaged files, by file.
-fn damaged_causes(list: &Value) -> Vec<(String, String)> {
-    list["damaged"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            (
-                d["file"].as_str().unwrap().to_string(),
-                d["cause"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-fn listed_ids(list: &Value) -> Vec<String> {
-    list["backups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
 #[test]
 fn signed_manifests_verify_with_gpg_and_a_pinned_reader_refuses_every_forgery() {
     let ws = Workspace::new();
@@ -143,7 +119,7 @@ fn signed_manifests_verify_with_gpg_and_a_pinned_reader_refuses_every_forgery() 
     );
     let list = with_config(&ws.repo(), &reader, &["--json", "list"]);
     list.assert_ok();
-    assert_eq!(listed_ids(&list.json()), vec![id.clone()]);
+    assert_eq!(listed_backup_ids(&list.json()), vec![id.clone()]);
     let verified = with_config(&ws.repo(), &reader, &["--json", "verify", &id]);
     verified.assert_ok();
     assert!(
@@ -155,7 +131,7 @@ fn signed_manifests_verify_with_gpg_and_a_pinned_reader_refuses_every_forgery() 
     // digest covers the signature.
     let plain = run(pgward(&ws.repo()).args(["--json", "list"]));
     plain.assert_ok();
-    assert_eq!(listed_ids(&plain.json()), vec![id.clone()]);
+    assert_eq!(listed_backup_ids(&plain.json()), vec![id.clone()]);
 
     // Someone who can write the repository but not the key: an edited and
     // resealed manifest, one with its signature removed, one signed by
@@ -219,10 +195,10 @@ fn signed_manifests_verify_with_gpg_and_a_pinned_reader_refuses_every_forgery() 
         let list = with_config(&ws.repo(), &reader, &["--json", "list"]);
         list.assert_ok();
         assert!(
-            listed_ids(&list.json()).is_empty(),
+            listed_backup_ids(&list.json()).is_empty(),
             "{what}: still listed as a backup"
         );
-        let causes = damaged_causes(&list.json());
+        let causes = damaged_files(&list.json());
         assert!(
             causes.iter().any(
                 |(file, c)| file.ends_with(&format!("{id}.manifest.json")) && c.contains(cause)
@@ -426,6 +402,6 @@ fn a_backup_that_cannot_sign_as_configured_does_not_start() {
     unsigned.assert_ok();
     let unsigned_id = unsigned.json()["id"].as_str().unwrap().to_string();
     let list = with_config(&ws.repo(), &reader, &["--json", "list"]);
-    assert_eq!(listed_ids(&list.json()), vec![id.clone()]);
+    assert_eq!(listed_backup_ids(&list.json()), vec![id.clone()]);
     with_config(&ws.repo(), &reader, &["--json", "verify", &unsigned_id]).assert_exit(1);
 }
