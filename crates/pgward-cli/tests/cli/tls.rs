@@ -472,3 +472,114 @@ fn restore_and_admin_sessions_are_verified_at_least_as_the_backups() {
     ]));
     res.assert_ok();
 }
+
+/// A CRL of the test CA, made with `openssl ca`: empty, or revoking the
+/// server's certificate.
+fn crl(ws: &Workspace, revoke_server: bool) -> PathBuf {
+    let dir = ws.path(if revoke_server {
+        "crl-revoked"
+    } else {
+        "crl-empty"
+    });
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("index.txt"), "").unwrap();
+    std::fs::write(dir.join("crlnumber"), "01\n").unwrap();
+    std::fs::write(
+        dir.join("ca.cnf"),
+        format!(
+            "[ca]\ndefault_ca = test\n[test]\ndatabase = {0}/index.txt\ncrlnumber = {0}/crlnumber\ndefault_md = sha256\ndefault_crl_days = 2\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ca_key = files().dir.join("ca.key");
+    let ca_crt = files().dir.join("ca.crt");
+    let server = files().dir.join("server.crt");
+    let key = ca_key.to_str().unwrap();
+    let crt = ca_crt.to_str().unwrap();
+    if revoke_server {
+        openssl(&[
+            "ca",
+            "-config",
+            "ca.cnf",
+            "-keyfile",
+            key,
+            "-cert",
+            crt,
+            "-revoke",
+            server.to_str().unwrap(),
+        ]);
+    }
+    openssl(&[
+        "ca", "-config", "ca.cnf", "-keyfile", key, "-cert", crt, "-gencrl", "-out", "root.crl",
+    ]);
+    dir.join("root.crl")
+}
+
+#[test]
+fn revocation_protocol_bounds_and_the_rest_of_verification_work_as_in_libpq() {
+    let ws = Workspace::new();
+    let db = tls_database("tls_more");
+    let ca = files().ca.display().to_string();
+    let other = files().other_ca.display().to_string();
+    let ok = |extra: String| {
+        let res = backup_over(&ws, &conninfo("localhost", &db, &extra));
+        assert_eq!(res.code, 0, "{extra}: {}", res.stderr);
+    };
+    // verify-ca checks the chain, not the name: a name the certificate
+    // does not carry is fine; a wrong CA with it is not.
+    ok(format!(
+        "hostaddr=127.0.0.1 sslmode=verify-ca sslrootcert={ca}"
+    ));
+    let res = backup_over(
+        &ws,
+        &format!(
+            "host=wrong.example hostaddr=127.0.0.1 port={} user={TLS_PASSWORD_ROLE} dbname={db} sslmode=verify-ca sslrootcert={other}",
+            tls_cluster().port
+        ),
+    );
+    res.assert_exit(1);
+    assert!(res.stderr.contains("not signed by a CA"), "{}", res.stderr);
+    // Protocol bounds, SNI off and SCRAM channel binding (over TLS only).
+    ok(format!(
+        "sslmode=verify-full sslrootcert={ca} ssl_min_protocol_version=TLSv1.3"
+    ));
+    ok(format!(
+        "sslmode=verify-full sslrootcert={ca} ssl_max_protocol_version=TLSv1.2"
+    ));
+    ok(format!(
+        "sslmode=verify-full sslrootcert={ca} sslsni=0 channel_binding=require"
+    ));
+    // A CRL that revokes nothing passes; one that revokes the server's
+    // certificate stops the session, for pgward as for pg_dump.
+    ok(format!(
+        "sslmode=verify-full sslrootcert={ca} sslcrl={}",
+        crl(&ws, false).display()
+    ));
+    let revoked = crl(&ws, true);
+    let res = backup_over(
+        &ws,
+        &conninfo(
+            "localhost",
+            &db,
+            &format!(
+                "sslmode=verify-full sslrootcert={ca} sslcrl={}",
+                revoked.display()
+            ),
+        ),
+    );
+    res.assert_exit(1);
+    assert!(res.stderr.contains("revoked"), "{}", res.stderr);
+}

@@ -626,3 +626,77 @@ fn prune_leaves_a_held_backup_and_removes_old_quarantine() {
     .assert_ok();
     assert!(!manifest.exists());
 }
+
+#[test]
+fn a_plain_backup_says_up_after_its_manifest_and_drills_come_when_due() {
+    let probe_repo = std::sync::Arc::new(std::sync::Mutex::new(PathBuf::new()));
+    let seen = probe_repo.clone();
+    let listener = HttpListener::start(Answer::Ok, move || manifests_in(&seen.lock().unwrap()));
+    let job = job(
+        "due",
+        listener.port,
+        "uptime-kuma",
+        "[policy]\ndrill-every = \"7d\"",
+    );
+    *probe_repo.lock().unwrap() = job.ws.repo();
+    let res = job.pgward(&["--json", "backup"]);
+    res.assert_ok();
+    let id = res.json()["id"].as_str().unwrap().to_string();
+    let received = listener.received();
+    assert_eq!(received.len(), 1);
+    assert!(
+        received[0].seen.contains(&format!("{id}.manifest.json")),
+        "{}",
+        received[0].seen
+    );
+    // No passed drill yet: the first run drills; a week has not passed for
+    // the second.
+    let first = job.pgward(&["--json", "run"]);
+    first.assert_ok();
+    assert_eq!(first.json()["steps"][2]["status"], "ok", "{}", first.stdout);
+    let second = job.pgward(&["--json", "run"]);
+    second.assert_ok();
+    assert_eq!(second.json()["steps"][2]["status"], "skipped");
+    assert!(
+        second.json()["steps"][2]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not due")
+    );
+}
+
+#[test]
+fn a_backup_finishes_a_removal_a_killed_prune_left() {
+    let ws = Workspace::new();
+    let db = cluster().create_database("finish_removal");
+    load_rows(&db, "public.items", 30);
+    let old = backup_id(&ws, &db);
+    // What a prune killed after its first step leaves: the manifest renamed
+    // to its marker, the artifact still there.
+    std::fs::rename(
+        ws.repo()
+            .join("backups")
+            .join(format!("{old}.manifest.json")),
+        ws.repo()
+            .join("tmp")
+            .join(format!("{old}.manifest.json.pruning")),
+    )
+    .unwrap();
+    backup(&ws.repo(), &db, &[]).assert_ok();
+    assert!(
+        names_in(&ws.repo().join("backups"))
+            .iter()
+            .all(|n| !n.starts_with(old.as_str()))
+    );
+    assert!(
+        names_in(&ws.repo().join("tmp"))
+            .iter()
+            .all(|n| !n.contains(old.as_str()))
+    );
+    // Finished, not kept as a leftover: nothing of it went to quarantine.
+    assert!(
+        names_in(&ws.repo().join("quarantine"))
+            .iter()
+            .all(|n| !n.starts_with(old.as_str()))
+    );
+}
