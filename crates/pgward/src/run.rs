@@ -220,13 +220,8 @@ pub fn run(
     });
 
     let started = Instant::now();
-    let verify_interrupted = steps.iter().any(|s| {
-        s.error
-            .as_ref()
-            .is_some_and(|e| matches!(e.kind(), ErrorKind::Interrupted { .. }))
-    });
     match drill_due(&repo, config, &manifest) {
-        _ if verify_interrupted => steps.push(Step::skipped("drill", "the run was interrupted")),
+        _ if interrupted(&steps) => steps.push(Step::skipped("drill", "the run was interrupted")),
         Err(error) => steps.push(Step::failed("drill", started, error)),
         Ok(None) => steps.push(Step::skipped(
             "drill",
@@ -260,12 +255,7 @@ pub fn run(
     // Nothing is pruned on the strength of a backup that did not prove
     // itself tonight: the older ones may be all that is good.
     let unproven = steps.iter().find(|s| s.status == "failed").map(|s| s.name);
-    let interrupted = steps.iter().any(|s| {
-        s.error
-            .as_ref()
-            .is_some_and(|e| matches!(e.kind(), ErrorKind::Interrupted { .. }))
-    });
-    if interrupted {
+    if interrupted(&steps) {
         steps.push(Step::skipped("prune", "the run was interrupted"));
     } else if let Some(step) = unproven {
         steps.push(Step::skipped(
@@ -306,6 +296,15 @@ pub fn run(
     report.manifest = Some(manifest);
     report.duration_ms = run_started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// Whether a signal stopped one of the steps: the run goes no further.
+fn interrupted(steps: &[Step]) -> bool {
+    steps.iter().any(|s| {
+        s.error
+            .as_ref()
+            .is_some_and(|e| matches!(e.kind(), ErrorKind::Interrupted { .. }))
+    })
 }
 
 /// An error for a run that failed, for callers that need one.
