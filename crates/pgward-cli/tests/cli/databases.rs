@@ -94,12 +94,7 @@ fn latest_is_the_newest_backup_of_the_database_meant_in_every_command() {
     // list --database shows that database's backups only.
     let res = t.pgward(&["--json", "list", "--database", &t.a]);
     res.assert_ok();
-    let ids: Vec<String> = res.json()["backups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = listed_backup_ids(&res.json());
     assert_eq!(ids, vec![t.a_id.clone()]);
     // A database with no backup here: not found, never another's.
     let res = t.pgward(&["--json", "verify", "latest", "--database", "nosuchdb"]);
@@ -164,13 +159,7 @@ fn short_flags_and_a_default_configuration_file() {
         .args(["--json", "check"]));
     res.assert_ok();
     let report = res.json();
-    let config_row = report["matrix"]["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["id"] == "config")
-        .cloned()
-        .unwrap();
+    let config_row = check_row(&report, "config");
     assert!(
         config_row["evidence"]
             .as_str()

@@ -801,3 +801,15 @@ pub fn damaged_files(list: &serde_json::Value) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// The row `id` of a `check --json` document's matrix; panics naming the
+/// document when there is none.
+pub fn check_row(report: &serde_json::Value, id: &str) -> serde_json::Value {
+    report["matrix"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {id} row: {report}"))
+}

@@ -347,13 +347,7 @@ fn a_repository_other_users_can_write_is_refused() {
         }
         let res = b.pgward(&["--json", "check", "--dbname", &b.db]);
         res.assert_exit(1);
-        let row = res.json()["matrix"]["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["id"] == "repository.permissions")
-            .cloned()
-            .unwrap_or_else(|| panic!("{}", res.stdout));
+        let row = check_row(&res.json(), "repository.permissions");
         assert_eq!(row["status"], "FAIL");
         // The documented override for shared setups: others may write,
         // as in /tmp only with the sticky bit.

@@ -88,13 +88,7 @@ fn every_sslmode_reaches_a_tls_only_server_for_pgward_and_its_tools() {
     let with_config = |args: &[&str]| run(tls_pgward(&ws).arg("--config").arg(&config).args(args));
     let check = with_config(&["--json", "check"]);
     check.assert_ok();
-    let connection = check.json()["matrix"]["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["id"] == "connection")
-        .cloned()
-        .unwrap();
+    let connection = check_row(&check.json(), "connection");
     let evidence = connection["evidence"].as_str().unwrap();
     assert!(
         evidence.contains("TLSv1.") && evidence.contains("host name verified"),
@@ -334,15 +328,7 @@ fn a_password_file_libpq_ignores_is_named_instead_of_a_missing_password() {
     let res = check(0o644);
     res.assert_exit(1);
     let report = res.json();
-    let row = |id: &str| {
-        report["matrix"]["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["id"] == id)
-            .cloned()
-            .unwrap_or_else(|| panic!("no {id} row: {report}"))
-    };
+    let row = |id: &str| check_row(&report, id);
     assert_eq!(row("connection.passfile")["status"], "WARN");
     assert!(
         row("connection.passfile")["hint"]

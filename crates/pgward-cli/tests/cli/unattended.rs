@@ -148,15 +148,9 @@ fn a_successful_run_sends_exactly_one_up_after_the_manifest_exists() {
     quiet.assert_ok();
     assert_eq!(quiet.stdout, "", "--quiet printed on success");
     let list = job.pgward(&["--json", "list"]);
-    let listed = list.json();
-    let ids: Vec<&str> = listed["backups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["id"].as_str().unwrap())
-        .collect();
+    let ids = listed_backup_ids(&list.json());
     assert_eq!(ids.len(), 2, "{ids:?}");
-    assert!(!ids.contains(&id.as_str()), "the oldest was kept: {ids:?}");
+    assert!(!ids.contains(&id), "the oldest was kept: {ids:?}");
     assert_eq!(listener.received().len(), 3);
     assert!(
         listener
@@ -339,12 +333,7 @@ fn prune_keeps_the_newest_drilled_backup_and_never_counts_quarantine() {
 
     prune(&["--json", "prune"]).assert_ok();
     let list = run(pgward(&ws.repo()).args(["--json", "list"]));
-    let ids: Vec<String> = list.json()["backups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = listed_backup_ids(&list.json());
     assert_eq!(ids, vec![newest.clone(), drilled.clone()]);
     assert_eq!(list.json()["quarantine"].as_array().unwrap().len(), 1);
     assert!(list.json()["orphans"].as_array().unwrap().is_empty());
@@ -400,12 +389,7 @@ fn a_prune_killed_half_way_leaves_a_consistent_repository() {
     // an orphan, and every listed backup verifies.
     let list = run(pgward(&ws.repo()).args(["--json", "list"]));
     list.assert_ok();
-    let ids: Vec<String> = list.json()["backups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = listed_backup_ids(&list.json());
     assert_eq!(ids, vec![new.clone()]);
     assert!(
         list.json()["orphans"].as_array().unwrap().is_empty(),
