@@ -10,7 +10,7 @@
 #   - PostgreSQL server binaries (postgresql-<major>, /usr/lib/postgresql/<major>/bin),
 #     which also bring the client (psql, pg_dump, pg_restore) and pgbench;
 #   - zstd, gnupg (gpg), GNU time (/usr/bin/time -v for peak RSS), a C compiler
-#     (for -sys crates).
+#     (for -sys crates), libclang-dev (bindgen, for PostgreSQL's SQL parser).
 # It never starts a service: Debian's postgresql package would create and start
 # a cluster "<major>/main" on port 5432; we forbid service starts with a
 # temporary policy-rc.d (exit 101) and turn off the main-cluster creation with a
@@ -44,6 +44,9 @@ command -v strace >/dev/null 2>&1 || missing+=(strace)
 command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 # The TLS tests make a throwaway CA and certificates with it.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# `apply` splits SQL with PostgreSQL's own parser (the pg_query crate builds
+# libpg_query and runs bindgen, which needs libclang).
+dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
 
 if [[ $need_pg -eq 0 && ${#missing[@]} -eq 0 ]]; then
   log "system packages: all present (nothing to install)"
@@ -52,7 +55,7 @@ else
     [[ $need_pg -eq 1 ]] && missing+=(postgresql-server)
     die "missing: ${missing[*]}; run as root to install"
   fi
-  command -v apt-get >/dev/null 2>&1 || die "no apt-get: install PostgreSQL server, zstd, gnupg, GNU time, strace and openssl by hand"
+  command -v apt-get >/dev/null 2>&1 || die "no apt-get: install PostgreSQL server, zstd, gnupg, GNU time, strace, openssl and libclang-dev by hand"
   export DEBIAN_FRONTEND=noninteractive
   log "apt-get update"
   apt-get update -q >/dev/null

@@ -64,6 +64,8 @@ enum Command {
     Run(RunArgs),
     /// Apply the retention policy: remove the backups it does not keep, and old quarantined runs.
     Prune(PruneArgs),
+    /// Apply a reviewed SQL change under an apply package: pin, preflight, rehearsal, backup, one transaction, report.
+    Apply(ApplyArgs),
     /// Shell completions for bash, zsh, fish, elvish or powershell, on stdout.
     Completions {
         /// The shell.
@@ -82,6 +84,16 @@ struct RunArgs {
     how: RestoreHowArgs,
     #[command(flatten)]
     decrypt: DecryptArgs,
+}
+
+#[derive(Args, Debug)]
+struct ApplyArgs {
+    /// The apply package (TOML): the artifact's pin, target, role, conditions, expected delta.
+    #[arg(value_name = "PACKAGE")]
+    package: PathBuf,
+    /// Stop after the preflight and the rolled-back rehearsal: no backup, no change.
+    #[arg(long)]
+    preflight_only: bool,
 }
 
 #[derive(Args, Debug)]
@@ -652,6 +664,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
             render::notifications(cli.json);
             if !report.ok {
                 return Err(Failure::Reported(pgward::run::failure_error(&report)));
+            }
+        }
+        Command::Apply(args) => {
+            let options = pgward::apply::ApplyOptions {
+                package: args.package.clone(),
+                preflight_only: args.preflight_only,
+            };
+            let report = pgward::apply::run(&config, &options, &pgward::process_env)?;
+            render::apply(&report, cli.json);
+            if !report.succeeded() {
+                return Err(Failure::Reported(Error::from(&report)));
             }
         }
         Command::Completions { shell } => {

@@ -555,6 +555,74 @@ pub fn run(report: &pgward::run::RunReport, json: bool) {
     }
 }
 
+pub fn apply_document(report: &pgward::apply::ApplyReport) -> Value {
+    let mut value = serde_json::to_value(report).expect("reports serialise");
+    value["message-type"] = json!("apply");
+    value
+}
+
+pub fn apply(report: &pgward::apply::ApplyReport, json: bool) {
+    if json {
+        out_json(&apply_document(report));
+        return;
+    }
+    let mut text = format!("apply {}: {}\n", report.id, report.status.name());
+    for check in &report.checks {
+        text.push_str(&format!(
+            "  {:<4} {:<22} {}\n",
+            check.status, check.name, check.evidence
+        ));
+    }
+    // The delta that counts: the apply's, else the rehearsal's.
+    if let Some(delta) = report
+        .apply
+        .as_ref()
+        .or(report.rehearsal.as_ref())
+        .and_then(|phase| phase.delta.as_ref())
+    {
+        for (what, names) in [
+            ("created", &delta.created),
+            ("dropped", &delta.dropped),
+            ("altered", &delta.altered),
+        ] {
+            if !names.is_empty() {
+                let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+                text.push_str(&format!("  {what}: {}\n", names.join(", ")));
+            }
+        }
+        for (schema, kinds) in &delta.counts {
+            let counts: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} {n:+}")).collect();
+            text.push_str(&format!("  delta in {schema}: {}\n", counts.join(", ")));
+        }
+    }
+    if let Some(cause) = &report.cause {
+        text.push_str(&format!("cause: {cause}\n"));
+    }
+    for step in &report.remediation {
+        text.push_str(&format!("remedy (not executed): {step}\n"));
+    }
+    text.push_str(&format!(
+        "production changed: {} ({})\n",
+        if report.production_changed {
+            "yes"
+        } else {
+            "no"
+        },
+        report.production_evidence
+    ));
+    for path in &report.report_files {
+        text.push_str(&format!("report: {}\n", path.display()));
+    }
+    for warning in &report.warnings {
+        text.push_str(&format!("warning: {warning}\n"));
+    }
+    if report.succeeded() {
+        out(&text);
+    } else {
+        write_stdout(&text);
+    }
+}
+
 pub fn dry_run(plan: &DryRun, json: bool) {
     if json {
         let mut value = serde_json::to_value(plan).expect("plans serialise");

@@ -32,6 +32,11 @@ pub enum ErrorKind {
     Busy,
     /// A signal stopped the run; the partial artifact was quarantined.
     Interrupted { signal: i32 },
+    /// `apply`: a precondition did not hold; nothing was changed.
+    Blocked,
+    /// `apply`: the change ran and was rolled back, or its verification
+    /// after COMMIT failed.
+    Apply,
 }
 
 impl ErrorKind {
@@ -48,6 +53,8 @@ impl ErrorKind {
             ErrorKind::Restore => "restore",
             ErrorKind::Busy => "busy",
             ErrorKind::Interrupted { .. } => "interrupted",
+            ErrorKind::Blocked => "blocked",
+            ErrorKind::Apply => "apply",
         }
     }
 
@@ -56,13 +63,15 @@ impl ErrorKind {
         match self {
             ErrorKind::Config | ErrorKind::NotFound => 2,
             ErrorKind::Busy => 3,
+            ErrorKind::Blocked => 4,
             ErrorKind::Interrupted { signal } => 128 + signal,
             ErrorKind::Connection
             | ErrorKind::Dump
             | ErrorKind::Validation
             | ErrorKind::Integrity
             | ErrorKind::Repository
-            | ErrorKind::Restore => 1,
+            | ErrorKind::Restore
+            | ErrorKind::Apply => 1,
         }
     }
 }

@@ -15,6 +15,7 @@
 //! # Ok::<(), pgward::Error>(())
 //! ```
 
+pub mod apply;
 pub mod backup;
 pub mod catalog;
 pub mod check;

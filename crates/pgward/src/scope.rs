@@ -44,7 +44,7 @@ impl fmt::Display for TableName {
     }
 }
 
-fn quote_if_needed(name: &str) -> String {
+pub(crate) fn quote_if_needed(name: &str) -> String {
     let plain = name
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')

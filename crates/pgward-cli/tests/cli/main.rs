@@ -2,6 +2,7 @@
 //! cluster that the harness starts itself, with real pg_dump, pg_restore and
 //! zstd. One test binary (as ripgrep does) so the cluster is shared.
 
+mod apply;
 mod backup;
 mod check;
 mod databases;

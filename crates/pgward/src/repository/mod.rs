@@ -676,6 +676,34 @@ impl Repository {
         Ok(names)
     }
 
+    fn apply_dir(&self) -> PathBuf {
+        self.root.join("apply")
+    }
+
+    /// Saves an apply run's report as JSON and as Markdown (for a change
+    /// ticket) under `apply/`; returns both paths.
+    pub fn save_apply_report(
+        &self,
+        id: &str,
+        report: &crate::apply::ApplyReport,
+        markdown: &dyn Fn(&crate::apply::ApplyReport) -> String,
+    ) -> Result<Vec<PathBuf>> {
+        let dir = self.apply_dir();
+        if !dir.is_dir() {
+            DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| Error::repository_io("cannot create directory", &dir, e))?;
+        }
+        let json = dir.join(format!("{id}.json"));
+        let md = dir.join(format!("{id}.md"));
+        let mut with_paths = report.clone();
+        with_paths.report_files = vec![json.clone(), md.clone()];
+        write_bytes_durably(&md, &self.tmp_dir(), markdown(&with_paths).as_bytes())?;
+        write_json_durably(&json, &self.tmp_dir(), &with_paths)?;
+        Ok(vec![json, md])
+    }
+
     fn grants_dir(&self) -> PathBuf {
         self.root.join("grants")
     }

@@ -1,0 +1,301 @@
+//! The artifact as statements: split by PostgreSQL's own parser
+//! (libpg_query, through `pg_query`), so that dollar-quoted bodies,
+//! comments and `E''` strings never split a statement in the wrong place,
+//! and checked for statements that cannot run inside the one transaction
+//! the change is applied in.
+
+use pg_query::NodeEnum;
+use serde::Serialize;
+
+/// One statement of the artifact, as it will be sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Statement {
+    /// 1-based position in the artifact.
+    pub number: usize,
+    /// The line (1-based) of the statement's first token.
+    pub line: usize,
+    /// The statement's text, without the terminating `;`.
+    #[serde(skip)]
+    pub text: String,
+    /// A short label for messages: `CREATE TABLE cutter_governance.x`.
+    pub summary: String,
+}
+
+/// A statement the change may not contain, with why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    pub number: usize,
+    pub line: usize,
+    pub summary: String,
+    pub reason: String,
+}
+
+/// The artifact could not be used as statements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SplitError {
+    /// Not SQL PostgreSQL parses (a psql meta-command, a typo).
+    Syntax { line: usize, message: String },
+    /// Statements that cannot run in one rolled-back-or-committed transaction.
+    Refused(Vec<Refusal>),
+    /// Nothing to run.
+    Empty,
+}
+
+/// Splits `sql` into statements and refuses the ones that cannot be part
+/// of one atomic transaction under the pinned role.
+pub fn split(sql: &str) -> Result<Vec<Statement>, SplitError> {
+    let parsed = pg_query::parse(sql).map_err(|error| syntax_error(sql, error))?;
+    let mut statements = Vec::new();
+    let mut refusals = Vec::new();
+    for (index, raw) in parsed.protobuf.stmts.iter().enumerate() {
+        let start = raw.stmt_location.max(0) as usize;
+        // A length of 0 means "to the end of the input" (the last statement).
+        let end = if raw.stmt_len == 0 {
+            sql.len()
+        } else {
+            start + raw.stmt_len as usize
+        };
+        let end = end.min(sql.len());
+        let first_token = start + leading_noise(sql.get(start..end).unwrap_or_default());
+        let statement = Statement {
+            number: index + 1,
+            line: line_of(sql, first_token),
+            text: sql[first_token..end].trim_end().to_string(),
+            summary: summary(&sql[first_token..end]),
+        };
+        let node = raw.stmt.as_ref().and_then(|s| s.node.as_ref());
+        if let Some(reason) = node.and_then(refusal_reason) {
+            refusals.push(Refusal {
+                number: statement.number,
+                line: statement.line,
+                summary: statement.summary.clone(),
+                reason,
+            });
+        }
+        statements.push(statement);
+    }
+    if !refusals.is_empty() {
+        return Err(SplitError::Refused(refusals));
+    }
+    if statements.is_empty() {
+        return Err(SplitError::Empty);
+    }
+    Ok(statements)
+}
+
+/// Why a statement may not be part of the change, if it may not.
+fn refusal_reason(node: &NodeEnum) -> Option<String> {
+    const NOT_IN_A_TRANSACTION: &str = "cannot run inside a transaction block, and the change runs as one transaction: apply it separately";
+    let reason = match node {
+        NodeEnum::TransactionStmt(_) => {
+            "transaction control: pgward runs the whole artifact as one transaction and commits or rolls it back itself; remove it"
+        }
+        NodeEnum::IndexStmt(index) if index.concurrent => NOT_IN_A_TRANSACTION,
+        NodeEnum::DropStmt(drop) if drop.concurrent => NOT_IN_A_TRANSACTION,
+        NodeEnum::ReindexStmt(reindex) if has_option(&reindex.params, "concurrently") => {
+            NOT_IN_A_TRANSACTION
+        }
+        NodeEnum::AlterTableStmt(alter) if detaches_concurrently(alter) => NOT_IN_A_TRANSACTION,
+        NodeEnum::VacuumStmt(vacuum) if vacuum.is_vacuumcmd => NOT_IN_A_TRANSACTION,
+        NodeEnum::ClusterStmt(cluster) if cluster.relation.is_none() => NOT_IN_A_TRANSACTION,
+        NodeEnum::AlterSystemStmt(_)
+        | NodeEnum::CreatedbStmt(_)
+        | NodeEnum::DropdbStmt(_)
+        | NodeEnum::CreateTableSpaceStmt(_)
+        | NodeEnum::DropTableSpaceStmt(_)
+        | NodeEnum::CreateSubscriptionStmt(_)
+        | NodeEnum::DropSubscriptionStmt(_)
+        | NodeEnum::DiscardStmt(_) => NOT_IN_A_TRANSACTION,
+        NodeEnum::VariableSetStmt(set) if changes_identity(&set.name) => {
+            "changes the role the statements run as: the change runs as the role the package pins; set [apply-connection] instead"
+        }
+        NodeEnum::CopyStmt(copy) if copy.filename.is_empty() && !copy.is_program => {
+            "COPY from the client's stdin or to its stdout: the artifact carries no data stream; use INSERT"
+        }
+        _ => return None,
+    };
+    Some(reason.to_string())
+}
+
+fn has_option(options: &[pg_query::protobuf::Node], name: &str) -> bool {
+    options.iter().any(|option| {
+        matches!(&option.node, Some(NodeEnum::DefElem(def)) if def.defname.eq_ignore_ascii_case(name))
+    })
+}
+
+fn detaches_concurrently(alter: &pg_query::protobuf::AlterTableStmt) -> bool {
+    alter.cmds.iter().any(|cmd| {
+        let Some(NodeEnum::AlterTableCmd(cmd)) = &cmd.node else {
+            return false;
+        };
+        matches!(
+            cmd.def.as_deref().and_then(|d| d.node.as_ref()),
+            Some(NodeEnum::PartitionCmd(partition)) if partition.concurrent
+        )
+    })
+}
+
+fn changes_identity(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name == "role" || name == "session_authorization"
+}
+
+/// The byte length of the whitespace and comments before a statement's
+/// first token (pg_query's locations start right after the previous `;`).
+fn leading_noise(text: &str) -> usize {
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    loop {
+        while at < bytes.len() && bytes[at].is_ascii_whitespace() {
+            at += 1;
+        }
+        if bytes[at..].starts_with(b"--") {
+            while at < bytes.len() && bytes[at] != b'\n' {
+                at += 1;
+            }
+        } else if bytes[at..].starts_with(b"/*") {
+            // Block comments nest in PostgreSQL.
+            let mut depth = 0usize;
+            while at < bytes.len() {
+                if bytes[at..].starts_with(b"/*") {
+                    depth += 1;
+                    at += 2;
+                } else if bytes[at..].starts_with(b"*/") {
+                    depth -= 1;
+                    at += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    at += 1;
+                }
+            }
+        } else {
+            return at;
+        }
+    }
+}
+
+fn line_of(sql: &str, offset: usize) -> usize {
+    sql.as_bytes()[..offset.min(sql.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// `CREATE TABLE cutter_governance.x (...)` → `CREATE TABLE cutter_governance.x`:
+/// the words before the first parenthesis or line end, at most 60 characters.
+fn summary(text: &str) -> String {
+    let head = text
+        .split(['(', '\n', ';'])
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    if head.chars().count() > 60 {
+        format!("{}…", head.chars().take(59).collect::<String>())
+    } else {
+        head
+    }
+}
+
+/// The line a syntax error is on: libpg_query reports a character
+/// position inside its message as `at or near "..."`; the cursor position
+/// is not exposed, so the line of the first occurrence of the quoted text
+/// is the best evidence there is.
+fn syntax_error(sql: &str, error: pg_query::Error) -> SplitError {
+    let message = match error {
+        pg_query::Error::Parse(message) | pg_query::Error::Split(message) => message,
+        other => other.to_string(),
+    };
+    let line = message
+        .split_once("at or near \"")
+        .and_then(|(_, rest)| rest.rsplit_once('"'))
+        .and_then(|(near, _)| sql.find(near))
+        .map(|offset| line_of(sql, offset))
+        .unwrap_or(1);
+    SplitError::Syntax { line, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusals(sql: &str) -> Vec<Refusal> {
+        match split(sql) {
+            Err(SplitError::Refused(refusals)) => refusals,
+            other => panic!("expected refusals, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn dollar_quotes_comments_and_escape_strings_do_not_split() {
+        let sql = "-- header; not a statement\n\
+                   CREATE TABLE a (id int PRIMARY KEY, note text DEFAULT E'x\\';y');\n\
+                   /* a; /* nested; */ comment */\n\
+                   CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $body$\n\
+                   BEGIN\n  PERFORM 1; RETURN 2;\nEND;\n$body$;\n\
+                   INSERT INTO a VALUES (1, 'semi;colon')";
+        let statements = split(sql).unwrap();
+        assert_eq!(statements.len(), 3);
+        assert_eq!(statements[0].line, 2);
+        assert_eq!(statements[0].summary, "CREATE TABLE a");
+        assert_eq!(statements[1].line, 4);
+        assert!(statements[1].text.contains("PERFORM 1; RETURN 2;"));
+        assert!(statements[1].text.ends_with("$body$"));
+        assert_eq!(statements[2].line, 9);
+        assert_eq!(statements[2].text, "INSERT INTO a VALUES (1, 'semi;colon')");
+    }
+
+    #[test]
+    fn transaction_control_and_non_transactional_statements_are_refused_by_line() {
+        let sql = "CREATE TABLE a (id int);\n\
+                   CREATE INDEX CONCURRENTLY a_id ON a (id);\n\
+                   COMMIT;\n\
+                   VACUUM a;\n\
+                   ANALYZE a;\n\
+                   SET ROLE postgres;\n\
+                   SET LOCAL lock_timeout = '1s';\n\
+                   DROP INDEX CONCURRENTLY a_id;\n\
+                   REINDEX (CONCURRENTLY) TABLE a;\n\
+                   ALTER SYSTEM SET work_mem = '1MB';\n\
+                   ALTER TABLE p DETACH PARTITION c CONCURRENTLY;\n\
+                   COPY a FROM STDIN;";
+        let lines: Vec<(usize, String)> = refusals(sql)
+            .into_iter()
+            .map(|r| (r.line, r.summary))
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                (2, "CREATE INDEX CONCURRENTLY a_id ON a".to_string()),
+                (3, "COMMIT".to_string()),
+                (4, "VACUUM a".to_string()),
+                (6, "SET ROLE postgres".to_string()),
+                (8, "DROP INDEX CONCURRENTLY a_id".to_string()),
+                (9, "REINDEX".to_string()),
+                (10, "ALTER SYSTEM SET work_mem = '1MB'".to_string()),
+                (
+                    11,
+                    "ALTER TABLE p DETACH PARTITION c CONCURRENTLY".to_string()
+                ),
+                (12, "COPY a FROM STDIN".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn syntax_errors_name_their_line() {
+        let sql = "CREATE TABLE a (id int);\n\\set ON_ERROR_STOP 1\nCREATE TABLE b (id int);";
+        match split(sql) {
+            Err(SplitError::Syntax { line, message }) => {
+                assert_eq!(line, 2, "{message}");
+                assert!(message.contains("syntax error"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(split("-- nothing\n"), Err(SplitError::Empty));
+    }
+}
