@@ -91,9 +91,18 @@ struct ApplyArgs {
     /// The apply package (TOML): the artifact's pin, target, role, conditions, expected delta.
     #[arg(value_name = "PACKAGE")]
     package: PathBuf,
-    /// Stop after the preflight and the rolled-back rehearsal: no backup, no change.
+    /// Stop after the preflight and the rolled-back rehearsal: no change (no backup either, unless the rehearsal needs one).
     #[arg(long)]
     preflight_only: bool,
+    /// Where the rolled-back rehearsal runs: in production, or in a scratch restore of the fresh backup.
+    #[arg(long, value_enum, default_value = "production", value_name = "WHERE")]
+    rehearse: Rehearse,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Rehearse {
+    Production,
+    Scratch,
 }
 
 #[derive(Args, Debug)]
@@ -670,8 +679,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let options = pgward::apply::ApplyOptions {
                 package: args.package.clone(),
                 preflight_only: args.preflight_only,
+                rehearse_on: match args.rehearse {
+                    Rehearse::Production => pgward::apply::RehearseOn::Production,
+                    Rehearse::Scratch => pgward::apply::RehearseOn::Scratch,
+                },
             };
-            let report = pgward::apply::run(&config, &options, &pgward::process_env)?;
+            let mut decryptor = configured_decryptor(&config);
+            let report =
+                pgward::apply::run(&config, &options, &pgward::process_env, &mut decryptor)?;
             render::apply(&report, cli.json);
             if !report.succeeded() {
                 return Err(Failure::Reported(Error::from(&report)));

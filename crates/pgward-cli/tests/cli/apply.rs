@@ -683,3 +683,69 @@ fn a_signal_while_the_change_waits_rolls_it_back_and_still_reports() {
     );
     saved_report(&report);
 }
+
+#[test]
+fn rehearsing_on_a_scratch_restore_keeps_the_rehearsal_off_production() {
+    let change = episode4("apply_scratch");
+    let blocked = change.package("blocked", &artifact(), &change.app, DELTA, "");
+    let before = change.schema_dump();
+    let run = change.apply(&blocked, &["--rehearse", "scratch"]);
+    run.assert_exit(4);
+    let report = run.json();
+    // The backup came first, was drilled, and the rehearsal ran in its scratch restore.
+    let backup = report["backup"]["id"].as_str().unwrap().to_string();
+    assert_eq!(change.backups(), vec![backup.clone()]);
+    assert_eq!(check_status(&report, "scratch"), "PASS");
+    let scratch = report["rehearsal"]["ran-in"].as_str().unwrap();
+    assert!(scratch.starts_with("pgward_drill_"), "{report}");
+    assert!(
+        report["cause"].as_str().unwrap().contains(&format!(
+            "permission denied for schema {SCHEMA}; role {} has USAGE but not CREATE",
+            change.app
+        )),
+        "{report}"
+    );
+    let drill: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            change
+                .ws
+                .repo()
+                .join("backups")
+                .join(format!("{backup}.drill.json")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(drill["verdict"], "pass");
+    assert_eq!(
+        cluster().psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_database WHERE datname = '{scratch}'")
+        ),
+        "0",
+        "the scratch database is dropped"
+    );
+    assert_eq!(change.schema_dump(), before);
+    assert_eq!(report["production-changed"], false);
+
+    // As the owner: rehearsed on scratch, then applied to production.
+    let approved = change.package("approved", &artifact(), &change.owner, DELTA, "");
+    let run = change.apply(&approved, &["--rehearse", "scratch"]);
+    run.assert_ok();
+    let report = run.json();
+    assert_eq!(report["status"], "APPLIED");
+    assert!(
+        report["rehearsal"]["ran-in"]
+            .as_str()
+            .unwrap()
+            .starts_with("pgward_drill_")
+    );
+    assert_eq!(report["apply"]["ran-in"], "production");
+    assert_eq!(
+        cluster().psql(
+            &change.db,
+            &format!("SELECT count(*) FROM pg_tables WHERE schemaname = '{SCHEMA}'")
+        ),
+        "12"
+    );
+}

@@ -27,6 +27,7 @@ pub mod statements;
 
 use crate::config::Config;
 use crate::connection::{ConnectionTarget, Env};
+use crate::encryption::secret::Decryptor;
 use crate::error::{Error, Result};
 use crate::repository::Repository;
 use baseline::{Baseline, BaselineSummary, Delta, Expected, ObjectName};
@@ -43,8 +44,22 @@ pub use report::markdown;
 #[derive(Debug, Clone, Default)]
 pub struct ApplyOptions {
     pub package: PathBuf,
-    /// Stop after the rehearsal: no backup, no change.
+    /// Stop after the rehearsal: no change (and, rehearsing on
+    /// production, no backup).
     pub preflight_only: bool,
+    pub rehearse_on: RehearseOn,
+}
+
+/// Where the rolled-back rehearsal runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RehearseOn {
+    /// In the production database, before the backup: its locks are
+    /// taken for a rolled-back moment, bounded by rehearsal-lock-timeout.
+    #[default]
+    Production,
+    /// In a scratch restore of the fresh backup (drill-style, proven,
+    /// then dropped): production's locks are never touched before the apply.
+    Scratch,
 }
 
 /// How an apply ended; README's exit-code table maps each to a code.
@@ -89,6 +104,8 @@ pub struct Check {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Phase {
+    /// `production`, or the scratch database it ran in.
+    pub ran_in: String,
     pub duration_ms: u64,
     pub statements_run: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -198,13 +215,18 @@ impl ApplyReport {
 
 /// Runs the package. `Err` only for what prevents a report (an unreadable
 /// or invalid package, no repository); every other outcome is a report.
-pub fn run(config: &Config, options: &ApplyOptions, env: Env) -> Result<ApplyReport> {
+pub fn run(
+    config: &Config,
+    options: &ApplyOptions,
+    env: Env,
+    decryptor: &mut dyn FnMut() -> Result<Option<Decryptor>>,
+) -> Result<ApplyReport> {
     let package = Package::load(&options.package)?;
     let repo = Repository::init_configured(config)?;
     let base = ConnectionTarget::resolve(&config.connection, env)?;
     let apply_target = apply_target(&package, &base, env)?;
     let mut run = Procedure::new(&package, &apply_target);
-    let outcome = run.execute(config, options, &package, &apply_target, env);
+    let outcome = run.execute(config, options, &package, &apply_target, env, decryptor);
     run.finish(outcome, &repo)
 }
 
@@ -227,6 +249,21 @@ fn apply_target(package: &Package, base: &ConnectionTarget, env: Env) -> Result<
         .push(("dbname", package.database.clone()));
     ConnectionTarget::resolve_inheriting(&section, Some(base), env)
         .map_err(|e| e.context("apply package [apply-connection]"))
+}
+
+/// The apply role's session to a scratch database on the restore server.
+fn scratch_target(
+    package: &Package,
+    restore: &ConnectionTarget,
+    scratch: &str,
+    env: Env,
+) -> Result<ConnectionTarget> {
+    let mut section = package.apply_connection.clone();
+    section.dbname = None;
+    section.host = Some(restore.host.clone());
+    section.port = Some(restore.port);
+    section.command_line.push(("dbname", scratch.to_string()));
+    ConnectionTarget::resolve_inheriting(&section, Some(restore), env)
 }
 
 /// How the steps ended, before the report is written.
@@ -315,6 +352,7 @@ impl Procedure {
         package: &Package,
         target: &ConnectionTarget,
         env: Env,
+        decryptor: &mut dyn FnMut() -> Result<Option<Decryptor>>,
     ) -> Ending {
         // P3: the approved bytes, or nothing.
         let artifact = match package.read_artifact() {
@@ -364,7 +402,18 @@ impl Procedure {
         if let Err(ending) = self.preflight(&mut client, package) {
             return ending;
         }
-        if let Err(ending) = self.rehearse(&mut client, target, package, &statements) {
+        let prepared = match options.rehearse_on {
+            RehearseOn::Production => self
+                .rehearse(&mut client, target, package, &statements, "production")
+                .and_then(|()| match options.preflight_only {
+                    true => Ok(()),
+                    false => self.fresh_backup(config, package, env),
+                }),
+            RehearseOn::Scratch => self.fresh_backup(config, package, env).and_then(|()| {
+                self.rehearse_on_scratch(config, package, &statements, env, decryptor)
+            }),
+        };
+        if let Err(ending) = prepared {
             return self.unchanged(&mut client, ending);
         }
         if options.preflight_only {
@@ -373,9 +422,6 @@ impl Procedure {
                 cause: None,
                 remediation: Vec::new(),
             };
-        }
-        if let Err(ending) = self.fresh_backup(config, package, env) {
-            return self.unchanged(&mut client, ending);
         }
         self.apply(&mut client, target, package, &statements)
     }
@@ -528,9 +574,10 @@ impl Procedure {
         target: &ConnectionTarget,
         package: &Package,
         statements: &[Statement],
+        ran_in: &str,
     ) -> std::result::Result<(), Ending> {
         let timeouts = package.timeouts().expect("validated when loaded");
-        let phase = self.transaction(
+        let mut phase = self.transaction(
             client,
             target,
             package,
@@ -539,6 +586,7 @@ impl Procedure {
             timeouts.statement_ms,
             false,
         );
+        phase.ran_in = ran_in.to_string();
         let passed = phase.failure.is_none()
             && phase.mismatches.is_empty()
             && phase.interrupted_by.is_none();
@@ -566,7 +614,7 @@ impl Procedure {
             passed,
             match &ending {
                 None => format!(
-                    "{} statements ran and were rolled back in {} ms; the catalog delta is the declared one",
+                    "{} statements ran in {ran_in} and were rolled back in {} ms; the catalog delta is the declared one",
                     phase.statements_run, phase.duration_ms
                 ),
                 Some(ending) => ending.cause.clone().unwrap_or_default(),
@@ -577,6 +625,86 @@ impl Procedure {
             Some(ending) => Err(ending),
             None => Ok(()),
         }
+    }
+
+    /// The rehearsal on a scratch restore of the fresh backup: the backup
+    /// is drilled (restored, proven table by table, its verdict recorded),
+    /// the scratch database kept for the rehearsal, then dropped.
+    fn rehearse_on_scratch(
+        &mut self,
+        config: &Config,
+        package: &Package,
+        statements: &[Statement],
+        env: Env,
+        decryptor: &mut dyn FnMut() -> Result<Option<Decryptor>>,
+    ) -> std::result::Result<(), Ending> {
+        let id = self.report.backup.as_ref().expect("taken first").id.clone();
+        let options = crate::drill::DrillOptions {
+            restore: crate::restore::RestoreOptions::default(),
+            keep: true,
+        };
+        let selector = crate::repository::select::Selector::any(&id);
+        let drill = crate::drill::run(config, env, &selector, &options, decryptor, &mut |_| {});
+        let drill = match drill {
+            Ok(drill) => drill,
+            Err(error) => {
+                self.check("scratch", false, error.to_string());
+                return Err(Ending::blocked(format!(
+                    "the scratch restore of backup {id} failed: {}",
+                    error.message()
+                )));
+            }
+        };
+        let scratch = drill
+            .record
+            .restored_to
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let mut server = match crate::restore::target::RestoreServer::connect(config, env) {
+            Ok(server) => server,
+            Err(error) => {
+                return Err(Ending::blocked(format!(
+                    "cannot reach the restore server to rehearse on {scratch} (left in place): {}",
+                    error.message()
+                )));
+            }
+        };
+        let result = match &drill.record.first_failure {
+            Some(failure) => {
+                self.check("scratch", false, failure.clone());
+                Err(Ending::blocked(format!(
+                    "the fresh backup {id} failed its drill, so there is no change: {failure}"
+                )))
+            }
+            None => {
+                self.check(
+                    "scratch",
+                    true,
+                    format!("backup {id} restored into {scratch} and proven (drill PASS)"),
+                );
+                let restore_target = server.target();
+                scratch_target(package, restore_target, &scratch, env)
+                    .and_then(|target| Ok((target.connect()?, target)))
+                    .map_err(|error| {
+                        Ending::blocked(format!(
+                            "cannot connect as the apply role to the scratch database {scratch}: {}",
+                            error.message()
+                        ))
+                    })
+                    .and_then(|(mut client, target)| {
+                        self.rehearse(&mut client, &target, package, statements, &scratch)
+                    })
+            }
+        };
+        if let Err(error) = server.drop_database(&scratch) {
+            self.report.warnings.push(format!(
+                "the scratch database {scratch} could not be dropped: {}",
+                error.message()
+            ));
+        }
+        result
     }
 
     /// P2: a fresh backup of the package's scope, through `backup::run`.
@@ -786,6 +914,7 @@ impl Procedure {
             mismatches: Vec::new(),
             ended_with: "ROLLBACK",
             interrupted_by: None,
+            ran_in: "production".into(),
         };
         // A signal now must end in ROLLBACK and a report, never in a
         // COMMIT nobody wanted or a process killed mid-transaction.

@@ -60,6 +60,12 @@ impl RestoreServer {
         })
     }
 
+    /// The session's settings (another role's session to this server
+    /// starts from them).
+    pub fn target(&self) -> &ConnectionTarget {
+        &self.target
+    }
+
     /// `user@host:port`, for messages.
     pub fn describe(&self) -> String {
         format!(
