@@ -229,3 +229,68 @@ impl Package {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// README's example package uses only keys a package has.
+    #[test]
+    fn the_readme_example_package_parses() {
+        let readme = include_str!("../../../../README.md");
+        let start = readme
+            .find("# change-4711.toml\n")
+            .expect("README shows an apply package");
+        let block = &readme[start..];
+        let block = &block[..block.find("```").expect("the block ends")];
+        let package: Package = toml::from_str(block).expect("README's package parses");
+        assert_eq!(
+            package.expected_delta["cutter_governance"]["foreign-keys"],
+            19
+        );
+        assert_eq!(
+            package.apply_connection.user.as_deref(),
+            Some("workflow_admin")
+        );
+        assert_eq!(package.backup_scope.unwrap().schemas.len(), 2);
+        assert_eq!(package.postconditions.checks.len(), 1);
+    }
+
+    #[test]
+    fn a_package_names_its_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |text: &str| {
+            let path = dir.path().join("p.toml");
+            std::fs::write(&path, text).unwrap();
+            Package::load(&path).map(|_| ()).unwrap_err().to_string()
+        };
+        let base = "artifact = \"a.sql\"\nartifact-sha256 = \"{sha}\"\ndatabase = \"d\"\nsystem-identifier = \"{sid}\"\nrole = \"r\"\n";
+        let good_sha = "0".repeat(64);
+        let with = |sha: &str, sid: &str, extra: &str| {
+            format!(
+                "{}{extra}",
+                base.replace("{sha}", sha).replace("{sid}", sid)
+            )
+        };
+        assert!(write(&with("abc", "1", "")).contains("is not a sha256"));
+        assert!(write(&with(&good_sha, "x1", "")).contains("is not a cluster's system identifier"));
+        assert!(
+            write(&with(&good_sha, "1", "[expected-delta.app]\ntabels = 1\n"))
+                .contains("unknown object kind \"tabels\"")
+        );
+        assert!(
+            write(&with(
+                &good_sha,
+                "1",
+                "[preconditions]\nabsent = [\"tabel app.a\"]\n"
+            ))
+            .contains("does not start with an object kind")
+        );
+        assert!(
+            write(&with(&good_sha, "1", "lock-timeout = \"0s\"\n")).contains("must be positive")
+        );
+        assert!(
+            write(&with(&good_sha, "1", "colour = 1\n")).contains("line 6: unknown field `colour`")
+        );
+    }
+}
