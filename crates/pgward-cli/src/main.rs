@@ -685,12 +685,35 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 },
             };
             let mut decryptor = configured_decryptor(&config);
+            let started = Instant::now();
+            notify_start(&config, NotifyEvent::Apply);
             let report =
-                pgward::apply::run(&config, &options, &pgward::process_env, &mut decryptor)?;
-            render::apply(&report, cli.json);
-            if !report.succeeded() {
-                return Err(Failure::Reported(Error::from(&report)));
+                match pgward::apply::run(&config, &options, &pgward::process_env, &mut decryptor) {
+                    Ok(report) => report,
+                    Err(error) => {
+                        notify(&config, NotifyEvent::Apply, started, Err(&error));
+                        return Err(error.into());
+                    }
+                };
+            let verdict = report
+                .succeeded()
+                .then_some(())
+                .ok_or_else(|| Error::from(&report));
+            match &verdict {
+                Ok(()) => notify(
+                    &config,
+                    NotifyEvent::Apply,
+                    started,
+                    Ok((
+                        format!("apply {}: {}", report.id, report.status.name()),
+                        &render::apply_document(&report),
+                    )),
+                ),
+                Err(error) => notify(&config, NotifyEvent::Apply, started, Err(error)),
             }
+            render::apply(&report, cli.json);
+            render::notifications(cli.json);
+            verdict.map_err(Failure::Reported)?;
         }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "pgward", &mut std::io::stdout());

@@ -144,6 +144,8 @@ pub enum NotifyEvent {
     Prune,
     Check,
     Run,
+    /// `apply`: not among the defaults (a change is no heartbeat); name it.
+    Apply,
 }
 
 fn default_on() -> Vec<NotifyOn> {

@@ -253,10 +253,29 @@ fn episode_4_as_the_app_role_is_blocked_by_the_rehearsal_and_changes_nothing() {
 fn episode_4_as_the_owner_applies_exactly_the_declared_delta_after_a_verifiable_backup() {
     let change = episode4("apply_ep4_owner");
     let package = change.package("change", &artifact(), &change.owner, DELTA, "");
+    // A webhook that asked for apply events, and a heartbeat that did not.
+    let listener = HttpListener::start(Answer::Ok, String::new);
+    std::fs::write(
+        &change.config,
+        format!(
+            "[connection]\ndbname = \"{}\"\n\n[[notify]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/hook\"\nevents = [\"apply\"]\n\n[[notify]]\nkind = \"uptime-kuma\"\nurl = \"http://127.0.0.1:{port}/api/push/kuma\"\n",
+            change.db,
+            port = listener.port
+        ),
+    )
+    .unwrap();
 
     let run = change.apply(&package, &[]);
     run.assert_ok();
     let report = run.json();
+    let received = listener.received();
+    assert_eq!(received.len(), 1, "only the webhook asked for apply events");
+    assert_eq!(received[0].target, "/hook");
+    let sent: Value = serde_json::from_str(&received[0].body).unwrap();
+    assert_eq!(sent["pgward-event"], "apply");
+    assert_eq!(sent["message-type"], "apply");
+    assert_eq!(sent["status"], "APPLIED");
+    assert_eq!(report["notifications"][0]["delivered"], true);
     assert_eq!(report["status"], "APPLIED", "{report}");
     assert_eq!(report["artifact"]["statements"], 13);
     assert_eq!(report["production-changed"], true);
