@@ -109,6 +109,9 @@ fn refusal_reason(node: &NodeEnum) -> Option<String> {
         NodeEnum::VariableSetStmt(set) if changes_identity(&set.name) => {
             "changes the role the statements run as: the change runs as the role the package pins; set [apply-connection] instead"
         }
+        NodeEnum::VariableSetStmt(set) if overrides_timeouts(set) => {
+            "overrides the timeouts the package sets for every statement: set lock-timeout and statement-timeout in the package instead"
+        }
         NodeEnum::CopyStmt(copy) if copy.filename.is_empty() && !copy.is_program => {
             "COPY from the client's stdin or to its stdout: the artifact carries no data stream; use INSERT"
         }
@@ -133,6 +136,13 @@ fn detaches_concurrently(alter: &pg_query::protobuf::AlterTableStmt) -> bool {
             Some(NodeEnum::PartitionCmd(partition)) if partition.concurrent
         )
     })
+}
+
+fn overrides_timeouts(set: &pg_query::protobuf::VariableSetStmt) -> bool {
+    let name = set.name.to_ascii_lowercase();
+    set.kind == pg_query::protobuf::VariableSetKind::VarResetAll as i32
+        || name == "lock_timeout"
+        || name == "statement_timeout"
 }
 
 fn changes_identity(name: &str) -> bool {
@@ -257,12 +267,14 @@ mod tests {
                    VACUUM a;\n\
                    ANALYZE a;\n\
                    SET ROLE postgres;\n\
-                   SET LOCAL lock_timeout = '1s';\n\
+                   SET LOCAL work_mem = '64MB';\n\
                    DROP INDEX CONCURRENTLY a_id;\n\
                    REINDEX (CONCURRENTLY) TABLE a;\n\
                    ALTER SYSTEM SET work_mem = '1MB';\n\
                    ALTER TABLE p DETACH PARTITION c CONCURRENTLY;\n\
-                   COPY a FROM STDIN;";
+                   COPY a FROM STDIN;\n\
+                   SET lock_timeout = 0;\n\
+                   RESET ALL;";
         let lines: Vec<(usize, String)> = refusals(sql)
             .into_iter()
             .map(|r| (r.line, r.summary))
@@ -282,6 +294,8 @@ mod tests {
                     "ALTER TABLE p DETACH PARTITION c CONCURRENTLY".to_string()
                 ),
                 (12, "COPY a FROM STDIN".to_string()),
+                (13, "SET lock_timeout = 0".to_string()),
+                (14, "RESET ALL".to_string()),
             ]
         );
     }
