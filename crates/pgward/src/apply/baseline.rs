@@ -40,6 +40,12 @@ pub enum Kind {
     Range,
     Extension,
     Policy,
+    Rule,
+    Publication,
+    EventTrigger,
+    DefaultPrivileges,
+    Database,
+    Role,
 }
 
 const KINDS: &[(Kind, &str, &str)] = &[
@@ -96,7 +102,23 @@ const KINDS: &[(Kind, &str, &str)] = &[
     (Kind::Range, "range", "ranges"),
     (Kind::Extension, "extension", "extensions"),
     (Kind::Policy, "policy", "policies"),
+    (Kind::Rule, "rule", "rules"),
+    (Kind::Publication, "publication", "publications"),
+    (Kind::EventTrigger, "event-trigger", "event-triggers"),
+    (
+        Kind::DefaultPrivileges,
+        "default-privileges",
+        "default-privileges",
+    ),
+    (Kind::Database, "database", "databases"),
+    (Kind::Role, "role", "roles"),
 ];
+
+/// Where objects that belong to no schema are counted: the database's own
+/// settings, publications, event triggers, default privileges without a
+/// schema (`(database)`), and roles (`(cluster)`).
+pub const DATABASE_LEVEL: &str = "(database)";
+pub const CLUSTER_LEVEL: &str = "(cluster)";
 
 impl Kind {
     pub fn name(self) -> &'static str {
@@ -169,6 +191,9 @@ impl Serialize for ObjectName {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Baseline {
     objects: BTreeMap<ObjectName, (String, String)>,
+    /// The relation an index, constraint, trigger, policy, rule or owned
+    /// sequence belongs to (`schema.table`): dropped with it.
+    parents: BTreeMap<ObjectName, String>,
 }
 
 /// What a baseline says in a report: counts per schema and kind, and one
@@ -207,6 +232,7 @@ WITH ns AS (
 )
 SELECT nspname, 'schema', format('%I', nspname),
        concat_ws('|', pg_catalog.pg_get_userbyid(nspowner), nspacl::text)
+       , NULL::text
   FROM ns
 UNION ALL
 SELECT nspname,
@@ -215,7 +241,14 @@ SELECT nspname,
                     WHEN 'f' THEN 'foreign-table' WHEN 'c' THEN 'composite-type' ELSE 'index' END,
        format('%I.%I', nspname, relname),
        concat_ws('|', pg_catalog.pg_get_userbyid(relowner), relacl::text, relpersistence,
-                 relrowsecurity, relforcerowsecurity, reloptions::text,
+                 relrowsecurity, relforcerowsecurity, reloptions::text, relreplident,
+                 (SELECT string_agg(format('%I.%I', pn.nspname, p.relname), ',' ORDER BY i.inhseqno)
+                    FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
+                    JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace
+                   WHERE i.inhrelid = rel.oid),
+                 (SELECT concat_ws(',', s.seqtypid, s.seqstart, s.seqincrement, s.seqmax, s.seqmin,
+                                   s.seqcache, s.seqcycle)
+                    FROM pg_catalog.pg_sequence s WHERE s.seqrelid = rel.oid),
                  CASE WHEN relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(oid) END,
                  CASE WHEN relkind IN ('i', 'I') THEN pg_catalog.pg_get_indexdef(oid) END,
                  pg_catalog.pg_get_partkeydef(oid), pg_catalog.pg_get_expr(relpartbound, oid),
@@ -226,6 +259,8 @@ SELECT nspname,
                     FROM pg_catalog.pg_attribute a
                     LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
                    WHERE a.attrelid = rel.oid AND a.attnum > 0 AND NOT a.attisdropped))
+       , CASE WHEN rel.relkind IN ('i', 'I') THEN (SELECT format('%I.%I', tn.nspname, t.relname) FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class t ON t.oid = x.indrelid JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace WHERE x.indexrelid = rel.oid)
+              WHEN rel.relkind = 'S' THEN (SELECT format('%I.%I', tn.nspname, t.relname) FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class t ON t.oid = d.refobjid JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = rel.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype IN ('a', 'i') LIMIT 1) END
   FROM rel WHERE relkind IN ('r', 'p', 'v', 'm', 'S', 'f', 'c', 'i', 'I')
 UNION ALL
 SELECT ns.nspname,
@@ -235,6 +270,7 @@ SELECT ns.nspname,
        CASE WHEN con.conrelid <> 0 THEN format('%I on %I.%I', con.conname, rel.nspname, rel.relname)
             ELSE format('%I on domain %I.%I', con.conname, tns.nspname, t.typname) END,
        concat_ws('|', pg_catalog.pg_get_constraintdef(con.oid), con.convalidated)
+       , CASE WHEN con.conrelid <> 0 THEN format('%I.%I', rel.nspname, rel.relname) END
   FROM pg_catalog.pg_constraint con
   JOIN ns ON ns.oid = con.connamespace
   LEFT JOIN rel ON rel.oid = con.conrelid
@@ -249,13 +285,17 @@ SELECT ns.nspname,
        format('%I.%I(%s)', ns.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid)),
        concat_ws('|', pg_catalog.pg_get_userbyid(p.proowner), p.proacl::text, p.prosrc, p.probin,
                  pg_catalog.pg_get_function_result(p.oid), p.provolatile, p.prosecdef,
-                 p.proconfig::text, p.prolang)
+                 p.proconfig::text, p.prolang, p.proisstrict, p.proleakproof, p.proparallel,
+                 p.procost, p.prorows, pg_catalog.pg_get_function_arguments(p.oid),
+                 CASE WHEN p.prokind <> 'a' THEN pg_catalog.pg_get_functiondef(p.oid) END)
+       , NULL
   FROM pg_catalog.pg_proc p JOIN ns ON ns.oid = p.pronamespace
  WHERE NOT EXISTS (SELECT 1 FROM member m
                    WHERE m.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND m.objid = p.oid)
 UNION ALL
 SELECT rel.nspname, 'trigger', format('%I on %I.%I', tg.tgname, rel.nspname, rel.relname),
        concat_ws('|', pg_catalog.pg_get_triggerdef(tg.oid), tg.tgenabled)
+       , format('%I.%I', rel.nspname, rel.relname)
   FROM pg_catalog.pg_trigger tg JOIN rel ON rel.oid = tg.tgrelid
  WHERE NOT tg.tgisinternal
 UNION ALL
@@ -266,19 +306,69 @@ SELECT ns.nspname,
                  pg_catalog.format_type(t.typbasetype, t.typtypmod), t.typnotnull, t.typdefault,
                  (SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder)
                     FROM pg_catalog.pg_enum e WHERE e.enumtypid = t.oid))
+       , NULL
   FROM pg_catalog.pg_type t JOIN ns ON ns.oid = t.typnamespace
  WHERE t.typtype IN ('d', 'e', 'r')
    AND NOT EXISTS (SELECT 1 FROM member m
                    WHERE m.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND m.objid = t.oid)
 UNION ALL
 SELECT ns.nspname, 'extension', format('%I', e.extname), e.extversion
+       , NULL
   FROM pg_catalog.pg_extension e JOIN ns ON ns.oid = e.extnamespace
 UNION ALL
 SELECT rel.nspname, 'policy', format('%I on %I.%I', pol.polname, rel.nspname, rel.relname),
        concat_ws('|', pol.polcmd, pol.polpermissive, pol.polroles::text,
                  pg_catalog.pg_get_expr(pol.polqual, pol.polrelid),
                  pg_catalog.pg_get_expr(pol.polwithcheck, pol.polrelid))
+       , format('%I.%I', rel.nspname, rel.relname)
   FROM pg_catalog.pg_policy pol JOIN rel ON rel.oid = pol.polrelid
+UNION ALL
+SELECT rel.nspname, 'rule', format('%I on %I.%I', r.rulename, rel.nspname, rel.relname),
+       pg_catalog.pg_get_ruledef(r.oid)
+       , format('%I.%I', rel.nspname, rel.relname)
+  FROM pg_catalog.pg_rewrite r JOIN rel ON rel.oid = r.ev_class
+ WHERE r.rulename <> '_RETURN'
+UNION ALL
+SELECT '(database)', 'publication', format('%I', pub.pubname),
+       concat_ws('|', pg_catalog.pg_get_userbyid(pub.pubowner), pub.puballtables, pub.pubinsert,
+                 pub.pubupdate, pub.pubdelete, pub.pubtruncate, pub.pubviaroot,
+                 (SELECT string_agg(format('%I.%I', n.nspname, c.relname), ',' ORDER BY n.nspname, c.relname)
+                    FROM pg_catalog.pg_publication_rel pr JOIN pg_catalog.pg_class c ON c.oid = pr.prrelid
+                    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                   WHERE pr.prpubid = pub.oid))
+       , NULL
+  FROM pg_catalog.pg_publication pub
+UNION ALL
+SELECT '(database)', 'event-trigger', format('%I', e.evtname),
+       concat_ws('|', pg_catalog.pg_get_userbyid(e.evtowner), e.evtevent, e.evtfoid::pg_catalog.regprocedure::text,
+                 e.evtenabled, e.evttags::text)
+       , NULL
+  FROM pg_catalog.pg_event_trigger e
+UNION ALL
+SELECT coalesce(ns.nspname, '(database)'), 'default-privileges',
+       format('for %I in %s on %s', pg_catalog.pg_get_userbyid(d.defaclrole),
+              coalesce(format('%I', ns.nspname), 'the database'), d.defaclobjtype),
+       d.defaclacl::text
+       , NULL
+  FROM pg_catalog.pg_default_acl d LEFT JOIN pg_catalog.pg_namespace ns ON ns.oid = d.defaclnamespace
+UNION ALL
+SELECT '(database)', 'database', format('%I', d.datname),
+       concat_ws('|', pg_catalog.pg_get_userbyid(d.datdba), d.datacl::text, d.datconnlimit,
+                 d.datallowconn,
+                 (SELECT string_agg(concat_ws(':', s.setrole, s.setconfig::text), ',' ORDER BY s.setrole)
+                    FROM pg_catalog.pg_db_role_setting s WHERE s.setdatabase = d.oid))
+       , NULL
+  FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()
+UNION ALL
+SELECT '(cluster)', 'role', format('%I', r.rolname),
+       concat_ws('|', r.rolsuper, r.rolinherit, r.rolcreaterole, r.rolcreatedb, r.rolcanlogin,
+                 r.rolreplication, r.rolbypassrls, r.rolconnlimit, r.rolvaliduntil,
+                 (SELECT string_agg(concat_ws(':', m.roleid, m.admin_option), ',' ORDER BY m.roleid)
+                    FROM pg_catalog.pg_auth_members m WHERE m.member = r.oid),
+                 (SELECT string_agg(s.setconfig::text, ',')
+                    FROM pg_catalog.pg_db_role_setting s WHERE s.setrole = r.oid AND s.setdatabase = 0))
+       , NULL
+  FROM pg_catalog.pg_roles r WHERE r.rolname !~ '^pg_'
 "#;
 
 /// Reads the baseline inside the caller's transaction (its own changes
@@ -301,6 +391,7 @@ pub fn measure(client: &mut postgres::Client) -> Result<Baseline> {
         )
         .map_err(failed)?;
     let mut objects = BTreeMap::new();
+    let mut parents = BTreeMap::new();
     for row in rows {
         let schema: String = row.get(0);
         let kind: String = row.get(1);
@@ -308,9 +399,13 @@ pub fn measure(client: &mut postgres::Client) -> Result<Baseline> {
         let definition: Option<String> = row.get(3);
         let kind = Kind::from_name(&kind).expect("the query only names known kinds");
         let digest = hex(&Sha256::digest(definition.unwrap_or_default().as_bytes()));
-        objects.insert(ObjectName { kind, name }, (schema, digest));
+        let object = ObjectName { kind, name };
+        if let Some(parent) = row.get::<_, Option<String>>(4) {
+            parents.insert(object.clone(), parent);
+        }
+        objects.insert(object, (schema, digest));
     }
-    Ok(Baseline { objects })
+    Ok(Baseline { objects, parents })
 }
 
 /// [`measure`] in a read-only transaction of its own.
@@ -326,14 +421,32 @@ pub fn measure_read_only(client: &mut postgres::Client) -> Result<Baseline> {
 }
 
 impl Baseline {
+    /// Without the cluster's roles, which other databases' owners change
+    /// at any time: what "this database is as before" compares. (Inside
+    /// the change's transaction, whose snapshot shows no one else's
+    /// changes, roles are compared too.)
+    pub fn database_only(&self) -> Baseline {
+        Baseline {
+            objects: self
+                .objects
+                .iter()
+                .filter(|(name, _)| name.kind != Kind::Role)
+                .map(|(name, entry)| (name.clone(), entry.clone()))
+                .collect(),
+            parents: self.parents.clone(),
+        }
+    }
+
     pub fn contains(&self, name: &ObjectName) -> bool {
         self.objects.contains_key(name)
     }
 
+    /// Counts and digest of the database's objects (roles left out: see
+    /// [`Baseline::database_only`]).
     pub fn summary(&self) -> BaselineSummary {
         let mut counts: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
         let mut digest = Sha256::new();
-        for (name, (schema, definition)) in &self.objects {
+        for (name, (schema, definition)) in self.database_only().objects.iter() {
             *counts
                 .entry(schema.clone())
                 .or_default()
@@ -342,7 +455,10 @@ impl Baseline {
             digest.update(format!("{name}\t{schema}\t{definition}\n").as_bytes());
         }
         BaselineSummary {
-            objects: self.objects.len(),
+            objects: counts
+                .values()
+                .flat_map(|kinds| kinds.values())
+                .sum::<i64>() as usize,
             digest: hex(&digest.finalize()),
             counts,
         }
@@ -394,6 +510,51 @@ impl Baseline {
 pub struct Expected {
     pub counts: BTreeMap<String, BTreeMap<String, i64>>,
     pub altered: Vec<ObjectName>,
+    /// Objects the change drops; what they hold (a table's indexes,
+    /// constraints, triggers, owned sequences; a schema's objects) goes
+    /// with them without being named.
+    pub dropped: Vec<ObjectName>,
+}
+
+impl Expected {
+    /// The expectation without the cluster's roles (see
+    /// [`Baseline::database_only`]).
+    pub fn database_only(&self) -> Expected {
+        let keep = |names: &Vec<ObjectName>| {
+            names
+                .iter()
+                .filter(|n| n.kind != Kind::Role)
+                .cloned()
+                .collect()
+        };
+        Expected {
+            counts: self
+                .counts
+                .iter()
+                .filter(|(schema, _)| schema.as_str() != CLUSTER_LEVEL)
+                .map(|(schema, kinds)| (schema.clone(), kinds.clone()))
+                .collect(),
+            altered: keep(&self.altered),
+            dropped: keep(&self.dropped),
+        }
+    }
+
+    fn allows_drop(&self, object: &ObjectName, before: &Baseline) -> bool {
+        self.dropped.iter().any(|declared| {
+            declared == object
+                || before.parents.get(object) == Some(&declared.name)
+                || (declared.kind == Kind::Schema
+                    && before
+                        .schema_of(object)
+                        .is_some_and(|schema| format_ident(schema) == declared.name))
+        })
+    }
+}
+
+/// An identifier as `format('%I')` writes it (quoted only when needed;
+/// keywords aside, which schema names seldom are).
+fn format_ident(name: &str) -> String {
+    crate::scope::quote_if_needed(name)
 }
 
 impl Delta {
@@ -459,6 +620,20 @@ impl Delta {
                 }
             ));
         }
+        // Net counts alone would let a drop hide behind a create: every
+        // dropped object must be declared (or go with one that is).
+        for name in &self.dropped {
+            if !expected.allows_drop(name, before) {
+                mismatches.push(format!(
+                    "{name} was dropped, and expected-dropped does not name it (nor what holds it)"
+                ));
+            }
+        }
+        for name in &expected.dropped {
+            if !self.dropped.contains(name) {
+                mismatches.push(format!("{name} is in expected-dropped but was not dropped"));
+            }
+        }
         for name in &self.altered {
             if !expected.altered.contains(name) {
                 mismatches.push(format!(
@@ -507,6 +682,7 @@ mod tests {
                     )
                 })
                 .collect(),
+            parents: BTreeMap::new(),
         }
     }
 
@@ -546,7 +722,11 @@ mod tests {
         expected
             .altered
             .push(ObjectName::parse("table app.a").unwrap());
+        expected
+            .dropped
+            .push(ObjectName::parse("table app.old").unwrap());
         assert!(delta.mismatches(&expected, &after, &before).is_empty());
+        expected.dropped.clear();
 
         expected
             .counts
@@ -559,11 +739,85 @@ mod tests {
             mismatches,
             [
                 "app: tables +1, declared +2 (created table app.b, table app.c; dropped table app.old)",
+                "table app.old was dropped, and expected-dropped does not name it (nor what holds it)",
                 "table app.a was altered, and expected-altered does not name it",
             ]
         );
         assert_ne!(before.summary().digest, after.summary().digest);
         assert_eq!(before.summary().digest, before.clone().summary().digest);
+    }
+
+    #[test]
+    fn a_drop_cannot_hide_behind_a_create_and_what_a_dropped_table_holds_goes_with_it() {
+        let mut before = baseline(&[
+            ("app", "schema app", "owner"),
+            ("app", "table app.victim", "id:int"),
+            ("app", "index app.victim_pkey", "btree"),
+            (
+                "app",
+                "primary-key victim_pkey on app.victim",
+                "PRIMARY KEY (id)",
+            ),
+        ]);
+        before.parents.insert(
+            ObjectName::parse("index app.victim_pkey").unwrap(),
+            "app.victim".into(),
+        );
+        before.parents.insert(
+            ObjectName::parse("primary-key victim_pkey on app.victim").unwrap(),
+            "app.victim".into(),
+        );
+        // Net zero tables: one dropped, one created.
+        let after = baseline(&[
+            ("app", "schema app", "owner"),
+            ("app", "table app.newtab", "id:int"),
+        ]);
+        let delta = before.delta(&after);
+        let mut expected = Expected::default();
+        expected.counts.insert(
+            "app".into(),
+            [
+                ("indexes".to_string(), -1),
+                ("primary-keys".to_string(), -1),
+            ]
+            .into(),
+        );
+        let mismatches = delta.mismatches(&expected, &after, &before);
+        assert_eq!(mismatches.len(), 3, "{mismatches:?}");
+        assert!(
+            mismatches
+                .iter()
+                .all(|m| m.contains("expected-dropped does not name it"))
+        );
+        expected
+            .dropped
+            .push(ObjectName::parse("table app.victim").unwrap());
+        assert_eq!(
+            delta.mismatches(&expected, &after, &before),
+            Vec::<String>::new()
+        );
+        // A whole schema dropped: its objects go with it.
+        let empty = baseline(&[]);
+        let delta = before.delta(&empty);
+        let expected = Expected {
+            counts: [(
+                "app".to_string(),
+                [
+                    ("schemas".to_string(), -1),
+                    ("tables".to_string(), -1),
+                    ("indexes".to_string(), -1),
+                    ("primary-keys".to_string(), -1),
+                ]
+                .into(),
+            )]
+            .into(),
+            altered: Vec::new(),
+            dropped: vec![ObjectName::parse("schema app").unwrap()],
+        };
+        assert_eq!(
+            delta.mismatches(&expected, &empty, &before),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

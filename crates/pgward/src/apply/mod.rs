@@ -53,8 +53,10 @@ pub struct ApplyOptions {
 /// Where the rolled-back rehearsal runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum RehearseOn {
-    /// In the production database, before the backup: its locks are
-    /// taken for a rolled-back moment, bounded by rehearsal-lock-timeout.
+    /// In the production database, before the backup: the locks the
+    /// artifact takes are held until the rollback (waits for them are
+    /// bounded by rehearsal-lock-timeout), and a table rewrite is done and
+    /// undone there.
     #[default]
     Production,
     /// In a scratch restore of the fresh backup (drill-style, proven,
@@ -77,6 +79,9 @@ pub enum Status {
     BlockedPreflight,
     /// The change ran and was rolled back.
     FailedRolledBack,
+    /// The session broke during COMMIT and the server could not be asked
+    /// whether it committed: someone must look.
+    InDoubt,
 }
 
 impl Status {
@@ -87,6 +92,7 @@ impl Status {
             Status::Refused => "REFUSED",
             Status::BlockedPreflight => "BLOCKED_PREFLIGHT",
             Status::FailedRolledBack => "FAILED_ROLLED_BACK",
+            Status::InDoubt => "IN_DOUBT",
         }
     }
 }
@@ -289,6 +295,12 @@ struct Procedure {
     started: Instant,
     /// The baseline the change is measured against (read-only, preflight).
     before: Option<Baseline>,
+    /// The artifact ended pgward's transaction: what ran after that is
+    /// not known to be rolled back.
+    escaped: bool,
+    /// Signals become a rollback and a report, never a process killed
+    /// mid-transaction. Suspended while `backup` and `drill` run their own.
+    watch: Option<crate::interrupt::InterruptWatch>,
 }
 
 impl Procedure {
@@ -333,6 +345,33 @@ impl Procedure {
             },
             started: Instant::now(),
             before: None,
+            escaped: false,
+            watch: crate::interrupt::InterruptWatch::install().ok(),
+        }
+    }
+
+    /// Hands signals over to a step that watches them itself (backup,
+    /// drill); refuses when one already arrived.
+    fn suspend_watch(&mut self) -> std::result::Result<(), Ending> {
+        self.interrupted()?;
+        self.watch = None;
+        Ok(())
+    }
+
+    fn resume_watch(&mut self) {
+        self.watch = crate::interrupt::InterruptWatch::install().ok();
+    }
+
+    /// Stops the procedure between steps when a signal arrived.
+    fn interrupted(&mut self) -> std::result::Result<(), Ending> {
+        match crate::interrupt::pending() {
+            Some(signal) if self.watch.is_some() => {
+                self.report.interrupted_by = Some(signal);
+                Err(Ending::blocked(format!(
+                    "interrupted by signal {signal} before the change ran"
+                )))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -399,12 +438,17 @@ impl Procedure {
             }
         };
         self.report.production_evidence = "the change was never run on the database".into();
-        if let Err(ending) = self.preflight(&mut client, package) {
+        if let Err(ending) = self
+            .preflight(&mut client, package)
+            .and_then(|()| self.interrupted())
+        {
             return ending;
         }
         let prepared = match options.rehearse_on {
             RehearseOn::Production => self
                 .rehearse(&mut client, target, package, &statements, "production")
+                .and_then(|()| self.left_no_trace(&mut client))
+                .and_then(|()| self.interrupted())
                 .and_then(|()| match options.preflight_only {
                     true => Ok(()),
                     false => self.fresh_backup(config, package, env),
@@ -413,7 +457,7 @@ impl Procedure {
                 self.rehearse_on_scratch(config, package, &statements, env, decryptor)
             }),
         };
-        if let Err(ending) = prepared {
+        if let Err(ending) = prepared.and_then(|()| self.interrupted()) {
             return self.unchanged(&mut client, ending);
         }
         if options.preflight_only {
@@ -488,7 +532,8 @@ impl Procedure {
             .query_one(
                 "SELECT (SELECT s.system_identifier::text FROM pg_catalog.pg_control_system() s), \
                         pg_catalog.current_database()::text, current_user::text, \
-                        pg_catalog.current_setting('server_version')",
+                        pg_catalog.current_setting('server_version'), \
+                        pg_catalog.current_setting('standard_conforming_strings')",
                 &[],
             )
             .map_err(|e| failed("reading the server's identity", e))?;
@@ -524,6 +569,18 @@ impl Procedure {
             blocked.push(format!(
                 "the change would run as {role}, the package pins {}",
                 package.role
+            ));
+        }
+        // The artifact was split by a parser that reads `\` in a literal
+        // as a character; so must the server.
+        let conforming: String = row.get(4);
+        if !self.check(
+            "standard-conforming-strings",
+            conforming == "on",
+            format!("standard_conforming_strings = {conforming}"),
+        ) {
+            blocked.push(format!(
+                "the session has standard_conforming_strings = {conforming}: the server would read the artifact's string literals otherwise than the parser that checked it"
             ));
         }
         if !blocked.is_empty() {
@@ -644,7 +701,9 @@ impl Procedure {
             keep: true,
         };
         let selector = crate::repository::select::Selector::any(&id);
+        self.suspend_watch()?;
         let drill = crate::drill::run(config, env, &selector, &options, decryptor, &mut |_| {});
+        self.resume_watch();
         let drill = match drill {
             Ok(drill) => drill,
             Err(error) => {
@@ -722,12 +781,14 @@ impl Procedure {
         if let Some(scope) = &package.backup_scope {
             config.scope = scope.clone();
         }
+        self.suspend_watch()?;
         let outcome = crate::backup::run(
             &config,
             &crate::backup::BackupOptions::default(),
             env,
             &mut |_| {},
         );
+        self.resume_watch();
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(error) => {
@@ -800,7 +861,18 @@ impl Procedure {
             true,
         );
         let committed = phase.ended_with == "COMMIT";
-        let ending = if let Some(signal) = phase.interrupted_by {
+        let ending = if phase.ended_with == "UNKNOWN" {
+            self.report.apply = Some(phase);
+            self.report.production_changed = true;
+            self.report.production_evidence = "unknown: the session broke during COMMIT and the server could not be asked whether it committed".into();
+            return Ending {
+                status: Status::InDoubt,
+                cause: Some("the session broke during COMMIT; whether the change is committed is unknown".into()),
+                remediation: vec![
+                    "look at the catalog (the report's baseline-before is what it was), then apply again or not; the fresh backup is in the repository".into(),
+                ],
+            };
+        } else if let Some(signal) = phase.interrupted_by {
             Ending {
                 status: Status::FailedRolledBack,
                 cause: Some(format!(
@@ -823,10 +895,7 @@ impl Procedure {
         } else if !phase.mismatches.is_empty() {
             Ending {
                 status: Status::FailedRolledBack,
-                cause: Some(format!(
-                    "the change does not do what the package declares, so it was rolled back: {}",
-                    phase.mismatches.join("; ")
-                )),
+                cause: Some(format!("rolled back: {}", phase.mismatches.join("; "))),
                 remediation: Vec::new(),
             }
         } else {
@@ -844,8 +913,12 @@ impl Procedure {
         let before = self.before.clone().unwrap_or_default();
         match baseline::measure_read_only(client) {
             Ok(after) => {
+                // Roles were checked inside the transaction; here others'
+                // role changes since the preflight would only be noise.
+                let (before, after) = (before.database_only(), after.database_only());
                 let delta = before.delta(&after);
-                let mismatches = delta.mismatches(&expected(package), &after, &before);
+                let mismatches =
+                    delta.mismatches(&expected(package).database_only(), &after, &before);
                 self.check(
                     "verified-after-commit",
                     mismatches.is_empty(),
@@ -893,7 +966,9 @@ impl Procedure {
     }
 
     /// Runs the statements in a transaction, measures the delta inside
-    /// it, and commits only when `commit` and everything matched.
+    /// it, and commits only when `commit` and everything matched. For the
+    /// apply, `preflight` is the baseline the change was checked against:
+    /// the catalog must still be that one when the transaction starts.
     #[allow(clippy::too_many_arguments)]
     fn transaction(
         &mut self,
@@ -916,12 +991,56 @@ impl Procedure {
             interrupted_by: None,
             ran_in: "production".into(),
         };
-        // A signal now must end in ROLLBACK and a report, never in a
-        // COMMIT nobody wanted or a process killed mid-transaction.
-        let mut watch = crate::interrupt::InterruptWatch::install().ok();
+        let preflight = if commit { self.before.clone() } else { None };
+        let mut transaction_id: Option<i64> = None;
         let outcome = (|| -> std::result::Result<(), String> {
-            client.batch_execute("BEGIN").map_err(|e| e.to_string())?;
+            // One snapshot for the whole transaction: the delta measured
+            // inside it is this change's alone, whatever others commit
+            // meanwhile (their DDL still waits for or blocks ours by locks).
+            client
+                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+                .map_err(|e| e.to_string())?;
+            // Its id proves, before it ends, that it is still this
+            // transaction: nothing in the artifact ended it and went on
+            // outside it.
+            let id: i64 = client
+                .query_one("SELECT pg_catalog.txid_current()", &[])
+                .map_err(|e| e.to_string())?
+                .get(0);
+            transaction_id = Some(id);
             let before = baseline::measure(client).map_err(|e| e.message().to_string())?;
+            if let Some(preflight) = &preflight {
+                if preflight.database_only() != before.database_only() {
+                    let drift = preflight.database_only().delta(&before.database_only());
+                    let names: Vec<String> = drift
+                        .created
+                        .iter()
+                        .chain(&drift.dropped)
+                        .chain(&drift.altered)
+                        .map(|n| n.to_string())
+                        .take(10)
+                        .collect();
+                    phase.mismatches.push(format!(
+                        "the catalog changed since the preflight ({}): the change was checked against another catalog",
+                        names.join(", ")
+                    ));
+                    return Ok(());
+                }
+                let unmet = object_conditions(&package.preconditions, &before);
+                let unmet_sql = sql_checks(client, &package.preconditions.checks, false)
+                    .map_err(|e| e.message().to_string())?;
+                if !unmet.is_empty() || !unmet_sql.is_empty() {
+                    phase.mismatches.push(format!(
+                        "preconditions no longer hold: {}",
+                        unmet
+                            .into_iter()
+                            .chain(unmet_sql)
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ));
+                    return Ok(());
+                }
+            }
             if let Err(failure) =
                 session::run_statements(client, target, statements, lock_ms, statement_ms)
             {
@@ -930,9 +1049,29 @@ impl Procedure {
                 return Ok(());
             }
             phase.statements_run = statements.len();
+            let still: (i64, String) = client
+                .query_one("SELECT pg_catalog.txid_current(), current_user::text", &[])
+                .map(|row| (row.get(0), row.get(1)))
+                .map_err(|e| e.to_string())?;
+            if still.0 != id {
+                phase.mismatches.push(format!(
+                    "the artifact ended pgward's transaction {id} (now {}): statements after that ran outside it",
+                    still.0
+                ));
+                self.escaped = true;
+                return Ok(());
+            }
+            if still.1 != package.role {
+                phase.mismatches.push(format!(
+                    "the statements switched the role to {}; the change must run as {}",
+                    still.1, package.role
+                ));
+            }
             let after = baseline::measure(client).map_err(|e| e.message().to_string())?;
             let delta = before.delta(&after);
-            phase.mismatches = delta.mismatches(&expected(package), &after, &before);
+            phase
+                .mismatches
+                .extend(delta.mismatches(&expected(package), &after, &before));
             phase
                 .mismatches
                 .extend(object_conditions(&package.postconditions, &after));
@@ -948,29 +1087,88 @@ impl Procedure {
                 .mismatches
                 .push(format!("the transaction failed: {message}"));
         }
-        if let Some(watch) = watch.as_mut()
-            && let Some(signal) = watch.received()
-        {
-            phase.interrupted_by = Some(signal);
-            watch.acknowledge();
-        }
+        phase.interrupted_by = crate::interrupt::pending();
         let clean = phase.failure.is_none()
             && phase.mismatches.is_empty()
             && phase.interrupted_by.is_none();
         if commit && clean {
             match client.batch_execute("COMMIT") {
                 Ok(()) => phase.ended_with = "COMMIT",
-                // A deferred constraint fails at COMMIT; the server has
-                // rolled the transaction back.
-                Err(error) => phase.mismatches.push(format!("COMMIT failed: {error}")),
+                // A deferred constraint fails at COMMIT: the server has
+                // rolled the transaction back and said so.
+                Err(error) if error.as_db_error().is_some() => phase.mismatches.push(format!(
+                    "COMMIT failed: {}",
+                    error
+                        .as_db_error()
+                        .map(|db| db.message())
+                        .unwrap_or_default()
+                )),
+                // The session broke: did the server commit? Ask it.
+                Err(error) => {
+                    phase.ended_with = match transaction_id.map(|id| self.commit_status(target, id))
+                    {
+                        Some(Some(status)) if status == "committed" => "COMMIT",
+                        Some(Some(status)) if status == "aborted" => "ROLLBACK",
+                        _ => "UNKNOWN",
+                    };
+                    if phase.ended_with != "COMMIT" {
+                        phase.mismatches.push(format!("COMMIT failed: {error}"));
+                    }
+                }
             }
         } else {
+            // A session that broke rolls back on the server.
             let _ = client.batch_execute("ROLLBACK");
         }
-        drop(watch);
         self.report.interrupted_by = self.report.interrupted_by.or(phase.interrupted_by);
         phase.duration_ms = started.elapsed().as_millis() as u64;
         phase
+    }
+
+    /// `txid_status` of the change's transaction, from a new session.
+    fn commit_status(&self, target: &ConnectionTarget, id: i64) -> Option<String> {
+        let mut client = target.connect().ok()?;
+        client
+            .query_one("SELECT pg_catalog.txid_status($1)", &[&id])
+            .ok()?
+            .get::<_, Option<String>>(0)
+    }
+
+    /// After a rehearsal that passed on production: the catalog must be
+    /// exactly as before it.
+    fn left_no_trace(&mut self, client: &mut postgres::Client) -> std::result::Result<(), Ending> {
+        let Some(before) = self.before.clone() else {
+            return Ok(());
+        };
+        let after = baseline::measure_read_only(client)
+            .map_err(|e| Ending::blocked(e.message().to_string()))?;
+        let summary = after.summary();
+        if after.database_only() == before.database_only() {
+            self.check(
+                "rehearsal-left-no-trace",
+                true,
+                format!(
+                    "after the rollback: {} objects, digest {} (as before)",
+                    summary.objects, summary.digest
+                ),
+            );
+            self.report.production_evidence = format!(
+                "the rehearsal ran on production and was rolled back; the catalog baseline after it equals the one before: {} objects, digest {}",
+                summary.objects, summary.digest
+            );
+            return Ok(());
+        }
+        let drift = before.database_only().delta(&after.database_only());
+        let evidence = format!(
+            "{} created, {} dropped, {} altered since the preflight",
+            drift.created.len(),
+            drift.dropped.len(),
+            drift.altered.len()
+        );
+        self.check("rehearsal-left-no-trace", false, evidence.clone());
+        Err(Ending::blocked(format!(
+            "the catalog is not as it was before the rehearsal ({evidence}): another session changed it, or the artifact did something a rollback does not undo"
+        )))
     }
 
     /// Re-reads the baseline after a step that did not change anything
@@ -982,14 +1180,14 @@ impl Procedure {
         match baseline::measure_read_only(client) {
             Ok(after) => {
                 let summary = after.summary();
-                if after == before {
+                if after.database_only() == before.database_only() {
                     self.report.production_changed = false;
                     self.report.production_evidence = format!(
                         "the catalog baseline after the rollback equals the one before: {} objects, digest {}",
                         summary.objects, summary.digest
                     );
                 } else {
-                    let delta = before.delta(&after);
+                    let delta = before.database_only().delta(&after.database_only());
                     self.report.production_changed = true;
                     self.report.production_evidence = format!(
                         "the catalog changed during the run, although this change was rolled back (another session?): {} created, {} dropped, {} altered",
@@ -1011,6 +1209,21 @@ impl Procedure {
     }
 
     fn finish(mut self, ending: Ending, repo: &Repository) -> Result<ApplyReport> {
+        if let Some(mut watch) = self.watch.take() {
+            if let Some(signal) = watch.received()
+                && self.report.interrupted_by.is_none()
+            {
+                self.report.warnings.push(format!(
+                    "signal {signal} arrived after the outcome was final; it changed nothing"
+                ));
+            }
+            // Turned into this report and its exit code: not raised again.
+            watch.acknowledge();
+        }
+        if self.escaped {
+            self.report.production_changed = true;
+            self.report.production_evidence = "the artifact ended pgward's transaction: statements after that point may have changed production; inspect it".into();
+        }
         let report = &mut self.report;
         report.status = ending.status;
         report.cause = ending.cause;
@@ -1032,6 +1245,11 @@ fn expected(package: &Package) -> Expected {
         counts: package.expected_delta.clone(),
         altered: package
             .expected_altered
+            .iter()
+            .map(|name| ObjectName::parse(name).expect("validated when loaded"))
+            .collect(),
+        dropped: package
+            .expected_dropped
             .iter()
             .map(|name| ObjectName::parse(name).expect("validated when loaded"))
             .collect(),
@@ -1123,12 +1341,15 @@ fn explain(
         let facts = client.query_opt(
             "SELECT pg_catalog.pg_get_userbyid(n.nspowner)::text, \
                     pg_catalog.has_schema_privilege(n.oid, 'USAGE'), \
-                    pg_catalog.has_schema_privilege(n.oid, 'CREATE') \
+                    pg_catalog.has_schema_privilege(n.oid, 'CREATE'), \
+                    pg_catalog.quote_ident(n.nspname), pg_catalog.quote_ident($2) \
                FROM pg_catalog.pg_namespace n WHERE n.nspname = $1",
-            &[&schema],
+            &[&schema, &package.role],
         );
         if let Ok(Some(row)) = facts {
             let (owner, usage, create): (String, bool, bool) = (row.get(0), row.get(1), row.get(2));
+            // Quoted by the server, whose keywords these are.
+            let (quoted_schema, quoted_role): (String, String) = (row.get(3), row.get(4));
             let privileges = match (usage, create) {
                 (true, false) => "has USAGE but not CREATE",
                 (false, true) => "has CREATE but not USAGE",
@@ -1140,8 +1361,7 @@ fn explain(
                 failure.number, failure.summary, failure.message, package.role,
             );
             let privilege = if !usage { "USAGE, CREATE" } else { "CREATE" };
-            let schema = crate::scope::quote_if_needed(schema);
-            let role = crate::scope::quote_if_needed(&package.role);
+            let (schema, role) = (quoted_schema, quoted_role);
             remediation.push(format!(
                 "run the change as the schema's owner: set [apply-connection] user = {owner:?} and role = {owner:?} in the package, and have that re-approved"
             ));

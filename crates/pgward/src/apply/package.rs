@@ -49,6 +49,9 @@ pub struct Package {
     /// Existing objects the change may alter (`table public.orders`).
     #[serde(default)]
     pub expected_altered: Vec<String>,
+    /// Objects the change drops (what they hold goes with them).
+    #[serde(default)]
+    pub expected_dropped: Vec<String>,
     /// What the fresh backup before the change covers (`[scope]`'s keys);
     /// unset: the configuration's `[scope]`.
     pub backup_scope: Option<Scope>,
@@ -168,6 +171,7 @@ impl Package {
             .chain(&self.postconditions.absent)
             .chain(&self.postconditions.present)
             .chain(&self.expected_altered)
+            .chain(&self.expected_dropped)
         {
             ObjectName::parse(name)?;
         }

@@ -7,7 +7,7 @@
 use super::statements::Statement;
 use crate::connection::ConnectionTarget;
 use serde::Serialize;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -124,9 +124,12 @@ pub fn run_statements(
                 blockers: Vec::new(),
             }));
         }
-        watch.clear();
-        if let Err(error) = client.batch_execute(&statement.text) {
-            let blockers = watch.seen();
+        watch.now_running(statement.number);
+        // The extended protocol runs exactly one statement: a server that
+        // read the text otherwise than the parser that checked it (say, a
+        // literal ending early) errs instead of running a second one.
+        if let Err(error) = client.execute(statement.text.as_str(), &[]) {
+            let blockers = watch.seen(statement.number);
             return Err(Box::new(failure_of(statement, error, blockers)));
         }
     }
@@ -180,7 +183,10 @@ fn failure_of(
 /// signal takes effect between statements.
 struct BlockerWatch {
     stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Vec<Blocker>>>,
+    /// The statement running now (its number), and the blockers seen
+    /// while it ran, by the statement they were seen for.
+    running: Arc<AtomicUsize>,
+    seen: Arc<Mutex<(usize, Vec<Blocker>)>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -195,16 +201,18 @@ const BLOCKERS: &str = "SELECT a.pid, a.usename::text, a.application_name, a.sta
 impl BlockerWatch {
     fn start(target: &ConnectionTarget, pid: i32) -> BlockerWatch {
         let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(Vec::new()));
+        let running = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new((0, Vec::new())));
         let thread = target.connect().ok().map(|mut client| {
-            let (stop, seen) = (stop.clone(), seen.clone());
+            let (stop, running, seen) = (stop.clone(), running.clone(), seen.clone());
             std::thread::spawn(move || {
-                let mut cancelled = false;
                 while !stop.load(Ordering::Relaxed) {
-                    if !cancelled && crate::interrupt::pending().is_some() {
-                        cancelled = true;
+                    // Again at every poll: a cancel that reached the
+                    // session between two statements cancelled nothing.
+                    if crate::interrupt::pending().is_some() {
                         let _ = client.execute("SELECT pg_catalog.pg_cancel_backend($1)", &[&pid]);
                     }
+                    let statement = running.load(Ordering::SeqCst);
                     let Ok(rows) = client.query(BLOCKERS, &[&pid]) else {
                         return;
                     };
@@ -220,21 +228,32 @@ impl BlockerWatch {
                                 transaction_start: row.get(5),
                             })
                             .collect();
-                        *seen.lock().expect("not poisoned") = blockers;
+                        *seen.lock().expect("not poisoned") = (statement, blockers);
                     }
                     std::thread::sleep(POLL);
                 }
             })
         });
-        BlockerWatch { stop, seen, thread }
+        BlockerWatch {
+            stop,
+            running,
+            seen,
+            thread,
+        }
     }
 
-    fn clear(&self) {
-        self.seen.lock().expect("not poisoned").clear();
+    fn now_running(&self, statement: usize) {
+        self.running.store(statement, Ordering::SeqCst);
     }
 
-    fn seen(&self) -> Vec<Blocker> {
-        self.seen.lock().expect("not poisoned").clone()
+    /// The blockers last seen while `statement` ran.
+    fn seen(&self, statement: usize) -> Vec<Blocker> {
+        let seen = self.seen.lock().expect("not poisoned");
+        if seen.0 == statement {
+            seen.1.clone()
+        } else {
+            Vec::new()
+        }
     }
 }
 

@@ -64,7 +64,10 @@ pub fn split(sql: &str) -> Result<Vec<Statement>, SplitError> {
             summary: summary(&sql[first_token..end]),
         };
         let node = raw.stmt.as_ref().and_then(|s| s.node.as_ref());
-        if let Some(reason) = node.and_then(refusal_reason) {
+        let reason = node
+            .and_then(refusal_reason)
+            .or_else(|| function_refusal(&statement.text, node));
+        if let Some(reason) = reason {
             refusals.push(Refusal {
                 number: statement.number,
                 line: statement.line,
@@ -112,8 +115,11 @@ fn refusal_reason(node: &NodeEnum) -> Option<String> {
         NodeEnum::VariableSetStmt(set) if overrides_timeouts(set) => {
             "overrides the timeouts the package sets for every statement: set lock-timeout and statement-timeout in the package instead"
         }
-        NodeEnum::CopyStmt(copy) if copy.filename.is_empty() && !copy.is_program => {
-            "COPY from the client's stdin or to its stdout: the artifact carries no data stream; use INSERT"
+        NodeEnum::VariableSetStmt(set) if changes_quoting(&set.name) => {
+            "changes how the server reads string literals, so that it would split the artifact otherwise than the parser that checked it"
+        }
+        NodeEnum::CopyStmt(_) => {
+            "COPY reads or writes files, programs or the client's stream, which no transaction rolls back (and the artifact carries no data stream); use INSERT"
         }
         _ => return None,
     };
@@ -143,6 +149,127 @@ fn overrides_timeouts(set: &pg_query::protobuf::VariableSetStmt) -> bool {
     set.kind == pg_query::protobuf::VariableSetKind::VarResetAll as i32
         || name == "lock_timeout"
         || name == "statement_timeout"
+}
+
+fn changes_quoting(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name == "standard_conforming_strings" || name == "backslash_quote"
+}
+
+/// Functions whose effect no ROLLBACK undoes, or that change the session
+/// the change runs in (so that the rehearsal would change production, or
+/// the checks would not hold for what runs).
+const NON_TRANSACTIONAL: &[(&str, &str)] = &[
+    ("setval", "moves a sequence, which no ROLLBACK undoes"),
+    (
+        "nextval",
+        "advances a sequence, which no ROLLBACK undoes (as a column DEFAULT it is fine)",
+    ),
+    (
+        "set_config",
+        "changes session settings (the role, how literals are read, the timeouts) that the package pins",
+    ),
+    (
+        "pg_advisory_lock",
+        "takes a session lock that outlives the transaction",
+    ),
+    (
+        "pg_advisory_lock_shared",
+        "takes a session lock that outlives the transaction",
+    ),
+    (
+        "pg_try_advisory_lock",
+        "takes a session lock that outlives the transaction",
+    ),
+    (
+        "pg_try_advisory_lock_shared",
+        "takes a session lock that outlives the transaction",
+    ),
+    (
+        "dblink",
+        "runs SQL in another session, outside this transaction",
+    ),
+    (
+        "dblink_exec",
+        "runs SQL in another session, outside this transaction",
+    ),
+    (
+        "dblink_send_query",
+        "runs SQL in another session, outside this transaction",
+    ),
+    (
+        "dblink_connect",
+        "opens another session, outside this transaction",
+    ),
+    (
+        "pg_create_physical_replication_slot",
+        "creates a replication slot, which no ROLLBACK undoes",
+    ),
+    (
+        "pg_create_logical_replication_slot",
+        "creates a replication slot, which no ROLLBACK undoes",
+    ),
+    (
+        "pg_drop_replication_slot",
+        "drops a replication slot, which no ROLLBACK undoes",
+    ),
+    ("pg_terminate_backend", "ends another session"),
+    ("pg_cancel_backend", "cancels another session's query"),
+    ("pg_reload_conf", "reloads the server's configuration"),
+    ("pg_switch_wal", "switches the WAL file"),
+    ("pg_create_restore_point", "writes a restore point"),
+    (
+        "pg_logical_emit_message",
+        "can write a WAL message outside the transaction",
+    ),
+    ("lo_export", "writes a server file"),
+    ("lo_import", "reads a server file"),
+    ("pg_file_write", "writes a server file"),
+    ("pg_file_unlink", "removes a server file"),
+    ("pg_file_rename", "renames a server file"),
+];
+
+/// Statements whose expressions are definitions stored for later, not
+/// evaluated now: `DEFAULT nextval(...)` there is fine.
+fn defines_only(node: Option<&NodeEnum>) -> bool {
+    matches!(
+        node,
+        Some(
+            NodeEnum::CreateStmt(_)
+                | NodeEnum::ViewStmt(_)
+                | NodeEnum::CreateFunctionStmt(_)
+                | NodeEnum::CreateTrigStmt(_)
+                | NodeEnum::RuleStmt(_)
+                | NodeEnum::CreateDomainStmt(_)
+                | NodeEnum::CreatePolicyStmt(_)
+                | NodeEnum::AlterPolicyStmt(_)
+        )
+    )
+}
+
+/// A call of a [`NON_TRANSACTIONAL`] function anywhere in the statement,
+/// found by PostgreSQL's own scanner (a name, then `(`). Calls inside a
+/// function body or a `DO` block are string constants to the scanner and
+/// cannot be seen: README says so.
+fn function_refusal(text: &str, node: Option<&NodeEnum>) -> Option<String> {
+    let tokens = pg_query::scan(text).ok()?.tokens;
+    for pair in tokens.windows(2) {
+        if pair[1].token != pg_query::protobuf::Token::Ascii40 as i32 {
+            continue;
+        }
+        let word = text.get(pair[0].start as usize..pair[0].end as usize)?;
+        let name = match word.strip_prefix('"').and_then(|w| w.strip_suffix('"')) {
+            Some(quoted) => quoted.to_string(),
+            None => word.to_ascii_lowercase(),
+        };
+        if name == "nextval" && defines_only(node) {
+            continue;
+        }
+        if let Some((_, why)) = NON_TRANSACTIONAL.iter().find(|(f, _)| *f == name) {
+            return Some(format!("calls {name}(), which {why}"));
+        }
+    }
+    None
 }
 
 fn changes_identity(name: &str) -> bool {
@@ -195,15 +322,37 @@ fn line_of(sql: &str, offset: usize) -> usize {
 }
 
 /// `CREATE TABLE cutter_governance.x (...)` → `CREATE TABLE cutter_governance.x`:
-/// the words before the first parenthesis or line end, at most 60 characters.
+/// the tokens before the first parenthesis, string constants shown as
+/// `'…'` (a password or data never reaches a report), at most 60 characters.
 fn summary(text: &str) -> String {
-    let head = text
-        .split(['(', '\n', ';'])
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
+    use pg_query::protobuf::Token;
+    let Ok(scanned) = pg_query::scan(text) else {
+        return String::new();
+    };
+    let mut head = String::new();
+    for (index, token) in scanned.tokens.iter().enumerate() {
+        let kind = token.token;
+        if kind == Token::Ascii40 as i32 && index > 0 || kind == Token::Ascii59 as i32 {
+            break;
+        }
+        let word = if [Token::Sconst, Token::Usconst, Token::Bconst, Token::Xconst]
+            .iter()
+            .any(|t| *t as i32 == kind)
+        {
+            "'…'"
+        } else {
+            text.get(token.start as usize..token.end as usize)
+                .unwrap_or_default()
+        };
+        let joins = kind == Token::Ascii46 as i32 || head.ends_with('.') || head.is_empty();
+        if !joins {
+            head.push(' ');
+        }
+        head.push_str(word);
+        if head.chars().count() > 60 {
+            break;
+        }
+    }
     if head.chars().count() > 60 {
         format!("{}…", head.chars().take(59).collect::<String>())
     } else {
@@ -211,21 +360,36 @@ fn summary(text: &str) -> String {
     }
 }
 
-/// The line a syntax error is on: libpg_query reports a character
-/// position inside its message as `at or near "..."`; the cursor position
-/// is not exposed, so the line of the first occurrence of the quoted text
-/// is the best evidence there is.
+/// The line a syntax error is on. libpg_query does not expose the error's
+/// position, so the artifact is split by the scanner (which needs no
+/// grammar), the first piece that does not parse is the statement at
+/// fault, and the quoted token of the message is looked for from its start.
 fn syntax_error(sql: &str, error: pg_query::Error) -> SplitError {
     let message = match error {
         pg_query::Error::Parse(message) | pg_query::Error::Split(message) => message,
         other => other.to_string(),
     };
-    let line = message
+    // The scanner leaves out a last piece it cannot close (an open
+    // parenthesis): then the fault is after the last piece it gave.
+    let mut statement_start = 0;
+    for piece in pg_query::split_with_scanner(sql).unwrap_or_default() {
+        let start = piece.as_ptr() as usize - sql.as_ptr() as usize;
+        if pg_query::parse(piece).is_err() {
+            statement_start = start;
+            break;
+        }
+        statement_start = start + piece.len();
+        if sql[statement_start..].starts_with(';') {
+            statement_start += 1;
+        }
+    }
+    let statement_start = statement_start + leading_noise(&sql[statement_start..]);
+    let near = message
         .split_once("at or near \"")
         .and_then(|(_, rest)| rest.rsplit_once('"'))
-        .and_then(|(near, _)| sql.find(near))
-        .map(|offset| line_of(sql, offset))
-        .unwrap_or(1);
+        .and_then(|(near, _)| sql[statement_start..].find(near))
+        .map(|offset| statement_start + offset);
+    let line = line_of(sql, near.unwrap_or(statement_start));
     SplitError::Syntax { line, message }
 }
 
@@ -288,7 +452,7 @@ mod tests {
                 (6, "SET ROLE postgres".to_string()),
                 (8, "DROP INDEX CONCURRENTLY a_id".to_string()),
                 (9, "REINDEX".to_string()),
-                (10, "ALTER SYSTEM SET work_mem = '1MB'".to_string()),
+                (10, "ALTER SYSTEM SET work_mem = '…'".to_string()),
                 (
                     11,
                     "ALTER TABLE p DETACH PARTITION c CONCURRENTLY".to_string()
@@ -301,6 +465,33 @@ mod tests {
     }
 
     #[test]
+    fn effects_no_rollback_undoes_are_refused() {
+        let sql = "CREATE TABLE a (id bigint DEFAULT nextval('s'));\n\
+                   SELECT setval('s', 1);\n\
+                   SELECT pg_catalog.set_config('role', 'postgres', false);\n\
+                   INSERT INTO a VALUES (nextval('s'));\n\
+                   SET standard_conforming_strings = off;\n\
+                   COPY a TO '/tmp/a';\n\
+                   SELECT \"pg_advisory_lock\"(1);\n\
+                   ALTER ROLE app PASSWORD 'hunter2';";
+        let refused: Vec<(usize, String)> = refusals(sql)
+            .into_iter()
+            .map(|r| (r.line, r.reason.split(',').next().unwrap().to_string()))
+            .collect();
+        assert_eq!(
+            refused.iter().map(|(line, _)| *line).collect::<Vec<_>>(),
+            [2, 3, 4, 5, 6, 7]
+        );
+        assert!(refused[0].1.starts_with("calls setval()"), "{refused:?}");
+        // The password is not in any summary.
+        let sql = "ALTER ROLE app PASSWORD 'hunter2';\nSELECT setval('s', 1);";
+        let summaries: Vec<String> = refusals(sql).into_iter().map(|r| r.summary).collect();
+        assert_eq!(summaries, ["SELECT setval"]);
+        let statements = split("ALTER ROLE app PASSWORD 'hunter2'").unwrap();
+        assert_eq!(statements[0].summary, "ALTER ROLE app PASSWORD '…'");
+    }
+
+    #[test]
     fn syntax_errors_name_their_line() {
         let sql = "CREATE TABLE a (id int);\n\\set ON_ERROR_STOP 1\nCREATE TABLE b (id int);";
         match split(sql) {
@@ -308,6 +499,10 @@ mod tests {
                 assert_eq!(line, 2, "{message}");
                 assert!(message.contains("syntax error"), "{message}");
             }
+            other => panic!("{other:?}"),
+        }
+        match split("CREATE TABLE a (id int);\nSELECT (1;") {
+            Err(SplitError::Syntax { line, .. }) => assert_eq!(line, 2),
             other => panic!("{other:?}"),
         }
         assert_eq!(split("-- nothing\n"), Err(SplitError::Empty));
