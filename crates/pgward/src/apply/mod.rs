@@ -299,7 +299,9 @@ struct Procedure {
     /// not known to be rolled back.
     escaped: bool,
     /// Signals become a rollback and a report, never a process killed
-    /// mid-transaction. Suspended while `backup` and `drill` run their own.
+    /// mid-transaction: watched from the first step that writes (before
+    /// it, Ctrl-C simply ends a read-only preflight, or a hung connect).
+    /// Suspended while `backup` and `drill` run their own.
     watch: Option<crate::interrupt::InterruptWatch>,
 }
 
@@ -346,7 +348,7 @@ impl Procedure {
             started: Instant::now(),
             before: None,
             escaped: false,
-            watch: crate::interrupt::InterruptWatch::install().ok(),
+            watch: None,
         }
     }
 
@@ -438,12 +440,10 @@ impl Procedure {
             }
         };
         self.report.production_evidence = "the change was never run on the database".into();
-        if let Err(ending) = self
-            .preflight(&mut client, package)
-            .and_then(|()| self.interrupted())
-        {
+        if let Err(ending) = self.preflight(&mut client, package) {
             return ending;
         }
+        self.resume_watch();
         let prepared = match options.rehearse_on {
             RehearseOn::Production => self
                 .rehearse(&mut client, target, package, &statements, "production")
