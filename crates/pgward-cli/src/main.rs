@@ -2,6 +2,7 @@
 //! result for people or as JSON, and maps errors to the documented exit
 //! codes in one place. All behaviour lives in the `pgward` library crate.
 
+mod journaling;
 mod render;
 mod tty;
 
@@ -66,6 +67,12 @@ enum Command {
     Prune(PruneArgs),
     /// Apply a reviewed SQL change under an apply package: pin, preflight, rehearsal, backup, one transaction, report.
     Apply(ApplyArgs),
+    /// The repository's journal of runs: list it, verify its hash chain, print its head.
+    Log(LogArgs),
+    /// Per database: the newest backup and drill against the objectives (OK / LATE / FAILED); exit 0 only when all hold.
+    Status(StatusArgs),
+    /// One journaled run as a report for a reviewer (Markdown, or JSON with --json).
+    Report(ReportArgs),
     /// Shell completions for bash, zsh, fish, elvish or powershell, on stdout.
     Completions {
         /// The shell.
@@ -103,6 +110,45 @@ struct ApplyArgs {
 enum Rehearse {
     Production,
     Scratch,
+}
+
+#[derive(Args, Debug)]
+struct LogArgs {
+    /// Only runs about this database.
+    #[arg(long, value_name = "NAME")]
+    database: Option<String>,
+    /// Only runs of this command (backup, verify, drill, restore, grants, prune, run, apply).
+    #[arg(long, value_name = "COMMAND")]
+    command: Option<String>,
+    /// Only runs with this outcome.
+    #[arg(long, value_name = "OUTCOME", value_parser = ["ok", "failed"])]
+    outcome: Option<String>,
+    /// Only runs that started within this long (e.g. 7d) or since this time (RFC 3339).
+    #[arg(long, value_name = "WHEN")]
+    since: Option<String>,
+    /// Walk the hash chain and name the first record edited, deleted or reordered (exit 1 then).
+    #[arg(long)]
+    verify: bool,
+    /// With --verify: the head printed earlier by --head (SEQUENCE:SHA256), which must still hold.
+    #[arg(long, value_name = "SEQ:SHA256", requires = "verify")]
+    anchor: Option<String>,
+    /// Print the head of the chain (SEQUENCE:SHA256) to keep elsewhere.
+    #[arg(long, conflicts_with = "verify")]
+    head: bool,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// Text (default), json (as --json) or prometheus (text exposition format).
+    #[arg(long, value_name = "FORMAT", value_parser = ["text", "json", "prometheus"], default_value = "text")]
+    format: String,
+}
+
+#[derive(Args, Debug)]
+struct ReportArgs {
+    /// The run id (as `pgward log` shows it), or `latest`.
+    #[arg(value_name = "RUN_ID")]
+    run: String,
 }
 
 #[derive(Args, Debug)]
@@ -348,17 +394,20 @@ fn main() {
         Err(usage) => usage_error(usage),
     };
     let json = cli.json;
-    let code = match run(cli) {
-        Ok(()) => 0,
+    let (code, cause) = match run(cli) {
+        Ok(()) => (0, None),
         Err(Failure::Error(error)) => {
             render::error(&error, json);
-            error.kind().exit_code()
+            (error.kind().exit_code(), Some(error.message().to_string()))
         }
         Err(Failure::Reported(error)) => {
             render::error(&error, false);
-            error.kind().exit_code()
+            (error.kind().exit_code(), Some(error.message().to_string()))
         }
     };
+    for warning in journaling::finish(code, cause) {
+        eprintln!("pgward: warning: {warning}");
+    }
     std::process::exit(code);
 }
 
@@ -463,6 +512,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let options = backup::BackupOptions {
                 allow_shrink: args.allow_shrink,
             };
+            journaling::begin(&config, "backup", connection_database(&config));
             let started = Instant::now();
             notify_start(&config, NotifyEvent::Backup);
             let outcome = backup::run(&config, &options, &pgward::process_env, &mut |p| {
@@ -486,7 +536,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 ),
                 Err(error) => notify(&config, NotifyEvent::Backup, started, Err(error)),
             }
-            render::backup(&outcome?, cli.json);
+            let done = outcome?;
+            journaling::run_id(&done.manifest.id);
+            journaling::database(&done.manifest.database);
+            journaling::touched_known(
+                &done.artifact_path,
+                done.manifest.artifact.bytes,
+                &done.manifest.artifact.sha256,
+            );
+            journaling::touched(&done.manifest_path);
+            render::backup(&done, cli.json);
             render::notifications(cli.json);
         }
         Command::Check(args) => {
@@ -519,6 +578,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 admin_config.dbname = Some(admin.clone());
                 config.admin_connection = Some(admin_config);
             }
+            if args.execute {
+                journaling::begin(&config, "grants", connection_database(&config));
+                journaling::option("execute".into());
+            }
             run_grants(&config, &args, cli.json)?;
         }
         Command::List(args) => {
@@ -531,11 +594,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let mut progress = render::Progress::new(!cli.json);
             let mut decryptor = configured_decryptor(&config);
             let selector = selector(&config, &args.backup, &args.of)?;
+            journaling::begin(&config, "verify", selector.database.clone());
+            journaling::option(format!("backup {}", args.backup));
             let report = verify::run(&repo, &selector, &mut decryptor, &mut |n| {
                 progress.update(n)
             });
             progress.clear();
             let report = report?;
+            journaling::run_id(&report.id);
+            journaling::touched(&repo.manifest_path(&report.id));
             render::verify(&report, cli.json);
             report.into_result().map_err(Failure::Reported)?;
         }
@@ -553,10 +620,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             };
             let mut decryptor = configured_decryptor(&config);
             let mut progress = render::Progress::new(!cli.json);
+            let chosen = selector(&config, &args.backup, &args.of)?;
+            journaling::begin(&config, "restore", chosen.database.clone());
+            journaling::option(format!("backup {}", args.backup));
+            journaling::option(format!("to {}", args.to));
             let report = pgward::restore::run(
                 &config,
                 &pgward::process_env,
-                &selector(&config, &args.backup, &args.of)?,
+                &chosen,
                 &args.to,
                 &options,
                 &mut decryptor,
@@ -564,6 +635,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             );
             progress.clear();
             let report = report?;
+            journaling::run_id(&report.backup_id);
             render::restore(&report, cli.json);
             if let Some(check) = report.first_failure() {
                 return Err(Failure::Reported(
@@ -589,6 +661,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let mut progress = render::Progress::new(!cli.json && !cli.quiet);
             let started = Instant::now();
             let selector = selector(&config, &args.backup, &args.of)?;
+            journaling::begin(&config, "drill", selector.database.clone());
+            journaling::option(format!("backup {}", args.backup));
             notify_start(&config, NotifyEvent::Drill);
             let report = pgward::drill::run(
                 &config,
@@ -606,6 +680,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     return Err(error.into());
                 }
             };
+            journaling::run_id(&report.record.backup_id);
+            if let Ok(repo) = pgward::Repository::open_configured(&config) {
+                journaling::touched(&repo.drill_record_path(&report.record.backup_id));
+            }
             let verdict = report.clone().into_result();
             match &verdict {
                 Ok(_) => notify(
@@ -633,7 +711,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 dry_run: args.dry_run,
                 database: args.database.clone(),
             };
+            if !args.dry_run {
+                journaling::begin(&config, "prune", args.database.clone());
+            }
             let report = pgward::prune::run(&repo, &config, &options);
+            if let Ok(pruned) = &report {
+                for backup in pruned.backups.iter().filter(|b| b.action == "delete") {
+                    journaling::option(format!("removed {}", backup.id));
+                }
+            }
             match &report {
                 Ok(pruned) if !pruned.dry_run => notify(
                     &config,
@@ -659,6 +745,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             };
             let mut decryptor = configured_decryptor(&config);
             let started = Instant::now();
+            journaling::begin(&config, "run", connection_database(&config));
             notify_start(&config, NotifyEvent::Run);
             let report =
                 match pgward::run::run(&config, &pgward::process_env, &mut decryptor, &options) {
@@ -668,6 +755,18 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         return Err(error.into());
                     }
                 };
+            if let Some(manifest) = &report.manifest
+                && let Ok(repo) = pgward::Repository::open_configured(&config)
+            {
+                journaling::run_id(&manifest.id);
+                journaling::database(&manifest.database);
+                journaling::touched_known(
+                    &repo.artifact_path(manifest),
+                    manifest.artifact.bytes,
+                    &manifest.artifact.sha256,
+                );
+                journaling::touched(&repo.manifest_path(&manifest.id));
+            }
             notify_run(&config, &report, started);
             render::run(&report, cli.json);
             render::notifications(cli.json);
@@ -686,6 +785,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             };
             let mut decryptor = configured_decryptor(&config);
             let started = Instant::now();
+            journaling::begin(&config, "apply", None);
+            journaling::option(format!("package {}", args.package.display()));
             notify_start(&config, NotifyEvent::Apply);
             let report =
                 match pgward::apply::run(&config, &options, &pgward::process_env, &mut decryptor) {
@@ -695,6 +796,22 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         return Err(error.into());
                     }
                 };
+            journaling::run_id(&report.id);
+            journaling::database(&report.target.database);
+            journaling::option(format!("status {}", report.status.name()));
+            for file in &report.report_files {
+                journaling::touched(file);
+            }
+            if let (Some(backup), Ok(repo)) =
+                (&report.backup, pgward::Repository::open_configured(&config))
+            {
+                journaling::touched_known(
+                    &repo.root().join("backups").join(&backup.artifact),
+                    backup.stored_bytes,
+                    &backup.stored_sha256,
+                );
+                journaling::touched(&repo.manifest_path(&backup.id));
+            }
             let verdict = report
                 .succeeded()
                 .then_some(())
@@ -714,6 +831,77 @@ fn run(cli: Cli) -> Result<(), Failure> {
             render::apply(&report, cli.json);
             render::notifications(cli.json);
             verdict.map_err(Failure::Reported)?;
+        }
+        Command::Log(args) => {
+            let repo = pgward::Repository::open_configured(&config)?;
+            if args.verify || args.head {
+                let verification = pgward::journal::verify(repo.root(), args.anchor.as_deref())?;
+                render::journal_verification(&verification, args.head, cli.json);
+                if let Some(broken) = verification.broken {
+                    return Err(Failure::Reported(Error::new(
+                        ErrorKind::Integrity,
+                        format!("the journal is broken: {broken}"),
+                    )));
+                }
+                return Ok(());
+            }
+            let since = match &args.since {
+                None => None,
+                Some(when) => Some(since_timestamp(when)?),
+            };
+            let records: Vec<_> = pgward::journal::read(repo.root())?
+                .into_iter()
+                .filter(|r| args.database.is_none() || r.database == args.database)
+                .filter(|r| args.command.as_ref().is_none_or(|c| &r.command == c))
+                .filter(|r| args.outcome.as_ref().is_none_or(|o| &r.outcome == o))
+                .filter(|r| {
+                    since.is_none_or(|since| {
+                        r.started_at
+                            .parse::<jiff::Timestamp>()
+                            .is_ok_and(|t| t >= since)
+                    })
+                })
+                .collect();
+            render::journal(&records, cli.json);
+        }
+        Command::Status(args) => {
+            let repo = pgward::Repository::open_configured(&config)?;
+            let objectives = pgward::status::Objectives::from_config(&config)?;
+            let facts = pgward::status::facts(&repo)?;
+            let report = pgward::status::evaluate(&facts, &objectives, pgward::clock::now());
+            let format = if cli.json {
+                "json"
+            } else {
+                args.format.as_str()
+            };
+            render::status(&report, format);
+            if !report.ok() {
+                return Err(Failure::Reported(Error::new(
+                    ErrorKind::Status,
+                    format!(
+                        "status {}: an objective does not hold",
+                        report.verdict.name()
+                    ),
+                )));
+            }
+        }
+        Command::Report(args) => {
+            let repo = pgward::Repository::open_configured(&config)?;
+            let records = pgward::journal::read(repo.root())?;
+            let record = if args.run == "latest" {
+                records.last()
+            } else {
+                records.iter().rev().find(|r| r.run_id == args.run)
+            }
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!("no run {} in the journal", args.run),
+                )
+                .with_hint("`pgward log` lists the runs")
+            })?;
+            let verification = pgward::journal::verify(repo.root(), None)?;
+            render::run_report(record, &verification, &repo, cli.json);
         }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "pgward", &mut std::io::stdout());
@@ -753,6 +941,26 @@ fn run(cli: Cli) -> Result<(), Failure> {
 /// What decrypts artifacts as the config (and the flags applied to it)
 /// says, asked for only when an artifact is encrypted; the passphrase
 /// prompt goes to the terminal.
+/// `7d` (that long ago) or an RFC 3339 time.
+fn since_timestamp(when: &str) -> Result<jiff::Timestamp, Error> {
+    if let Ok(at) = when.parse::<jiff::Timestamp>() {
+        return Ok(at);
+    }
+    let ago = pgward::config::parse_duration(when).map_err(|e| {
+        Error::config(format!("--since {when:?}: {e}"))
+            .with_hint("a duration such as 7d, or a time such as 2026-11-30T00:00:00Z")
+    })?;
+    Ok(pgward::clock::now() - ago)
+}
+
+/// The database the connection settings name, for the journal (None
+/// when they name none or cannot be read: the command says why itself).
+fn connection_database(config: &Config) -> Option<String> {
+    pgward::connection::ConnectionTarget::resolve(&config.connection, &pgward::process_env)
+        .ok()
+        .and_then(|target| target.named_database().map(str::to_string))
+}
+
 fn configured_decryptor(
     config: &Config,
 ) -> impl FnMut() -> Result<Option<secret::Decryptor>, Error> + use<> {

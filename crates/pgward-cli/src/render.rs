@@ -848,3 +848,224 @@ pub fn key_info(info: &pgward::encryption::certificate::CertificateInfo, json: b
     });
     out(&text);
 }
+
+pub fn journal(records: &[pgward::journal::Record], json: bool) {
+    if json {
+        out_json(&json!({"message-type": "log", "records": records}));
+        return;
+    }
+    let mut text = format!(
+        "{:>5} {:<24} {:<8} {:<20} {:<7} {:<34} CAUSE\n",
+        "SEQ", "STARTED", "COMMAND", "DATABASE", "OUTCOME", "RUN"
+    );
+    for r in records {
+        text.push_str(&format!(
+            "{:>5} {:<24} {:<8} {:<20} {:<7} {:<34} {}\n",
+            r.sequence,
+            r.started_at,
+            r.command,
+            r.database.as_deref().unwrap_or("-"),
+            r.outcome.to_uppercase(),
+            r.run_id,
+            r.cause.as_deref().unwrap_or("")
+        ));
+    }
+    out(&text);
+}
+
+pub fn journal_verification(
+    verification: &pgward::journal::Verification,
+    head_only: bool,
+    json: bool,
+) {
+    if json {
+        let mut value = serde_json::to_value(verification).expect("serialises");
+        value["message-type"] = json!("log-verify");
+        value["intact"] = json!(verification.intact());
+        out_json(&value);
+        return;
+    }
+    if head_only {
+        if let Some(head) = &verification.head {
+            write_stdout(&format!("{head}\n"));
+        }
+        return;
+    }
+    match &verification.broken {
+        None => out(&format!(
+            "journal intact: {} records, head {}\n",
+            verification.records,
+            verification.head.as_deref().unwrap_or("(empty)")
+        )),
+        Some(broken) => write_stdout(&format!("journal BROKEN: {broken}\n")),
+    }
+}
+
+pub fn status(report: &pgward::status::StatusReport, format: &str) {
+    match format {
+        "json" => {
+            let mut value = serde_json::to_value(report).expect("serialises");
+            value["message-type"] = json!("status");
+            out_json(&value);
+            return;
+        }
+        "prometheus" => {
+            write_stdout(&pgward::status::prometheus(report));
+            return;
+        }
+        _ => {}
+    }
+    let mut text = String::new();
+    for database in &report.databases {
+        for objective in &database.objectives {
+            text.push_str(&format!(
+                "{:<6} {:<20} {:<6} {}\n",
+                objective.verdict.name(),
+                database.database,
+                objective.name,
+                objective.detail
+            ));
+        }
+        if let Some(backup) = &database.last_backup {
+            text.push_str(&format!(
+                "{:<6} {:<20} {:<6} {} archive, {} stored{}; {} quarantined run(s)\n",
+                "",
+                "",
+                "",
+                pgward::config::format_size(backup.archive_bytes),
+                pgward::config::format_size(backup.stored_bytes),
+                if backup.encrypted_to.is_empty() {
+                    ", not encrypted".to_string()
+                } else {
+                    format!(", encrypted to {}", backup.encrypted_to.join(", "))
+                },
+                database.quarantined
+            ));
+        }
+    }
+    text.push_str(&format!(
+        "{:<6} {:<20} {:<6} {}\n",
+        if report.journal.intact() {
+            "OK"
+        } else {
+            "FAILED"
+        },
+        "(repository)",
+        "journal",
+        match &report.journal.broken {
+            None => format!(
+                "{} records, chain intact; repository {}",
+                report.journal.records,
+                pgward::config::format_size(report.repository_bytes)
+            ),
+            Some(broken) => broken.clone(),
+        }
+    ));
+    text.push_str(&format!("status {}\n", report.verdict.name()));
+    if report.ok() {
+        out(&text);
+    } else {
+        write_stdout(&text);
+    }
+}
+
+/// One journaled run for a reviewer: Markdown, or its JSON twin.
+pub fn run_report(
+    record: &pgward::journal::Record,
+    chain: &pgward::journal::Verification,
+    repo: &pgward::Repository,
+    json: bool,
+) {
+    // What the repository still holds about the run, as evidence.
+    let manifest = repo
+        .backups()
+        .ok()
+        .and_then(|backups| backups.into_iter().find(|m| m.id == record.run_id));
+    let drill = repo.drill_record(&record.run_id).ok().flatten();
+    if json {
+        out_json(&json!({
+            "message-type": "report",
+            "record": record,
+            "journal": chain,
+            "backup": manifest.as_ref().map(|m| json!({
+                "id": m.id, "database": m.database, "archive-bytes": m.archive.bytes,
+                "archive-sha256": m.archive.sha256, "stored-bytes": m.artifact.bytes,
+                "stored-sha256": m.artifact.sha256, "tables": m.tables.len(),
+                "encrypted": m.artifact.encryption.is_some(),
+            })),
+            "drill": drill,
+        }));
+        return;
+    }
+    let mut md = format!(
+        "# pgward {} {}: {}\n\n",
+        record.command,
+        record.run_id,
+        if record.outcome == "ok" {
+            "OK"
+        } else {
+            "FAILED"
+        }
+    );
+    if let Some(cause) = &record.cause {
+        md.push_str(&format!("**Cause:** {cause}\n\n"));
+    }
+    md.push_str("| | |\n|---|---|\n");
+    let rows = [
+        ("command", record.command.clone()),
+        ("database", record.database.clone().unwrap_or("-".into())),
+        ("options", record.options.join("; ")),
+        ("host", record.host.clone()),
+        ("pgward", record.pgward_version.clone()),
+        ("started", record.started_at.clone()),
+        ("finished", record.finished_at.clone()),
+        ("duration", format!("{} ms", record.duration_ms)),
+        ("exit code", record.exit_code.to_string()),
+        (
+            "journal",
+            format!(
+                "record {} of {}; chain {}",
+                record.sequence,
+                chain.records,
+                match &chain.broken {
+                    None => "intact".to_string(),
+                    Some(broken) => format!("BROKEN: {broken}"),
+                }
+            ),
+        ),
+    ];
+    for (key, value) in rows {
+        md.push_str(&format!("| {key} | {} |\n", value.replace('|', "\\|")));
+    }
+    if !record.artifacts.is_empty() {
+        md.push_str("\n## Files\n\n| file | bytes | sha256 |\n|---|---|---|\n");
+        for a in &record.artifacts {
+            md.push_str(&format!("| {} | {} | {} |\n", a.path, a.bytes, a.sha256));
+        }
+    }
+    if let Some(m) = &manifest {
+        md.push_str(&format!(
+            "\n## Backup\n\n{} of {}: {} tables, archive {} bytes (sha256 {}), stored {} bytes (sha256 {}), {}\n",
+            m.id,
+            m.database,
+            m.tables.len(),
+            m.archive.bytes,
+            m.archive.sha256,
+            m.artifact.bytes,
+            m.artifact.sha256,
+            if m.artifact.encryption.is_some() { "encrypted" } else { "not encrypted" }
+        ));
+    }
+    if let Some(d) = &drill {
+        md.push_str(&format!(
+            "\n## Last drill of this backup\n\n{} at {}{}\n",
+            d.verdict.to_uppercase(),
+            d.finished_at,
+            d.first_failure
+                .as_ref()
+                .map(|f| format!(": {f}"))
+                .unwrap_or_default()
+        ));
+    }
+    out(&md);
+}

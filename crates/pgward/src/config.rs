@@ -46,12 +46,24 @@ pub struct Config {
     /// Retention, drills and the nightly job (`pgward run`, `pgward prune`).
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// `[metrics]`: where Prometheus metrics are written after every run.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// `[[notify]]` tables: where outcomes are sent.
     #[serde(default, rename = "notify")]
     pub notify: Vec<NotifyConfig>,
     /// The file this configuration was read from (not a key).
     #[serde(skip)]
     pub source: Option<PathBuf>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MetricsConfig {
+    /// A node_exporter textfile-collector file (`….prom`), replaced
+    /// atomically after every run that is journaled.
+    pub textfile: Option<PathBuf>,
 }
 
 /// Where pgward looks for its configuration when neither `--config` nor
@@ -91,6 +103,12 @@ pub struct PolicyConfig {
     /// The time zone calendar buckets are counted in (IANA name, default
     /// the system's).
     pub time_zone: Option<String>,
+    /// `status`: a database whose newest complete backup is older than
+    /// this is LATE.
+    pub max_backup_age: Option<String>,
+    /// `status`: a database whose newest drill is older than this (or
+    /// that was never drilled) is LATE.
+    pub max_drill_age: Option<String>,
 }
 
 /// Where an outcome is sent. The URL is a secret (it holds the push
@@ -543,6 +561,22 @@ impl Config {
         if let Some(keep) = &self.policy.quarantine_keep {
             parse_duration(keep)
                 .map_err(|e| Error::config(format!("policy.quarantine-keep: {e}")))?;
+        }
+        for (key, value) in [
+            ("policy.max-backup-age", &self.policy.max_backup_age),
+            ("policy.max-drill-age", &self.policy.max_drill_age),
+        ] {
+            if let Some(value) = value {
+                parse_duration(value).map_err(|e| Error::config(format!("{key}: {e}")))?;
+            }
+        }
+        if let Some(path) = &self.metrics.textfile
+            && path.file_name().is_none()
+        {
+            return Err(Error::config(format!(
+                "metrics.textfile {} names no file",
+                path.display()
+            )));
         }
         if let Some(every) = &self.policy.drill_every
             && every != "always"

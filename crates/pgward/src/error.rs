@@ -37,6 +37,8 @@ pub enum ErrorKind {
     /// `apply`: the change ran and was rolled back, or its verification
     /// after COMMIT failed.
     Apply,
+    /// `status`: an objective is LATE or FAILED, or the journal is broken.
+    Status,
 }
 
 impl ErrorKind {
@@ -55,6 +57,7 @@ impl ErrorKind {
             ErrorKind::Interrupted { .. } => "interrupted",
             ErrorKind::Blocked => "blocked",
             ErrorKind::Apply => "apply",
+            ErrorKind::Status => "status",
         }
     }
 
@@ -71,7 +74,8 @@ impl ErrorKind {
             | ErrorKind::Integrity
             | ErrorKind::Repository
             | ErrorKind::Restore
-            | ErrorKind::Apply => 1,
+            | ErrorKind::Apply
+            | ErrorKind::Status => 1,
         }
     }
 }

@@ -30,6 +30,7 @@ pub mod findings;
 pub mod fingerprint;
 pub mod grants;
 pub mod interrupt;
+pub mod journal;
 pub mod list;
 pub mod notify;
 pub mod pipeline;
@@ -40,6 +41,7 @@ pub mod retention;
 pub mod run;
 pub mod scope;
 pub mod signing;
+pub mod status;
 pub mod verify;
 
 pub use config::Config;

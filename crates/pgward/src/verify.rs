@@ -119,6 +119,28 @@ pub fn run(
     decryptor: &mut dyn FnMut() -> Result<Option<Decryptor>>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<VerifyReport> {
+    run_checking(repo, selector, decryptor, progress, false)
+}
+
+/// [`run`] of a backup this process has just written (`pgward run`'s
+/// verify step): its journal record is appended when the run ends, so
+/// its absence now is no finding.
+pub fn run_written(
+    repo: &Repository,
+    selector: &crate::repository::select::Selector,
+    decryptor: &mut dyn FnMut() -> Result<Option<Decryptor>>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<VerifyReport> {
+    run_checking(repo, selector, decryptor, progress, true)
+}
+
+fn run_checking(
+    repo: &Repository,
+    selector: &crate::repository::select::Selector,
+    decryptor: &mut dyn FnMut() -> Result<Option<Decryptor>>,
+    progress: &mut dyn FnMut(u64),
+    written_now: bool,
+) -> Result<VerifyReport> {
     let manifest = repo.find(selector)?;
     // Held against a prune until this command is done with it.
     let _held = repo.hold(&manifest)?;
@@ -180,6 +202,8 @@ pub fn run(
             },
         }
     }
+    // Last: the artifact's own checks name the first failure, if any.
+    journal_check(repo, &manifest, &mut checks, written_now);
     Ok(VerifyReport {
         id: manifest.id.clone(),
         artifact: path.display().to_string(),
@@ -187,6 +211,85 @@ pub fn run(
         content_checked,
         checks: checks.0,
     })
+}
+
+/// The journal vouches for the backup: a record names its manifest with
+/// the sha256 it has now. A backup older than the journal (made before
+/// this pgward kept one) is skipped, not failed.
+fn journal_check(repo: &Repository, manifest: &Manifest, checks: &mut Checks, written_now: bool) {
+    const NAME: &str = "journal record";
+    let records = match crate::journal::read(repo.root()) {
+        Ok(records) => records,
+        Err(e) => {
+            checks.add(NAME, false, e.message().to_string());
+            return;
+        }
+    };
+    let Some(first) = records.first() else {
+        return checks.skip(NAME, "the repository keeps no journal yet");
+    };
+    let just_written =
+        || "written by this run: the journal records it when the run ends".to_string();
+    if manifest.started_at < first.started_at {
+        return checks.skip(
+            NAME,
+            format!(
+                "the backup is older than the journal, which starts at {}",
+                first.started_at
+            ),
+        );
+    }
+    let path = repo.manifest_path(&manifest.id);
+    let now = crate::journal::touched(repo.root(), &path);
+    let relative = now.as_ref().map(|t| t.path.clone()).unwrap_or_default();
+    // The record of the run that wrote it: later runs that read it
+    // (verify, drill) record what they found, which vouches for nothing.
+    let named = records
+        .iter()
+        .filter(|r| matches!(r.command.as_str(), "backup" | "run" | "apply"))
+        .find_map(|r| {
+            r.artifacts
+                .iter()
+                .find(|a| a.path == relative)
+                .map(|a| (r, a.clone()))
+        });
+    // The canonical digest: a manifest rewritten with other whitespace is
+    // the same manifest.
+    let digest =
+        |t: &crate::journal::Touched| t.manifest_digest.clone().unwrap_or(t.sha256.clone());
+    let _ = match (named, now) {
+        (_, None) => checks.add(NAME, false, "the manifest cannot be read".to_string()),
+        (None, Some(_)) if written_now => {
+            checks.skip(NAME, just_written());
+            true
+        }
+        (None, Some(now)) => checks.add(
+            NAME,
+            false,
+            format!(
+                "no journal record names {}: the journal does not vouch for this backup",
+                now.path
+            ),
+        ),
+        (Some((record, then)), Some(now)) if digest(&then) == digest(&now) => checks.add(
+            NAME,
+            true,
+            format!(
+                "record {} ({} {}) holds the manifest's digest",
+                record.sequence, record.command, record.run_id
+            ),
+        ),
+        (Some((record, then)), Some(now)) => checks.add(
+            NAME,
+            false,
+            format!(
+                "record {} recorded manifest digest {}; the manifest now has {}",
+                record.sequence,
+                digest(&then),
+                digest(&now)
+            ),
+        ),
+    };
 }
 
 /// The stored bytes against the manifest: size and sha256. Needs no key,

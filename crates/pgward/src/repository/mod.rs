@@ -1145,7 +1145,7 @@ pub(crate) fn id_database_key(id: &str) -> Option<&str> {
 
 /// rename(2) that fails instead of replacing an existing target (Linux
 /// renameat2 RENAME_NOREPLACE; link and unlink where a filesystem lacks it).
-fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
+pub(crate) fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c =
         |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
@@ -1188,7 +1188,7 @@ pub(crate) fn create_private(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::repository_io("cannot sync directory", dir, e))

@@ -1,0 +1,478 @@
+//! The repository's own history: one record per run that wrote, proved or
+//! changed something (backups that failed or were refused included),
+//! each carrying the sha256 of the record before it, so that an edited,
+//! deleted or reordered record shows.
+//!
+//! Records are files `journal/NNNNNNNNNN.json` (the sequence number,
+//! from 1). An append takes an exclusive `flock` on `journal/.lock`, reads
+//! the head, writes the next record to a staging file, syncs it and links
+//! it into place without replacing anything, then syncs the directory:
+//! two runs appending at once queue, and neither forks nor loses the chain.
+//! The newest record has nothing after it to vouch for it: `log --head`
+//! prints a hash to keep elsewhere, and `log --verify --anchor` proves
+//! later that history up to it was not rewritten.
+
+use crate::error::{Error, Result};
+use crate::repository::{create_private, rename_no_replace, sync_dir};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fs::{DirBuilder, File};
+use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+pub const FORMAT: &str = "pgward-journal-record";
+pub const VERSION: u32 = 1;
+
+/// One run, as the journal keeps it. Never a secret: options are the
+/// ones pgward chose to record, causes are pgward's one-line messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Record {
+    pub format: String,
+    pub format_version: u32,
+    pub sequence: u64,
+    /// sha256 of the previous record's bytes; empty for the first.
+    pub previous_sha256: String,
+    pub run_id: String,
+    /// `backup`, `verify`, `drill`, `restore`, `grants`, `prune`, `run`, `apply`.
+    pub command: String,
+    /// The database the run was about, when it was about one.
+    pub database: Option<String>,
+    /// What else identifies the run: the backup id verified, the restore
+    /// target, `dry-run`, … (no secrets).
+    #[serde(default)]
+    pub options: Vec<String>,
+    pub host: String,
+    pub pgward_version: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub duration_ms: u64,
+    /// `ok` or `failed`.
+    pub outcome: String,
+    pub exit_code: i32,
+    /// Why it failed, in one line.
+    pub cause: Option<String>,
+    /// Files the run wrote or proved, relative to the repository.
+    #[serde(default)]
+    pub artifacts: Vec<Touched>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Touched {
+    pub path: String,
+    pub bytes: u64,
+    pub sha256: String,
+    /// For a manifest: its canonical digest (`manifest-digest`'s rule),
+    /// which a reformatting of the file does not change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_digest: Option<String>,
+}
+
+/// A run's record before it has its place in the chain.
+#[derive(Debug, Clone, Default)]
+pub struct Entry {
+    pub run_id: String,
+    pub command: String,
+    pub database: Option<String>,
+    pub options: Vec<String>,
+    pub started_at: String,
+    pub duration_ms: u64,
+    pub ok: bool,
+    pub exit_code: i32,
+    pub cause: Option<String>,
+    pub artifacts: Vec<Touched>,
+}
+
+/// What `log --verify` found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Verification {
+    pub records: u64,
+    /// `sequence:sha256` of the newest record.
+    pub head: Option<String>,
+    /// The first problem, naming the record; None when the chain holds.
+    pub broken: Option<String>,
+}
+
+impl Verification {
+    pub fn intact(&self) -> bool {
+        self.broken.is_none()
+    }
+}
+
+fn dir(root: &Path) -> PathBuf {
+    root.join("journal")
+}
+
+fn file_name(sequence: u64) -> String {
+    format!("{sequence:010}.json")
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn relative(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+/// A small file the run wrote or proved (a manifest, a record, a report),
+/// by its path relative to `root`, hashed now. Read as everything in the
+/// repository is: no link followed, nothing but a regular file, bounded.
+pub fn touched(root: &Path, path: &Path) -> Option<Touched> {
+    let text = crate::repository::read_regular(path).ok()?;
+    let manifest_digest = path
+        .to_string_lossy()
+        .ends_with(".manifest.json")
+        .then(|| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .flatten()
+        .map(|value| crate::repository::manifest::canonical_digest(&value));
+    Some(Touched {
+        path: relative(root, path),
+        bytes: text.len() as u64,
+        sha256: sha256_hex(text.as_bytes()),
+        manifest_digest,
+    })
+}
+
+/// A large file whose size and sha256 the run already knows (an artifact,
+/// hashed as it streamed): not read again.
+pub fn touched_known(root: &Path, path: &Path, bytes: u64, sha256: &str) -> Touched {
+    Touched {
+        path: relative(root, path),
+        bytes,
+        sha256: sha256.to_string(),
+        manifest_digest: None,
+    }
+}
+
+/// The sequence numbers present, sorted; names that are not records are
+/// left to `verify` to complain about.
+fn sequences(root: &Path) -> Result<Vec<u64>> {
+    let dir = dir(root);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::repository_io("cannot read", &dir, e)),
+    };
+    let mut found: Vec<u64> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let digits = name.strip_suffix(".json")?;
+            (digits.len() == 10 && digits.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| digits.parse().ok())
+                .flatten()
+        })
+        .collect();
+    found.sort_unstable();
+    Ok(found)
+}
+
+/// Appends `entry` as the next record; returns it.
+pub fn append(root: &Path, entry: &Entry) -> Result<Record> {
+    let dir = dir(root);
+    if !dir.is_dir() {
+        DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => Ok(()),
+                _ => Err(e),
+            })
+            .map_err(|e| Error::repository_io("cannot create directory", &dir, e))?;
+    }
+    let lock_path = dir.join(".lock");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::repository_io("cannot open", &lock_path, e))?;
+    lock.lock()
+        .map_err(|e| Error::repository_io("cannot lock", &lock_path, e))?;
+    let (sequence, previous_sha256) = match sequences(root)?.last() {
+        None => (1, String::new()),
+        Some(&last) => {
+            let path = dir.join(file_name(last));
+            let bytes =
+                std::fs::read(&path).map_err(|e| Error::repository_io("cannot read", &path, e))?;
+            (last + 1, sha256_hex(&bytes))
+        }
+    };
+    let record = Record {
+        format: FORMAT.into(),
+        format_version: VERSION,
+        sequence,
+        previous_sha256,
+        run_id: entry.run_id.clone(),
+        command: entry.command.clone(),
+        database: entry.database.clone(),
+        options: entry.options.clone(),
+        host: host_name(),
+        pgward_version: env!("CARGO_PKG_VERSION").into(),
+        started_at: entry.started_at.clone(),
+        finished_at: crate::clock::now_rfc3339(),
+        duration_ms: entry.duration_ms,
+        outcome: if entry.ok { "ok" } else { "failed" }.into(),
+        exit_code: entry.exit_code,
+        cause: entry.cause.clone(),
+        artifacts: entry.artifacts.clone(),
+    };
+    let mut text = serde_json::to_vec_pretty(&record).expect("records serialise");
+    text.push(b'\n');
+    let target = dir.join(file_name(sequence));
+    let staging = dir.join(format!(".{sequence}.{}.tmp", std::process::id()));
+    let written = (|| {
+        let mut file = create_private(&staging)?;
+        file.write_all(&text)?;
+        file.sync_all()?;
+        rename_no_replace(&staging, &target)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&staging);
+        return Err(Error::repository_io(
+            "cannot append to the journal at",
+            &target,
+            e,
+        ));
+    }
+    sync_dir(&dir)?;
+    drop(lock);
+    Ok(record)
+}
+
+/// Every record, oldest first; a record that does not parse is an error
+/// naming it (`log --verify` says more).
+pub fn read(root: &Path) -> Result<Vec<Record>> {
+    let mut records = Vec::new();
+    for sequence in sequences(root)? {
+        let path = dir(root).join(file_name(sequence));
+        let text = crate::repository::read_regular(&path)
+            .map_err(|e| Error::repository_io("cannot read", &path, e))?;
+        let record: Record = serde_json::from_str(&text).map_err(|e| {
+            Error::new(
+                crate::error::ErrorKind::Integrity,
+                format!("journal record {} does not parse: {e}", path.display()),
+            )
+            .with_hint("run `pgward log --verify` to see what else is wrong with the journal")
+        })?;
+        records.push(record);
+    }
+    Ok(records)
+}
+
+/// Walks the chain: every sequence from 1 present, each record named for
+/// its own sequence, each carrying the sha256 of the one before. With
+/// `anchor` (`SEQUENCE:SHA256`, as `log --head` printed it), that record
+/// must still have that hash.
+pub fn verify(root: &Path, anchor: Option<&str>) -> Result<Verification> {
+    let present = sequences(root)?;
+    let mut verification = Verification {
+        records: present.len() as u64,
+        head: None,
+        broken: None,
+    };
+    let mut previous: Option<(u64, String)> = None;
+    let mut expected = 1;
+    for sequence in present {
+        let name = file_name(sequence);
+        let path = dir(root).join(&name);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                verification.broken =
+                    Some(format!("record {sequence} ({name}) cannot be read: {e}"));
+                return Ok(verification);
+            }
+        };
+        if sequence != expected {
+            verification.broken = Some(format!(
+                "record {expected} is missing (deleted): the journal goes from {} to {sequence}",
+                expected - 1
+            ));
+            return Ok(verification);
+        }
+        let record: Record = match serde_json::from_slice(&bytes) {
+            Ok(record) => record,
+            Err(e) => {
+                verification.broken = Some(format!(
+                    "record {sequence} ({name}) was edited: it no longer parses ({e})"
+                ));
+                return Ok(verification);
+            }
+        };
+        if record.sequence != sequence {
+            verification.broken = Some(format!(
+                "record {sequence} ({name}) holds record {}: records were reordered or replaced",
+                record.sequence
+            ));
+            return Ok(verification);
+        }
+        let want = previous.as_ref().map(|(_, h)| h.as_str()).unwrap_or("");
+        if record.previous_sha256 != want {
+            verification.broken = Some(format!(
+                "record {} was edited, or record {sequence} replaced: record {sequence}'s previous-sha256 does not match",
+                sequence - 1
+            ));
+            return Ok(verification);
+        }
+        let hash = sha256_hex(&bytes);
+        if let Some(anchor) = anchor
+            && let Some((seq, sha)) = anchor.split_once(':')
+            && seq.parse::<u64>().ok() == Some(sequence)
+            && sha != hash
+        {
+            verification.broken = Some(format!(
+                "record {sequence} is not the one anchored ({anchor}): history up to it was rewritten"
+            ));
+            return Ok(verification);
+        }
+        previous = Some((sequence, hash));
+        expected += 1;
+    }
+    if let Some(anchor) = anchor {
+        let (seq, _) = anchor.split_once(':').ok_or_else(|| {
+            Error::config(format!("anchor {anchor:?} is not SEQUENCE:SHA256"))
+                .with_hint("give what `pgward log --head` printed")
+        })?;
+        let seq: u64 = seq
+            .parse()
+            .map_err(|_| Error::config(format!("anchor {anchor:?} is not SEQUENCE:SHA256")))?;
+        if seq >= expected {
+            verification.broken = Some(format!(
+                "record {seq} (anchored) is missing: the journal ends at {}",
+                expected - 1
+            ));
+            return Ok(verification);
+        }
+    }
+    verification.head = previous.map(|(seq, hash)| format!("{seq}:{hash}"));
+    Ok(verification)
+}
+
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: usize) -> Entry {
+        Entry {
+            run_id: format!("run-{n}"),
+            command: "backup".into(),
+            database: Some("app".into()),
+            ok: !n.is_multiple_of(3),
+            exit_code: if n.is_multiple_of(3) { 1 } else { 0 },
+            cause: n.is_multiple_of(3).then(|| "pg_dump failed".into()),
+            ..Entry::default()
+        }
+    }
+
+    fn journal(n: usize) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        for i in 1..=n {
+            append(root.path(), &entry(i)).unwrap();
+        }
+        root
+    }
+
+    fn path(root: &Path, sequence: u64) -> PathBuf {
+        dir(root).join(file_name(sequence))
+    }
+
+    #[test]
+    fn an_untouched_chain_verifies_and_its_head_anchors_it() {
+        let root = journal(5);
+        let verification = verify(root.path(), None).unwrap();
+        assert!(verification.intact(), "{verification:?}");
+        assert_eq!(verification.records, 5);
+        let head = verification.head.unwrap();
+        assert!(head.starts_with("5:"));
+        assert!(verify(root.path(), Some(&head)).unwrap().intact());
+        let records = read(root.path()).unwrap();
+        assert_eq!(records[2].outcome, "failed");
+        assert_eq!(records[0].previous_sha256, "");
+    }
+
+    #[test]
+    fn an_edited_byte_a_deleted_record_and_a_swap_are_named() {
+        // One byte of record 2.
+        let root = journal(4);
+        let mut bytes = std::fs::read(path(root.path(), 2)).unwrap();
+        let at = bytes.iter().position(|&b| b == b'2').unwrap();
+        bytes[at] = b'7';
+        std::fs::write(path(root.path(), 2), bytes).unwrap();
+        let broken = verify(root.path(), None).unwrap().broken.unwrap();
+        assert!(broken.contains("record 2"), "{broken}");
+
+        // Record 3 deleted.
+        let root = journal(4);
+        std::fs::remove_file(path(root.path(), 3)).unwrap();
+        let broken = verify(root.path(), None).unwrap().broken.unwrap();
+        assert_eq!(
+            broken,
+            "record 3 is missing (deleted): the journal goes from 2 to 4"
+        );
+
+        // Records 2 and 3 swapped.
+        let root = journal(4);
+        let (two, three) = (path(root.path(), 2), path(root.path(), 3));
+        let swap = root.path().join("swap");
+        std::fs::rename(&two, &swap).unwrap();
+        std::fs::rename(&three, &two).unwrap();
+        std::fs::rename(&swap, &three).unwrap();
+        let broken = verify(root.path(), None).unwrap().broken.unwrap();
+        assert!(
+            broken.starts_with("record 2 (0000000002.json) holds record 3"),
+            "{broken}"
+        );
+
+        // The newest record rewritten whole: only the anchor tells.
+        let root = journal(3);
+        let head = verify(root.path(), None).unwrap().head.unwrap();
+        let text = std::fs::read_to_string(path(root.path(), 3)).unwrap();
+        std::fs::write(path(root.path(), 3), text.replace("\"failed\"", "\"ok\"")).unwrap();
+        assert!(verify(root.path(), None).unwrap().intact());
+        let broken = verify(root.path(), Some(&head)).unwrap().broken.unwrap();
+        assert!(broken.contains("not the one anchored"), "{broken}");
+    }
+
+    #[test]
+    fn concurrent_appends_make_one_chain() {
+        let root = tempfile::tempdir().unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let root = root.path().to_path_buf();
+                std::thread::spawn(move || {
+                    for i in 0..10 {
+                        append(&root, &entry(t * 100 + i)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let verification = verify(root.path(), None).unwrap();
+        assert!(verification.intact(), "{verification:?}");
+        assert_eq!(verification.records, 80);
+    }
+}
