@@ -11,6 +11,7 @@ mod encryption;
 mod failures;
 mod harness;
 mod hostile;
+mod journal;
 mod signing;
 mod tls;
 mod unattended;

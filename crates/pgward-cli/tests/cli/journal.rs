@@ -1,0 +1,364 @@
+//! The repository's journal, `status` and metrics: a history that shows
+//! when it was edited, objectives that go LATE with the clock, and a
+//! metrics file a Prometheus parser reads, with no secret anywhere.
+
+use crate::harness::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn pgward_with(ws: &Workspace, config: &Path, args: &[&str]) -> Run {
+    run(pgward(&ws.repo()).arg("--config").arg(config).args(args))
+}
+
+fn record_path(ws: &Workspace, sequence: u64) -> PathBuf {
+    ws.repo()
+        .join("journal")
+        .join(format!("{sequence:010}.json"))
+}
+
+fn logged(ws: &Workspace, config: &Path) -> Vec<Value> {
+    let log = pgward_with(ws, config, &["--json", "log"]);
+    log.assert_ok();
+    log.json()["records"].as_array().unwrap().clone()
+}
+
+/// A pg_dump that pauses (after a marker file appears) until killed.
+fn pausing_pg_dump(ws: &Workspace, marker: &Path) -> PathBuf {
+    ws.script(
+        "pg_dump_pausing",
+        &format!(
+            "REAL='{}'\nif [ \"$1\" = --version ]; then exec \"$REAL\" --version; fi\n\
+             \"$REAL\" \"$@\" | {{ head -c 20000; touch '{}'; sleep 60; cat; }}",
+            real_pg_dump(),
+            marker.display()
+        ),
+    )
+}
+
+#[test]
+fn a_mixed_history_verifies_and_an_edit_a_deletion_or_a_swap_is_named() {
+    let ws = Workspace::new();
+    let db = cluster().create_database("journal_mixed");
+    load_rows(&db, "public.items", 3000);
+    let config = ws.file("pgward.toml", &format!("[connection]\ndbname = \"{db}\"\n"));
+
+    // A success, a permission failure, a killed run, a verify, a drill.
+    pgward_with(&ws, &config, &["backup"]).assert_ok();
+    cluster().psql(
+        "postgres",
+        "DROP ROLE IF EXISTS journal_nopriv; CREATE ROLE journal_nopriv LOGIN",
+    );
+    pgward_with(&ws, &config, &["backup", "-U", "journal_nopriv"]).assert_exit(1);
+    let marker = ws.path("paused");
+    let wrapper = pausing_pg_dump(&ws, &marker);
+    let child = spawn_backup_until(&ws.repo(), &db, &wrapper, &marker);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let killed = child.wait_with_output().unwrap();
+    assert_eq!(killed.status.code(), Some(143));
+    pgward_with(&ws, &config, &["verify", "latest"]).assert_ok();
+    pgward_with(&ws, &config, &["drill", "latest"]).assert_ok();
+
+    let records = logged(&ws, &config);
+    let summary: Vec<(String, String, i64)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["command"].as_str().unwrap().to_string(),
+                r["outcome"].as_str().unwrap().to_string(),
+                r["exit-code"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("backup", "ok", 0),
+        ("backup", "failed", 1),
+        ("backup", "failed", 143),
+        ("verify", "ok", 0),
+        ("drill", "ok", 0),
+    ];
+    assert_eq!(
+        summary,
+        expected
+            .iter()
+            .map(|(c, o, e)| (c.to_string(), o.to_string(), *e))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        records[1]["cause"]
+            .as_str()
+            .unwrap()
+            .contains("permission denied"),
+        "{}",
+        records[1]
+    );
+    // The first backup's record holds its manifest's and artifact's digests.
+    let backup_id = records[0]["run-id"].as_str().unwrap();
+    let files: Vec<&str> = records[0]["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        files,
+        [
+            format!("backups/{backup_id}.dump.zst"),
+            format!("backups/{backup_id}.manifest.json")
+        ]
+    );
+    let filtered = pgward_with(&ws, &config, &["--json", "log", "--outcome", "failed"]);
+    assert_eq!(filtered.json()["records"].as_array().unwrap().len(), 2);
+
+    let verified = pgward_with(&ws, &config, &["log", "--verify"]);
+    verified.assert_ok();
+    assert!(
+        verified.stdout.contains("journal intact: 5 records"),
+        "{}",
+        verified.stdout
+    );
+    let head = pgward_with(&ws, &config, &["log", "--head"]);
+    let head = head.stdout.trim().to_string();
+    assert!(head.starts_with("5:"), "{head}");
+
+    let broken = |what: &str| -> String {
+        let res = pgward_with(&ws, &config, &["log", "--verify"]);
+        assert_eq!(res.code, 1, "{what}: {}", res.stdout);
+        res.stdout.clone()
+    };
+    // One byte of record 2.
+    let original = std::fs::read(record_path(&ws, 2)).unwrap();
+    let mut edited = original.clone();
+    let at = edited.windows(6).position(|w| w == b"failed").unwrap();
+    edited[at] = b'F';
+    std::fs::write(record_path(&ws, 2), &edited).unwrap();
+    assert!(broken("edit").contains("record 2 was edited"));
+    // Status fails while the chain is broken.
+    pgward_with(&ws, &config, &["status"]).assert_exit(1);
+    std::fs::write(record_path(&ws, 2), &original).unwrap();
+    pgward_with(&ws, &config, &["log", "--verify"]).assert_ok();
+
+    // Record 3 deleted.
+    let third = std::fs::read(record_path(&ws, 3)).unwrap();
+    std::fs::remove_file(record_path(&ws, 3)).unwrap();
+    assert!(broken("delete").contains("record 3 is missing (deleted)"));
+    std::fs::write(record_path(&ws, 3), &third).unwrap();
+
+    // Records 2 and 3 swapped.
+    std::fs::write(record_path(&ws, 2), &third).unwrap();
+    std::fs::write(record_path(&ws, 3), &original).unwrap();
+    assert!(broken("swap").contains("record 2 (0000000002.json) holds record 3"));
+    std::fs::write(record_path(&ws, 2), &original).unwrap();
+    std::fs::write(record_path(&ws, 3), &third).unwrap();
+
+    // The newest record rewritten whole: only the anchor tells.
+    let last = std::fs::read_to_string(record_path(&ws, 5)).unwrap();
+    std::fs::write(record_path(&ws, 5), last.replace("\"drill\"", "\"verify\"")).unwrap();
+    pgward_with(&ws, &config, &["log", "--verify"]).assert_ok();
+    let anchored = pgward_with(&ws, &config, &["log", "--verify", "--anchor", &head]);
+    anchored.assert_exit(1);
+    assert!(
+        anchored.stdout.contains("not the one anchored"),
+        "{}",
+        anchored.stdout
+    );
+
+    // A backup's journal record is part of verifying it.
+    let manifest = ws
+        .repo()
+        .join("backups")
+        .join(format!("{backup_id}.manifest.json"));
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let verify = pgward_with(&ws, &config, &["--json", "verify", backup_id]);
+    verify.assert_ok();
+    assert!(
+        verify.stdout.contains("holds the manifest's digest"),
+        "{}",
+        verify.stdout
+    );
+    let journal = ws.repo().join("journal");
+    std::fs::rename(&journal, ws.path("journal-away")).unwrap();
+    std::fs::create_dir(&journal).unwrap();
+    let later = pgward_with(&ws, &config, &["backup"]);
+    later.assert_ok();
+    std::fs::write(&manifest, &text).unwrap();
+    // The journal now starts after the backup: not vouched for, not failed.
+    let verify = pgward_with(&ws, &config, &["--json", "verify", backup_id]);
+    verify.assert_ok();
+    assert!(
+        verify.stdout.contains("older than the journal"),
+        "{}",
+        verify.stdout
+    );
+}
+
+#[test]
+fn concurrent_backups_of_two_databases_make_one_unbroken_chain() {
+    let ws = Workspace::new();
+    let (a, b) = (
+        cluster().create_database("journal_race_a"),
+        cluster().create_database("journal_race_b"),
+    );
+    for db in [&a, &b] {
+        load_rows(db, "public.items", 200);
+    }
+    let rounds = 6;
+    for _ in 0..rounds {
+        let children: Vec<_> = [&a, &b]
+            .iter()
+            .map(|db| {
+                pgward(&ws.repo())
+                    .args(["--json", "backup", "--dbname", db])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for mut child in children {
+            assert!(child.wait().unwrap().success());
+        }
+    }
+    let verified = run(pgward(&ws.repo()).args(["--json", "log", "--verify"]));
+    verified.assert_ok();
+    let verified = verified.json();
+    assert_eq!(verified["intact"], true);
+    assert_eq!(verified["records"], 2 * rounds);
+    let log = run(pgward(&ws.repo()).args(["--json", "log", "--database", &a]));
+    assert_eq!(
+        log.json()["records"].as_array().unwrap().len(),
+        rounds as usize
+    );
+    // Every backup is vouched for by its own record.
+    for id in listed_backup_ids(&run(pgward(&ws.repo()).args(["--json", "list"])).json()) {
+        let verify = run(pgward(&ws.repo()).args(["--json", "verify", &id]));
+        verify.assert_ok();
+        assert!(verify.stdout.contains("holds the manifest's digest"));
+    }
+}
+
+#[test]
+fn status_goes_late_with_the_clock_and_metrics_parse_without_secrets() {
+    let ws = Workspace::new();
+    let db = cluster().create_database("journal_status");
+    load_rows(&db, "public.items", 100);
+    cluster().psql(
+        &db,
+        &format!("GRANT SELECT ON public.items TO {PASSWORD_ROLE}"),
+    );
+    let secret = "Tr1cky pa$$ word";
+    let password = ws.file("password", &format!("{secret}\n"));
+    std::fs::set_permissions(
+        &password,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let textfile = ws.path("pgward.prom");
+    let config = ws.file(
+        "pgward.toml",
+        &format!(
+            "[connection]\ndbname = \"{db}\"\nuser = \"{PASSWORD_ROLE}\"\npassword-file = \"{}\"\n\
+             [policy]\nmax-backup-age = \"4s\"\n[metrics]\ntextfile = \"{}\"\n",
+            password.display(),
+            textfile.display()
+        ),
+    );
+    pgward_with(&ws, &config, &["backup"]).assert_ok();
+    let status = pgward_with(&ws, &config, &["--json", "status"]);
+    status.assert_ok();
+    let report = status.json();
+    assert_eq!(report["verdict"], "OK");
+    assert_eq!(report["databases"][0]["objectives"][0]["verdict"], "OK");
+
+    // The textfile: written after the run, replaced whole, parseable.
+    let metrics = |text: &str| -> Vec<(String, String, f64)> {
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        prometheus_parse::Scrape::parse(lines)
+            .expect("Prometheus text format")
+            .samples
+            .into_iter()
+            .map(|s| {
+                let value = match s.value {
+                    prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                    other => panic!("{other:?}"),
+                };
+                (
+                    s.metric,
+                    s.labels.get("database").unwrap_or_default().to_string(),
+                    value,
+                )
+            })
+            .collect()
+    };
+    let file = std::fs::read_to_string(&textfile).unwrap();
+    let samples = metrics(&file);
+    assert!(
+        samples.contains(&("pgward_objective_ok".into(), db.clone(), 1.0)),
+        "{file}"
+    );
+    assert!(samples.contains(&("pgward_backup_last_attempt_success".into(), db.clone(), 1.0)));
+    assert!(samples.contains(&("pgward_journal_intact".into(), String::new(), 1.0)));
+    let rows = samples
+        .iter()
+        .find(|(name, database, _)| name == "pgward_backup_rows" && *database == db)
+        .unwrap();
+    assert_eq!(rows.2, 100.0);
+    let names: Vec<String> = std::fs::read_dir(ws.dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("prom"))
+        .collect();
+    assert_eq!(names, ["pgward.prom"], "no staging file is left beside it");
+
+    // The clock passes the objective: LATE, exit 1, and the metrics say so.
+    std::thread::sleep(Duration::from_secs(5));
+    let late = pgward_with(&ws, &config, &["status"]);
+    late.assert_exit(1);
+    assert!(
+        late.stdout.contains(&format!("LATE   {db}")),
+        "{}",
+        late.stdout
+    );
+    let exposition = pgward_with(&ws, &config, &["status", "--format", "prometheus"]);
+    assert!(metrics(&exposition.stdout).contains(&("pgward_objective_ok".into(), db.clone(), 0.0)));
+
+    // A failed run is recorded too, and nothing anywhere holds the password.
+    pgward_with(
+        &ws,
+        &config,
+        &["backup", "--dbname", "no_such_database_here"],
+    )
+    .assert_exit(1);
+    pgward_with(&ws, &config, &["report", "latest"]).assert_ok();
+    let mut everything = String::new();
+    for path in snapshot_all(&ws.repo()) {
+        everything.push_str(&String::from_utf8_lossy(&std::fs::read(path).unwrap()));
+    }
+    everything.push_str(&std::fs::read_to_string(&textfile).unwrap());
+    for args in [
+        &["log"][..],
+        &["status"],
+        &["report", "latest"],
+        &["--json", "log"],
+    ] {
+        everything.push_str(&pgward_with(&ws, &config, args).stdout);
+    }
+    assert!(everything.contains("no_such_database_here"));
+    assert!(!everything.contains(secret), "the password leaked");
+    assert!(!everything.contains("Tr1cky"), "the password leaked");
+}
+
+/// Every file under `dir`, the journal included.
+fn snapshot_all(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(snapshot_all(&path));
+        } else if path.is_file() {
+            files.push(path);
+        }
+    }
+    files
+}
