@@ -131,6 +131,8 @@ step "pgward verify latest --secret-key (decrypts and checks everything)" "$pgwa
 step "pgward restore latest --to demo_restored (decrypts, restores, proves)" "$pgward" --repo "$repo" \
   restore latest --to demo_restored --secret-key "$keys/demo.sec.asc" --passphrase-file "$keys/passphrase"
 step "pgward list (with each backup's last drill)" "$pgward" --repo "$repo" list
+step "pgward log --verify (the journal of every run above, hash-chained)" "$pgward" --repo "$repo" log --verify
+step "pgward status (fresh and proven? exit 0 only when every objective holds)" "$pgward" --repo "$repo" status
 
 # The repository layout is pgward's business: find the newest file whose name
 # says it is a manifest rather than assume a path.
