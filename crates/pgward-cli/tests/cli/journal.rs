@@ -58,6 +58,42 @@ fn a_mixed_history_verifies_and_an_edit_a_deletion_or_a_swap_is_named() {
     assert_eq!(killed.status.code(), Some(143));
     pgward_with(&ws, &config, &["verify", "latest"]).assert_ok();
     pgward_with(&ws, &config, &["drill", "latest"]).assert_ok();
+    // A drill that fails: a second backup whose manifest claims one row
+    // more than pg_dump wrote (resealed, as a forger would).
+    let second = pgward_with(&ws, &config, &["--json", "backup"]);
+    second.assert_ok();
+    let second_id = second.json()["id"].as_str().unwrap().to_string();
+    let second_manifest = ws
+        .repo()
+        .join("backups")
+        .join(format!("{second_id}.manifest.json"));
+    let mut forged: Value =
+        serde_json::from_str(&std::fs::read_to_string(&second_manifest).unwrap()).unwrap();
+    let rows = forged["tables"][0]["rows"].as_u64().unwrap();
+    forged["tables"][0]["rows"] = (rows + 1).into();
+    reseal(&mut forged);
+    std::fs::write(&second_manifest, forged.to_string()).unwrap();
+    pgward_with(&ws, &config, &["drill", &second_id]).assert_exit(1);
+    // Its journal record no longer agrees with the manifest: verify says so.
+    let verify = pgward_with(&ws, &config, &["--json", "verify", &second_id]);
+    verify.assert_exit(1);
+    assert!(
+        verify.stdout.contains("recorded manifest digest"),
+        "{}",
+        verify.stdout
+    );
+    std::fs::remove_file(&second_manifest).unwrap();
+    std::fs::remove_file(
+        ws.repo()
+            .join("backups")
+            .join(format!("{second_id}.dump.zst")),
+    )
+    .unwrap();
+    let _ = std::fs::remove_file(
+        ws.repo()
+            .join("backups")
+            .join(format!("{second_id}.drill.json")),
+    );
 
     let records = logged(&ws, &config);
     let summary: Vec<(String, String, i64)> = records
@@ -76,6 +112,9 @@ fn a_mixed_history_verifies_and_an_edit_a_deletion_or_a_swap_is_named() {
         ("backup", "failed", 143),
         ("verify", "ok", 0),
         ("drill", "ok", 0),
+        ("backup", "ok", 0),
+        ("drill", "failed", 1),
+        ("verify", "failed", 1),
     ];
     assert_eq!(
         summary,
@@ -108,18 +147,18 @@ fn a_mixed_history_verifies_and_an_edit_a_deletion_or_a_swap_is_named() {
         ]
     );
     let filtered = pgward_with(&ws, &config, &["--json", "log", "--outcome", "failed"]);
-    assert_eq!(filtered.json()["records"].as_array().unwrap().len(), 2);
+    assert_eq!(filtered.json()["records"].as_array().unwrap().len(), 4);
 
     let verified = pgward_with(&ws, &config, &["log", "--verify"]);
     verified.assert_ok();
     assert!(
-        verified.stdout.contains("journal intact: 5 records"),
+        verified.stdout.contains("journal intact: 8 records"),
         "{}",
         verified.stdout
     );
     let head = pgward_with(&ws, &config, &["log", "--head"]);
     let head = head.stdout.trim().to_string();
-    assert!(head.starts_with("5:"), "{head}");
+    assert!(head.starts_with("8:"), "{head}");
 
     let broken = |what: &str| -> String {
         let res = pgward_with(&ws, &config, &["log", "--verify"]);
@@ -152,8 +191,8 @@ fn a_mixed_history_verifies_and_an_edit_a_deletion_or_a_swap_is_named() {
     std::fs::write(record_path(&ws, 3), &third).unwrap();
 
     // The newest record rewritten whole: only the anchor tells.
-    let last = std::fs::read_to_string(record_path(&ws, 5)).unwrap();
-    std::fs::write(record_path(&ws, 5), last.replace("\"drill\"", "\"verify\"")).unwrap();
+    let last = std::fs::read_to_string(record_path(&ws, 8)).unwrap();
+    std::fs::write(record_path(&ws, 8), last.replace("\"failed\"", "\"ok\"")).unwrap();
     pgward_with(&ws, &config, &["log", "--verify"]).assert_ok();
     let anchored = pgward_with(&ws, &config, &["log", "--verify", "--anchor", &head]);
     anchored.assert_exit(1);
