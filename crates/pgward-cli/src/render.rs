@@ -917,11 +917,16 @@ pub fn status(report: &pgward::status::StatusReport, format: &str) {
     }
     let mut text = String::new();
     for database in &report.databases {
+        let name = if database.scope == "whole" {
+            database.database.clone()
+        } else {
+            format!("{} [{}]", database.database, database.scope)
+        };
         for objective in &database.objectives {
             text.push_str(&format!(
                 "{:<6} {:<20} {:<6} {}\n",
                 objective.verdict.name(),
-                database.database,
+                name,
                 objective.name,
                 objective.detail
             ));

@@ -71,6 +71,8 @@ pub struct LastDrill {
 #[serde(rename_all = "kebab-case")]
 pub struct DatabaseStatus {
     pub database: String,
+    /// What the backups cover: `whole`, or `schemas=app,audit` and the like.
+    pub scope: String,
     pub verdict: Verdict,
     pub objectives: Vec<Objective>,
     pub last_backup: Option<LastBackup>,
@@ -187,24 +189,30 @@ fn human(seconds: i64) -> String {
 /// The verdict per database (every database with a backup, a quarantined
 /// run or a journaled backup), against the objectives, at `now`.
 pub fn evaluate(facts: &Facts, objectives: &Objectives, now: jiff::Timestamp) -> StatusReport {
-    let mut databases: Vec<String> = facts
+    // Each database and scope apart, as retention plans them; a database
+    // known only from failed attempts or quarantine has no scope to tell.
+    let mut groups: Vec<(String, String)> = facts
         .backups
         .iter()
-        .map(|m| m.database.clone())
-        .chain(facts.quarantined.keys().cloned())
-        .chain(
-            facts
-                .journal
-                .iter()
-                .filter(|r| r.command == "backup" || r.command == "run")
-                .filter_map(|r| r.database.clone()),
-        )
+        .map(|m| (m.database.clone(), scope_label(&m.scope)))
         .collect();
-    databases.sort();
-    databases.dedup();
+    let other = facts.quarantined.keys().cloned().chain(
+        facts
+            .journal
+            .iter()
+            .filter(|r| r.command == "backup" || r.command == "run")
+            .filter_map(|r| r.database.clone()),
+    );
+    for database in other.collect::<Vec<_>>() {
+        if !groups.iter().any(|(d, _)| *d == database) {
+            groups.push((database, "whole".into()));
+        }
+    }
+    groups.sort();
+    groups.dedup();
     let mut statuses = Vec::new();
-    for database in databases {
-        statuses.push(evaluate_database(facts, objectives, now, database));
+    for (database, scope) in groups {
+        statuses.push(evaluate_database(facts, objectives, now, database, scope));
     }
     let journal_ok = facts.journal_check.intact();
     let worst = statuses
@@ -229,14 +237,35 @@ fn worse(a: Verdict, b: Verdict) -> Verdict {
     }
 }
 
+/// `whole`, or the scope's lists: `schemas=app,audit exclude-tables=app.log`.
+pub fn scope_label(scope: &crate::scope::Scope) -> String {
+    let parts: Vec<String> = [
+        ("schemas", &scope.schemas),
+        ("exclude-schemas", &scope.exclude_schemas),
+        ("tables", &scope.tables),
+        ("exclude-tables", &scope.exclude_tables),
+    ]
+    .into_iter()
+    .filter(|(_, names)| !names.is_empty())
+    .map(|(key, names)| format!("{key}={}", names.join(",")))
+    .collect();
+    if parts.is_empty() {
+        "whole".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
 fn evaluate_database(
     facts: &Facts,
     objectives: &Objectives,
     now: jiff::Timestamp,
     database: String,
+    scope: String,
 ) -> DatabaseStatus {
+    let of_group = |m: &&Manifest| m.database == database && scope_label(&m.scope) == scope;
     // Newest first in the catalog.
-    let newest = facts.backups.iter().find(|m| m.database == database);
+    let newest = facts.backups.iter().find(of_group);
     let last_backup = newest.map(|m| LastBackup {
         id: m.id.clone(),
         finished_at: m.finished_at.clone(),
@@ -261,7 +290,7 @@ fn evaluate_database(
     let last_drill = facts
         .backups
         .iter()
-        .filter(|m| m.database == database)
+        .filter(of_group)
         .filter_map(|m| facts.drills.get(&m.id))
         .max_by(|a, b| a.finished_at.cmp(&b.finished_at))
         .map(|d| LastDrill {
@@ -363,6 +392,7 @@ fn evaluate_database(
     DatabaseStatus {
         quarantined: facts.quarantined.get(&database).copied().unwrap_or(0),
         database,
+        scope,
         verdict,
         objectives: objectives_out,
         last_backup,
@@ -381,12 +411,18 @@ pub fn prometheus(report: &StatusReport) -> String {
             out.push_str(&format!("{name}{labels} {value}\n"));
         }
     };
-    let label = |database: &str| format!("{{database=\"{}\"}}", escape(database));
+    let label = |d: &DatabaseStatus| {
+        format!(
+            "{{database=\"{}\",scope=\"{}\"}}",
+            escape(&d.database),
+            escape(&d.scope)
+        )
+    };
     let per = |f: &dyn Fn(&DatabaseStatus) -> Option<f64>| -> Vec<(String, f64)> {
         report
             .databases
             .iter()
-            .filter_map(|d| f(d).map(|v| (label(&d.database), v)))
+            .filter_map(|d| f(d).map(|v| (label(d), v)))
             .collect()
     };
     let timestamp = |at: &str| {
@@ -589,8 +625,14 @@ mod tests {
         assert_eq!(app.failures_since_success, 2);
         assert!(app.objectives[0].detail.contains("permission denied"));
         let text = prometheus(&report);
-        assert!(text.contains("pgward_backup_failures_since_success{database=\"app\"} 2\n"));
-        assert!(text.contains("pgward_backup_last_attempt_success{database=\"app\"} 0\n"));
+        assert!(text.contains(
+            "pgward_backup_failures_since_success{database=\"app\",scope=\"whole\"} 2\n"
+        ));
+        assert!(
+            text.contains(
+                "pgward_backup_last_attempt_success{database=\"app\",scope=\"whole\"} 0\n"
+            )
+        );
         assert!(text.contains("# TYPE pgward_journal_intact gauge\npgward_journal_intact 1\n"));
     }
 
