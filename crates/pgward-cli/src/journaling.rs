@@ -78,12 +78,22 @@ pub fn touched_known(path: &Path, bytes: u64, sha256: &str) {
     });
 }
 
+/// Appends the record now, before notifications go out: a run killed
+/// while it waits on a slow endpoint still leaves its backup vouched for.
+/// Prints what could not be written. `main`'s [`finish`] is then a no-op.
+pub fn settle(exit_code: i32, cause: Option<String>) {
+    for warning in finish(exit_code, cause) {
+        eprintln!("pgward: warning: {warning}");
+    }
+}
+
 /// Appends the record of the command that began, if one did; returns a
 /// warning to print when the journal or the metrics could not be written.
 pub fn finish(exit_code: i32, cause: Option<String>) -> Vec<String> {
     let Some(mut pending) = CURRENT.lock().expect("not poisoned").take() else {
         return Vec::new();
     };
+    let cause = cause.map(|c| scrub(&c, &pending.config));
     let mut warnings = Vec::new();
     if pgward::Repository::open(&pending.root).is_err() {
         // A run refused before there was a repository (or in a directory
@@ -110,6 +120,35 @@ pub fn finish(exit_code: i32, cause: Option<String>) -> Vec<String> {
         warnings.push(format!("metrics not written: {error}"));
     }
     warnings
+}
+
+/// A cause as the journal keeps it: one line, without the password the
+/// configuration holds, and without the quoted values of a conninfo that
+/// did not parse (an unquoted password with a space in it splits into
+/// "parameters" that messages quote).
+fn scrub(cause: &str, config: &pgward::Config) -> String {
+    let mut cause = cause.replace(['\n', '\r'], " ");
+    if let Ok(target) =
+        pgward::connection::ConnectionTarget::resolve(&config.connection, &pgward::process_env)
+        && let Some(password) = target.password()
+        && !password.expose().is_empty()
+    {
+        cause = cause.replace(password.expose(), "***");
+    }
+    if cause.contains("connection parameter") || cause.contains("conninfo") {
+        let mut masked = String::new();
+        let mut quoted = false;
+        for c in cause.chars() {
+            if c == '"' {
+                quoted = !quoted;
+                masked.push_str(if quoted { "\"…" } else { "\"" });
+            } else if !quoted {
+                masked.push(c);
+            }
+        }
+        cause = masked;
+    }
+    cause
 }
 
 /// The status of the repository as metrics, into the textfile.

@@ -519,6 +519,24 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 progress.update(p.archive_bytes)
             });
             progress.clear();
+            // Journaled before any notification: a run killed while an
+            // endpoint hangs still leaves its backup vouched for.
+            match &outcome {
+                Ok(done) => {
+                    journaling::run_id(&done.manifest.id);
+                    journaling::database(&done.manifest.database);
+                    journaling::touched_known(
+                        &done.artifact_path,
+                        done.manifest.artifact.bytes,
+                        &done.manifest.artifact.sha256,
+                    );
+                    journaling::touched(&done.manifest_path);
+                    journaling::settle(0, None);
+                }
+                Err(error) => {
+                    journaling::settle(error.kind().exit_code(), Some(error.message().to_string()))
+                }
+            }
             match &outcome {
                 Ok(done) => notify(
                     &config,
@@ -537,14 +555,6 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 Err(error) => notify(&config, NotifyEvent::Backup, started, Err(error)),
             }
             let done = outcome?;
-            journaling::run_id(&done.manifest.id);
-            journaling::database(&done.manifest.database);
-            journaling::touched_known(
-                &done.artifact_path,
-                done.manifest.artifact.bytes,
-                &done.manifest.artifact.sha256,
-            );
-            journaling::touched(&done.manifest_path);
             render::backup(&done, cli.json);
             render::notifications(cli.json);
         }
@@ -601,7 +611,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             });
             progress.clear();
             let report = report?;
-            journaling::run_id(&report.id);
+            journaling::option(format!("backup-id {}", report.id));
             journaling::touched(&repo.manifest_path(&report.id));
             render::verify(&report, cli.json);
             report.into_result().map_err(Failure::Reported)?;
@@ -635,7 +645,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             );
             progress.clear();
             let report = report?;
-            journaling::run_id(&report.backup_id);
+            journaling::option(format!("backup-id {}", report.backup_id));
             render::restore(&report, cli.json);
             if let Some(check) = report.first_failure() {
                 return Err(Failure::Reported(
@@ -680,7 +690,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     return Err(error.into());
                 }
             };
-            journaling::run_id(&report.record.backup_id);
+            journaling::option(format!("backup-id {}", report.record.backup_id));
             if let Ok(repo) = pgward::Repository::open_configured(&config) {
                 journaling::touched(&repo.drill_record_path(&report.record.backup_id));
             }
@@ -767,6 +777,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 );
                 journaling::touched(&repo.manifest_path(&manifest.id));
             }
+            if report.ok {
+                journaling::settle(0, None);
+            } else {
+                let error = pgward::run::failure_error(&report);
+                journaling::settle(error.kind().exit_code(), Some(error.message().to_string()));
+            }
             notify_run(&config, &report, started);
             render::run(&report, cli.json);
             render::notifications(cli.json);
@@ -817,6 +833,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 .then_some(())
                 .ok_or_else(|| Error::from(&report));
             match &verdict {
+                Ok(()) => journaling::settle(0, None),
+                Err(error) => {
+                    journaling::settle(error.kind().exit_code(), Some(error.message().to_string()))
+                }
+            }
+            match &verdict {
                 Ok(()) => notify(
                     &config,
                     NotifyEvent::Apply,
@@ -849,7 +871,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 None => None,
                 Some(when) => Some(since_timestamp(when)?),
             };
-            let records: Vec<_> = pgward::journal::read(repo.root())?
+            let (records, damaged) = pgward::journal::read_tolerant(repo.root())?;
+            for line in &damaged {
+                eprintln!("pgward: warning: {line} (see `pgward log --verify`)");
+            }
+            let records: Vec<_> = records
                 .into_iter()
                 .filter(|r| args.database.is_none() || r.database == args.database)
                 .filter(|r| args.command.as_ref().is_none_or(|c| &r.command == c))
@@ -887,7 +913,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Report(args) => {
             let repo = pgward::Repository::open_configured(&config)?;
-            let records = pgward::journal::read(repo.root())?;
+            let (records, _) = pgward::journal::read_tolerant(repo.root())?;
             let record = if args.run == "latest" {
                 records.last()
             } else {
@@ -938,9 +964,6 @@ fn run(cli: Cli) -> Result<(), Failure> {
     Ok(())
 }
 
-/// What decrypts artifacts as the config (and the flags applied to it)
-/// says, asked for only when an artifact is encrypted; the passphrase
-/// prompt goes to the terminal.
 /// `7d` (that long ago) or an RFC 3339 time.
 fn since_timestamp(when: &str) -> Result<jiff::Timestamp, Error> {
     if let Ok(at) = when.parse::<jiff::Timestamp>() {
@@ -956,11 +979,16 @@ fn since_timestamp(when: &str) -> Result<jiff::Timestamp, Error> {
 /// The database the connection settings name, for the journal (None
 /// when they name none or cannot be read: the command says why itself).
 fn connection_database(config: &Config) -> Option<String> {
+    // The database connected to, libpq's default (the user name) included.
     pgward::connection::ConnectionTarget::resolve(&config.connection, &pgward::process_env)
         .ok()
-        .and_then(|target| target.named_database().map(str::to_string))
+        .map(|target| target.dbname)
+        .filter(|name| !name.is_empty())
 }
 
+/// What decrypts artifacts as the config (and the flags applied to it)
+/// says, asked for only when an artifact is encrypted; the passphrase
+/// prompt goes to the terminal.
 fn configured_decryptor(
     config: &Config,
 ) -> impl FnMut() -> Result<Option<secret::Decryptor>, Error> + use<> {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fs::{DirBuilder, File};
 use std::io::Write;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 pub const FORMAT: &str = "pgward-journal-record";
@@ -177,36 +177,95 @@ fn sequences(root: &Path) -> Result<Vec<u64>> {
     Ok(found)
 }
 
-/// Appends `entry` as the next record; returns it.
+/// Appends `entry` as the next record; returns it. The first append of a
+/// repository first writes a `journal-start` record that inventories the
+/// manifests already there (with their canonical digests): whether a
+/// backup predates the journal is decided by the journal, never by the
+/// dates a manifest claims.
 pub fn append(root: &Path, entry: &Entry) -> Result<Record> {
     let dir = dir(root);
-    if !dir.is_dir() {
-        DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .or_else(|e| match e.kind() {
-                std::io::ErrorKind::AlreadyExists => Ok(()),
-                _ => Err(e),
-            })
-            .map_err(|e| Error::repository_io("cannot create directory", &dir, e))?;
+    match std::fs::symlink_metadata(&dir) {
+        Ok(meta) if !meta.file_type().is_dir() => {
+            return Err(Error::repository(format!(
+                "{} is not a directory (a link?): pgward keeps its journal only in a real one",
+                dir.display()
+            )));
+        }
+        Ok(_) => {}
+        Err(_) => {
+            DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .or_else(|e| match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => Ok(()),
+                    _ => Err(e),
+                })
+                .map_err(|e| Error::repository_io("cannot create directory", &dir, e))?;
+            sync_dir(root)?;
+        }
     }
     let lock_path = dir.join(".lock");
     let lock = File::options()
         .create(true)
         .truncate(false)
         .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&lock_path)
         .map_err(|e| Error::repository_io("cannot open", &lock_path, e))?;
     lock.lock()
         .map_err(|e| Error::repository_io("cannot lock", &lock_path, e))?;
-    let (sequence, previous_sha256) = match sequences(root)?.last() {
-        None => (1, String::new()),
+    let mut head = match sequences(root)?.last() {
+        None => None,
         Some(&last) => {
             let path = dir.join(file_name(last));
-            let bytes =
-                std::fs::read(&path).map_err(|e| Error::repository_io("cannot read", &path, e))?;
-            (last + 1, sha256_hex(&bytes))
+            let bytes = crate::repository::read_regular(&path)
+                .map_err(|e| Error::repository_io("cannot read", &path, e))?;
+            Some((last, sha256_hex(bytes.as_bytes())))
         }
+    };
+    if head.is_none() {
+        let start = Entry {
+            run_id: crate::repository::new_backup_id("journal", crate::clock::now()),
+            command: "journal-start".into(),
+            started_at: crate::clock::now_rfc3339(),
+            ok: true,
+            artifacts: inventory(root),
+            ..Entry::default()
+        };
+        let (record, hash) = write_record(&dir, &start, None)?;
+        head = Some((record.sequence, hash));
+    }
+    let (record, _) = write_record(&dir, entry, head)?;
+    drop(lock);
+    Ok(record)
+}
+
+/// The manifests in `backups/` now, for the journal's first record.
+fn inventory(root: &Path) -> Vec<Touched> {
+    let backups = root.join("backups");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&backups)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.to_string_lossy().ends_with(".manifest.json"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names.iter().filter_map(|p| touched(root, p)).collect()
+}
+
+/// Writes `entry` as the record after `head` (sequence, sha256); returns
+/// it and the sha256 of its bytes.
+fn write_record(
+    dir: &Path,
+    entry: &Entry,
+    head: Option<(u64, String)>,
+) -> Result<(Record, String)> {
+    let (sequence, previous_sha256) = match head {
+        None => (1, String::new()),
+        Some((last, hash)) => (last + 1, hash),
     };
     let record = Record {
         format: FORMAT.into(),
@@ -245,29 +304,27 @@ pub fn append(root: &Path, entry: &Entry) -> Result<Record> {
             e,
         ));
     }
-    sync_dir(&dir)?;
-    drop(lock);
-    Ok(record)
+    sync_dir(dir)?;
+    Ok((record, sha256_hex(&text)))
 }
 
-/// Every record, oldest first; a record that does not parse is an error
-/// naming it (`log --verify` says more).
-pub fn read(root: &Path) -> Result<Vec<Record>> {
+/// The records that parse, oldest first, and a line for each that does
+/// not: one damaged record must not hide the rest (`log --verify` says
+/// what is wrong with the chain).
+pub fn read_tolerant(root: &Path) -> Result<(Vec<Record>, Vec<String>)> {
     let mut records = Vec::new();
+    let mut damaged = Vec::new();
     for sequence in sequences(root)? {
         let path = dir(root).join(file_name(sequence));
-        let text = crate::repository::read_regular(&path)
-            .map_err(|e| Error::repository_io("cannot read", &path, e))?;
-        let record: Record = serde_json::from_str(&text).map_err(|e| {
-            Error::new(
-                crate::error::ErrorKind::Integrity,
-                format!("journal record {} does not parse: {e}", path.display()),
-            )
-            .with_hint("run `pgward log --verify` to see what else is wrong with the journal")
-        })?;
-        records.push(record);
+        let parsed = crate::repository::read_regular(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_json::from_str::<Record>(&text).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(record) => records.push(record),
+            Err(e) => damaged.push(format!("journal record {sequence} cannot be read: {e}")),
+        }
     }
-    Ok(records)
+    Ok((records, damaged))
 }
 
 /// Walks the chain: every sequence from 1 present, each record named for
@@ -275,6 +332,7 @@ pub fn read(root: &Path) -> Result<Vec<Record>> {
 /// `anchor` (`SEQUENCE:SHA256`, as `log --head` printed it), that record
 /// must still have that hash.
 pub fn verify(root: &Path, anchor: Option<&str>) -> Result<Verification> {
+    let anchor = anchor.map(parse_anchor).transpose()?;
     let present = sequences(root)?;
     let mut verification = Verification {
         records: present.len() as u64,
@@ -286,8 +344,8 @@ pub fn verify(root: &Path, anchor: Option<&str>) -> Result<Verification> {
     for sequence in present {
         let name = file_name(sequence);
         let path = dir(root).join(&name);
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
+        let bytes = match crate::repository::read_regular(&path) {
+            Ok(text) => text.into_bytes(),
             Err(e) => {
                 verification.broken =
                     Some(format!("record {sequence} ({name}) cannot be read: {e}"));
@@ -326,37 +384,45 @@ pub fn verify(root: &Path, anchor: Option<&str>) -> Result<Verification> {
             return Ok(verification);
         }
         let hash = sha256_hex(&bytes);
-        if let Some(anchor) = anchor
-            && let Some((seq, sha)) = anchor.split_once(':')
-            && seq.parse::<u64>().ok() == Some(sequence)
-            && sha != hash
+        if let Some((seq, sha)) = &anchor
+            && *seq == sequence
+            && *sha != hash
         {
             verification.broken = Some(format!(
-                "record {sequence} is not the one anchored ({anchor}): history up to it was rewritten"
+                "record {sequence} is not the one anchored ({seq}:{sha}): history up to it was rewritten"
             ));
             return Ok(verification);
         }
         previous = Some((sequence, hash));
         expected += 1;
     }
-    if let Some(anchor) = anchor {
-        let (seq, _) = anchor.split_once(':').ok_or_else(|| {
-            Error::config(format!("anchor {anchor:?} is not SEQUENCE:SHA256"))
-                .with_hint("give what `pgward log --head` printed")
-        })?;
-        let seq: u64 = seq
-            .parse()
-            .map_err(|_| Error::config(format!("anchor {anchor:?} is not SEQUENCE:SHA256")))?;
-        if seq >= expected {
-            verification.broken = Some(format!(
-                "record {seq} (anchored) is missing: the journal ends at {}",
-                expected - 1
-            ));
-            return Ok(verification);
-        }
+    if let Some((seq, _)) = anchor
+        && seq >= expected
+    {
+        verification.broken = Some(format!(
+            "record {seq} (anchored) is missing: the journal ends at {}",
+            expected - 1
+        ));
+        return Ok(verification);
     }
     verification.head = previous.map(|(seq, hash)| format!("{seq}:{hash}"));
     Ok(verification)
+}
+
+/// `SEQUENCE:SHA256` as `log --head` prints it (case and surrounding
+/// blanks forgiven): a typo is a usage error, never a tamper alarm.
+fn parse_anchor(anchor: &str) -> Result<(u64, String)> {
+    let bad = || {
+        Error::config(format!("anchor {anchor:?} is not SEQUENCE:SHA256"))
+            .with_hint("give what `pgward log --head` printed")
+    };
+    let (seq, sha) = anchor.trim().split_once(':').ok_or_else(bad)?;
+    let seq: u64 = seq.trim().parse().map_err(|_| bad())?;
+    let sha = sha.trim().to_ascii_lowercase();
+    if seq == 0 || sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    Ok((seq, sha))
 }
 
 fn host_name() -> String {
@@ -403,25 +469,46 @@ mod tests {
         let root = journal(5);
         let verification = verify(root.path(), None).unwrap();
         assert!(verification.intact(), "{verification:?}");
-        assert_eq!(verification.records, 5);
+        // The journal's own first record, then the five.
+        assert_eq!(verification.records, 6);
         let head = verification.head.unwrap();
-        assert!(head.starts_with("5:"));
+        assert!(head.starts_with("6:"));
         assert!(verify(root.path(), Some(&head)).unwrap().intact());
-        let records = read(root.path()).unwrap();
-        assert_eq!(records[2].outcome, "failed");
+        assert!(
+            verify(root.path(), Some(&head.to_uppercase()))
+                .unwrap()
+                .intact()
+        );
+        assert!(
+            verify(root.path(), Some("0:00")).is_err(),
+            "a typo is no tamper alarm"
+        );
+        let (records, damaged) = read_tolerant(root.path()).unwrap();
+        assert!(damaged.is_empty());
+        assert_eq!(records[0].command, "journal-start");
         assert_eq!(records[0].previous_sha256, "");
+        assert_eq!(records[3].outcome, "failed");
     }
 
     #[test]
     fn an_edited_byte_a_deleted_record_and_a_swap_are_named() {
-        // One byte of record 2.
+        // One byte of record 2's content (it still parses).
         let root = journal(4);
-        let mut bytes = std::fs::read(path(root.path(), 2)).unwrap();
-        let at = bytes.iter().position(|&b| b == b'2').unwrap();
-        bytes[at] = b'7';
-        std::fs::write(path(root.path(), 2), bytes).unwrap();
+        let text = std::fs::read_to_string(path(root.path(), 2)).unwrap();
+        std::fs::write(path(root.path(), 2), text.replace("run-1", "run-9")).unwrap();
         let broken = verify(root.path(), None).unwrap().broken.unwrap();
-        assert!(broken.contains("record 2"), "{broken}");
+        assert!(
+            broken.starts_with("record 2 was edited, or record 3 replaced"),
+            "{broken}"
+        );
+        // Garbage in a record: named, and the other records still read.
+        std::fs::write(path(root.path(), 3), "garbage").unwrap();
+        let (records, damaged) = read_tolerant(root.path()).unwrap();
+        assert_eq!(records.len(), 4);
+        assert!(
+            damaged[0].starts_with("journal record 3 cannot be read"),
+            "{damaged:?}"
+        );
 
         // Record 3 deleted.
         let root = journal(4);
@@ -448,8 +535,8 @@ mod tests {
         // The newest record rewritten whole: only the anchor tells.
         let root = journal(3);
         let head = verify(root.path(), None).unwrap().head.unwrap();
-        let text = std::fs::read_to_string(path(root.path(), 3)).unwrap();
-        std::fs::write(path(root.path(), 3), text.replace("\"failed\"", "\"ok\"")).unwrap();
+        let text = std::fs::read_to_string(path(root.path(), 4)).unwrap();
+        std::fs::write(path(root.path(), 4), text.replace("\"failed\"", "\"ok\"")).unwrap();
         assert!(verify(root.path(), None).unwrap().intact());
         let broken = verify(root.path(), Some(&head)).unwrap().broken.unwrap();
         assert!(broken.contains("not the one anchored"), "{broken}");
@@ -473,6 +560,6 @@ mod tests {
         }
         let verification = verify(root.path(), None).unwrap();
         assert!(verification.intact(), "{verification:?}");
-        assert_eq!(verification.records, 80);
+        assert_eq!(verification.records, 81);
     }
 }

@@ -146,7 +146,11 @@ pub fn facts(repo: &Repository) -> Result<Facts> {
         *quarantined.entry(record.database).or_insert(0) += 1;
     }
     let journal_check = crate::journal::verify(repo.root(), None)?;
-    let journal = crate::journal::read(repo.root()).unwrap_or_default();
+    // A damaged record is the chain's finding (journal_check); the rest
+    // still count.
+    let journal = crate::journal::read_tolerant(repo.root())
+        .map(|(records, _)| records)
+        .unwrap_or_default();
     Ok(Facts {
         backups,
         drills,
@@ -196,14 +200,21 @@ pub fn evaluate(facts: &Facts, objectives: &Objectives, now: jiff::Timestamp) ->
         .iter()
         .map(|m| (m.database.clone(), scope_label(&m.scope)))
         .collect();
-    let other = facts.quarantined.keys().cloned().chain(
-        facts
-            .journal
-            .iter()
-            .filter(|r| r.command == "backup" || r.command == "run")
-            .filter_map(|r| r.database.clone()),
-    );
-    for database in other.collect::<Vec<_>>() {
+    // A database pgward only ever failed to back up counts while its
+    // failures are recent (within max-backup-age, else a week): a typo
+    // on the command line, or a database since dropped, does not fail the
+    // status for ever.
+    let window = objectives
+        .max_backup_age
+        .map(|d| d.as_secs())
+        .unwrap_or(7 * 86400);
+    let recent = facts.journal.iter().filter(|r| {
+        (r.command == "backup" || r.command == "run") && age_seconds(&r.started_at, now) <= window
+    });
+    for database in recent
+        .filter_map(|r| r.database.clone())
+        .collect::<Vec<_>>()
+    {
         if !groups.iter().any(|(d, _)| *d == database) {
             groups.push((database, "whole".into()));
         }
@@ -307,12 +318,16 @@ fn evaluate_database(
                 && r.database.as_deref() == Some(&database)
         })
         .collect();
-    let failures_since_success = attempts
-        .iter()
-        .rev()
-        .take_while(|r| r.outcome != "ok")
-        .count();
-    let last_attempt_ok = attempts.last().map(|r| r.outcome == "ok");
+    // A run whose backup was written failed in a later step (verify,
+    // drill, prune): that is no failed backup.
+    let backed_up = |r: &Record| {
+        r.outcome == "ok"
+            || r.artifacts
+                .iter()
+                .any(|a| a.path.ends_with(".manifest.json"))
+    };
+    let failures_since_success = attempts.iter().rev().take_while(|r| !backed_up(r)).count();
+    let last_attempt_ok = attempts.last().map(|r| backed_up(r));
 
     let mut objectives_out = Vec::new();
     let backup = match (&last_backup, objectives.max_backup_age) {
@@ -331,6 +346,16 @@ fn evaluate_database(
             name: "backup",
             verdict: Verdict::Failed,
             detail: "no complete backup".into(),
+        },
+        // A backup "from the future" would mask stopped backups until then.
+        (Some(b), _) if b.age_seconds < -300 => Objective {
+            name: "backup",
+            verdict: Verdict::Failed,
+            detail: format!(
+                "newest complete backup {} finished {} in the future: the clock, or a forged manifest",
+                b.id,
+                human(-b.age_seconds)
+            ),
         },
         (Some(b), Some(max)) if b.age_seconds > max.as_secs() => Objective {
             name: "backup",

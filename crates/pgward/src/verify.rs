@@ -218,35 +218,33 @@ fn run_checking(
 /// this pgward kept one) is skipped, not failed.
 fn journal_check(repo: &Repository, manifest: &Manifest, checks: &mut Checks, written_now: bool) {
     const NAME: &str = "journal record";
-    let records = match crate::journal::read(repo.root()) {
-        Ok(records) => records,
+    // A damaged record elsewhere is `log --verify`'s finding, not every
+    // backup's.
+    let records = match crate::journal::read_tolerant(repo.root()) {
+        Ok((records, _damaged)) => records,
         Err(e) => {
             checks.add(NAME, false, e.message().to_string());
             return;
         }
     };
-    let Some(first) = records.first() else {
+    if records.is_empty() {
         return checks.skip(NAME, "the repository keeps no journal yet");
-    };
+    }
     let just_written =
         || "written by this run: the journal records it when the run ends".to_string();
-    if manifest.started_at < first.started_at {
-        return checks.skip(
-            NAME,
-            format!(
-                "the backup is older than the journal, which starts at {}",
-                first.started_at
-            ),
-        );
-    }
     let path = repo.manifest_path(&manifest.id);
     let now = crate::journal::touched(repo.root(), &path);
     let relative = now.as_ref().map(|t| t.path.clone()).unwrap_or_default();
     // The record of the run that wrote it: later runs that read it
     // (verify, drill) record what they found, which vouches for nothing.
+    // A backup older than the journal is in the inventory its first
+    // record took (whatever date the manifest claims).
     let named = records
         .iter()
-        .filter(|r| matches!(r.command.as_str(), "backup" | "run" | "apply"))
+        .filter(|r| {
+            matches!(r.command.as_str(), "backup" | "run" | "apply")
+                || (r.sequence == 1 && r.command == "journal-start")
+        })
         .find_map(|r| {
             r.artifacts
                 .iter()

@@ -107,6 +107,7 @@ fn a_mixed_history_verifies_and_an_edit_a_deletion_or_a_swap_is_named() {
         })
         .collect();
     let expected = [
+        ("journal-start", "ok", 0),
         ("backup", "ok", 0),
         ("backup", "failed", 1),
         ("backup", "failed", 143),
@@ -124,16 +125,22 @@ fn a_mixed_history_verifies_and_an_edit_a_deletion_or_a_swap_is_named() {
             .collect::<Vec<_>>()
     );
     assert!(
-        records[1]["cause"]
+        records[2]["cause"]
             .as_str()
             .unwrap()
             .contains("permission denied"),
         "{}",
-        records[1]
+        records[2]
     );
     // The first backup's record holds its manifest's and artifact's digests.
-    let backup_id = records[0]["run-id"].as_str().unwrap();
-    let files: Vec<&str> = records[0]["artifacts"]
+    let backup_id = records[1]["run-id"].as_str().unwrap();
+    // The journal's first record (written when that backup was journaled)
+    // inventoried the repository as it was: that backup's manifest.
+    assert_eq!(
+        records[0]["artifacts"][0]["path"],
+        format!("backups/{backup_id}.manifest.json")
+    );
+    let files: Vec<&str> = records[1]["artifacts"]
         .as_array()
         .unwrap()
         .iter()
@@ -152,30 +159,37 @@ fn a_mixed_history_verifies_and_an_edit_a_deletion_or_a_swap_is_named() {
     let verified = pgward_with(&ws, &config, &["log", "--verify"]);
     verified.assert_ok();
     assert!(
-        verified.stdout.contains("journal intact: 8 records"),
+        verified.stdout.contains("journal intact: 9 records"),
         "{}",
         verified.stdout
     );
     let head = pgward_with(&ws, &config, &["log", "--head"]);
     let head = head.stdout.trim().to_string();
-    assert!(head.starts_with("8:"), "{head}");
+    assert!(head.starts_with("9:"), "{head}");
 
     let broken = |what: &str| -> String {
         let res = pgward_with(&ws, &config, &["log", "--verify"]);
         assert_eq!(res.code, 1, "{what}: {}", res.stdout);
         res.stdout.clone()
     };
-    // One byte of record 2.
-    let original = std::fs::read(record_path(&ws, 2)).unwrap();
+    // One byte of record 3 (the permission failure): its outcome.
+    let original = std::fs::read(record_path(&ws, 3)).unwrap();
     let mut edited = original.clone();
     let at = edited.windows(6).position(|w| w == b"failed").unwrap();
     edited[at] = b'F';
-    std::fs::write(record_path(&ws, 2), &edited).unwrap();
-    assert!(broken("edit").contains("record 2 was edited"));
-    // Status fails while the chain is broken.
+    std::fs::write(record_path(&ws, 3), &edited).unwrap();
+    assert!(broken("edit").contains("record 3 was edited"));
+    // Status fails while the chain is broken; log still lists the rest.
     pgward_with(&ws, &config, &["status"]).assert_exit(1);
-    std::fs::write(record_path(&ws, 2), &original).unwrap();
+    std::fs::write(record_path(&ws, 3), b"garbage").unwrap();
+    assert_eq!(
+        logged(&ws, &config).len(),
+        8,
+        "one bad record hides no other"
+    );
+    std::fs::write(record_path(&ws, 3), &original).unwrap();
     pgward_with(&ws, &config, &["log", "--verify"]).assert_ok();
+    let original = std::fs::read(record_path(&ws, 2)).unwrap();
 
     // Record 3 deleted.
     let third = std::fs::read(record_path(&ws, 3)).unwrap();
@@ -191,8 +205,8 @@ fn a_mixed_history_verifies_and_an_edit_a_deletion_or_a_swap_is_named() {
     std::fs::write(record_path(&ws, 3), &third).unwrap();
 
     // The newest record rewritten whole: only the anchor tells.
-    let last = std::fs::read_to_string(record_path(&ws, 8)).unwrap();
-    std::fs::write(record_path(&ws, 8), last.replace("\"failed\"", "\"ok\"")).unwrap();
+    let last = std::fs::read_to_string(record_path(&ws, 9)).unwrap();
+    std::fs::write(record_path(&ws, 9), last.replace("\"failed\"", "\"ok\"")).unwrap();
     pgward_with(&ws, &config, &["log", "--verify"]).assert_ok();
     let anchored = pgward_with(&ws, &config, &["log", "--verify", "--anchor", &head]);
     anchored.assert_exit(1);
@@ -215,20 +229,72 @@ fn a_mixed_history_verifies_and_an_edit_a_deletion_or_a_swap_is_named() {
         "{}",
         verify.stdout
     );
-    let journal = ws.repo().join("journal");
-    std::fs::rename(&journal, ws.path("journal-away")).unwrap();
-    std::fs::create_dir(&journal).unwrap();
-    let later = pgward_with(&ws, &config, &["backup"]);
-    later.assert_ok();
-    std::fs::write(&manifest, &text).unwrap();
-    // The journal now starts after the backup: not vouched for, not failed.
+    // Re-formatted, the same manifest is still the one the journal holds.
+    let value: Value = serde_json::from_str(&text).unwrap();
+    std::fs::write(&manifest, serde_json::to_string(&value).unwrap()).unwrap();
+    pgward_with(&ws, &config, &["verify", backup_id]).assert_ok();
+
+    // A journal started anew inventories what is there: the backup is
+    // vouched for by that first record.
+    std::fs::rename(ws.repo().join("journal"), ws.path("journal-away")).unwrap();
+    pgward_with(&ws, &config, &["backup"]).assert_ok();
     let verify = pgward_with(&ws, &config, &["--json", "verify", backup_id]);
     verify.assert_ok();
     assert!(
-        verify.stdout.contains("older than the journal"),
+        verify.stdout.contains("record 1 (journal-start"),
         "{}",
         verify.stdout
     );
+
+    // A forged backup dated before the journal is vouched for by nothing.
+    let old_id = format!("20200101T000000Z{}", &backup_id[16..]);
+    let mut forged: Value = value.clone();
+    forged["id"] = old_id.clone().into();
+    forged["started-at"] = "2020-01-01T00:00:00.000Z".into();
+    forged["finished-at"] = "2020-01-01T00:00:01.000Z".into();
+    forged["artifact"]["file"] = format!("{old_id}.dump.zst").into();
+    reseal(&mut forged);
+    let backups = ws.repo().join("backups");
+    std::fs::copy(
+        backups.join(format!("{backup_id}.dump.zst")),
+        backups.join(format!("{old_id}.dump.zst")),
+    )
+    .unwrap();
+    std::fs::write(
+        backups.join(format!("{old_id}.manifest.json")),
+        forged.to_string(),
+    )
+    .unwrap();
+    let ids = listed_backup_ids(&pgward_with(&ws, &config, &["--json", "list"]).json());
+    assert!(
+        ids.contains(&old_id),
+        "the forgery passes as a backup: {ids:?}"
+    );
+    let verify = pgward_with(&ws, &config, &["--json", "verify", &old_id]);
+    verify.assert_exit(1);
+    assert!(
+        verify
+            .stdout
+            .contains("the journal does not vouch for this backup"),
+        "{}",
+        verify.stdout
+    );
+
+    // Commands that only read are not journaled.
+    let before = logged(&ws, &config).len();
+    for args in [
+        &["check"][..],
+        &["backup", "--dry-run"],
+        &["list"],
+        &["status"],
+        &["log", "--verify"],
+        &["report", "latest"],
+        &["prune", "--dry-run"],
+        &["grants"],
+    ] {
+        pgward_with(&ws, &config, args);
+    }
+    assert_eq!(logged(&ws, &config).len(), before);
 }
 
 #[test]
@@ -262,7 +328,7 @@ fn concurrent_backups_of_two_databases_make_one_unbroken_chain() {
     verified.assert_ok();
     let verified = verified.json();
     assert_eq!(verified["intact"], true);
-    assert_eq!(verified["records"], 2 * rounds);
+    assert_eq!(verified["records"], 2 * rounds + 1);
     let log = run(pgward(&ws.repo()).args(["--json", "log", "--database", &a]));
     assert_eq!(
         log.json()["records"].as_array().unwrap().len(),
@@ -297,7 +363,7 @@ fn status_goes_late_with_the_clock_and_metrics_parse_without_secrets() {
         "pgward.toml",
         &format!(
             "[connection]\ndbname = \"{db}\"\nuser = \"{PASSWORD_ROLE}\"\npassword-file = \"{}\"\n\
-             [policy]\nmax-backup-age = \"4s\"\n[metrics]\ntextfile = \"{}\"\n",
+             [policy]\nmax-backup-age = \"1h\"\n[metrics]\ntextfile = \"{}\"\n",
             password.display(),
             textfile.display()
         ),
@@ -351,7 +417,14 @@ fn status_goes_late_with_the_clock_and_metrics_parse_without_secrets() {
     assert_eq!(names, ["pgward.prom"], "no staging file is left beside it");
 
     // The clock passes the objective: LATE, exit 1, and the metrics say so.
-    std::thread::sleep(Duration::from_secs(5));
+    let strict = ws.file(
+        "strict.toml",
+        &std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("max-backup-age = \"1h\"", "max-backup-age = \"2s\""),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let config = strict;
     let late = pgward_with(&ws, &config, &["status"]);
     late.assert_exit(1);
     assert!(
@@ -362,6 +435,18 @@ fn status_goes_late_with_the_clock_and_metrics_parse_without_secrets() {
     let exposition = pgward_with(&ws, &config, &["status", "--format", "prometheus"]);
     assert!(metrics(&exposition.stdout).contains(&("pgward_objective_ok".into(), db.clone(), 0.0)));
 
+    // A conninfo whose unquoted password has a space: libpq-style parsing
+    // reads a fragment of it as a parameter name; the journal masks it.
+    pgward_with(
+        &ws,
+        &config,
+        &[
+            "backup",
+            "--dbname",
+            "host=/nonexistent password=Tr1cky s3cr3tfragment=x dbname=y",
+        ],
+    )
+    .assert_exit(2);
     // A failed run is recorded too, and nothing anywhere holds the password.
     pgward_with(
         &ws,
@@ -386,6 +471,10 @@ fn status_goes_late_with_the_clock_and_metrics_parse_without_secrets() {
     assert!(everything.contains("no_such_database_here"));
     assert!(!everything.contains(secret), "the password leaked");
     assert!(!everything.contains("Tr1cky"), "the password leaked");
+    assert!(
+        !everything.contains("s3cr3tfragment"),
+        "a fragment of a password leaked"
+    );
 }
 
 /// Every file under `dir`, the journal included.
