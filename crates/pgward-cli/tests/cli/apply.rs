@@ -120,6 +120,30 @@ impl Change {
         )
     }
 
+    /// Makes the backup before the change run `script` (bash, with `$PSQL`
+    /// a psql to this database) first: what another session does between
+    /// the rehearsal and the apply.
+    fn while_backing_up(&self, script: &str) {
+        let wrapper = self.ws.script(
+            "pg_dump",
+            &format!(
+                "PSQL='{} -d {}'\nif [[ \" $* \" != *' --version '* ]]; then\n{script}\nfi\nexec {} \"$@\"",
+                psql(),
+                self.db,
+                real_pg_dump()
+            ),
+        );
+        std::fs::write(
+            &self.config,
+            format!(
+                "[connection]\ndbname = \"{}\"\n[pg-dump]\npath = \"{}\"\n",
+                self.db,
+                wrapper.display()
+            ),
+        )
+        .unwrap();
+    }
+
     fn apply(&self, package: &PathBuf, args: &[&str]) -> Run {
         run(pgward(&self.ws.repo())
             .args(["--json", "--config"])
@@ -503,24 +527,9 @@ fn a_statement_that_fails_only_in_production_rolls_the_whole_change_back() {
             sql.push_str(&format!("CREATE TABLE {SCHEMA}.s{n:02} (id int);\n"));
         }
     }
-    let wrapper = change.ws.script(
-        "pg_dump",
-        &format!(
-            "if [[ \" $* \" != *' --version '* ]]; then {} -q -d {} -c 'INSERT INTO public.codes VALUES (7)' >/dev/null || exit 99; fi\nexec {} \"$@\"",
-            psql(),
-            change.db,
-            real_pg_dump()
-        ),
+    change.while_backing_up(
+        "$PSQL -q -c 'INSERT INTO public.codes VALUES (7)' >/dev/null || exit 99",
     );
-    let config = change.ws.file(
-        "pgward.toml",
-        &format!(
-            "[connection]\ndbname = \"{}\"\n[pg-dump]\npath = \"{}\"\n",
-            change.db,
-            wrapper.display()
-        ),
-    );
-    assert_eq!(config, change.config);
     let package = change.package(
         "change",
         &sql,
@@ -563,30 +572,13 @@ fn blocked_change(hint: &str, lock_timeout: &str) -> (Change, PathBuf) {
         &change.db,
         &format!("ALTER TABLE public.items OWNER TO {}", change.owner),
     );
-    let wrapper = change.ws.script(
-        "pg_dump",
-        &format!(
-            "if [[ \" $* \" != *' --version '* ]]; then\n\
-             PGAPPNAME=apply-blocker setsid {psql} -q -d {db} -c 'BEGIN; LOCK TABLE public.items IN EXCLUSIVE MODE; SELECT pg_sleep(60)' >/dev/null 2>&1 &\n\
-             for i in $(seq 100); do\n\
-               [[ $({psql} -At -d {db} -c \"SELECT count(*) FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid WHERE a.application_name = 'apply-blocker' AND a.datname = current_database() AND l.granted AND l.mode = 'ExclusiveLock' AND l.relation = 'public.items'::regclass\") = 1 ]] && break\n\
-               sleep 0.1\n\
-             done\n\
-             fi\nexec {} \"$@\"",
-            real_pg_dump(),
-            db = change.db,
-            psql = psql(),
-        ),
+    change.while_backing_up(
+        "PGAPPNAME=apply-blocker setsid $PSQL -q -c 'BEGIN; LOCK TABLE public.items IN EXCLUSIVE MODE; SELECT pg_sleep(60)' >/dev/null 2>&1 &\n\
+         for i in $(seq 100); do\n\
+           [[ $($PSQL -At -c \"SELECT count(*) FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid WHERE a.application_name = 'apply-blocker' AND a.datname = current_database() AND l.granted AND l.mode = 'ExclusiveLock' AND l.relation = 'public.items'::regclass\") = 1 ]] && break\n\
+           sleep 0.1\n\
+         done",
     );
-    std::fs::write(
-        &change.config,
-        format!(
-            "[connection]\ndbname = \"{}\"\n[pg-dump]\npath = \"{}\"\n",
-            change.db,
-            wrapper.display()
-        ),
-    )
-    .unwrap();
     let package = change.package(
         "change",
         "ALTER TABLE public.items ADD COLUMN reviewed boolean;\n",
@@ -855,24 +847,9 @@ fn a_catalog_that_changed_after_the_preflight_rolls_the_change_back() {
     let change = episode4("apply_drift");
     // While the backup runs (after the preflight and the rehearsal),
     // someone creates one of the tables the change expects absent.
-    let wrapper = change.ws.script(
-        "pg_dump",
-        &format!(
-            "if [[ \" $* \" != *' --version '* ]]; then {} -q -d {} -c 'CREATE TABLE {SCHEMA}.t05 (id int)' >/dev/null || exit 99; fi\nexec {} \"$@\"",
-            psql(),
-            change.db,
-            real_pg_dump()
-        ),
-    );
-    std::fs::write(
-        &change.config,
-        format!(
-            "[connection]\ndbname = \"{}\"\n[pg-dump]\npath = \"{}\"\n",
-            change.db,
-            wrapper.display()
-        ),
-    )
-    .unwrap();
+    change.while_backing_up(&format!(
+        "$PSQL -q -c 'CREATE TABLE {SCHEMA}.t05 (id int)' >/dev/null || exit 99"
+    ));
     let package = change.package("change", &artifact(), &change.owner, DELTA, "");
     let run = change.apply(&package, &[]);
     run.assert_exit(1);
