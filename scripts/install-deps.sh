@@ -10,7 +10,8 @@
 #   - PostgreSQL server binaries (postgresql-<major>, /usr/lib/postgresql/<major>/bin),
 #     which also bring the client (psql, pg_dump, pg_restore) and pgbench;
 #   - zstd, gnupg (gpg), GNU time (/usr/bin/time -v for peak RSS), a C compiler
-#     (for -sys crates), libclang-dev (bindgen, for PostgreSQL's SQL parser).
+#     (for -sys crates), libclang-dev (bindgen, for PostgreSQL's SQL parser);
+#   - the tests' S3 server, s3s-fs, with cargo install (after the Rust check).
 # It never starts a service: Debian's postgresql package would create and start
 # a cluster "<major>/main" on port 5432; we forbid service starts with a
 # temporary policy-rc.d (exit 101) and turn off the main-cluster creation with a
@@ -134,10 +135,23 @@ if awk 'NR > 1 && $2 ~ /:1538$/ && $4 == "0A" {found = 1} END {exit !found}' \
 fi
 
 # Rust: cargo on PATH, or rustup's default place.
+cargo=cargo
 if command -v cargo >/dev/null 2>&1; then
   log "rust: $(cargo --version)"
 elif [[ -x ${CARGO_HOME:-$HOME/.cargo}/bin/cargo ]]; then
-  log "rust: $("${CARGO_HOME:-$HOME/.cargo}/bin/cargo" --version) (add ${CARGO_HOME:-$HOME/.cargo}/bin to PATH)"
+  cargo=${CARGO_HOME:-$HOME/.cargo}/bin/cargo
+  log "rust: $("$cargo" --version) (add ${CARGO_HOME:-$HOME/.cargo}/bin to PATH)"
 else
   die "no Rust toolchain: cargo is neither on PATH nor in ${CARGO_HOME:-$HOME/.cargo}/bin; install one with rustup (https://rustup.rs), then re-run"
+fi
+
+# The tests' S3 server: s3s-fs (a real S3-protocol server that checks SigV4
+# signatures), built from crates.io into cargo's bin dir, where the tests
+# look for it. 0.14.1 is the newest that builds on this toolchain.
+s3s_fs=${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs
+if [[ -x $s3s_fs ]] && "$s3s_fs" --version 2>/dev/null | grep -q ' 0\.14\.1$'; then
+  log "s3s-fs: $("$s3s_fs" --version)"
+else
+  log "cargo install s3s-fs@0.14.1 (the tests' S3 server; a few minutes)"
+  "$cargo" install s3s-fs@0.14.1 --features binary --locked --quiet
 fi

@@ -35,8 +35,8 @@ struct Cli {
     /// Configuration file (TOML).
     #[arg(long, global = true, env = "PGWARD_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Backup repository directory (overrides `repository` in the config).
-    #[arg(long, global = true, env = "PGWARD_REPO", value_name = "DIR")]
+    /// Backup repository: a directory or s3://bucket/prefix (overrides `repository` in the config).
+    #[arg(long, global = true, env = "PGWARD_REPO", value_name = "DIR|URL")]
     repo: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
@@ -58,6 +58,8 @@ enum Command {
     Restore(RestoreArgs),
     /// Restore a backup into a scratch database, prove it, drop it, record the verdict.
     Drill(DrillArgs),
+    /// Copy complete backups to another repository (a directory or s3://bucket/prefix), verified there.
+    Copy(CopyArgs),
     /// OpenPGP keys for encrypted backups.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -81,6 +83,25 @@ enum Command {
     },
     /// The manual page (roff), on stdout: `pgward man > pgward.1`.
     Man,
+}
+
+#[derive(Args, Debug)]
+struct CopyArgs {
+    /// A backup id, or `latest` (of the database given or configured).
+    #[arg(
+        value_name = "ID|latest",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    backup: Option<String>,
+    /// Every backup (of --database, when given) the destination lacks.
+    #[arg(long)]
+    all: bool,
+    /// The destination repository: a directory or s3://bucket/prefix (created if needed).
+    #[arg(long, value_name = "DIR|URL")]
+    to: PathBuf,
+    #[command(flatten)]
+    of: DatabaseArgs,
 }
 
 #[derive(Args, Debug)]
@@ -598,6 +619,29 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let repo = pgward::Repository::open_configured(&config)?;
             render::list(&list::run(&repo, args.database.as_deref())?, cli.json);
         }
+        Command::Copy(args) => {
+            let from = pgward::Repository::open_configured(&config)?;
+            let location = pgward::config::Location::parse(&args.to)?;
+            let to = pgward::Repository::init_at(&location, &config)?;
+            let manifests = match &args.backup {
+                Some(backup) => vec![from.find(&selector(&config, backup, &args.of)?)?],
+                None => {
+                    let present: std::collections::BTreeSet<String> =
+                        to.catalog()?.backups.into_iter().map(|m| m.id).collect();
+                    from.backups()?
+                        .into_iter()
+                        .filter(|m| {
+                            args.of.database.as_ref().is_none_or(|db| &m.database == db)
+                                && !present.contains(&m.id)
+                        })
+                        .collect()
+                }
+            };
+            let mut progress = render::Progress::new(!cli.json);
+            let report = pgward::copy::run(&from, &to, &manifests, &mut |n| progress.update(n));
+            progress.clear();
+            render::copy(&report?, cli.json);
+        }
         Command::Verify(args) => {
             apply_decrypt_args(&mut config, &args.decrypt);
             let repo = pgward::Repository::open_configured(&config)?;
@@ -712,7 +756,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             verdict.map_err(Failure::Reported)?;
         }
         Command::Prune(args) => {
-            let repo = pgward::Repository::open_configured(&config)?;
+            let repo = pgward::Repository::open_local_configured(&config)?;
             let started = Instant::now();
             if !args.dry_run {
                 notify_start(&config, NotifyEvent::Prune);
@@ -855,7 +899,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             verdict.map_err(Failure::Reported)?;
         }
         Command::Log(args) => {
-            let repo = pgward::Repository::open_configured(&config)?;
+            let repo = pgward::Repository::open_local_configured(&config)?;
             if args.verify || args.head {
                 let verification = pgward::journal::verify(repo.root(), args.anchor.as_deref())?;
                 render::journal_verification(&verification, args.head, cli.json);
@@ -891,7 +935,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             render::journal(&records, cli.json);
         }
         Command::Status(args) => {
-            let repo = pgward::Repository::open_configured(&config)?;
+            let repo = pgward::Repository::open_local_configured(&config)?;
             let objectives = pgward::status::Objectives::from_config(&config)?;
             let facts = pgward::status::facts(&repo)?;
             let report = pgward::status::evaluate(&facts, &objectives, pgward::clock::now());
@@ -912,7 +956,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Report(args) => {
-            let repo = pgward::Repository::open_configured(&config)?;
+            let repo = pgward::Repository::open_local_configured(&config)?;
             let (records, _) = pgward::journal::read_tolerant(repo.root())?;
             let record = if args.run == "latest" {
                 records.last()

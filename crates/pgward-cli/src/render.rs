@@ -319,6 +319,38 @@ pub fn verify(report: &VerifyReport, json: bool) {
     out(&text);
 }
 
+pub fn copy(report: &pgward::copy::CopyReport, json: bool) {
+    if json {
+        let mut value = serde_json::to_value(report).expect("reports serialise");
+        value["message-type"] = json!("copy");
+        out_json(&value);
+        return;
+    }
+    let mut text = format!("copy {} -> {}\n", report.from, report.to);
+    for backup in &report.backups {
+        text.push_str(&format!(
+            "  {:<13} {} ({})\n",
+            match backup.outcome {
+                pgward::copy::CopyOutcome::Copied => "copied",
+                pgward::copy::CopyOutcome::AlreadyThere => "already there",
+            },
+            backup.id,
+            match backup.outcome {
+                pgward::copy::CopyOutcome::Copied => format!(
+                    "{} sent, verified at the destination, {:.1}s",
+                    pgward::config::format_size(backup.bytes_sent),
+                    backup.seconds
+                ),
+                pgward::copy::CopyOutcome::AlreadyThere => "same manifest".to_string(),
+            }
+        ));
+    }
+    if report.backups.is_empty() {
+        text.push_str("  nothing to copy: the destination has every backup\n");
+    }
+    out(&text);
+}
+
 fn drill_checks_text(checks: &[pgward::repository::manifest::DrillCheck]) -> String {
     let mut text = String::new();
     for check in checks {

@@ -169,6 +169,7 @@ pub fn run(config: &Config, env: Env) -> Result<CheckReport> {
         privileges,
         restore_order,
         repository,
+        mirrors,
         encryption,
         signing,
         policy,
@@ -455,7 +456,7 @@ fn restore_order(ctx: &mut Context, m: &mut Matrix) {
 }
 
 fn expected_size(ctx: &Context) -> Option<u64> {
-    let root = ctx.config.repository.as_deref()?;
+    let root = ctx.config.repository_path().ok()?;
     let database = ctx
         .server
         .as_ref()
@@ -477,6 +478,15 @@ fn repository(ctx: &mut Context, m: &mut Matrix) {
         );
         return;
     };
+    if let Ok(crate::config::Location::S3(location)) = crate::config::Location::parse(root) {
+        m.fail(
+            "repository",
+            format!("{} is object storage: backups are written into a local repository", location.url()),
+            "set a local repository and add this bucket as a [[mirror]] (run copies each new backup there), or `pgward copy` to it",
+        );
+        bucket(ctx, m, "repository.bucket", &location);
+        return;
+    }
     let database = ctx
         .server
         .as_ref()
@@ -573,6 +583,73 @@ fn repository(ctx: &mut Context, m: &mut Matrix) {
                 );
             } else {
                 m.pass("repository.space", evidence);
+            }
+        }
+    }
+}
+
+/// Each `[[mirror]]`: a directory must be writable (or creatable); a
+/// bucket is probed.
+fn mirrors(ctx: &mut Context, m: &mut Matrix) {
+    for mirror in ctx.config.mirrors.clone() {
+        match crate::config::Location::parse(std::path::Path::new(&mirror.repository)) {
+            Err(e) => m.fail_with("mirror", &e),
+            Ok(crate::config::Location::S3(location)) => bucket(ctx, m, "mirror", &location),
+            Ok(crate::config::Location::Local(path)) => {
+                let state = inspect(&path, "", &ctx.config.scope, Ok(None));
+                match state.not_writable {
+                    Some(why) => m.fail(
+                        "mirror",
+                        format!("cannot write to {}: {why}", path.display()),
+                        "make the mirror directory writable by the user running pgward",
+                    ),
+                    None => m.pass("mirror", format!("{} is writable", path.display())),
+                }
+            }
+        }
+    }
+}
+
+/// A bucket's readiness: the credentials, the bucket, a probe object
+/// written, read back and deleted (the one write `check` makes, and only
+/// in object storage, where nothing else can prove access), and whether
+/// the service refuses to replace an object.
+fn bucket(ctx: &Context, m: &mut Matrix, id: &str, location: &crate::storage::s3::S3Location) {
+    let storage = match crate::storage::s3::S3Storage::new(
+        location,
+        &ctx.config.s3,
+        &crate::connection::process_env,
+    ) {
+        Ok(storage) => storage,
+        Err(e) => return m.fail_with(id, &e),
+    };
+    match crate::storage::probe(&storage) {
+        Err(why) => m.fail(
+            id,
+            format!("{}: {why}", location.url()),
+            "check [s3] endpoint, region, addressing and the credentials, and that the bucket exists",
+        ),
+        Ok(probe) => {
+            m.pass(
+                id,
+                format!(
+                    "{}: a probe object was written, read back and deleted (credentials from {})",
+                    location.url(),
+                    storage.credential_source()
+                ),
+            );
+            let conditional = format!("{id}.conditional-writes");
+            if probe.refuses_replace {
+                m.pass(
+                    &conditional,
+                    "the service refuses to replace an object (If-None-Match: *)",
+                );
+            } else {
+                m.warn(
+                    &conditional,
+                    "the service replaced an object despite If-None-Match: *",
+                    "two hosts copying the same backup at once could replace each other's objects; pgward still refuses to write over a manifest it can see and verifies every copy after writing, but copy to this bucket from one host only",
+                );
             }
         }
     }

@@ -13,8 +13,14 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
-    /// The backup repository directory.
+    /// The backup repository: a directory, or `s3://bucket/prefix`.
     pub repository: Option<PathBuf>,
+    /// `[s3]`: how `s3://` repositories (and mirrors) are reached.
+    #[serde(default)]
+    pub s3: S3Config,
+    /// `[[mirror]]` tables: repositories `run` copies each new backup to.
+    #[serde(default, rename = "mirror")]
+    pub mirrors: Vec<MirrorConfig>,
     #[serde(default)]
     pub connection: ConnectionConfig,
     #[serde(default)]
@@ -64,6 +70,47 @@ pub struct MetricsConfig {
     /// A node_exporter textfile-collector file (`….prom`), replaced
     /// atomically after every run that is journaled.
     pub textfile: Option<PathBuf>,
+}
+
+/// `[s3]`. Credentials are never a literal here: a credentials file, or
+/// the standard AWS environment variables and shared file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct S3Config {
+    /// The service's URL (`https://s3.eu-central-003.backblazeb2.com`,
+    /// `http://127.0.0.1:9000`); unset: AWS_ENDPOINT_URL, else AWS S3.
+    pub endpoint: Option<String>,
+    /// Unset: AWS_REGION, AWS_DEFAULT_REGION, else `us-east-1`.
+    pub region: Option<String>,
+    /// `path` (`endpoint/bucket/key`) or `virtual-hosted`
+    /// (`bucket.endpoint/key`); default `path` with an endpoint, else
+    /// `virtual-hosted`.
+    pub addressing: Option<S3Addressing>,
+    /// The storage class of new objects (`STANDARD`, `STANDARD_IA`, ...).
+    pub storage_class: Option<String>,
+    /// An AWS credentials file (INI) holding the access key pair.
+    pub credentials_file: Option<PathBuf>,
+    /// The profile in the credentials file (default: AWS_PROFILE, else
+    /// `default`).
+    pub profile: Option<String>,
+    /// Multipart part size (default 16MiB, at least 5MiB).
+    pub part_size: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum S3Addressing {
+    Path,
+    VirtualHosted,
+}
+
+/// `[[mirror]]`: a second repository (off-site) that `run` copies each
+/// new backup to once it is committed.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MirrorConfig {
+    /// A directory or `s3://bucket/prefix`.
+    pub repository: String,
 }
 
 /// Where pgward looks for its configuration when neither `--config` nor
@@ -491,13 +538,63 @@ pub fn format_size(n: u64) -> String {
     }
 }
 
+/// A repository's place: a local directory or an S3-compatible bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Local(PathBuf),
+    S3(crate::storage::s3::S3Location),
+}
+
+impl Location {
+    pub fn parse(text: &Path) -> Result<Location> {
+        let Some(text) = text.to_str() else {
+            return Ok(Location::Local(text.to_path_buf()));
+        };
+        match crate::storage::s3::S3Location::parse(text) {
+            Some(Ok(location)) => Ok(Location::S3(location)),
+            Some(Err(e)) => Err(Error::config(format!("repository {e}"))),
+            None if text.contains("://") => Err(Error::config(format!(
+                "repository {text:?}: only s3:// URLs and directories are repositories"
+            ))),
+            None => Ok(Location::Local(PathBuf::from(text))),
+        }
+    }
+
+    /// For messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Location::Local(path) => path.display().to_string(),
+            Location::S3(location) => location.url(),
+        }
+    }
+}
+
 impl Config {
-    /// The repository directory, which every command but `check` needs.
+    /// The repository directory, for the commands that work on a local
+    /// repository only; an `s3://` repository is refused with what to do
+    /// instead.
     pub fn repository_path(&self) -> Result<&Path> {
-        self.repository.as_deref().ok_or_else(|| {
+        let path = self.repository.as_deref().ok_or_else(|| {
             Error::config("no repository configured")
                 .with_hint("pass --repo DIR, set PGWARD_REPO or `repository` in the config file")
-        })
+        })?;
+        if let Location::S3(location) = Location::parse(path)? {
+            return Err(Error::config(format!(
+                "this command works on a local repository, and {} is object storage",
+                location.url()
+            ))
+            .with_hint("back up into a local repository and copy it off-site with [[mirror]] or `pgward copy`; list, verify, restore, drill and copy read s3:// repositories"));
+        }
+        Ok(path)
+    }
+
+    /// Where the repository is: a directory or a bucket.
+    pub fn repository_location(&self) -> Result<Location> {
+        let path = self.repository.as_deref().ok_or_else(|| {
+            Error::config("no repository configured")
+                .with_hint("pass --repo DIR, set PGWARD_REPO or `repository` in the config file")
+        })?;
+        Location::parse(path)
     }
 
     /// Reads a config file; any unknown key or bad value is an error that
@@ -553,6 +650,10 @@ impl Config {
                 "decryption.secret-key and decryption.command are both set",
             )
             .with_hint("choose one: a secret key file pgward reads, or a command (gpg) that decrypts"));
+        }
+        for mirror in &self.mirrors {
+            Location::parse(Path::new(&mirror.repository))
+                .map_err(|e| e.context("[[mirror]] repository"))?;
         }
         for entry in &self.drill.accept {
             crate::findings::Acceptance::parse(entry)?;

@@ -22,6 +22,7 @@ pub mod check;
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod copy;
 pub mod drill;
 pub mod dump;
 pub mod encryption;
@@ -42,6 +43,7 @@ pub mod run;
 pub mod scope;
 pub mod signing;
 pub mod status;
+pub mod storage;
 pub mod verify;
 
 pub use config::Config;

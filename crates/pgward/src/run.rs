@@ -1,6 +1,7 @@
 //! `pgward run`: the configured policy as one command, for cron or a
 //! systemd timer: backup, verify of what was just written, a drill when
-//! one is due, prune. Each step's outcome is reported; a failed backup
+//! one is due, a copy to each `[[mirror]]`, prune. Each step's outcome is
+//! reported; a failed backup
 //! skips everything after it; the run's exit code is its worst step's.
 //! Notifying is the caller's last step (it needs the run's document).
 
@@ -186,9 +187,13 @@ pub fn run(
         }
         Err(error) => {
             steps.push(Step::failed("backup", started, error));
-            for name in ["verify", "drill", "prune"] {
+            for name in ["verify", "drill"] {
                 steps.push(Step::skipped(name, "the backup failed"));
             }
+            for _ in &config.mirrors {
+                steps.push(Step::skipped("mirror", "the backup failed"));
+            }
+            steps.push(Step::skipped("prune", "the backup failed"));
             report.steps = steps;
             report.duration_ms = run_started.elapsed().as_millis() as u64;
             return Ok(report);
@@ -251,6 +256,24 @@ pub fn run(
         }
     }
 
+    for mirror in &config.mirrors {
+        let started = Instant::now();
+        let unproven = steps.iter().find(|s| s.status == "failed").map(|s| s.name);
+        if interrupted(&steps) {
+            steps.push(Step::skipped("mirror", "the run was interrupted"));
+        } else if let Some(step) = unproven {
+            steps.push(Step::skipped(
+                "mirror",
+                format!("the {step} of tonight's backup failed: an unproven backup is not copied off-site"),
+            ));
+        } else {
+            steps.push(match copy_to_mirror(&repo, config, mirror, &manifest) {
+                Ok(detail) => Step::ok("mirror", started, detail),
+                Err(error) => Step::failed("mirror", started, error),
+            });
+        }
+    }
+
     let started = Instant::now();
     // Nothing is pruned on the strength of a backup that did not prove
     // itself tonight: the older ones may be all that is good.
@@ -296,6 +319,48 @@ pub fn run(
     report.manifest = Some(manifest);
     report.duration_ms = run_started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// Copies tonight's backup to `mirror`, and with it every other backup of
+/// its database that the mirror lacks (a night the mirror was unreachable
+/// is caught up on the next).
+fn copy_to_mirror(
+    repo: &Repository,
+    config: &Config,
+    mirror: &crate::config::MirrorConfig,
+    manifest: &Manifest,
+) -> Result<String> {
+    let location = crate::config::Location::parse(std::path::Path::new(&mirror.repository))?;
+    let target = Repository::init_at(&location, config)
+        .map_err(|e| e.context(format!("mirror {}", location.describe())))?;
+    let present: std::collections::BTreeSet<String> = target
+        .catalog()?
+        .backups
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    let missing: Vec<Manifest> = repo
+        .backups()?
+        .into_iter()
+        .filter(|m| m.database == manifest.database && !present.contains(&m.id))
+        .collect();
+    let report = crate::copy::run(repo, &target, &missing, &mut |_| {})?;
+    let sent: u64 = report.backups.iter().map(|b| b.bytes_sent).sum();
+    let caught_up = report
+        .backups
+        .iter()
+        .filter(|b| b.id != manifest.id && b.outcome == crate::copy::CopyOutcome::Copied)
+        .count();
+    Ok(format!(
+        "{}: {} copied and verified ({} sent{})",
+        location.describe(),
+        manifest.id,
+        crate::config::format_size(sent),
+        match caught_up {
+            0 => String::new(),
+            n => format!("; {n} earlier backup(s) caught up"),
+        }
+    ))
 }
 
 /// Whether a signal stopped one of the steps: the run goes no further.

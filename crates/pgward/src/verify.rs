@@ -22,7 +22,6 @@ use crate::repository::Repository;
 use crate::repository::manifest::EncryptionRecord;
 use crate::repository::manifest::Manifest;
 use serde::Serialize;
-use std::fs::File;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -165,19 +164,46 @@ fn run_checking(
             format!("{}: {e}", path.display()),
         );
     };
-    // One open for both passes: what was hashed is what is inspected. The
-    // hash reads through a duplicate of the descriptor (same offset).
-    let mut opened = repo
-        .open_artifact(&manifest)
-        .map_err(|e| missing(&mut checks, e))
-        .ok();
-    let stored = opened.as_ref().and_then(|f| f.try_clone().ok());
-    let mut rewound = |checks: &mut Checks| {
-        let mut file = opened.take()?;
-        std::io::Seek::rewind(&mut file)
-            .map(|()| file)
-            .map_err(|e| missing(checks, e))
-            .ok()
+    type Stream = Box<dyn std::io::Read + Send>;
+    type Reopen<'r> = Box<dyn FnMut(&mut Checks) -> Option<Stream> + 'r>;
+    // On disk, one open for both passes: what was hashed is what is
+    // inspected (the hash reads through a duplicate of the descriptor). In
+    // object storage each pass reads the object anew; the content pass
+    // proves the archive's own sha256, so a change in between is caught.
+    let (stored, mut rewound): (Option<(Stream, u64)>, Reopen<'_>) = if repo.is_remote() {
+        let first = repo
+            .open_artifact_stream(&manifest)
+            .map_err(|e| missing(&mut checks, e))
+            .ok();
+        let again = manifest.clone();
+        (
+            first,
+            Box::new(move |checks: &mut Checks| {
+                repo.open_artifact_stream(&again)
+                    .map(|(stream, _)| stream)
+                    .map_err(|e| missing(checks, e))
+                    .ok()
+            }),
+        )
+    } else {
+        let mut opened = repo
+            .open_artifact(&manifest)
+            .map_err(|e| missing(&mut checks, e))
+            .ok();
+        let stored = opened.as_ref().and_then(|f| {
+            let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+            f.try_clone().ok().map(|f| (Box::new(f) as Stream, size))
+        });
+        (
+            stored,
+            Box::new(move |checks: &mut Checks| {
+                let mut file = opened.take()?;
+                std::io::Seek::rewind(&mut file)
+                    .map(|()| Box::new(file) as Stream)
+                    .map_err(|e| missing(checks, e))
+                    .ok()
+            }),
+        )
     };
     if verify_stored(&manifest, stored, &mut checks) {
         match &manifest.artifact.encryption {
@@ -218,6 +244,12 @@ fn run_checking(
 /// this pgward kept one) is skipped, not failed.
 fn journal_check(repo: &Repository, manifest: &Manifest, checks: &mut Checks, written_now: bool) {
     const NAME: &str = "journal record";
+    if repo.is_remote() {
+        return checks.skip(
+            NAME,
+            "an object-storage repository keeps no journal: the copy's source journals it",
+        );
+    }
     // A damaged record elsewhere is `log --verify`'s finding, not every
     // backup's.
     let records = match crate::journal::read_tolerant(repo.root()) {
@@ -292,11 +324,14 @@ fn journal_check(repo: &Repository, manifest: &Manifest, checks: &mut Checks, wr
 
 /// The stored bytes against the manifest: size and sha256. Needs no key,
 /// so it runs first and always. False when there is nothing to go on.
-fn verify_stored(manifest: &Manifest, file: Option<File>, checks: &mut Checks) -> bool {
-    let Some(file) = file else {
+fn verify_stored(
+    manifest: &Manifest,
+    file: Option<(Box<dyn std::io::Read + Send>, u64)>,
+    checks: &mut Checks,
+) -> bool {
+    let Some((file, size)) = file else {
         return false;
     };
-    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     checks.compare("artifact size", manifest.artifact.bytes, size);
     match digest_reader(file) {
         Ok(stored) => {
@@ -351,7 +386,7 @@ fn not_a_recipient(manifest: &Manifest, encryption: &EncryptionRecord, what: &st
 
 fn verify_encrypted(
     manifest: &Manifest,
-    file: File,
+    file: Box<dyn std::io::Read + Send>,
     decryptor: &Decryptor,
     checks: &mut Checks,
     progress: &mut dyn FnMut(u64),

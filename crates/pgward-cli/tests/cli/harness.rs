@@ -818,3 +818,222 @@ pub fn check_row(report: &serde_json::Value, id: &str) -> serde_json::Value {
         .cloned()
         .unwrap_or_else(|| panic!("no {id} row: {report}"))
 }
+
+/// The S3 access key pair the test server enforces (SigV4).
+pub const S3_ACCESS_KEY: &str = "AKIAPGWARDTEST";
+pub const S3_SECRET_KEY: &str = "pgward-test-secret-1";
+
+/// A real S3-protocol server (s3s-fs, which checks SigV4 signatures) on
+/// 127.0.0.1, storing its objects as files under a temp dir.
+pub struct S3Server {
+    pub port: u16,
+    pub data: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+/// The s3s-fs binary: PGWARD_S3S_FS, else on PATH, else cargo's bin dir
+/// (scripts/install-deps.sh installs it there).
+fn s3s_fs_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("PGWARD_S3S_FS") {
+        return PathBuf::from(path);
+    }
+    let out = Command::new("sh")
+        .args(["-c", "command -v s3s-fs"])
+        .output()
+        .unwrap();
+    let found = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !found.is_empty() {
+        return PathBuf::from(found);
+    }
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
+    let path = home.join("bin").join("s3s-fs");
+    assert!(
+        path.is_file(),
+        "s3s-fs is not installed: run scripts/install-deps.sh (cargo install s3s-fs@0.14.1 --features binary --locked)"
+    );
+    path
+}
+
+impl S3Server {
+    /// Starts a server with one bucket, `bucket`.
+    pub fn start(bucket: &str) -> S3Server {
+        let data = tempfile::Builder::new()
+            .prefix("pgward-s3-")
+            .tempdir()
+            .unwrap();
+        std::fs::create_dir(data.path().join(bucket)).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = S3Server {
+            port,
+            data,
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// Starts the server (again) on the same port and data.
+    pub fn restart(&mut self) {
+        let child = Command::new(s3s_fs_binary())
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+            .arg(self.data.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start s3s-fs");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("s3s-fs did not start listening on port {}", self.port);
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Where the server keeps object `key` of `bucket`.
+    pub fn object_path(&self, bucket: &str, key: &str) -> PathBuf {
+        self.data.path().join(bucket).join(key)
+    }
+
+    /// Multipart uploads the server holds open (begun, neither completed
+    /// nor aborted): s3s-fs keeps one `.upload-ID.json` file per upload.
+    pub fn open_uploads(&self) -> Vec<String> {
+        names_in(self.data.path())
+            .into_iter()
+            .filter(|n| n.starts_with(".upload-") && n.ends_with(".json"))
+            .collect()
+    }
+
+    /// An AWS credentials file with the server's key pair (or `secret`).
+    pub fn credentials_file(&self, ws: &Workspace, secret: &str) -> PathBuf {
+        let path = ws.file(
+            "s3-credentials",
+            &format!(
+                "[default]\naws_access_key_id = {S3_ACCESS_KEY}\naws_secret_access_key = {secret}\n"
+            ),
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    }
+
+    /// A config file's `[s3]` section for this server.
+    pub fn config_section(&self, credentials: &Path) -> String {
+        format!(
+            "[s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\ncredentials-file = \"{}\"\npart-size = \"5MiB\"\n",
+            self.endpoint(),
+            credentials.display()
+        )
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A TCP proxy in front of a server that forwards until `stall_after`
+/// bytes have gone upstream, then holds every connection still (the
+/// client blocks mid-request) until [`StallingProxy::cut`] drops them
+/// all: a link or server that dies in the middle of an upload, at a byte
+/// count the test chooses rather than at a moment it hopes for.
+pub struct StallingProxy {
+    pub port: u16,
+    forwarded: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StallingProxy {
+    pub fn start(upstream: u16, stall_after: u64) -> StallingProxy {
+        use std::io::{Read as _, Write as _};
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let forwarded = Arc::new(AtomicU64::new(0));
+        let cut = Arc::new(AtomicBool::new(false));
+        let (count, stop) = (forwarded.clone(), cut.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if stop.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let (mut c_read, mut s_write) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (count, stop) = (count.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 16 << 10];
+                    loop {
+                        while count.load(Ordering::SeqCst) >= stall_after {
+                            if stop.load(Ordering::SeqCst) {
+                                let _ = c_read.shutdown(std::net::Shutdown::Both);
+                                let _ = s_write.shutdown(std::net::Shutdown::Both);
+                                return;
+                            }
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        let n = match c_read.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if s_write.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                        count.fetch_add(n as u64, Ordering::SeqCst);
+                    }
+                });
+                let (mut s_read, mut c_write) = (server, client);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s_read, &mut c_write);
+                    let _ = c_write.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        StallingProxy {
+            port,
+            forwarded,
+            cut,
+        }
+    }
+
+    /// Waits until the proxy holds the connections still.
+    pub fn wait_stalled(&self, stall_after: u64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.forwarded.load(Ordering::SeqCst) < stall_after {
+            assert!(
+                Instant::now() < deadline,
+                "the upload never reached {stall_after} bytes"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Drops every connection, and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+    }
+}

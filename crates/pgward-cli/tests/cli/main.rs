@@ -12,6 +12,7 @@ mod failures;
 mod harness;
 mod hostile;
 mod journal;
+mod objectstore;
 mod signing;
 mod tls;
 mod unattended;

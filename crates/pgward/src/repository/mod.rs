@@ -26,6 +26,15 @@
 //! without following links and must be regular ([`open_regular`]), a
 //! damaged file is listed apart and never stops the rest ([`Catalog`]),
 //! and a repository others can write is refused ([`unsafe_permissions`]).
+//!
+//! The same layout in an S3-compatible bucket (`s3://bucket/prefix`) is a
+//! *remote* repository ([`Repository::open_remote`]): its backups are
+//! written by `pgward copy` and `[[mirror]]` through the
+//! [`crate::storage`] interface (artifact first, manifest last, neither
+//! ever replacing an object), and read by the catalog, `verify`,
+//! `restore` and `drill` exactly as on disk. It has no locks, quarantine,
+//! journal or prune yet: commands that need those refuse it
+//! ([`crate::Config::repository_path`]).
 
 pub mod inspect;
 pub mod lock;
@@ -37,6 +46,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::Observer;
 use crate::pipeline::hash::StreamHasher;
 use crate::signing::SignaturePin;
+use crate::storage::Storage;
 use lock::RepoLock;
 use manifest::{MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, QUARANTINE_FORMAT, QuarantineRecord};
 use serde::Serialize;
@@ -72,9 +82,12 @@ const REASON_RESERVE: usize = 8192;
 
 #[derive(Debug, Clone)]
 pub struct Repository {
+    /// The directory; for a remote repository, its URL (for messages only).
     root: PathBuf,
     /// The key manifests must be signed by (`[signing]`), if any.
     pin: Option<Arc<SignaturePin>>,
+    /// Set for a repository in object storage.
+    remote: Option<Arc<dyn Storage>>,
 }
 
 /// A staging file being written by a backup in progress, and the space
@@ -92,6 +105,7 @@ impl Repository {
         let repo = Repository {
             root: root.to_path_buf(),
             pin: None,
+            remote: None,
         };
         // What exists already is checked before anything is created in it.
         refuse_unsafe_permissions(root)?;
@@ -139,14 +153,123 @@ impl Repository {
         Ok(Repository {
             root: root.to_path_buf(),
             pin: None,
+            remote: None,
         })
+    }
+
+    /// Opens an existing repository in object storage for reading.
+    pub fn open_remote(storage: Arc<dyn Storage>) -> Result<Repository> {
+        let url = storage.location();
+        match storage.read_whole(MARKER, 4096) {
+            Ok(text) => {
+                let marker: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
+                if marker["format"] != "pgward-repository" {
+                    return Err(Error::repository(format!(
+                        "{url}/{MARKER} is not a pgward repository marker"
+                    )));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("no pgward repository at {url}"),
+                )
+                .with_hint("check --repo / PGWARD_REPO; `pgward copy --to URL` creates one"));
+            }
+            Err(e) => {
+                return Err(Error::repository(format!("cannot open {url}: {e}"))
+                    .with_hint("run `pgward check` for the bucket's readiness"));
+            }
+        }
+        Ok(Repository {
+            root: PathBuf::from(url),
+            pin: None,
+            remote: Some(storage),
+        })
+    }
+
+    /// Opens the repository in `storage`, creating its marker first if it
+    /// has none (a copy's destination).
+    pub fn init_remote(storage: Arc<dyn Storage>) -> Result<Repository> {
+        let body =
+            serde_json::json!({"format": "pgward-repository", "layout-version": LAYOUT_VERSION});
+        let text = serde_json::to_vec_pretty(&body).expect("markers serialise");
+        // Listing first: a missing bucket or refused credentials are named
+        // before anything is written (some services create a bucket on
+        // the first write).
+        storage.list("backups").map_err(|e| {
+            Error::repository(format!("cannot use {}: {e}", storage.location()))
+                .with_hint("check [s3] endpoint, region and credentials, and that the bucket exists (`pgward check` probes it)")
+        })?;
+        match storage.put_new(MARKER, &text) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::repository(format!(
+                    "cannot write to {}: {e}",
+                    storage.describe(MARKER)
+                )));
+            }
+            _ => {}
+        }
+        Repository::open_remote(storage)
+    }
+
+    /// Opens the repository at `location` for reading.
+    pub fn open_at(
+        location: &crate::config::Location,
+        config: &crate::Config,
+    ) -> Result<Repository> {
+        match location {
+            crate::config::Location::Local(path) => Repository::open(path),
+            crate::config::Location::S3(s3) => Repository::open_remote(Arc::new(
+                crate::storage::s3::S3Storage::new(s3, &config.s3, &crate::process_env)?,
+            )),
+        }
+    }
+
+    /// Opens the repository at `location`, creating it if needed.
+    pub fn init_at(
+        location: &crate::config::Location,
+        config: &crate::Config,
+    ) -> Result<Repository> {
+        match location {
+            crate::config::Location::Local(path) => Repository::init(path),
+            crate::config::Location::S3(s3) => Repository::init_remote(Arc::new(
+                crate::storage::s3::S3Storage::new(s3, &config.s3, &crate::process_env)?,
+            )),
+        }
     }
 
     /// Opens the configured repository for reading, trusting only the
     /// manifests the configuration trusts (signed, with `[signing]`).
     pub fn open_configured(config: &crate::Config) -> Result<Repository> {
         let pin = crate::signing::pin(&config.signing)?;
+        Ok(Repository::open_at(&config.repository_location()?, config)?.trusting(pin))
+    }
+
+    /// [`Repository::open_configured`] for the commands that need a local
+    /// repository (prune, log, status, report): an `s3://` one is refused
+    /// with what to do instead.
+    pub fn open_local_configured(config: &crate::Config) -> Result<Repository> {
+        let pin = crate::signing::pin(&config.signing)?;
         Ok(Repository::open(config.repository_path()?)?.trusting(pin))
+    }
+
+    /// Whether the repository is in object storage.
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// The repository's files through the storage interface.
+    pub fn storage(&self) -> Arc<dyn Storage> {
+        match &self.remote {
+            Some(storage) => storage.clone(),
+            None => Arc::new(crate::storage::local::LocalStorage::new(&self.root)),
+        }
+    }
+
+    /// The key of `file` in `backups/`.
+    pub fn backup_key(file: &str) -> String {
+        format!("backups/{file}")
     }
 
     /// [`Repository::init`] of the configured repository, with the
@@ -195,15 +318,46 @@ impl Repository {
 
     /// Whether `backups/` holds a file named `file` (never followed).
     pub fn has_artifact(&self, file: &str) -> bool {
+        if let Some(storage) = &self.remote {
+            return matches!(storage.size(&Repository::backup_key(file)), Ok(Some(_)));
+        }
         fs::symlink_metadata(self.backups_dir().join(file)).is_ok()
     }
 
     /// Opens the artifact of `manifest` for reading: a regular file in
     /// `backups/`, never a link, a FIFO or a device.
     pub fn open_artifact(&self, manifest: &Manifest) -> std::io::Result<File> {
+        if self.remote.is_some() {
+            return Err(std::io::Error::other(
+                "a remote artifact is read as a stream (open_artifact_stream)",
+            ));
+        }
         open_trusted(&self.artifact_path(manifest))
     }
 
+    /// The artifact of `manifest` as a stream, with its stored size: a
+    /// file on disk, or an object read in ranges.
+    pub fn open_artifact_stream(
+        &self,
+        manifest: &Manifest,
+    ) -> std::io::Result<(Box<dyn std::io::Read + Send>, u64)> {
+        match &self.remote {
+            Some(storage) => {
+                let key = Repository::backup_key(&manifest.artifact.file);
+                let size = storage.size(&key)?.ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "no such object")
+                })?;
+                Ok((storage.open(&key)?, size))
+            }
+            None => {
+                let file = self.open_artifact(manifest)?;
+                let size = file.metadata()?.len();
+                Ok((Box::new(file), size))
+            }
+        }
+    }
+
+    /// Where a backup's manifest is (for a remote repository, its URL).
     pub fn manifest_path(&self, id: &str) -> PathBuf {
         self.backups_dir().join(format!("{id}{MANIFEST_SUFFIX}"))
     }
@@ -214,6 +368,14 @@ impl Repository {
 
     /// Records a drill's verdict beside its backup (replacing the last one).
     pub fn save_drill_record(&self, record: &manifest::DrillRecord) -> Result<()> {
+        if let Some(storage) = &self.remote {
+            let key = Repository::backup_key(&format!("{}{DRILL_SUFFIX}", record.backup_id));
+            let mut text = serde_json::to_vec_pretty(record).expect("records serialise");
+            text.push(b'\n');
+            return storage.put_replacing(&key, &text).map_err(|e| {
+                Error::repository(format!("cannot write {}: {e}", storage.describe(&key)))
+            });
+        }
         write_json_durably(
             &self.drill_record_path(&record.backup_id),
             &self.tmp_dir(),
@@ -225,7 +387,16 @@ impl Repository {
     /// record is an error: a failed drill must not turn into "never drilled".
     pub fn drill_record(&self, id: &str) -> Result<Option<manifest::DrillRecord>> {
         let path = self.drill_record_path(id);
-        let text = match read_regular(&path) {
+        let read = match &self.remote {
+            Some(storage) => storage
+                .read_whole(
+                    &Repository::backup_key(&format!("{id}{DRILL_SUFFIX}")),
+                    MAX_RECORD_BYTES,
+                )
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()),
+            None => read_regular(&path),
+        };
+        let text = match read {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::repository_io("cannot read drill record", &path, e)),
@@ -253,7 +424,7 @@ impl Repository {
 
     /// `tmp/restore-PID-ID.SUFFIX`: a file of this process's restore of `id`.
     pub fn restore_file(&self, id: &str, suffix: &str) -> PathBuf {
-        self.tmp_dir().join(format!(
+        self.spool_dir().join(format!(
             "{RESTORE_PREFIX}{}-{id}.{suffix}",
             std::process::id()
         ))
@@ -262,7 +433,7 @@ impl Repository {
     /// Removes the files of restores that died (their pid is gone): a
     /// spool holds plaintext and must not outlive its restore.
     pub fn remove_stale_restore_files(&self) {
-        let Ok(entries) = fs::read_dir(self.tmp_dir()) else {
+        let Ok(entries) = fs::read_dir(self.spool_dir()) else {
             return;
         };
         for entry in entries.flatten() {
@@ -279,8 +450,48 @@ impl Repository {
         }
     }
 
+    /// Where a restore's local files go: the repository's `tmp/`, or for
+    /// a remote repository a private directory of this user's in the
+    /// system's temporary directory (TMPDIR), created 0700 and refused if
+    /// someone else owns it or can enter it.
+    fn spool_dir(&self) -> PathBuf {
+        if self.remote.is_none() {
+            return self.tmp_dir();
+        }
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        std::env::temp_dir().join(format!("pgward-{uid}"))
+    }
+
+    fn prepare_spool_dir(&self) -> Result<()> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = self.spool_dir();
+        if self.remote.is_none() {
+            return Ok(());
+        }
+        if fs::symlink_metadata(&dir).is_err() {
+            DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| Error::repository_io("cannot create directory", &dir, e))?;
+        }
+        let meta =
+            fs::symlink_metadata(&dir).map_err(|e| Error::repository_io("cannot read", &dir, e))?;
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if !meta.is_dir() || meta.uid() != me || meta.permissions().mode() & 0o077 != 0 {
+            return Err(Error::repository(format!(
+                "{} is not a private directory of this user's; a restore spool holds plaintext",
+                dir.display()
+            ))
+            .with_hint("remove it, or set TMPDIR to a private directory"));
+        }
+        Ok(())
+    }
+
     /// Creates the private file a restore decompresses backup `id` into.
     pub fn create_spool(&self, id: &str) -> Result<(PathBuf, File)> {
+        self.prepare_spool_dir()?;
         let path = self.restore_file(id, "archive");
         let file = create_private(&path)
             .map_err(|e| Error::repository_io("cannot create the restore spool", &path, e))?;
@@ -291,6 +502,13 @@ impl Repository {
     /// behind when they died: this database's, and every other database's
     /// whose lock is free right now (no run of it is alive).
     pub fn lock(&self, database: &str) -> Result<RepoLock> {
+        if self.remote.is_some() {
+            return Err(Error::config(format!(
+                "{} is object storage: runs do not write into it directly",
+                self.root.display()
+            ))
+            .with_hint("back up into a local repository and copy it off-site with [[mirror]] or `pgward copy`"));
+        }
         let key = database_key(database);
         let lock = RepoLock::acquire(&self.locks_dir().join(format!("{key}.lock")), database)?;
         // A prune killed half way: its artifacts are finished off, never
@@ -585,6 +803,9 @@ impl Repository {
     /// is the one its id names (so that no path leads out of `backups/`).
     /// A damaged one is never a backup, and never stops the others.
     pub fn catalog(&self) -> Result<Catalog> {
+        if let Some(storage) = &self.remote {
+            return self.remote_catalog(storage.as_ref());
+        }
         let mut catalog = Catalog::default();
         for path in list_with_suffix(&self.backups_dir(), MANIFEST_SUFFIX)? {
             let name = path
@@ -608,9 +829,46 @@ impl Repository {
         Ok(catalog)
     }
 
+    /// [`Repository::catalog`] of a remote repository: the same checks on
+    /// the same names, read through the storage interface.
+    fn remote_catalog(&self, storage: &dyn Storage) -> Result<Catalog> {
+        let mut catalog = Catalog::default();
+        let objects = storage.list("backups").map_err(|e| {
+            Error::repository(format!("cannot list {}: {e}", storage.describe("backups")))
+        })?;
+        for object in objects {
+            let Some(id) = object.name.strip_suffix(MANIFEST_SUFFIX) else {
+                continue;
+            };
+            let key = Repository::backup_key(&object.name);
+            let checked = storage
+                .read_whole(&key, MAX_RECORD_BYTES)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| String::from_utf8(bytes).map_err(|e| e.to_string()))
+                .and_then(|text| parse_manifest(&text, id, self.pin.as_deref()));
+            match checked {
+                Ok(manifest) => catalog.backups.push(manifest),
+                Err(cause) => catalog.damaged.push(DamagedFile {
+                    file: key,
+                    cause,
+                    id: is_backup_id(id).then(|| id.to_string()),
+                }),
+            }
+        }
+        catalog
+            .backups
+            .sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.id.cmp(&a.id)));
+        catalog.damaged.sort_by(|a, b| b.file.cmp(&a.file));
+        Ok(catalog)
+    }
+
     /// Quarantined runs, newest first; reason records that cannot be read
-    /// are listed apart.
+    /// are listed apart. A remote repository has no quarantine: what
+    /// fails is never committed there.
     pub fn quarantined(&self) -> Result<(Vec<QuarantineRecord>, Vec<DamagedFile>)> {
+        if self.remote.is_some() {
+            return Ok((Vec::new(), Vec::new()));
+        }
         let mut records = Vec::new();
         let mut damaged = Vec::new();
         for path in list_with_suffix(&self.quarantine_dir(), REASON_SUFFIX)? {
@@ -644,6 +902,25 @@ impl Repository {
     /// An artifact whose manifest exists but is damaged is no orphan: it
     /// may be a good backup whose record needs repair, and must stay.
     pub fn orphans(&self) -> Result<Vec<String>> {
+        if let Some(storage) = &self.remote {
+            let objects = storage.list("backups").map_err(|e| {
+                Error::repository(format!("cannot list {}: {e}", storage.describe("backups")))
+            })?;
+            let manifests: Vec<&str> = objects
+                .iter()
+                .filter_map(|o| o.name.strip_suffix(MANIFEST_SUFFIX))
+                .collect();
+            let mut names: Vec<String> = objects
+                .iter()
+                .filter(|o| {
+                    artifact_id(&o.name)
+                        .is_some_and(|id| is_backup_id(id) && !manifests.contains(&id))
+                })
+                .map(|o| o.name.clone())
+                .collect();
+            names.sort();
+            return Ok(names);
+        }
         let manifests: Vec<String> = list_with_suffix(&self.backups_dir(), MANIFEST_SUFFIX)?
             .iter()
             .filter_map(|p| p.file_name())
@@ -931,8 +1208,18 @@ fn read_manifest(
     let text = open_trusted(path)
         .and_then(read_whole)
         .map_err(|e| e.to_string())?;
+    parse_manifest(&text, id, pin)
+}
+
+/// Checks the text of the manifest named for backup `id` (see
+/// [`Repository::catalog`]); the cause when it cannot be trusted.
+pub(crate) fn parse_manifest(
+    text: &str,
+    id: &str,
+    pin: Option<&SignaturePin>,
+) -> std::result::Result<Manifest, String> {
     let raw: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("not a readable manifest ({e})"))?;
+        serde_json::from_str(text).map_err(|e| format!("not a readable manifest ({e})"))?;
     // With [signing], nothing a manifest says is believed (not even that
     // it is of a newer format) before its signature is.
     if let Some(pin) = pin {
@@ -991,7 +1278,7 @@ fn read_manifest(
 
 /// The largest record pgward reads whole (manifests of databases with
 /// very many tables stay far below it).
-const MAX_RECORD_BYTES: u64 = 256 << 20;
+pub(crate) const MAX_RECORD_BYTES: u64 = 256 << 20;
 
 /// Opens `path` for reading if it is a regular file: a symbolic link is
 /// not followed, and a FIFO or device is refused before anything blocks on

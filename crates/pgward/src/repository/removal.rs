@@ -26,7 +26,8 @@ const PRUNING_SUFFIX: &str = ".manifest.json.pruning";
 /// lock lives as long as this value.
 #[derive(Debug)]
 pub struct Held {
-    _manifest: File,
+    /// `None` in a remote repository, which nothing prunes yet.
+    _manifest: Option<File>,
 }
 
 impl Repository {
@@ -34,6 +35,9 @@ impl Repository {
     /// drilled. Waits (a few seconds at most) for a prune that is removing
     /// it, and fails if it was removed.
     pub fn hold(&self, manifest: &Manifest) -> Result<Held> {
+        if self.is_remote() {
+            return Ok(Held { _manifest: None });
+        }
         let path = self.manifest_path(&manifest.id);
         let gone = || {
             Error::new(
@@ -70,7 +74,9 @@ impl Repository {
         if fs::symlink_metadata(&path).is_err() {
             return Err(gone());
         }
-        Ok(Held { _manifest: file })
+        Ok(Held {
+            _manifest: Some(file),
+        })
     }
 
     /// The backup held exclusively if nothing uses it right now; `None`
@@ -78,7 +84,9 @@ impl Repository {
     pub fn try_hold_for_removal(&self, manifest: &Manifest) -> Option<Held> {
         let file = super::open_regular(&self.manifest_path(&manifest.id)).ok()?;
         file.try_lock().ok()?;
-        Some(Held { _manifest: file })
+        Some(Held {
+            _manifest: Some(file),
+        })
     }
 
     /// Removes a backup, crash-safe (see the module documentation). The

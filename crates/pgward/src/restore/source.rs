@@ -15,12 +15,11 @@ use crate::pipeline::decrypt::{DecryptError, Decrypting, decrypt};
 use crate::pipeline::hash::{StreamHasher, digest_reader};
 use crate::repository::Repository;
 use crate::repository::manifest::Manifest;
-use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 
 /// The stored bytes, before decompression.
 enum Stored {
-    Plain(File),
+    Plain(Box<dyn Read + Send>),
     Encrypted(Decrypting),
     /// Nothing: stands in while the decoder works on another thread.
     Empty,
@@ -71,16 +70,12 @@ impl ArchiveSource {
             .with_hint("restore it by hand: zstd -d < ARTIFACT | pg_restore ..., or take a new backup"));
         }
         let path = repo.artifact_path(manifest);
-        // One open for the check and the read: what was checked is what
-        // is read.
-        let mut file = repo
-            .open_artifact(manifest)
+        // One open for the check and the read on disk: what was checked is
+        // what is read. An object is read twice; the archive's sha256,
+        // proved at the end, covers what the second read brought.
+        let (mut file, size) = repo
+            .open_artifact_stream(manifest)
             .map_err(|e| Error::repository_io("cannot open the artifact", &path, e))?;
-        // The size first (cheap), so a swollen file is not read to its end.
-        let size = file
-            .metadata()
-            .map_err(|e| Error::repository_io("cannot read the artifact", &path, e))?
-            .len();
         if size != manifest.artifact.bytes {
             return Err(damaged(
                 manifest,
@@ -118,8 +113,10 @@ impl ArchiveSource {
                 ),
             ));
         }
-        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0))
-            .map_err(|e| Error::repository_io("cannot read the artifact", &path, e))?;
+        drop(file);
+        let (file, _) = repo
+            .open_artifact_stream(manifest)
+            .map_err(|e| Error::repository_io("cannot open the artifact", &path, e))?;
         let stored = match (&manifest.artifact.encryption, decryptor) {
             (None, _) => Stored::Plain(file),
             (Some(encryption), None) => {

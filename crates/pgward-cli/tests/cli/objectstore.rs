@@ -1,0 +1,503 @@
+//! Off-site repositories in an S3-compatible bucket, against a real S3
+//! server (s3s-fs, SigV4 enforced) on 127.0.0.1: the storage contract on
+//! disk and in the bucket, copies that verify, every reading command on
+//! the bucket, credentials that fail loudly, a link that dies mid-upload,
+//! damage found by `verify`, and `run` mirroring each new backup.
+
+use crate::harness::*;
+use pgward::storage::Storage;
+use serde_json::Value;
+use std::io::{ErrorKind, Read, Write};
+use std::path::{Path, PathBuf};
+
+const BUCKET: &str = "pgward-test";
+
+/// A workspace with a config file naming the server's `[s3]` section
+/// (and `extra` after it).
+fn configured(server: &S3Server, ws: &Workspace, secret: &str, extra: &str) -> PathBuf {
+    let credentials = server.credentials_file(ws, secret);
+    let config = ws.file(
+        "pgward.toml",
+        &format!("{}{extra}", server.config_section(&credentials)),
+    );
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    config
+}
+
+fn pgward_cfg(repo: &Path, config: &Path) -> std::process::Command {
+    let mut cmd = pgward(repo);
+    cmd.arg("--config").arg(config);
+    cmd
+}
+
+fn url(prefix: &str) -> String {
+    format!("s3://{BUCKET}/{prefix}")
+}
+
+/// The same calls, the same answers, on disk and in the bucket.
+fn storage_contract(storage: &dyn Storage, leftovers: &dyn Fn() -> Vec<String>) {
+    let place = storage.location();
+    assert_eq!(storage.size("backups/none").unwrap(), None, "{place}");
+    assert!(storage.list("backups").unwrap().is_empty(), "{place}");
+    // put-if-absent: the second write is refused and changes nothing.
+    storage.put_new("backups/a.json", b"first").unwrap();
+    let again = storage.put_new("backups/a.json", b"second").unwrap_err();
+    assert_eq!(again.kind(), ErrorKind::AlreadyExists, "{place}: {again}");
+    assert_eq!(storage.read_whole("backups/a.json", 100).unwrap(), b"first");
+    let too_big = storage.read_whole("backups/a.json", 3).unwrap_err();
+    assert_eq!(too_big.kind(), ErrorKind::InvalidData, "{place}");
+    // A large object in several parts, streamed, read back in ranges.
+    let big: Vec<u8> = (0..(12u32 << 20) + 12345)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut upload = storage.upload("backups/big.bin").unwrap();
+    for chunk in big.chunks(100_000) {
+        upload.write_all(chunk).unwrap();
+    }
+    assert_eq!(
+        storage.size("backups/big.bin").unwrap(),
+        None,
+        "{place}: visible before finish"
+    );
+    upload.finish().unwrap();
+    let mut read = Vec::new();
+    storage
+        .open("backups/big.bin")
+        .unwrap()
+        .read_to_end(&mut read)
+        .unwrap();
+    assert!(read == big, "{place}: the object read back differs");
+    // A second upload to the same key is refused at the end, and the
+    // object stays as it was.
+    let mut upload = storage.upload("backups/big.bin").unwrap();
+    upload.write_all(&[1u8; 6 << 20]).unwrap();
+    let refused = upload.finish().unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        ErrorKind::AlreadyExists,
+        "{place}: {refused}"
+    );
+    assert_eq!(
+        storage.size("backups/big.bin").unwrap(),
+        Some(big.len() as u64)
+    );
+    // An aborted upload leaves nothing: no object, no staging file, no
+    // open multipart upload.
+    let mut upload = storage.upload("backups/aborted.bin").unwrap();
+    upload.write_all(&[2u8; 7 << 20]).unwrap();
+    upload.abort().unwrap();
+    assert_eq!(storage.size("backups/aborted.bin").unwrap(), None);
+    assert_eq!(leftovers(), Vec::<String>::new(), "{place}");
+    let mut names: Vec<(String, u64)> = storage
+        .list("backups")
+        .unwrap()
+        .into_iter()
+        .map(|o| (o.name, o.bytes))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            ("a.json".to_string(), 5),
+            ("big.bin".to_string(), big.len() as u64)
+        ],
+        "{place}"
+    );
+    // Replacing is explicit, deleting is idempotent, keys stay inside.
+    storage.put_replacing("backups/a.json", b"third").unwrap();
+    assert_eq!(storage.read_whole("backups/a.json", 100).unwrap(), b"third");
+    storage.delete("backups/a.json").unwrap();
+    storage.delete("backups/a.json").unwrap();
+    assert_eq!(storage.size("backups/a.json").unwrap(), None);
+    for bad in ["../x", "/etc/passwd", "backups//x"] {
+        assert_eq!(
+            storage.put_new(bad, b"x").unwrap_err().kind(),
+            ErrorKind::InvalidInput,
+            "{place}: {bad}"
+        );
+    }
+}
+
+#[test]
+fn the_storage_contract_holds_on_disk_and_in_a_bucket() {
+    let ws = Workspace::new();
+    let local_root = ws.path("local");
+    std::fs::create_dir(&local_root).unwrap();
+    let local = pgward::storage::local::LocalStorage::new(&local_root);
+    let tmp = local_root.join("tmp");
+    storage_contract(&local, &|| names_in(&tmp));
+
+    let server = S3Server::start(BUCKET);
+    let credentials = server.credentials_file(&ws, S3_SECRET_KEY);
+    let config = pgward::Config::parse(&server.config_section(&credentials)).unwrap();
+    let location = pgward::storage::s3::S3Location::parse(&url("contract"))
+        .unwrap()
+        .unwrap();
+    let bucket =
+        pgward::storage::s3::S3Storage::new(&location, &config.s3, &pgward::process_env).unwrap();
+    storage_contract(&bucket, &|| server.open_uploads());
+    // The objects really are in the bucket, under the prefix.
+    assert!(
+        server
+            .object_path(BUCKET, "contract/backups/big.bin")
+            .is_file()
+    );
+}
+
+/// A database with rows, backed up into the workspace's local repository.
+fn backed_up(ws: &Workspace, hint: &str, rows: u32) -> (String, Value) {
+    let db = cluster().create_database(hint);
+    load_rows(&db, "public.items", rows);
+    let res = backup(&ws.repo(), &db, &[]);
+    res.assert_ok();
+    (db, res.json()["manifest"].clone())
+}
+
+#[test]
+fn a_backup_copied_to_a_bucket_lists_verifies_restores_and_drills_from_it() {
+    let ws = Workspace::new();
+    let server = S3Server::start(BUCKET);
+    let config = configured(&server, &ws, S3_SECRET_KEY, "");
+    let (db, manifest) = backed_up(&ws, "offsite", 3000);
+    let id = manifest["id"].as_str().unwrap();
+    let remote = url("prod");
+
+    let copied = run(pgward_cfg(&ws.repo(), &config).args([
+        "--json",
+        "copy",
+        "latest",
+        "--database",
+        &db,
+        "--to",
+        &remote,
+    ]));
+    copied.assert_ok();
+    let report = copied.json();
+    assert_eq!(report["backups"][0]["id"], id, "{report}");
+    assert_eq!(report["backups"][0]["outcome"], "copied");
+    // Byte for byte the local files, at the keys of the local layout.
+    let artifact = manifest["artifact"]["file"].as_str().unwrap();
+    for file in [artifact.to_string(), format!("{id}.manifest.json")] {
+        assert_eq!(
+            std::fs::read(server.object_path(BUCKET, &format!("prod/backups/{file}"))).unwrap(),
+            std::fs::read(ws.repo().join("backups").join(&file)).unwrap(),
+            "{file}"
+        );
+    }
+    assert!(server.open_uploads().is_empty());
+
+    // Every reading command works on the bucket.
+    let on_bucket = |args: &[&str]| {
+        run(pgward_cfg(&ws.repo(), &config)
+            .arg("--repo")
+            .arg(&remote)
+            .args(args))
+    };
+    let list = on_bucket(&["--json", "list"]);
+    list.assert_ok();
+    assert_eq!(listed_backup_ids(&list.json()), [id]);
+    let verified = on_bucket(&["--json", "verify", id]);
+    verified.assert_ok();
+    let checks = verified.json()["checks"].clone();
+    for name in ["artifact sha256", "archive sha256"] {
+        assert!(
+            checks
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["name"] == name && c["ok"] == true),
+            "{name}: {checks}"
+        );
+    }
+    let target = format!("{db}_from_s3");
+    on_bucket(&["--json", "restore", id, "--to", &target]).assert_ok();
+    assert_eq!(
+        cluster().psql(&target, "SELECT count(*) FROM public.items"),
+        "3000"
+    );
+    let drilled = on_bucket(&["--json", "drill", id]);
+    drilled.assert_ok();
+    assert_eq!(
+        drilled.json()["record"]["verdict"],
+        "pass",
+        "{}",
+        drilled.stdout
+    );
+    // The drill's verdict is kept in the bucket beside the backup.
+    let record: Value = serde_json::from_slice(
+        &std::fs::read(server.object_path(BUCKET, &format!("prod/backups/{id}.drill.json")))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["verdict"], "pass");
+
+    // Copying again changes nothing; --all finds nothing missing.
+    let again = run(pgward_cfg(&ws.repo(), &config).args(["--json", "copy", id, "--to", &remote]));
+    again.assert_ok();
+    assert_eq!(again.json()["backups"][0]["outcome"], "already-there");
+    let all =
+        run(pgward_cfg(&ws.repo(), &config).args(["--json", "copy", "--all", "--to", &remote]));
+    all.assert_ok();
+    assert_eq!(all.json()["backups"], serde_json::json!([]));
+
+    // A copy back from the bucket into a new local repository verifies
+    // there too (the journal of the new repository starts with it).
+    let back = ws.path("restored-repo");
+    let home = run(pgward_cfg(&ws.repo(), &config)
+        .arg("--repo")
+        .arg(&remote)
+        .args(["--json", "copy", id, "--to"])
+        .arg(&back));
+    home.assert_ok();
+    run(pgward(&back).args(["--json", "verify", id])).assert_ok();
+
+    // Commands that write runs refuse the bucket, with what to do instead.
+    let refused = run(pgward_cfg(&ws.repo(), &config)
+        .arg("--repo")
+        .arg(&remote)
+        .args(["backup", "--dbname", &db]));
+    refused.assert_exit(2);
+    assert!(refused.stderr.contains("[[mirror]]"), "{}", refused.stderr);
+    let refused = on_bucket(&["prune"]);
+    refused.assert_exit(2);
+    assert!(
+        refused.stderr.contains("is object storage"),
+        "{}",
+        refused.stderr
+    );
+}
+
+#[test]
+fn a_wrong_secret_or_a_missing_bucket_is_one_clear_error_and_nothing_is_written() {
+    let ws = Workspace::new();
+    let server = S3Server::start(BUCKET);
+    let (_db, manifest) = backed_up(&ws, "badcreds", 200);
+    let id = manifest["id"].as_str().unwrap();
+    let config = configured(&server, &ws, "not-the-secret", "");
+    let res = run(pgward_cfg(&ws.repo(), &config).args(["copy", id, "--to", &url("x")]));
+    assert_ne!(res.code, 0);
+    let first = res.stderr.lines().next().unwrap_or_default();
+    assert!(first.contains("SignatureDoesNotMatch"), "{}", res.stderr);
+    assert!(
+        first.contains(&ws.path("s3-credentials").display().to_string()),
+        "{}",
+        res.stderr
+    );
+    assert!(!res.stderr.contains("not-the-secret") && !res.stdout.contains("not-the-secret"));
+    assert!(names_in(&server.data.path().join(BUCKET)).is_empty());
+
+    let config = configured(&server, &ws, S3_SECRET_KEY, "");
+    let res =
+        run(pgward_cfg(&ws.repo(), &config).args(["copy", id, "--to", "s3://no-such-bucket/x"]));
+    assert_ne!(res.code, 0);
+    assert!(
+        res.stderr.contains("bucket does not exist"),
+        "{}",
+        res.stderr
+    );
+    assert!(!server.data.path().join("no-such-bucket").exists());
+    let res = run(pgward_cfg(&ws.repo(), &config).args([
+        "list",
+        "--repo",
+        "s3://pgward-test/never-written",
+    ]));
+    res.assert_exit(2);
+    assert!(
+        res.stderr
+            .contains("no pgward repository at s3://pgward-test/never-written"),
+        "{}",
+        res.stderr
+    );
+}
+
+#[test]
+fn a_link_that_dies_mid_upload_lists_nothing_and_the_next_copy_completes() {
+    let ws = Workspace::new();
+    let mut server = S3Server::start(BUCKET);
+    let config = configured(&server, &ws, S3_SECRET_KEY, "");
+    let (db, first) = backed_up(&ws, "midupload", 300);
+    let remote = url("prod");
+    run(pgward_cfg(&ws.repo(), &config).args([
+        "copy",
+        first["id"].as_str().unwrap(),
+        "--to",
+        &remote,
+    ]))
+    .assert_ok();
+    // A second backup of several parts, copied through a link that stalls
+    // after 7 MB, while the server is killed.
+    let db_rows = cluster().psql(&db, "SELECT 1");
+    assert_eq!(db_rows, "1");
+    cluster().psql(
+        &db,
+        "CREATE TABLE noise AS SELECT g, md5(random()::text) || md5(random()::text) AS a, \
+         md5(random()::text) || md5(random()::text) AS b FROM generate_series(1, 250000) g",
+    );
+    let second = backup(&ws.repo(), &db, &[]);
+    second.assert_ok();
+    let second = second.json()["manifest"].clone();
+    let id = second["id"].as_str().unwrap().to_string();
+    assert!(
+        second["artifact"]["bytes"].as_u64().unwrap() > 12 << 20,
+        "{second}"
+    );
+    let stall = 7 << 20;
+    let proxy = StallingProxy::start(server.port, stall);
+    let via_proxy = ws.file(
+        "via-proxy.toml",
+        &std::fs::read_to_string(&config).unwrap().replace(
+            &server.endpoint(),
+            &format!("http://127.0.0.1:{}", proxy.port),
+        ),
+    );
+    let child = pgward_cfg(&ws.repo(), &via_proxy)
+        .args(["copy", &id, "--to", &remote])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    proxy.wait_stalled(stall);
+    server.kill();
+    proxy.cut();
+    let out = child.wait_with_output().unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("nothing was listed at the destination"),
+        "{stderr}"
+    );
+
+    server.restart();
+    let on_bucket = |args: &[&str]| {
+        run(pgward_cfg(&ws.repo(), &config)
+            .arg("--repo")
+            .arg(&remote)
+            .args(args))
+    };
+    let list = on_bucket(&["--json", "list"]);
+    list.assert_ok();
+    assert_eq!(
+        listed_backup_ids(&list.json()),
+        [first["id"].as_str().unwrap()]
+    );
+    on_bucket(&["verify", first["id"].as_str().unwrap()]).assert_ok();
+    // The next copy completes, and verifies.
+    let again =
+        run(pgward_cfg(&ws.repo(), &config).args(["--json", "copy", "--all", "--to", &remote]));
+    again.assert_ok();
+    assert_eq!(again.json()["backups"][0]["id"], id.as_str());
+    on_bucket(&["verify", &id]).assert_ok();
+}
+
+#[test]
+fn a_damaged_source_aborts_its_upload_and_damage_in_the_bucket_is_named() {
+    let ws = Workspace::new();
+    let server = S3Server::start(BUCKET);
+    let config = configured(&server, &ws, S3_SECRET_KEY, "");
+    let (db, manifest) = backed_up(&ws, "damaged", 2000);
+    let id = manifest["id"].as_str().unwrap().to_string();
+    let remote = url("prod");
+    // A flipped byte in the local artifact: the copy hashes what it sends,
+    // aborts the upload and lists nothing.
+    let artifact = ws
+        .repo()
+        .join("backups")
+        .join(manifest["artifact"]["file"].as_str().unwrap());
+    let original = std::fs::read(&artifact).unwrap();
+    let mut flipped = original.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x10;
+    std::fs::write(&artifact, &flipped).unwrap();
+    let res = run(pgward_cfg(&ws.repo(), &config).args(["copy", &id, "--to", &remote]));
+    res.assert_exit(1);
+    assert!(
+        res.stderr.contains(&format!("backup {id} is damaged")),
+        "{}",
+        res.stderr
+    );
+    assert!(
+        server.open_uploads().is_empty(),
+        "{:?}",
+        server.open_uploads()
+    );
+    assert!(
+        !server
+            .object_path(BUCKET, &format!("prod/backups/{id}.manifest.json"))
+            .exists()
+    );
+
+    // Intact again: copied; then the object is damaged in the bucket.
+    std::fs::write(&artifact, &original).unwrap();
+    run(pgward_cfg(&ws.repo(), &config).args(["copy", &id, "--to", &remote])).assert_ok();
+    let object = server.object_path(
+        BUCKET,
+        &format!(
+            "prod/backups/{}",
+            manifest["artifact"]["file"].as_str().unwrap()
+        ),
+    );
+    std::fs::write(&object, &flipped).unwrap();
+    let res = run(pgward_cfg(&ws.repo(), &config)
+        .arg("--repo")
+        .arg(&remote)
+        .args(["verify", &id, "--database", &db]));
+    res.assert_exit(1);
+    assert!(
+        res.stderr.contains("failed verification: artifact sha256"),
+        "{}",
+        res.stderr
+    );
+}
+
+#[test]
+fn run_copies_each_new_backup_to_its_mirror_and_check_proves_the_bucket() {
+    let ws = Workspace::new();
+    let server = S3Server::start(BUCKET);
+    let remote = url("mirror");
+    let config = configured(
+        &server,
+        &ws,
+        S3_SECRET_KEY,
+        &format!("\n[[mirror]]\nrepository = \"{remote}\"\n"),
+    );
+    let db = cluster().create_database("mirrored");
+    load_rows(&db, "public.items", 500);
+    let checked = run(pgward_cfg(&ws.repo(), &config).args(["--json", "check", "--dbname", &db]));
+    let report = checked.json();
+    assert_eq!(check_row(&report, "mirror")["status"], "PASS", "{report}");
+    assert_eq!(
+        check_row(&report, "mirror.conditional-writes")["status"],
+        "PASS",
+        "{report}"
+    );
+    // The probe object is gone again.
+    assert!(names_in(&server.object_path(BUCKET, "mirror/tmp")).is_empty());
+
+    let ran = run(pgward_cfg(&ws.repo(), &config).args(["--json", "run", "--dbname", &db]));
+    ran.assert_ok();
+    let out = ran.json();
+    let mirror = out["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "mirror")
+        .cloned()
+        .unwrap_or_else(|| panic!("no mirror step: {out}"));
+    assert_eq!(mirror["status"], "ok", "{out}");
+    let id = out["backup-id"].as_str().unwrap();
+    let list = run(pgward_cfg(&ws.repo(), &config).args(["--json", "list", "--repo", &remote]));
+    list.assert_ok();
+    assert_eq!(listed_backup_ids(&list.json()), [id]);
+
+    // With the bucket unreachable, the mirror step fails the run, and
+    // nothing is pruned on its strength.
+    drop(server);
+    let ran = run(pgward_cfg(&ws.repo(), &config).args(["--json", "run", "--dbname", &db]));
+    assert_ne!(ran.code, 0);
+    let out = ran.json();
+    let steps = out["steps"].as_array().unwrap();
+    let status = |name: &str| steps.iter().find(|s| s["name"] == name).unwrap()["status"].clone();
+    assert_eq!(status("backup"), "ok", "{out}");
+    assert_eq!(status("mirror"), "failed", "{out}");
+    assert_eq!(status("prune"), "skipped", "{out}");
+}

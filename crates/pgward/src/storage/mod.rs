@@ -1,0 +1,176 @@
+//! Where a repository's files live: one interface, two places. A local
+//! directory ([`local::LocalStorage`]) and an S3-compatible bucket
+//! ([`s3::S3Storage`]) answer the same calls, so that what moves backups
+//! between them (`pgward copy`, `[[mirror]]`) and what reads them back
+//! (`list`, `verify`, `restore`, `drill`) is written once.
+//!
+//! Keys are relative, `/`-separated names (`backups/ID.manifest.json`).
+//! Nothing is ever overwritten by accident: [`Storage::put_new`] and a
+//! finished [`Upload`] fail with [`io::ErrorKind::AlreadyExists`] when the
+//! key exists (a no-replace rename on disk, `If-None-Match: *` on S3).
+//! Only records that are replaced by design (a backup's last drill) go
+//! through [`Storage::put_replacing`].
+
+pub mod local;
+pub mod s3;
+
+use std::fmt;
+use std::io::{self, Read, Write};
+
+/// One stored object: its key below the listed directory, and its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    pub name: String,
+    pub bytes: u64,
+}
+
+/// A place that holds a repository's files.
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// The place itself, for messages: a directory or `s3://bucket/prefix`.
+    fn location(&self) -> String;
+
+    /// Where `key` is, for messages.
+    fn describe(&self, key: &str) -> String {
+        format!("{}/{key}", self.location().trim_end_matches('/'))
+    }
+
+    /// The size of `key`, or `None` when there is no such object.
+    fn size(&self, key: &str) -> io::Result<Option<u64>>;
+
+    /// The whole of a small object, refused when it is larger than `limit`.
+    fn read_whole(&self, key: &str, limit: u64) -> io::Result<Vec<u8>>;
+
+    /// The object as a stream, for artifacts of any size.
+    fn open(&self, key: &str) -> io::Result<Box<dyn Read + Send>>;
+
+    /// The objects directly under `dir` (no deeper), in no given order.
+    /// A directory that does not exist is empty.
+    fn list(&self, dir: &str) -> io::Result<Vec<Object>>;
+
+    /// Stores a small object that must not exist yet.
+    fn put_new(&self, key: &str, bytes: &[u8]) -> io::Result<()>;
+
+    /// Stores a small object, replacing what is there (records that are
+    /// replaced by design, never a backup's artifact or manifest).
+    fn put_replacing(&self, key: &str, bytes: &[u8]) -> io::Result<()>;
+
+    /// Starts writing a large object that must not exist yet. Nothing is
+    /// visible under `key` before [`Upload::finish`] succeeds.
+    fn upload(&self, key: &str) -> io::Result<Box<dyn Upload>>;
+
+    /// Removes `key`; an absent key is not an error.
+    fn delete(&self, key: &str) -> io::Result<()>;
+}
+
+/// A large object being written. Dropping it unfinished aborts it.
+pub trait Upload: Write + Send {
+    /// Makes the object visible, unless one exists under its key already
+    /// (then it is aborted and the error is `AlreadyExists`).
+    fn finish(self: Box<Self>) -> io::Result<()>;
+
+    /// Throws away what was written; nothing stays behind (no staging
+    /// file, no open multipart upload).
+    fn abort(self: Box<Self>) -> io::Result<()>;
+}
+
+/// Whether `key` is a relative name of plain components: never absolute,
+/// never `..`, never empty parts. Keys come from pgward's own layout and
+/// from ids checked by [`crate::repository::is_backup_id`]; this is the
+/// last guard before a key becomes a path.
+pub fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && !key.starts_with('/')
+        && key
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+}
+
+fn invalid_key(key: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{key:?} is not a repository key"),
+    )
+}
+
+/// Copies `from` into `to` and returns the byte count, stopping on a
+/// pending signal so that an interrupted copy aborts its upload.
+pub fn copy_stream(from: &mut dyn Read, to: &mut dyn Write) -> io::Result<u64> {
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        if let Some(signal) = crate::interrupt::pending() {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                format!("stopped by {}", crate::pipeline::child::signal_name(signal)),
+            ));
+        }
+        let n = match from.read(&mut buffer) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buffer[..n])?;
+        total += n as u64;
+    }
+}
+
+/// What [`probe`] found.
+#[derive(Debug, Clone, Copy)]
+pub struct Probe {
+    /// A second write of the same new key was refused.
+    pub refuses_replace: bool,
+}
+
+/// Proves `storage` usable: the repository's `backups/` can be listed, a
+/// probe object under `tmp/` is written, read back, written again (which
+/// must be refused) and deleted. The cause when a step fails.
+pub fn probe(storage: &dyn Storage) -> std::result::Result<Probe, String> {
+    storage
+        .list("backups")
+        .map_err(|e| format!("cannot list: {e}"))?;
+    let key = format!(
+        "tmp/probe-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+    );
+    let body = b"pgward probe\n";
+    storage
+        .put_new(&key, body)
+        .map_err(|e| format!("cannot write a probe object: {e}"))?;
+    let checked = storage
+        .read_whole(&key, 1024)
+        .map_err(|e| format!("cannot read the probe object back: {e}"))
+        .and_then(|read| {
+            if read == body {
+                Ok(())
+            } else {
+                Err("the probe object read back differs from what was written".to_string())
+            }
+        });
+    let refuses_replace = checked.as_ref().is_ok()
+        && matches!(storage.put_new(&key, body), Err(e) if e.kind() == io::ErrorKind::AlreadyExists);
+    let deleted = storage
+        .delete(&key)
+        .map_err(|e| format!("cannot delete the probe object: {e}"));
+    checked?;
+    deleted?;
+    Ok(Probe { refuses_replace })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_plain_relative_names() {
+        assert!(valid_key("backups/x.manifest.json"));
+        assert!(valid_key("pgward-repository.json"));
+        for bad in ["", "/etc/passwd", "backups/../x", "a//b", "./a", "a/"] {
+            assert!(!valid_key(bad), "{bad:?}");
+        }
+    }
+}
