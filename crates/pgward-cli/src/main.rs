@@ -637,10 +637,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         .collect()
                 }
             };
+            journaling::begin(&config, "copy", args.of.database.clone());
+            journaling::option(format!("to {}", location.describe()));
             let mut progress = render::Progress::new(!cli.json);
             let report = pgward::copy::run(&from, &to, &manifests, &mut |n| progress.update(n));
             progress.clear();
-            render::copy(&report?, cli.json);
+            let report = report?;
+            for backup in &report.backups {
+                journaling::option(pgward::copy::journal_option(&backup.id, &report.to));
+            }
+            render::copy(&report, cli.json);
         }
         Command::Verify(args) => {
             apply_decrypt_args(&mut config, &args.decrypt);
@@ -820,6 +826,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     &manifest.artifact.sha256,
                 );
                 journaling::touched(&repo.manifest_path(&manifest.id));
+            }
+            for (id, to) in &report.copies {
+                journaling::option(pgward::copy::journal_option(id, to));
             }
             if report.ok {
                 journaling::settle(0, None);

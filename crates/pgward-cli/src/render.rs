@@ -978,6 +978,17 @@ pub fn status(report: &pgward::status::StatusReport, format: &str) {
                 },
                 database.quarantined
             ));
+            text.push_str(&format!(
+                "{:<6} {:<20} {:<6} copies: {}\n",
+                "",
+                "",
+                "",
+                if backup.copies.is_empty() {
+                    "none recorded (this repository only)".to_string()
+                } else {
+                    backup.copies.join(", ")
+                }
+            ));
         }
     }
     text.push_str(&format!(

@@ -52,6 +52,17 @@ pub struct CopyReport {
     pub backups: Vec<CopiedBackup>,
 }
 
+/// The journal option that records a copy (`copied ID to URL`): what
+/// `status` reads to say where a backup's copies are.
+pub fn journal_option(id: &str, destination: &str) -> String {
+    format!("copied {id} to {destination}")
+}
+
+/// The copies a journal option records, if it is one.
+pub fn parse_journal_option(option: &str) -> Option<(&str, &str)> {
+    option.strip_prefix("copied ")?.split_once(" to ")
+}
+
 fn manifest_key(id: &str) -> String {
     Repository::backup_key(&format!("{id}.manifest.json"))
 }

@@ -88,6 +88,10 @@ pub struct RunReport {
     /// The backup's manifest, when one was written.
     #[serde(skip)]
     pub manifest: Option<Manifest>,
+    /// The backups the mirror steps copied (or found there): id and
+    /// destination.
+    #[serde(skip)]
+    pub copies: Vec<(String, String)>,
 }
 
 impl RunReport {
@@ -167,6 +171,7 @@ pub fn run(
         duration_ms: 0,
         prune: None,
         manifest: None,
+        copies: Vec::new(),
     };
 
     let started = Instant::now();
@@ -268,7 +273,10 @@ pub fn run(
             ));
         } else {
             steps.push(match copy_to_mirror(&repo, config, mirror, &manifest) {
-                Ok(detail) => Step::ok("mirror", started, detail),
+                Ok((detail, copies)) => {
+                    report.copies.extend(copies);
+                    Step::ok("mirror", started, detail)
+                }
                 Err(error) => Step::failed("mirror", started, error),
             });
         }
@@ -329,7 +337,7 @@ fn copy_to_mirror(
     config: &Config,
     mirror: &crate::config::MirrorConfig,
     manifest: &Manifest,
-) -> Result<String> {
+) -> Result<(String, Vec<(String, String)>)> {
     let location = crate::config::Location::parse(std::path::Path::new(&mirror.repository))?;
     let target = Repository::init_at(&location, config)
         .map_err(|e| e.context(format!("mirror {}", location.describe())))?;
@@ -351,7 +359,7 @@ fn copy_to_mirror(
         .iter()
         .filter(|b| b.id != manifest.id && b.outcome == crate::copy::CopyOutcome::Copied)
         .count();
-    Ok(format!(
+    let detail = format!(
         "{}: {} copied and verified ({} sent{})",
         location.describe(),
         manifest.id,
@@ -360,7 +368,13 @@ fn copy_to_mirror(
             0 => String::new(),
             n => format!("; {n} earlier backup(s) caught up"),
         }
-    ))
+    );
+    let copies = report
+        .backups
+        .iter()
+        .map(|b| (b.id.clone(), report.to.clone()))
+        .collect();
+    Ok((detail, copies))
 }
 
 /// Whether a signal stopped one of the steps: the run goes no further.

@@ -56,6 +56,9 @@ pub struct LastBackup {
     pub tables: usize,
     /// Recipient fingerprints; empty when not encrypted.
     pub encrypted_to: Vec<String>,
+    /// Other repositories the journal records a verified copy of it in
+    /// (`pgward copy`, `[[mirror]]`).
+    pub copies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -267,6 +270,21 @@ pub fn scope_label(scope: &crate::scope::Scope) -> String {
     }
 }
 
+/// Where the journal says backup `id` was copied, each place once.
+fn copies_of(facts: &Facts, id: &str) -> Vec<String> {
+    let mut places: Vec<String> = facts
+        .journal
+        .iter()
+        .flat_map(|r| r.options.iter())
+        .filter_map(|o| crate::copy::parse_journal_option(o))
+        .filter(|(copied, _)| *copied == id)
+        .map(|(_, to)| to.to_string())
+        .collect();
+    places.sort();
+    places.dedup();
+    places
+}
+
 fn evaluate_database(
     facts: &Facts,
     objectives: &Objectives,
@@ -297,6 +315,7 @@ fn evaluate_database(
                     .collect()
             })
             .unwrap_or_default(),
+        copies: copies_of(facts, &m.id),
     });
     let last_drill = facts
         .backups

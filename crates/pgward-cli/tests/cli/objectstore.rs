@@ -488,6 +488,22 @@ fn run_copies_each_new_backup_to_its_mirror_and_check_proves_the_bucket() {
     let list = run(pgward_cfg(&ws.repo(), &config).args(["--json", "list", "--repo", &remote]));
     list.assert_ok();
     assert_eq!(listed_backup_ids(&list.json()), [id]);
+    // The journal records the copy, and status says where it is.
+    let status = run(pgward_cfg(&ws.repo(), &config).args(["--json", "status"]));
+    let status = status.json();
+    let row = status["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["database"] == db.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("{status}"));
+    assert_eq!(row["last-backup"]["id"], id, "{status}");
+    assert_eq!(
+        row["last-backup"]["copies"],
+        serde_json::json!([remote]),
+        "{status}"
+    );
 
     // With the bucket unreachable, the mirror step fails the run, and
     // nothing is pruned on its strength.
