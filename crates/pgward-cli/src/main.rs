@@ -623,19 +623,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let from = pgward::Repository::open_configured(&config)?;
             let location = pgward::config::Location::parse(&args.to)?;
             let to = pgward::Repository::init_at(&location, &config)?;
+            // With --all, each backup's copy decides whether it is there
+            // already (the same manifest, byte for byte), not its id.
             let manifests = match &args.backup {
                 Some(backup) => vec![from.find(&selector(&config, backup, &args.of)?)?],
-                None => {
-                    let present: std::collections::BTreeSet<String> =
-                        to.catalog()?.backups.into_iter().map(|m| m.id).collect();
+                None => pgward::copy::oldest_first(
                     from.backups()?
                         .into_iter()
-                        .filter(|m| {
-                            args.of.database.as_ref().is_none_or(|db| &m.database == db)
-                                && !present.contains(&m.id)
-                        })
-                        .collect()
-                }
+                        .filter(|m| args.of.database.as_ref().is_none_or(|db| &m.database == db))
+                        .collect(),
+                ),
             };
             journaling::begin(&config, "copy", args.of.database.clone());
             journaling::option(format!("to {}", location.describe()));
@@ -1092,7 +1089,12 @@ fn check_verdict(report: &check::CheckReport) -> Result<(), Failure> {
 }
 
 fn run_grants(config: &Config, args: &GrantsArgs, json: bool) -> Result<(), Failure> {
-    let repo = match &config.repository {
+    // Plans are saved in a local repository (an s3:// one is refused).
+    let local = match &config.repository {
+        Some(_) => Some(config.repository_path()?.to_path_buf()),
+        None => None,
+    };
+    let repo = match &local {
         Some(path) if path.join("pgward-repository.json").is_file() => {
             Some(pgward::Repository::open(path)?)
         }

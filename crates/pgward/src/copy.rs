@@ -6,8 +6,9 @@
 //! the manifest names), the manifest last, byte for byte the source's (so
 //! that its signature still holds), neither replacing anything. Then the
 //! copy is read back from the destination and hashed again: only a copy
-//! that verifies is reported as copied. A copy that fails leaves no
-//! manifest behind, so the destination never lists it.
+//! that verifies is reported as copied. The manifest is written only
+//! after the artifact has read back right, so a copy that fails (or is
+//! killed) at any point is never listed at the destination.
 //!
 //! An artifact already at the destination without its manifest (a copy
 //! that was interrupted between the two) is reused when its bytes are the
@@ -76,13 +77,31 @@ fn io_error(storage: &dyn Storage, what: &str, key: &str, e: io::Error) -> Error
 }
 
 /// Copies the backups in `manifests` (from `from`'s catalog) to `to`,
-/// oldest first, stopping at the first failure.
+/// oldest first, stopping at the first failure. A signal stops the copy
+/// (its upload aborted) with exit code 128+n.
 pub fn run(
     from: &Repository,
     to: &Repository,
     manifests: &[Manifest],
     progress: &mut dyn FnMut(u64),
 ) -> Result<CopyReport> {
+    let (report, mut failures) = each(from, to, manifests, true, progress)?;
+    match failures.pop() {
+        Some((_, error)) => Err(error),
+        None => Ok(report),
+    }
+}
+
+/// Copies every backup in `manifests` in the given order, going on past
+/// failures (each returned with its backup's id): one damaged old backup
+/// must not keep the others from their copy. Stops at a signal.
+pub fn each(
+    from: &Repository,
+    to: &Repository,
+    manifests: &[Manifest],
+    stop_at_first_failure: bool,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(CopyReport, Vec<(String, Error)>)> {
     if from.storage().location() == to.storage().location() {
         return Err(Error::config(format!(
             "{} is both the source and the destination",
@@ -90,17 +109,41 @@ pub fn run(
         ))
         .with_hint("name another repository with --to"));
     }
+    // Without a watch a signal would end the process with an upload open;
+    // with one, the copy stops at its next chunk and aborts the upload.
+    // (Inside `run`, after the backup's own watch is gone.)
+    let mut watch = crate::interrupt::InterruptWatch::install().ok();
     let mut report = CopyReport {
         from: from.storage().location(),
         to: to.storage().location(),
         backups: Vec::new(),
     };
-    let mut ordered: Vec<&Manifest> = manifests.iter().collect();
-    ordered.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
-    for manifest in ordered {
-        report.backups.push(copy_one(from, to, manifest, progress)?);
+    let mut failures = Vec::new();
+    for manifest in manifests {
+        match copy_one(from, to, manifest, progress) {
+            Ok(copied) => report.backups.push(copied),
+            Err(error) => {
+                let interrupted = matches!(error.kind(), ErrorKind::Interrupted { .. });
+                if interrupted && let Some(watch) = watch.as_mut() {
+                    watch.acknowledge();
+                }
+                if interrupted {
+                    return Err(error);
+                }
+                failures.push((manifest.id.clone(), error));
+                if stop_at_first_failure {
+                    break;
+                }
+            }
+        }
     }
-    Ok(report)
+    Ok((report, failures))
+}
+
+/// Oldest first, the order copies are made in.
+pub fn oldest_first(mut manifests: Vec<Manifest>) -> Vec<Manifest> {
+    manifests.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
+    manifests
 }
 
 /// Copies one backup; see the module documentation.
@@ -111,11 +154,20 @@ pub fn copy_one(
     progress: &mut dyn FnMut(u64),
 ) -> Result<CopiedBackup> {
     let started = Instant::now();
+    let started_at = crate::clock::now_rfc3339();
     let (source, target) = (from.storage(), to.storage());
     let id = &manifest.id;
     let key = manifest_key(id);
     // Held against a prune at the source while it is read.
     let _held = from.hold(manifest)?;
+    // A local destination is a repository others may run in: its lock for
+    // this database keeps a backup's cleanup from taking the artifact in
+    // flight for a leftover.
+    let _lock = if to.is_remote() {
+        None
+    } else {
+        Some(to.lock(&manifest.database)?)
+    };
     // The exact bytes, checked again: what is copied is what the catalog
     // (and its signature pin) accepted.
     let manifest_bytes = source
@@ -143,40 +195,152 @@ pub fn copy_one(
         bytes_sent,
         seconds: started.elapsed().as_secs_f64(),
     };
-    match target.read_whole(&key, MAX_RECORD_BYTES) {
-        Ok(existing) if existing == manifest_bytes => {
-            return Ok(done(CopyOutcome::AlreadyThere, 0));
+    let artifact_key = Repository::backup_key(&manifest.artifact.file);
+    if manifest_present(target.as_ref(), &key, &manifest_bytes, id)? {
+        // A manifest is only ever written after its artifact read back
+        // right; its size is checked here, the bytes by `verify`.
+        return match target.size(&artifact_key) {
+            Ok(Some(size)) if size == manifest.artifact.bytes => {
+                Ok(done(CopyOutcome::AlreadyThere, 0))
+            }
+            Ok(found) => Err(Error::new(
+                ErrorKind::Integrity,
+                format!(
+                    "{} lists backup {id}, but its artifact has {} (the manifest says {} bytes)",
+                    target.location(),
+                    found.map_or("gone".to_string(), |n| format!("{n} bytes")),
+                    manifest.artifact.bytes
+                ),
+            )
+            .with_hint(format!(
+                "run `pgward verify --repo {} {id}`",
+                target.location()
+            ))),
+            Err(e) => Err(io_error(target.as_ref(), "cannot read", &artifact_key, e)),
+        };
+    }
+    let sent = send_artifact(
+        from,
+        target.as_ref(),
+        manifest,
+        &key,
+        &artifact_key,
+        progress,
+    )?;
+    // Read back before the manifest makes it a backup: the copy is
+    // proved, not assumed. A proven mismatch is removed (nothing lists
+    // it); a read that fails leaves it for the next copy to check again.
+    match target.open(&artifact_key).and_then(digest_reader) {
+        Ok(d) if d.bytes == manifest.artifact.bytes && d.sha256 == manifest.artifact.sha256 => {}
+        Ok(d) => {
+            let removed = target.delete(&artifact_key).is_ok();
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                format!(
+                    "the copy of backup {id} at {} reads back as {} bytes with sha256 {}, not as written",
+                    target.location(),
+                    d.bytes,
+                    d.sha256
+                ),
+            )
+            .with_hint(if removed {
+                "the destination damaged it; it was removed and nothing lists it: run the copy again"
+            } else {
+                "the destination damaged it and it could not be removed; nothing lists it: run the copy again"
+            }));
         }
+        Err(e) => {
+            return Err(
+                io_error(target.as_ref(), "cannot read back", &artifact_key, e).with_hint(
+                    "nothing lists the copy yet; run the copy again (an intact artifact is reused)",
+                ),
+            );
+        }
+    }
+    match target.put_new(&key, &manifest_bytes) {
+        Ok(()) => {}
+        // Written by a concurrent copy of the same backup, or by this one
+        // before its answer was lost: the same bytes are the same backup.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            if !manifest_present(target.as_ref(), &key, &manifest_bytes, id)? {
+                return Err(io_error(target.as_ref(), "cannot write", &key, e));
+            }
+        }
+        Err(e) => {
+            return Err(io_error(target.as_ref(), "cannot write", &key, e).with_hint(
+                "the manifest may or may not have been stored: run the copy again (it says `already there` if it was)",
+            ));
+        }
+    }
+    match target.read_whole(&key, MAX_RECORD_BYTES) {
+        Ok(stored) if stored == manifest_bytes => {}
         Ok(_) => {
             return Err(Error::new(
                 ErrorKind::Integrity,
                 format!(
-                    "{} holds another manifest for backup {id}",
-                    target.describe(&key)
+                    "the manifest of backup {id} at {} does not read back as written",
+                    target.location()
                 ),
             )
-            .with_hint("compare both with `pgward verify`; pgward never replaces a manifest"));
+            .with_hint(format!(
+                "run `pgward verify --repo {} {id}`",
+                target.location()
+            )));
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_error(target.as_ref(), "cannot read", &key, e)),
-    }
-    let artifact_key = Repository::backup_key(&manifest.artifact.file);
-    let sent = send_artifact(from, target.as_ref(), manifest, &artifact_key, progress)?;
-    if let Err(e) = target.put_new(&key, &manifest_bytes) {
-        return Err(io_error(target.as_ref(), "cannot write", &key, e)
-            .with_hint("nothing was listed at the destination; run the copy again"));
-    }
-    // Read back from the destination: the copy is proved, not assumed.
-    if let Err(e) = check_copy(target.as_ref(), manifest, &manifest_bytes) {
-        let _ = target.delete(&key);
-        let _ = target.delete(&artifact_key);
-        return Err(e);
+        Err(e) => return Err(io_error(target.as_ref(), "cannot read back", &key, e)),
     }
     // The last drill's verdict holds for the same bytes.
     if let Ok(record) = source.read_whole(&drill_key(id), MAX_RECORD_BYTES) {
         let _ = target.put_replacing(&drill_key(id), &record);
     }
+    // A local destination keeps a journal: the copy's record there vouches
+    // for the backup the way a backup's own record does.
+    if !to.is_remote() {
+        let root = to.root();
+        let artifacts = [
+            Some(crate::journal::touched_known(
+                root,
+                &to.artifact_path(manifest),
+                manifest.artifact.bytes,
+                &manifest.artifact.sha256,
+            )),
+            crate::journal::touched(root, &to.manifest_path(id)),
+        ];
+        crate::journal::append(
+            root,
+            &crate::journal::Entry {
+                run_id: id.clone(),
+                command: "copy".to_string(),
+                database: Some(manifest.database.clone()),
+                options: vec![format!("from {}", source.location())],
+                started_at,
+                duration_ms: started.elapsed().as_millis() as u64,
+                ok: true,
+                exit_code: 0,
+                cause: None,
+                artifacts: artifacts.into_iter().flatten().collect(),
+            },
+        )?;
+    }
     Ok(done(CopyOutcome::Copied, sent))
+}
+
+/// Whether the destination holds this backup's manifest: `false` when it
+/// has none, an error when it has another one.
+fn manifest_present(target: &dyn Storage, key: &str, bytes: &[u8], id: &str) -> Result<bool> {
+    match target.read_whole(key, MAX_RECORD_BYTES) {
+        Ok(existing) if existing == bytes => Ok(true),
+        Ok(_) => Err(Error::new(
+            ErrorKind::Integrity,
+            format!(
+                "{} holds another manifest for backup {id}",
+                target.describe(key)
+            ),
+        )
+        .with_hint("compare both with `pgward verify`; pgward never replaces a manifest")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_error(target, "cannot read", key, e)),
+    }
 }
 
 /// Puts the artifact at the destination (or keeps one that is already
@@ -185,6 +349,7 @@ fn send_artifact(
     from: &Repository,
     target: &dyn Storage,
     manifest: &Manifest,
+    manifest_key: &str,
     key: &str,
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64> {
@@ -193,13 +358,30 @@ fn send_artifact(
         .size(key)
         .map_err(|e| io_error(target, "cannot read", key, e))?
     {
-        let intact = size == manifest.artifact.bytes
-            && target
-                .open(key)
-                .and_then(digest_reader)
-                .is_ok_and(|d| d.sha256 == manifest.artifact.sha256);
-        if intact {
+        // A leftover of a copy that was cut off. Replaced only when it is
+        // proved wrong, and only while no manifest claims it.
+        let digest = if size == manifest.artifact.bytes {
+            Some(
+                target
+                    .open(key)
+                    .and_then(digest_reader)
+                    .map_err(|e| io_error(target, "cannot read", key, e))?,
+            )
+        } else {
+            None
+        };
+        if digest.is_some_and(|d| d.sha256 == manifest.artifact.sha256) {
             return Ok(0);
+        }
+        if !matches!(target.size(manifest_key), Ok(None)) {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!(
+                    "another copy of backup {id} to {} just finished",
+                    target.location()
+                ),
+            )
+            .with_hint("run the copy again: it will say `already there`"));
         }
         target
             .delete(key)
@@ -220,9 +402,9 @@ fn send_artifact(
         ));
     }
     let mut upload = target
-        .upload(key)
+        .upload(key, Some(size))
         .map_err(|e| io_error(target, "cannot start writing", key, e))?;
-    let mut hashed = ObserveRead::new(reader, StreamHasher::default());
+    let mut hashed = ObserveRead::new(SourceRead(reader), StreamHasher::default());
     let mut counted = Progressing {
         inner: &mut upload,
         done: 0,
@@ -231,7 +413,7 @@ fn send_artifact(
     let copied = copy_stream(&mut hashed, &mut counted);
     let digest = hashed.into_parts().1.finish();
     if let Err(e) = copied {
-        let _ = upload.abort();
+        let aborted = upload.abort();
         if e.kind() == io::ErrorKind::Interrupted
             && let Some(signal) = crate::interrupt::pending()
         {
@@ -240,11 +422,19 @@ fn send_artifact(
                 format!("copy of backup {id} {e}; nothing was listed at the destination"),
             ));
         }
-        return Err(Error::repository(format!(
-            "copy of backup {id} to {} failed: {e}",
-            target.describe(key)
-        ))
-        .with_hint("nothing was listed at the destination; run the copy again"));
+        let (what, place) = match e.get_ref().is_some_and(|inner| inner.is::<SourceError>()) {
+            true => (
+                "cannot read the backup's artifact",
+                path.display().to_string(),
+            ),
+            false => ("cannot write the copy", target.describe(key)),
+        };
+        return Err(Error::repository(format!("{what} {place}: {e}")).with_hint(
+            match aborted {
+                Ok(()) => "nothing was listed at the destination, and the upload was aborted; run the copy again",
+                Err(_) => "nothing was listed at the destination; the upload could not be aborted (a bucket lifecycle rule AbortIncompleteMultipartUpload removes it); run the copy again",
+            },
+        ));
     }
     if digest.bytes != manifest.artifact.bytes || digest.sha256 != manifest.artifact.sha256 {
         let _ = upload.abort();
@@ -267,35 +457,26 @@ fn send_artifact(
     Ok(digest.bytes)
 }
 
-/// The copy as the destination has it: the manifest's bytes and the
-/// artifact's size and sha256.
-fn check_copy(target: &dyn Storage, manifest: &Manifest, manifest_bytes: &[u8]) -> Result<()> {
-    let id = &manifest.id;
-    let key = manifest_key(id);
-    let stored = target
-        .read_whole(&key, MAX_RECORD_BYTES)
-        .map_err(|e| io_error(target, "cannot read back", &key, e))?;
-    let artifact_key = Repository::backup_key(&manifest.artifact.file);
-    let digest = target
-        .open(&artifact_key)
-        .and_then(digest_reader)
-        .map_err(|e| io_error(target, "cannot read back", &artifact_key, e))?;
-    if stored != manifest_bytes
-        || digest.bytes != manifest.artifact.bytes
-        || digest.sha256 != manifest.artifact.sha256
-    {
-        return Err(Error::new(
-            ErrorKind::Integrity,
-            format!(
-                "the copy of backup {id} at {} does not read back as written ({} bytes with sha256 {})",
-                target.location(),
-                digest.bytes,
-                digest.sha256
-            ),
-        )
-        .with_hint("the destination changed or damaged it; the copy was removed, run it again"));
+/// Marks errors of the source's reads, to name the right side of a copy.
+#[derive(Debug)]
+struct SourceError(io::Error);
+
+impl std::fmt::Display for SourceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
     }
-    Ok(())
+}
+
+impl std::error::Error for SourceError {}
+
+struct SourceRead(Box<dyn io::Read + Send>);
+
+impl io::Read for SourceRead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0
+            .read(buf)
+            .map_err(|e| io::Error::new(e.kind(), SourceError(e)))
+    }
 }
 
 /// Counts what passes for the progress line.

@@ -261,9 +261,12 @@ pub fn run(
         }
     }
 
+    // Tonight's backup goes off-site only once it proved itself; each
+    // mirror is tried whatever another one did.
+    let unproven = steps.iter().find(|s| s.status == "failed").map(|s| s.name);
+    let mut missed_tonight = None;
     for mirror in &config.mirrors {
         let started = Instant::now();
-        let unproven = steps.iter().find(|s| s.status == "failed").map(|s| s.name);
         if interrupted(&steps) {
             steps.push(Step::skipped("mirror", "the run was interrupted"));
         } else if let Some(step) = unproven {
@@ -272,12 +275,20 @@ pub fn run(
                 format!("the {step} of tonight's backup failed: an unproven backup is not copied off-site"),
             ));
         } else {
-            steps.push(match copy_to_mirror(&repo, config, mirror, &manifest) {
-                Ok((detail, copies)) => {
-                    report.copies.extend(copies);
-                    Step::ok("mirror", started, detail)
+            let mirrored = copy_to_mirror(&repo, config, mirror, &manifest);
+            report.copies.extend(mirrored.copies);
+            if !mirrored.tonight {
+                missed_tonight.get_or_insert(mirror.repository.clone());
+            }
+            steps.push(match mirrored.failure {
+                None => Step::ok("mirror", started, mirrored.detail),
+                Some(error) => {
+                    let mut step = Step::failed("mirror", started, error);
+                    if !mirrored.detail.is_empty() {
+                        step.detail = format!("{}: {}", mirrored.detail, step.detail);
+                    }
+                    step
                 }
-                Err(error) => Step::failed("mirror", started, error),
             });
         }
     }
@@ -285,9 +296,13 @@ pub fn run(
     let started = Instant::now();
     // Nothing is pruned on the strength of a backup that did not prove
     // itself tonight: the older ones may be all that is good.
-    let unproven = steps.iter().find(|s| s.status == "failed").map(|s| s.name);
     if interrupted(&steps) {
         steps.push(Step::skipped("prune", "the run was interrupted"));
+    } else if let Some(mirror) = missed_tonight.filter(|_| unproven.is_none()) {
+        steps.push(Step::skipped(
+            "prune",
+            format!("tonight's backup did not reach the mirror {mirror}: nothing is pruned while the local copies may be the only ones"),
+        ));
     } else if let Some(step) = unproven {
         steps.push(Step::skipped(
             "prune",
@@ -329,52 +344,95 @@ pub fn run(
     Ok(report)
 }
 
-/// Copies tonight's backup to `mirror`, and with it every other backup of
-/// its database that the mirror lacks (a night the mirror was unreachable
-/// is caught up on the next).
+/// What a mirror step did.
+struct Mirrored {
+    detail: String,
+    /// (id, destination) of every backup the mirror now holds for sure.
+    copies: Vec<(String, String)>,
+    /// Tonight's backup is at the mirror, verified.
+    tonight: bool,
+    /// The first failure, when a copy failed.
+    failure: Option<Error>,
+}
+
+/// Copies tonight's backup to `mirror` first, then every other backup of
+/// its database that the mirror lacks, oldest first (a night the mirror
+/// was unreachable is caught up on the next). One backup that cannot be
+/// copied does not keep the others from theirs.
 fn copy_to_mirror(
     repo: &Repository,
     config: &Config,
     mirror: &crate::config::MirrorConfig,
     manifest: &Manifest,
-) -> Result<(String, Vec<(String, String)>)> {
-    let location = crate::config::Location::parse(std::path::Path::new(&mirror.repository))?;
-    let target = Repository::init_at(&location, config)
-        .map_err(|e| e.context(format!("mirror {}", location.describe())))?;
-    let present: std::collections::BTreeSet<String> = target
-        .catalog()?
-        .backups
-        .into_iter()
-        .map(|m| m.id)
+) -> Mirrored {
+    let failed = |error: Error| Mirrored {
+        detail: String::new(),
+        copies: Vec::new(),
+        tonight: false,
+        failure: Some(error),
+    };
+    let location = match crate::config::Location::parse(std::path::Path::new(&mirror.repository)) {
+        Ok(location) => location,
+        Err(error) => return failed(error),
+    };
+    let target = match Repository::init_at(&location, config) {
+        Ok(target) => target,
+        Err(error) => return failed(error.context(format!("mirror {}", location.describe()))),
+    };
+    let others = match repo.backups() {
+        Ok(backups) => backups
+            .into_iter()
+            .filter(|m| m.database == manifest.database && m.id != manifest.id)
+            .collect(),
+        Err(error) => return failed(error),
+    };
+    let order: Vec<Manifest> = std::iter::once(manifest.clone())
+        .chain(crate::copy::oldest_first(others))
         .collect();
-    let missing: Vec<Manifest> = repo
-        .backups()?
-        .into_iter()
-        .filter(|m| m.database == manifest.database && !present.contains(&m.id))
-        .collect();
-    let report = crate::copy::run(repo, &target, &missing, &mut |_| {})?;
+    let (report, failures) = match crate::copy::each(repo, &target, &order, false, &mut |_| {}) {
+        Ok(done) => done,
+        Err(error) => return failed(error),
+    };
+    let tonight = report.backups.iter().any(|b| b.id == manifest.id);
     let sent: u64 = report.backups.iter().map(|b| b.bytes_sent).sum();
     let caught_up = report
         .backups
         .iter()
         .filter(|b| b.id != manifest.id && b.outcome == crate::copy::CopyOutcome::Copied)
         .count();
-    let detail = format!(
-        "{}: {} copied and verified ({} sent{})",
+    let mut detail = format!(
+        "{}: {} {} ({} sent{})",
         location.describe(),
         manifest.id,
+        if tonight {
+            "copied and verified"
+        } else {
+            "NOT copied"
+        },
         crate::config::format_size(sent),
         match caught_up {
             0 => String::new(),
             n => format!("; {n} earlier backup(s) caught up"),
         }
     );
+    if !failures.is_empty() {
+        detail.push_str(&format!("; {} backup(s) failed", failures.len()));
+    }
     let copies = report
         .backups
         .iter()
         .map(|b| (b.id.clone(), report.to.clone()))
         .collect();
-    Ok((detail, copies))
+    let failure = failures
+        .into_iter()
+        .next()
+        .map(|(id, error)| error.context(format!("mirror {}: backup {id}", location.describe())));
+    Mirrored {
+        detail,
+        copies,
+        tonight,
+        failure,
+    }
 }
 
 /// Whether a signal stopped one of the steps: the run goes no further.

@@ -274,7 +274,7 @@ fn journal_check(repo: &Repository, manifest: &Manifest, checks: &mut Checks, wr
     let named = records
         .iter()
         .filter(|r| {
-            matches!(r.command.as_str(), "backup" | "run" | "apply")
+            matches!(r.command.as_str(), "backup" | "run" | "apply" | "copy")
                 || (r.sequence == 1 && r.command == "journal-start")
         })
         .find_map(|r| {

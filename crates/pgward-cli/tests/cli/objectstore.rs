@@ -8,6 +8,7 @@ use crate::harness::*;
 use pgward::storage::Storage;
 use serde_json::Value;
 use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 const BUCKET: &str = "pgward-test";
@@ -50,7 +51,7 @@ fn storage_contract(storage: &dyn Storage, leftovers: &dyn Fn() -> Vec<String>) 
     let big: Vec<u8> = (0..(12u32 << 20) + 12345)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    let mut upload = storage.upload("backups/big.bin").unwrap();
+    let mut upload = storage.upload("backups/big.bin", None).unwrap();
     for chunk in big.chunks(100_000) {
         upload.write_all(chunk).unwrap();
     }
@@ -69,7 +70,7 @@ fn storage_contract(storage: &dyn Storage, leftovers: &dyn Fn() -> Vec<String>) 
     assert!(read == big, "{place}: the object read back differs");
     // A second upload to the same key is refused at the end, and the
     // object stays as it was.
-    let mut upload = storage.upload("backups/big.bin").unwrap();
+    let mut upload = storage.upload("backups/big.bin", None).unwrap();
     upload.write_all(&[1u8; 6 << 20]).unwrap();
     let refused = upload.finish().unwrap_err();
     assert_eq!(
@@ -83,7 +84,9 @@ fn storage_contract(storage: &dyn Storage, leftovers: &dyn Fn() -> Vec<String>) 
     );
     // An aborted upload leaves nothing: no object, no staging file, no
     // open multipart upload.
-    let mut upload = storage.upload("backups/aborted.bin").unwrap();
+    let mut upload = storage
+        .upload("backups/aborted.bin", Some(7 << 20))
+        .unwrap();
     upload.write_all(&[2u8; 7 << 20]).unwrap();
     upload.abort().unwrap();
     assert_eq!(storage.size("backups/aborted.bin").unwrap(), None);
@@ -238,7 +241,13 @@ fn a_backup_copied_to_a_bucket_lists_verifies_restores_and_drills_from_it() {
     let all =
         run(pgward_cfg(&ws.repo(), &config).args(["--json", "copy", "--all", "--to", &remote]));
     all.assert_ok();
-    assert_eq!(all.json()["backups"], serde_json::json!([]));
+    let outcomes: Vec<Value> = all.json()["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["outcome"].clone())
+        .collect();
+    assert_eq!(outcomes, [serde_json::json!("already-there")]);
 
     // A copy back from the bucket into a new local repository verifies
     // there too (the journal of the new repository starts with it).
@@ -249,7 +258,77 @@ fn a_backup_copied_to_a_bucket_lists_verifies_restores_and_drills_from_it() {
         .args(["--json", "copy", id, "--to"])
         .arg(&back));
     home.assert_ok();
-    run(pgward(&back).args(["--json", "verify", id])).assert_ok();
+    // The journal of the local destination vouches for the copy, also for
+    // one that arrives after the journal has begun.
+    let journal_check = |id: &str| {
+        let verified = run(pgward(&back).args(["--json", "verify", id]));
+        verified.assert_ok();
+        verified.json()["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "journal record")
+            .cloned()
+            .unwrap()
+    };
+    let check = journal_check(id);
+    assert_eq!(check["ok"], true, "{check}");
+    assert_ne!(check["skipped"], true, "{check}");
+    let later = backup(&ws.repo(), &db, &[]);
+    later.assert_ok();
+    let later_id = later.json()["manifest"]["id"].as_str().unwrap().to_string();
+    run(pgward_cfg(&ws.repo(), &config)
+        .args(["copy", &later_id, "--to"])
+        .arg(&back))
+    .assert_ok();
+    let check = journal_check(&later_id);
+    assert_eq!(check["ok"], true, "{check}");
+    assert!(
+        check["detail"].as_str().unwrap().contains("(copy "),
+        "{check}"
+    );
+
+    // A restore that streams (one job, no spool) from the bucket writes its
+    // list and TOC files only into a private directory of its own.
+    let tmpdir = ws.path("tmpdir");
+    std::fs::create_dir(&tmpdir).unwrap();
+    let uid = run(std::process::Command::new("id").arg("-u"))
+        .stdout
+        .trim()
+        .to_string();
+    let private = tmpdir.join(format!("pgward-{uid}"));
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let streamed = format!("{db}_streamed");
+    let refused = run(pgward_cfg(&ws.repo(), &config)
+        .env("TMPDIR", &tmpdir)
+        .arg("--repo")
+        .arg(&remote)
+        .args(["restore", id, "--jobs", "1", "--to", &streamed]));
+    refused.assert_exit(1);
+    assert!(
+        refused.stderr.contains("is not a private directory"),
+        "{}",
+        refused.stderr
+    );
+    std::fs::remove_dir(&private).unwrap();
+    run(pgward_cfg(&ws.repo(), &config)
+        .env("TMPDIR", &tmpdir)
+        .arg("--repo")
+        .arg(&remote)
+        .args(["--json", "restore", id, "--jobs", "1", "--to", &streamed]))
+    .assert_ok();
+    assert_eq!(
+        cluster().psql(&streamed, "SELECT count(*) FROM public.items"),
+        "3000"
+    );
+    let mode = std::fs::metadata(&private).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    assert!(names_in(&private).is_empty(), "{:?}", names_in(&private));
 
     // Commands that write runs refuse the bucket, with what to do instead.
     let refused = run(pgward_cfg(&ws.repo(), &config)
@@ -258,13 +337,21 @@ fn a_backup_copied_to_a_bucket_lists_verifies_restores_and_drills_from_it() {
         .args(["backup", "--dbname", &db]));
     refused.assert_exit(2);
     assert!(refused.stderr.contains("[[mirror]]"), "{}", refused.stderr);
-    let refused = on_bucket(&["prune"]);
-    refused.assert_exit(2);
-    assert!(
-        refused.stderr.contains("is object storage"),
-        "{}",
-        refused.stderr
-    );
+    for command in [
+        &["prune"][..],
+        &["status"],
+        &["log"],
+        &["grants", "--dbname", &db],
+    ] {
+        let refused = on_bucket(command);
+        refused.assert_exit(2);
+        assert!(
+            refused.stderr.contains("is object storage"),
+            "{command:?}: {}",
+            refused.stderr
+        );
+    }
+    assert!(!ws.repo().join("s3:").exists() && !Path::new("s3:").exists());
 }
 
 #[test]
@@ -385,8 +472,44 @@ fn a_link_that_dies_mid_upload_lists_nothing_and_the_next_copy_completes() {
     let again =
         run(pgward_cfg(&ws.repo(), &config).args(["--json", "copy", "--all", "--to", &remote]));
     again.assert_ok();
-    assert_eq!(again.json()["backups"][0]["id"], id.as_str());
+    let outcome_of = |report: &Value, id: &str| {
+        report["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["id"] == id)
+            .map(|b| b["outcome"].clone())
+    };
+    let again = again.json();
+    assert_eq!(
+        outcome_of(&again, &id),
+        Some(Value::from("copied")),
+        "{again}"
+    );
+    assert_eq!(
+        outcome_of(&again, first["id"].as_str().unwrap()),
+        Some(Value::from("already-there"))
+    );
     on_bucket(&["verify", &id]).assert_ok();
+}
+
+/// A database whose backup is several 5 MiB parts (random text barely
+/// compresses).
+fn noisy(ws: &Workspace, hint: &str) -> (String, Value) {
+    let db = cluster().create_database(hint);
+    cluster().psql(
+        &db,
+        "CREATE TABLE noise AS SELECT g, md5(random()::text) || md5(random()::text) AS a, \
+         md5(random()::text) || md5(random()::text) AS b FROM generate_series(1, 120000) g",
+    );
+    let res = backup(&ws.repo(), &db, &[]);
+    res.assert_ok();
+    let manifest = res.json()["manifest"].clone();
+    assert!(
+        manifest["artifact"]["bytes"].as_u64().unwrap() > 6 << 20,
+        "{manifest}"
+    );
+    (db, manifest)
 }
 
 #[test]
@@ -394,19 +517,18 @@ fn a_damaged_source_aborts_its_upload_and_damage_in_the_bucket_is_named() {
     let ws = Workspace::new();
     let server = S3Server::start(BUCKET);
     let config = configured(&server, &ws, S3_SECRET_KEY, "");
-    let (db, manifest) = backed_up(&ws, "damaged", 2000);
+    let (db, manifest) = noisy(&ws, "damaged");
     let id = manifest["id"].as_str().unwrap().to_string();
+    let file = manifest["artifact"]["file"].as_str().unwrap().to_string();
     let remote = url("prod");
-    // A flipped byte in the local artifact: the copy hashes what it sends,
-    // aborts the upload and lists nothing.
-    let artifact = ws
-        .repo()
-        .join("backups")
-        .join(manifest["artifact"]["file"].as_str().unwrap());
+    // A flipped byte near the end of the local artifact: parts were sent
+    // before the copy hashed its way there; it aborts the multipart upload
+    // and lists nothing.
+    let artifact = ws.repo().join("backups").join(&file);
     let original = std::fs::read(&artifact).unwrap();
     let mut flipped = original.clone();
-    let middle = flipped.len() / 2;
-    flipped[middle] ^= 0x10;
+    let late = flipped.len() - 1000;
+    flipped[late] ^= 0x10;
     std::fs::write(&artifact, &flipped).unwrap();
     let res = run(pgward_cfg(&ws.repo(), &config).args(["copy", &id, "--to", &remote]));
     res.assert_exit(1);
@@ -422,20 +544,60 @@ fn a_damaged_source_aborts_its_upload_and_damage_in_the_bucket_is_named() {
     );
     assert!(
         !server
+            .object_path(BUCKET, &format!("prod/backups/{file}"))
+            .exists()
+    );
+    assert!(
+        !server
             .object_path(BUCKET, &format!("prod/backups/{id}.manifest.json"))
             .exists()
     );
 
-    // Intact again: copied; then the object is damaged in the bucket.
+    // A leftover artifact with the wrong bytes (a copy cut off before its
+    // manifest) is replaced; the copy then verifies.
     std::fs::write(&artifact, &original).unwrap();
+    let credentials = server.credentials_file(&ws, S3_SECRET_KEY);
+    let settings = pgward::Config::parse(&server.config_section(&credentials)).unwrap();
+    let bucket = pgward::storage::s3::S3Storage::new(
+        &pgward::storage::s3::S3Location::parse(&remote)
+            .unwrap()
+            .unwrap(),
+        &settings.s3,
+        &pgward::process_env,
+    )
+    .unwrap();
+    bucket
+        .put_new(&format!("backups/{file}"), b"not the artifact")
+        .unwrap();
     run(pgward_cfg(&ws.repo(), &config).args(["copy", &id, "--to", &remote])).assert_ok();
-    let object = server.object_path(
-        BUCKET,
-        &format!(
-            "prod/backups/{}",
-            manifest["artifact"]["file"].as_str().unwrap()
-        ),
+    let object = server.object_path(BUCKET, &format!("prod/backups/{file}"));
+    assert_eq!(std::fs::read(&object).unwrap(), original);
+
+    // Another manifest under a backup's name is never replaced.
+    let second = backup(&ws.repo(), &db, &[]);
+    second.assert_ok();
+    let second_id = second.json()["manifest"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    bucket
+        .put_new(&format!("backups/{second_id}.manifest.json"), b"{}")
+        .unwrap();
+    let res = run(pgward_cfg(&ws.repo(), &config).args(["copy", &second_id, "--to", &remote]));
+    res.assert_exit(1);
+    assert!(
+        res.stderr.contains("holds another manifest"),
+        "{}",
+        res.stderr
     );
+    assert_eq!(
+        bucket
+            .read_whole(&format!("backups/{second_id}.manifest.json"), 10)
+            .unwrap(),
+        b"{}"
+    );
+
+    // Damage in the bucket is named by verify there.
     std::fs::write(&object, &flipped).unwrap();
     let res = run(pgward_cfg(&ws.repo(), &config)
         .arg("--repo")
@@ -450,15 +612,16 @@ fn a_damaged_source_aborts_its_upload_and_damage_in_the_bucket_is_named() {
 }
 
 #[test]
-fn run_copies_each_new_backup_to_its_mirror_and_check_proves_the_bucket() {
+fn run_copies_each_new_backup_to_its_mirrors_and_check_proves_the_bucket() {
     let ws = Workspace::new();
     let server = S3Server::start(BUCKET);
     let remote = url("mirror");
+    let policy = "\n[policy]\nkeep-last = 5\n";
     let config = configured(
         &server,
         &ws,
         S3_SECRET_KEY,
-        &format!("\n[[mirror]]\nrepository = \"{remote}\"\n"),
+        &format!("{policy}\n[[mirror]]\nrepository = \"{remote}\"\n"),
     );
     let db = cluster().create_database("mirrored");
     load_rows(&db, "public.items", 500);
@@ -476,18 +639,21 @@ fn run_copies_each_new_backup_to_its_mirror_and_check_proves_the_bucket() {
     let ran = run(pgward_cfg(&ws.repo(), &config).args(["--json", "run", "--dbname", &db]));
     ran.assert_ok();
     let out = ran.json();
-    let mirror = out["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "mirror")
-        .cloned()
-        .unwrap_or_else(|| panic!("no mirror step: {out}"));
-    assert_eq!(mirror["status"], "ok", "{out}");
-    let id = out["backup-id"].as_str().unwrap();
+    let steps = |out: &Value, name: &str| -> Vec<Value> {
+        out["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["name"] == name)
+            .cloned()
+            .collect()
+    };
+    assert_eq!(steps(&out, "mirror")[0]["status"], "ok", "{out}");
+    assert_eq!(steps(&out, "prune")[0]["status"], "ok", "{out}");
+    let id = out["backup-id"].as_str().unwrap().to_string();
     let list = run(pgward_cfg(&ws.repo(), &config).args(["--json", "list", "--repo", &remote]));
     list.assert_ok();
-    assert_eq!(listed_backup_ids(&list.json()), [id]);
+    assert_eq!(listed_backup_ids(&list.json()), [id.as_str()]);
     // The journal records the copy, and status says where it is.
     let status = run(pgward_cfg(&ws.repo(), &config).args(["--json", "status"]));
     let status = status.json();
@@ -498,22 +664,57 @@ fn run_copies_each_new_backup_to_its_mirror_and_check_proves_the_bucket() {
         .find(|d| d["database"] == db.as_str())
         .cloned()
         .unwrap_or_else(|| panic!("{status}"));
-    assert_eq!(row["last-backup"]["id"], id, "{status}");
+    assert_eq!(row["last-backup"]["id"], id.as_str(), "{status}");
     assert_eq!(
         row["last-backup"]["copies"],
         serde_json::json!([remote]),
         "{status}"
     );
 
+    // Two mirrors, the first one broken: the second still gets tonight's
+    // backup, the run fails, and nothing is pruned.
+    let two = ws.file(
+        "two-mirrors.toml",
+        &format!(
+            "{}\n[[mirror]]\nrepository = \"/dev/null/pgward-mirror\"\n\n[[mirror]]\nrepository = \"{remote}\"\n",
+            std::fs::read_to_string(&config)
+                .unwrap()
+                .replace(&format!("\n[[mirror]]\nrepository = \"{remote}\"\n"), "")
+        ),
+    );
+    let ran = run(pgward_cfg(&ws.repo(), &two).args(["--json", "run", "--dbname", &db]));
+    assert_eq!(ran.code, 1, "{}", ran.stdout);
+    let out = ran.json();
+    let mirrors = steps(&out, "mirror");
+    assert_eq!(mirrors.len(), 2, "{out}");
+    assert_eq!(mirrors[0]["status"], "failed", "{out}");
+    assert_eq!(mirrors[1]["status"], "ok", "{out}");
+    let prune = &steps(&out, "prune")[0];
+    assert_eq!(prune["status"], "skipped", "{out}");
+    assert!(
+        prune["detail"]
+            .as_str()
+            .unwrap()
+            .contains("did not reach the mirror /dev/null/pgward-mirror"),
+        "{out}"
+    );
+    let second = out["backup-id"].as_str().unwrap();
+    let list = run(pgward_cfg(&ws.repo(), &config).args(["--json", "list", "--repo", &remote]));
+    assert_eq!(listed_backup_ids(&list.json()), [second, id.as_str()]);
+
     // With the bucket unreachable, the mirror step fails the run, and
     // nothing is pruned on its strength.
     drop(server);
     let ran = run(pgward_cfg(&ws.repo(), &config).args(["--json", "run", "--dbname", &db]));
-    assert_ne!(ran.code, 0);
+    assert_eq!(ran.code, 1, "{}", ran.stdout);
     let out = ran.json();
-    let steps = out["steps"].as_array().unwrap();
-    let status = |name: &str| steps.iter().find(|s| s["name"] == name).unwrap()["status"].clone();
-    assert_eq!(status("backup"), "ok", "{out}");
-    assert_eq!(status("mirror"), "failed", "{out}");
-    assert_eq!(status("prune"), "skipped", "{out}");
+    assert_eq!(steps(&out, "backup")[0]["status"], "ok", "{out}");
+    assert_eq!(steps(&out, "mirror")[0]["status"], "failed", "{out}");
+    assert!(
+        steps(&out, "prune")[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("did not reach the mirror"),
+        "{out}"
+    );
 }

@@ -463,7 +463,9 @@ impl Repository {
         std::env::temp_dir().join(format!("pgward-{uid}"))
     }
 
-    fn prepare_spool_dir(&self) -> Result<()> {
+    /// Makes sure the directory of a restore's files exists and is private
+    /// (see [`Repository::spool_dir`]); called before any is written.
+    pub(crate) fn prepare_spool_dir(&self) -> Result<()> {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let dir = self.spool_dir();
         if self.remote.is_none() {
@@ -841,9 +843,22 @@ impl Repository {
                 continue;
             };
             let key = Repository::backup_key(&object.name);
-            let checked = storage
-                .read_whole(&key, MAX_RECORD_BYTES)
-                .map_err(|e| e.to_string())
+            // A request that fails is the storage's failure, not a damaged
+            // manifest: the catalog fails rather than leave a backup out
+            // (`latest` would quietly mean an older one).
+            let bytes = match storage.read_whole(&key, MAX_RECORD_BYTES) {
+                Ok(bytes) => Ok(bytes),
+                // Removed since the listing.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(e.to_string()),
+                Err(e) => {
+                    return Err(Error::repository(format!(
+                        "cannot read {}: {e}",
+                        storage.describe(&key)
+                    )));
+                }
+            };
+            let checked = bytes
                 .and_then(|bytes| String::from_utf8(bytes).map_err(|e| e.to_string()))
                 .and_then(|text| parse_manifest(&text, id, self.pin.as_deref()));
             match checked {
@@ -1460,7 +1475,7 @@ pub(crate) fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
     }
 }
 
-fn process_alive(pid: i32) -> bool {
+pub(crate) fn process_alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     let result = unsafe { libc::kill(pid, 0) };
     result == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)

@@ -309,6 +309,9 @@ impl<'a> Restoring<'a> {
                 format!("cannot install signal handlers: {e}"),
             )
         })?;
+        // Every scratch file (spool, TOC, lists) goes into a directory
+        // proved private first: pg_restore executes what they say.
+        repo.prepare_spool_dir()?;
         Ok(Restoring {
             scratch: Scratch::new(repo, &manifest.id),
             watch,

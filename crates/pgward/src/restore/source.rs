@@ -43,6 +43,18 @@ pub struct ArchiveSource {
     manifest: Manifest,
 }
 
+/// A read that failed: the backup is damaged, unless the storage failed
+/// to deliver it (an S3 request that failed for good is no proof of
+/// damage, and must not become a drill's FAIL verdict).
+pub(crate) fn read_failed(manifest: &Manifest, e: io::Error) -> Error {
+    if crate::storage::is_storage_failure(&e) {
+        return Error::repository(format!("reading backup {} failed: {e}", manifest.id)).with_hint(
+            "the storage did not deliver the artifact (nothing says it is damaged); run it again",
+        );
+    }
+    damaged(manifest, e)
+}
+
 /// A failure of the backup itself (as opposed to the restore's): its
 /// artifact does not match its manifest.
 pub(crate) fn damaged(manifest: &Manifest, detail: impl std::fmt::Display) -> Error {
@@ -73,9 +85,21 @@ impl ArchiveSource {
         // One open for the check and the read on disk: what was checked is
         // what is read. An object is read twice; the archive's sha256,
         // proved at the end, covers what the second read brought.
-        let (mut file, size) = repo
-            .open_artifact_stream(manifest)
-            .map_err(|e| Error::repository_io("cannot open the artifact", &path, e))?;
+        let (mut file, size): (Box<dyn ReadSeek>, u64) = if repo.is_remote() {
+            let (stream, size) = repo
+                .open_artifact_stream(manifest)
+                .map_err(|e| Error::repository_io("cannot open the artifact", &path, e))?;
+            (Box::new(Unseekable(Some(stream))), size)
+        } else {
+            let file = repo
+                .open_artifact(manifest)
+                .map_err(|e| Error::repository_io("cannot open the artifact", &path, e))?;
+            let size = file
+                .metadata()
+                .map_err(|e| Error::repository_io("cannot read the artifact", &path, e))?
+                .len();
+            (Box::new(file), size)
+        };
         if size != manifest.artifact.bytes {
             return Err(damaged(
                 manifest,
@@ -113,10 +137,16 @@ impl ArchiveSource {
                 ),
             ));
         }
-        drop(file);
-        let (file, _) = repo
-            .open_artifact_stream(manifest)
-            .map_err(|e| Error::repository_io("cannot open the artifact", &path, e))?;
+        let file: Box<dyn Read + Send> = if repo.is_remote() {
+            drop(file);
+            repo.open_artifact_stream(manifest)
+                .map_err(|e| Error::repository_io("cannot open the artifact", &path, e))?
+                .0
+        } else {
+            std::io::Seek::rewind(&mut file)
+                .map_err(|e| Error::repository_io("cannot read the artifact", &path, e))?;
+            Box::new(file)
+        };
         let stored = match (&manifest.artifact.encryption, decryptor) {
             (None, _) => Stored::Plain(file),
             (Some(encryption), None) => {
@@ -176,10 +206,10 @@ impl ArchiveSource {
         // What the consumer did not read (pg_restore stops once it has what
         // it was asked for) still goes through the checks; the inspector
         // rejects anything after the archive's last block.
-        io::copy(&mut self, &mut io::sink()).map_err(|e| damaged(&manifest, e))?;
+        io::copy(&mut self, &mut io::sink()).map_err(|e| read_failed(&manifest, e))?;
         let mut buffered = self.decoder.finish();
         let extra = buffered.buffer().len() as u64
-            + io::copy(&mut buffered, &mut io::sink()).map_err(|e| damaged(&manifest, e))?;
+            + io::copy(&mut buffered, &mut io::sink()).map_err(|e| read_failed(&manifest, e))?;
         if let Stored::Encrypted(decrypting) = buffered.into_inner() {
             decrypting.finish().map_err(|e| damaged(&manifest, e))?;
         }
@@ -290,6 +320,28 @@ impl Read for ArchiveSource {
 
 /// A reader that fails once a signal was received (see
 /// [`crate::interrupt`]), so that reading a large artifact stops on Ctrl-C.
+trait ReadSeek: Read + std::io::Seek + Send {}
+impl<T: Read + std::io::Seek + Send> ReadSeek for T {}
+
+/// A stream in the place of a file; it is never rewound (a remote
+/// artifact is opened again instead).
+struct Unseekable(Option<Box<dyn Read + Send>>);
+
+impl Read for Unseekable {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.0 {
+            Some(stream) => stream.read(buf),
+            None => Ok(0),
+        }
+    }
+}
+
+impl std::io::Seek for Unseekable {
+    fn seek(&mut self, _: std::io::SeekFrom) -> io::Result<u64> {
+        Err(io::Error::other("a stream is not rewound"))
+    }
+}
+
 struct StopOnSignal<R>(R);
 
 impl<R: std::io::Read> std::io::Read for StopOnSignal<R> {

@@ -39,6 +39,7 @@ impl LocalStorage {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let dir = self.root.join(STAGING_DIR);
         make_private_dirs(&dir)?;
+        remove_dead_uploads(&dir);
         let leaf = key.rsplit('/').next().unwrap_or(key);
         let path = dir.join(format!(
             "upload-{}-{}-{leaf}.part",
@@ -65,6 +66,27 @@ impl LocalStorage {
             return Err(e);
         }
         File::open(parent)?.sync_all()
+    }
+}
+
+/// Removes the staging files of uploads whose process is gone (killed
+/// mid-copy): they are no object, and may be large.
+fn remove_dead_uploads(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix("upload-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<i32>().ok());
+        if let Some(pid) = pid
+            && name.ends_with(".part")
+            && !crate::repository::process_alive(pid)
+        {
+            let _ = fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -144,7 +166,7 @@ impl Storage for LocalStorage {
         self.commit(&staged, &file, key, true)
     }
 
-    fn upload(&self, key: &str) -> io::Result<Box<dyn Upload>> {
+    fn upload(&self, key: &str, _expected: Option<u64>) -> io::Result<Box<dyn Upload>> {
         self.path(key)?;
         let (staged, file) = self.staging(key)?;
         Ok(Box::new(LocalUpload {

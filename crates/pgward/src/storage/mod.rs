@@ -54,9 +54,11 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// replaced by design, never a backup's artifact or manifest).
     fn put_replacing(&self, key: &str, bytes: &[u8]) -> io::Result<()>;
 
-    /// Starts writing a large object that must not exist yet. Nothing is
-    /// visible under `key` before [`Upload::finish`] succeeds.
-    fn upload(&self, key: &str) -> io::Result<Box<dyn Upload>>;
+    /// Starts writing a large object that must not exist yet, of about
+    /// `expected` bytes when known (a multipart upload sizes its parts for
+    /// it: S3 allows 10 000). Nothing is visible under `key` before
+    /// [`Upload::finish`] succeeds.
+    fn upload(&self, key: &str, expected: Option<u64>) -> io::Result<Box<dyn Upload>>;
 
     /// Removes `key`; an absent key is not an error.
     fn delete(&self, key: &str) -> io::Result<()>;
@@ -71,6 +73,38 @@ pub trait Upload: Write + Send {
     /// Throws away what was written; nothing stays behind (no staging
     /// file, no open multipart upload).
     fn abort(self: Box<Self>) -> io::Result<()>;
+}
+
+/// A storage that failed to deliver (a request that failed for good), as
+/// opposed to bytes that arrived wrong. Carried inside `io::Error`.
+#[derive(Debug)]
+pub struct StorageFailure(pub String);
+
+impl fmt::Display for StorageFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StorageFailure {}
+
+/// Whether `e` (or what it wraps) is a [`StorageFailure`].
+pub fn is_storage_failure(e: &io::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = e
+        .get_ref()
+        .map(|inner| inner as &(dyn std::error::Error + 'static));
+    while let Some(error) = source {
+        if error.is::<StorageFailure>() {
+            return true;
+        }
+        source = match error.downcast_ref::<io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => error.source(),
+        };
+    }
+    false
 }
 
 /// Whether `key` is a relative name of plain components: never absolute,

@@ -125,6 +125,20 @@ pub fn resolve_credentials(config: &S3Config, env: Env) -> Result<Credentials> {
 /// Reads `[profile]`'s keys from an AWS credentials file (INI).
 fn from_credentials_file(file: &Path, profile: &str, what: &str) -> Result<Credentials> {
     let source = format!("{what} {} (profile {profile})", file.display());
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(file)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0);
+        if mode & 0o077 != 0 {
+            return Err(Error::config(format!(
+                "{what} {} holds a secret and is readable by others (mode {:o})",
+                file.display(),
+                mode & 0o777
+            ))
+            .with_hint(format!("chmod 600 {}", file.display())));
+        }
+    }
     let text = Zeroizing::new(std::fs::read_to_string(file).map_err(|e| {
         Error::config(format!("cannot read {what} {}: {e}", file.display()))
             .with_hint("point [s3] credentials-file at a readable AWS credentials file")
@@ -259,7 +273,15 @@ impl S3Storage {
         );
         let operator = Operator::new(builder)
             .map_err(|e| Error::config(format!("[s3]: {}", one_line(&e))))?
-            .with_context(opendal::OperationContext::new().with_http_transport(transport));
+            .with_context(opendal::OperationContext::new().with_http_transport(transport))
+            // A dropped connection or a 5xx is retried (three times, from
+            // half a second, doubling); a refusal is not.
+            .layer(
+                opendal::layers::RetryLayer::new()
+                    .with_max_times(3)
+                    .with_min_delay(Duration::from_millis(500))
+                    .with_jitter(),
+            );
         Ok(S3Storage {
             runtime: Arc::new(runtime),
             operator,
@@ -300,6 +322,32 @@ impl S3Storage {
             .map(|_| ())
             .map_err(|e| self.error("write", e))
     }
+}
+
+/// S3's most parts in one upload.
+const MAX_PARTS: u64 = 10_000;
+/// S3's largest part.
+const MAX_PART_SIZE: u64 = 5 << 30;
+
+/// The configured part size, or a larger one (whole MiB) when an object
+/// of `expected` bytes would otherwise need more than 10 000 parts.
+fn part_size_for(configured: u64, expected: Option<u64>) -> io::Result<usize> {
+    let Some(expected) = expected else {
+        return Ok(configured as usize);
+    };
+    // Headroom: the count must hold even if the estimate is a little low.
+    let needed = (expected + expected / 16)
+        .div_ceil(MAX_PARTS)
+        .div_ceil(1 << 20)
+        << 20;
+    let part = configured.max(needed);
+    if part > MAX_PART_SIZE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{expected} bytes exceed what one S3 object can hold in 10 000 parts of 5 GiB"),
+        ));
+    }
+    Ok(part as usize)
 }
 
 /// One line from an OpenDAL error: the S3 error code and HTTP status when
@@ -451,10 +499,10 @@ impl Storage for S3Storage {
         self.put(key, bytes, false)
     }
 
-    fn upload(&self, key: &str) -> io::Result<Box<dyn Upload>> {
+    fn upload(&self, key: &str, expected: Option<u64>) -> io::Result<Box<dyn Upload>> {
         let key = self.key(key)?;
         let op = self.operator.clone();
-        let part = self.part_size;
+        let part = part_size_for(self.part_size as u64, expected)?;
         let writer = self
             .runtime
             .block_on(async move {
@@ -468,7 +516,8 @@ impl Storage for S3Storage {
         Ok(Box::new(S3Upload {
             storage: self.clone(),
             writer: Some(writer),
-            pending: Vec::with_capacity(self.part_size),
+            part,
+            pending: Vec::with_capacity(part),
         }))
     }
 
@@ -503,7 +552,10 @@ impl Read for S3Read {
                 .storage
                 .runtime
                 .block_on(async move { reader.read(range).await })
-                .map_err(|e| self.storage.error("read", e))?;
+                .map_err(|e| {
+                    let e = self.storage.error("read", e);
+                    io::Error::new(e.kind(), super::StorageFailure(e.to_string()))
+                })?;
             if chunk.is_empty() {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -526,6 +578,8 @@ struct S3Upload {
     storage: S3Storage,
     /// `None` once finished or aborted.
     writer: Option<opendal::Writer>,
+    /// This upload's part size.
+    part: usize,
     pending: Vec<u8>,
 }
 
@@ -534,10 +588,7 @@ impl S3Upload {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let part = std::mem::replace(
-            &mut self.pending,
-            Vec::with_capacity(self.storage.part_size),
-        );
+        let part = std::mem::replace(&mut self.pending, Vec::with_capacity(self.part));
         let writer = self
             .writer
             .as_mut()
@@ -560,10 +611,10 @@ impl S3Upload {
 
 impl Write for S3Upload {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let room = self.storage.part_size - self.pending.len();
+        let room = self.part - self.pending.len();
         let n = room.min(buf.len());
         self.pending.extend_from_slice(&buf[..n]);
-        if self.pending.len() == self.storage.part_size {
+        if self.pending.len() == self.part {
             self.send_pending()?;
         }
         Ok(n)
@@ -616,6 +667,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn parts_grow_so_that_ten_thousand_are_enough() {
+        let mib = 1u64 << 20;
+        assert_eq!(part_size_for(16 * mib, None).unwrap() as u64, 16 * mib);
+        assert_eq!(
+            part_size_for(16 * mib, Some(1 << 30)).unwrap() as u64,
+            16 * mib
+        );
+        // 1 TiB: 16 MiB parts would need 65 536 of them.
+        let part = part_size_for(16 * mib, Some(1 << 40)).unwrap() as u64;
+        assert!(
+            (1u64 << 40).div_ceil(part) <= 10_000 && part.is_multiple_of(mib),
+            "{part}"
+        );
+        assert!(part_size_for(16 * mib, Some(60_000 * (1 << 30))).is_err());
+    }
+
+    #[test]
     fn locations_parse() {
         let l = S3Location::parse("s3://bk/a/b/").unwrap().unwrap();
         assert_eq!((l.bucket.as_str(), l.prefix.as_str()), ("bk", "a/b"));
@@ -635,11 +703,24 @@ mod tests {
             "[default]\naws_access_key_id = A1\naws_secret_access_key = S1\n\n[profile other]\naws_access_key_id=A2\naws_secret_access_key=S2\n",
         )
         .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let none = |_: &str| None;
+        let open = S3Config {
+            credentials_file: Some(file.clone()),
+            ..S3Config::default()
+        };
+        let e = resolve_credentials(&open, &none).unwrap_err();
+        assert!(
+            e.message().contains("readable by others"),
+            "{}",
+            e.message()
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
         let config = S3Config {
             credentials_file: Some(file.clone()),
             ..S3Config::default()
         };
-        let none = |_: &str| None;
         let c = resolve_credentials(&config, &none).unwrap();
         assert_eq!(
             (c.access_key_id.as_str(), c.secret_access_key.as_str()),
