@@ -102,7 +102,7 @@ pub fn each(
     stop_at_first_failure: bool,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(CopyReport, Vec<(String, Error)>)> {
-    if from.storage().location() == to.storage().location() {
+    if identity(from) == identity(to) {
         return Err(Error::config(format!(
             "{} is both the source and the destination",
             to.storage().location()
@@ -201,6 +201,7 @@ pub fn copy_one(
         // right; its size is checked here, the bytes by `verify`.
         return match target.size(&artifact_key) {
             Ok(Some(size)) if size == manifest.artifact.bytes => {
+                journal_at_destination(to, manifest, &source.location(), &started_at, started)?;
                 Ok(done(CopyOutcome::AlreadyThere, 0))
             }
             Ok(found) => Err(Error::new(
@@ -293,36 +294,76 @@ pub fn copy_one(
     if let Ok(record) = source.read_whole(&drill_key(id), MAX_RECORD_BYTES) {
         let _ = target.put_replacing(&drill_key(id), &record);
     }
-    // A local destination keeps a journal: the copy's record there vouches
-    // for the backup the way a backup's own record does.
-    if !to.is_remote() {
-        let root = to.root();
-        let artifacts = [
-            Some(crate::journal::touched_known(
-                root,
-                &to.artifact_path(manifest),
-                manifest.artifact.bytes,
-                &manifest.artifact.sha256,
-            )),
-            crate::journal::touched(root, &to.manifest_path(id)),
-        ];
-        crate::journal::append(
-            root,
-            &crate::journal::Entry {
-                run_id: id.clone(),
-                command: "copy".to_string(),
-                database: Some(manifest.database.clone()),
-                options: vec![format!("from {}", source.location())],
-                started_at,
-                duration_ms: started.elapsed().as_millis() as u64,
-                ok: true,
-                exit_code: 0,
-                cause: None,
-                artifacts: artifacts.into_iter().flatten().collect(),
-            },
-        )?;
-    }
+    journal_at_destination(to, manifest, &source.location(), &started_at, started)?;
     Ok(done(CopyOutcome::Copied, sent))
+}
+
+/// A local destination keeps a journal: the copy's record there vouches
+/// for the backup the way a backup's own record does. Written when no
+/// record of the destination names the manifest yet (also for a copy
+/// found already there, whose record a killed run may not have written).
+fn journal_at_destination(
+    to: &Repository,
+    manifest: &Manifest,
+    from: &str,
+    started_at: &str,
+    started: Instant,
+) -> Result<()> {
+    if to.is_remote() {
+        return Ok(());
+    }
+    let root = to.root();
+    let id = &manifest.id;
+    let Some(named) = crate::journal::touched(root, &to.manifest_path(id)) else {
+        return Ok(());
+    };
+    let (records, _) = crate::journal::read_tolerant(root)?;
+    let digest =
+        |t: &crate::journal::Touched| t.manifest_digest.clone().unwrap_or(t.sha256.clone());
+    let vouched = records
+        .iter()
+        .filter(|r| {
+            matches!(r.command.as_str(), "backup" | "run" | "apply" | "copy")
+                || (r.sequence == 1 && r.command == "journal-start")
+        })
+        .flat_map(|r| r.artifacts.iter())
+        .any(|a| a.path == named.path && digest(a) == digest(&named));
+    if vouched {
+        return Ok(());
+    }
+    let artifact = crate::journal::touched_known(
+        root,
+        &to.artifact_path(manifest),
+        manifest.artifact.bytes,
+        &manifest.artifact.sha256,
+    );
+    crate::journal::append(
+        root,
+        &crate::journal::Entry {
+            run_id: id.clone(),
+            command: "copy".to_string(),
+            database: Some(manifest.database.clone()),
+            options: vec![format!("from {from}")],
+            started_at: started_at.to_string(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            ok: true,
+            exit_code: 0,
+            cause: None,
+            artifacts: vec![artifact, named],
+        },
+    )?;
+    Ok(())
+}
+
+/// The place of a repository, for telling two apart: a directory's
+/// canonical path (so that `/srv/pg/`, `./pg` and a link to it are one).
+fn identity(repo: &Repository) -> String {
+    if repo.is_remote() {
+        return repo.storage().location();
+    }
+    std::fs::canonicalize(repo.root())
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| repo.root().display().to_string())
 }
 
 /// Whether the destination holds this backup's manifest: `false` when it
@@ -373,7 +414,10 @@ fn send_artifact(
         if digest.is_some_and(|d| d.sha256 == manifest.artifact.sha256) {
             return Ok(0);
         }
-        if !matches!(target.size(manifest_key), Ok(None)) {
+        let claimed = target
+            .size(manifest_key)
+            .map_err(|e| io_error(target, "cannot read", manifest_key, e))?;
+        if claimed.is_some() {
             return Err(Error::new(
                 ErrorKind::Busy,
                 format!(

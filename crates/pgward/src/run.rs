@@ -375,7 +375,21 @@ fn copy_to_mirror(
         Ok(location) => location,
         Err(error) => return failed(error),
     };
-    let target = match Repository::init_at(&location, config) {
+    // A local mirror must exist already (`pgward copy --to DIR` creates
+    // it): a mount that is missing must not turn into a directory on the
+    // local disk that passes for off-site.
+    let opened = match &location {
+        crate::config::Location::Local(_) => Repository::open_at(&location, config).map_err(|e| {
+            // The mirror is unavailable tonight: a failed step (exit 1),
+            // not a usage error.
+            Error::new(ErrorKind::Repository, e.message()).with_hint(format!(
+                "create the mirror with `pgward copy latest --to {}` once it is mounted",
+                location.describe()
+            ))
+        }),
+        crate::config::Location::S3(_) => Repository::init_at(&location, config),
+    };
+    let target = match opened {
         Ok(target) => target,
         Err(error) => return failed(error.context(format!("mirror {}", location.describe()))),
     };

@@ -330,6 +330,16 @@ fn a_backup_copied_to_a_bucket_lists_verifies_restores_and_drills_from_it() {
     assert_eq!(mode, 0o700);
     assert!(names_in(&private).is_empty(), "{:?}", names_in(&private));
 
+    // The same repository under another spelling is no second copy.
+    let alias = format!("{}/./", ws.repo().display());
+    let same = run(pgward_cfg(&ws.repo(), &config).args(["copy", id, "--to", &alias]));
+    same.assert_exit(2);
+    assert!(
+        same.stderr.contains("both the source and the destination"),
+        "{}",
+        same.stderr
+    );
+
     // Commands that write runs refuse the bucket, with what to do instead.
     let refused = run(pgward_cfg(&ws.repo(), &config)
         .arg("--repo")
