@@ -759,7 +759,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             verdict.map_err(Failure::Reported)?;
         }
         Command::Prune(args) => {
-            let repo = pgward::Repository::open_local_configured(&config)?;
+            let repo = pgward::Repository::open_configured(&config)?;
             let started = Instant::now();
             if !args.dry_run {
                 notify_start(&config, NotifyEvent::Prune);

@@ -583,7 +583,7 @@ impl Config {
                 "this command works on a local repository, and {} is object storage",
                 location.url()
             ))
-            .with_hint("back up into a local repository and copy it off-site with [[mirror]] or `pgward copy`; list, verify, restore, drill and copy read s3:// repositories"));
+            .with_hint("back up into a local repository and copy it off-site with [[mirror]] or `pgward copy`; list, verify, restore, drill, copy and prune work on s3:// repositories"));
         }
         Ok(path)
     }

@@ -347,12 +347,7 @@ fn a_backup_copied_to_a_bucket_lists_verifies_restores_and_drills_from_it() {
         .args(["backup", "--dbname", &db]));
     refused.assert_exit(2);
     assert!(refused.stderr.contains("[[mirror]]"), "{}", refused.stderr);
-    for command in [
-        &["prune"][..],
-        &["status"],
-        &["log"],
-        &["grants", "--dbname", &db],
-    ] {
+    for command in [&["status"][..], &["log"], &["grants", "--dbname", &db]] {
         let refused = on_bucket(command);
         refused.assert_exit(2);
         assert!(
@@ -727,4 +722,44 @@ fn run_copies_each_new_backup_to_its_mirrors_and_check_proves_the_bucket() {
             .contains("did not reach the mirror"),
         "{out}"
     );
+}
+
+#[test]
+fn prune_keeps_what_the_policy_keeps_in_a_bucket() {
+    let ws = Workspace::new();
+    let server = S3Server::start(BUCKET);
+    let config = configured(&server, &ws, S3_SECRET_KEY, "\n[policy]\nkeep-last = 1\n");
+    let db = cluster().create_database("bucketprune");
+    load_rows(&db, "public.items", 100);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let res = backup(&ws.repo(), &db, &[]);
+        res.assert_ok();
+        ids.push(res.json()["manifest"]["id"].as_str().unwrap().to_string());
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    let remote = url("pruned");
+    run(pgward_cfg(&ws.repo(), &config).args(["copy", "--all", "--to", &remote])).assert_ok();
+    let on_bucket = |args: &[&str]| {
+        run(pgward_cfg(&ws.repo(), &config)
+            .arg("--repo")
+            .arg(&remote)
+            .args(args))
+    };
+    let dry = on_bucket(&["--json", "prune", "--dry-run"]);
+    dry.assert_ok();
+    assert_eq!(
+        names_in(&server.object_path(BUCKET, "pruned/backups")).len(),
+        6
+    );
+    let pruned = on_bucket(&["--json", "prune"]);
+    pruned.assert_ok();
+    assert_eq!(pruned.json()["deleted"], 2, "{}", pruned.stdout);
+    let list = on_bucket(&["--json", "list"]);
+    assert_eq!(listed_backup_ids(&list.json()), [ids[2].as_str()]);
+    // Everything of the removed backups is gone, the markers too.
+    let left = names_in(&server.object_path(BUCKET, "pruned/backups"));
+    assert!(left.iter().all(|n| n.starts_with(&ids[2])), "{left:?}");
+    assert!(names_in(&server.object_path(BUCKET, "pruned/tmp")).is_empty());
+    on_bucket(&["verify", &ids[2]]).assert_ok();
 }

@@ -928,8 +928,9 @@ impl Repository {
             let mut names: Vec<String> = objects
                 .iter()
                 .filter(|o| {
-                    artifact_id(&o.name)
-                        .is_some_and(|id| is_backup_id(id) && !manifests.contains(&id))
+                    artifact_id(&o.name).is_some_and(|id| {
+                        is_backup_id(id) && !manifests.contains(&id) && !self.is_being_removed(id)
+                    })
                 })
                 .map(|o| o.name.clone())
                 .collect();

@@ -16,8 +16,13 @@
 use super::manifest::{Manifest, QuarantineRecord};
 use super::{DRILL_SUFFIX, LEGACY_ARTIFACT_SUFFIX, Repository, is_backup_id, sync_dir};
 use crate::error::{Error, ErrorKind, Result};
+use crate::storage::Storage;
 use std::fs::{self, File, TryLockError};
 use std::path::PathBuf;
+
+fn remote_error(storage: &dyn Storage, what: &str, key: &str, e: std::io::Error) -> Error {
+    Error::repository(format!("{what} {}: {e}", storage.describe(key)))
+}
 
 /// The name a manifest has while its backup is being removed.
 const PRUNING_SUFFIX: &str = ".manifest.json.pruning";
@@ -82,6 +87,10 @@ impl Repository {
     /// The backup held exclusively if nothing uses it right now; `None`
     /// when a restore or drill holds it (or it is already gone).
     pub fn try_hold_for_removal(&self, manifest: &Manifest) -> Option<Held> {
+        // No hold spans hosts in object storage (see README).
+        if self.is_remote() {
+            return Some(Held { _manifest: None });
+        }
         let file = super::open_regular(&self.manifest_path(&manifest.id)).ok()?;
         file.try_lock().ok()?;
         Some(Held {
@@ -93,6 +102,17 @@ impl Repository {
     /// caller holds it ([`Repository::try_hold_for_removal`]).
     pub fn remove_backup(&self, manifest: &Manifest, _held: &Held) -> Result<()> {
         let id = &manifest.id;
+        if let Some(storage) = self.remote.as_deref() {
+            // The same order in a bucket: a marker, then the manifest
+            // (the backup no longer exists), then the rest, the marker last.
+            let marker = format!("tmp/{id}{PRUNING_SUFFIX}");
+            let key = Repository::backup_key(&format!("{id}.manifest.json"));
+            storage
+                .put_replacing(&marker, id.as_bytes())
+                .and_then(|()| storage.delete(&key))
+                .map_err(|e| remote_error(storage, "cannot remove", &key, e))?;
+            return self.finish_remote_removal(storage, id);
+        }
         let marker = self.tmp_dir().join(format!("{id}{PRUNING_SUFFIX}"));
         let manifest_path = self.manifest_path(id);
         fs::rename(&manifest_path, &marker)
@@ -100,6 +120,24 @@ impl Repository {
         sync_dir(&self.backups_dir())?;
         sync_dir(&self.tmp_dir())?;
         self.finish_removal(id)
+    }
+
+    fn finish_remote_removal(&self, storage: &dyn Storage, id: &str) -> Result<()> {
+        for name in [
+            super::artifact_file(id, false),
+            super::artifact_file(id, true),
+            format!("{id}{LEGACY_ARTIFACT_SUFFIX}"),
+            format!("{id}{DRILL_SUFFIX}"),
+        ] {
+            let key = Repository::backup_key(&name);
+            storage
+                .delete(&key)
+                .map_err(|e| remote_error(storage, "cannot remove", &key, e))?;
+        }
+        let marker = format!("tmp/{id}{PRUNING_SUFFIX}");
+        storage
+            .delete(&marker)
+            .map_err(|e| remote_error(storage, "cannot remove", &marker, e))
     }
 
     /// The artifact, drill record and marker of a backup whose manifest is
@@ -133,6 +171,25 @@ impl Repository {
     /// backup.
     pub fn finish_interrupted_removals(&self) -> Result<Vec<String>> {
         let mut finished = Vec::new();
+        if let Some(storage) = self.remote.as_deref() {
+            let markers = storage
+                .list("tmp")
+                .map_err(|e| remote_error(storage, "cannot list", "tmp", e))?;
+            for marker in markers {
+                if let Some(id) = marker.name.strip_suffix(PRUNING_SUFFIX)
+                    && is_backup_id(id)
+                {
+                    let key = Repository::backup_key(&format!("{id}.manifest.json"));
+                    if matches!(storage.size(&key), Ok(Some(_))) {
+                        continue;
+                    }
+                    self.finish_remote_removal(storage, id)?;
+                    finished.push(id.to_string());
+                }
+            }
+            finished.sort();
+            return Ok(finished);
+        }
         let entries = fs::read_dir(self.tmp_dir())
             .map_err(|e| Error::repository_io("cannot read", &self.tmp_dir(), e))?;
         for entry in entries.flatten() {
@@ -154,6 +211,12 @@ impl Repository {
 
     /// Whether a prune is removing backup `id` (its marker is there).
     pub(crate) fn is_being_removed(&self, id: &str) -> bool {
+        if let Some(storage) = self.remote.as_deref() {
+            return matches!(
+                storage.size(&format!("tmp/{id}{PRUNING_SUFFIX}")),
+                Ok(Some(_))
+            );
+        }
         fs::symlink_metadata(self.tmp_dir().join(format!("{id}{PRUNING_SUFFIX}"))).is_ok()
     }
 
