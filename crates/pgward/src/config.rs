@@ -111,6 +111,11 @@ pub enum S3Addressing {
 pub struct MirrorConfig {
     /// A directory or `s3://bucket/prefix`.
     pub repository: String,
+    /// `run` applies `[policy]` to this mirror too (after the local prune,
+    /// once tonight's backup has reached it). Default false: the mirror
+    /// keeps everything.
+    #[serde(default)]
+    pub prune: bool,
 }
 
 /// Where pgward looks for its configuration when neither `--config` nor

@@ -265,6 +265,7 @@ pub fn run(
     // mirror is tried whatever another one did.
     let unproven = steps.iter().find(|s| s.status == "failed").map(|s| s.name);
     let mut missed_tonight = None;
+    let mut reached = Vec::new();
     for mirror in &config.mirrors {
         let started = Instant::now();
         if interrupted(&steps) {
@@ -277,7 +278,9 @@ pub fn run(
         } else {
             let mirrored = copy_to_mirror(&repo, config, mirror, &manifest);
             report.copies.extend(mirrored.copies);
-            if !mirrored.tonight {
+            if mirrored.tonight {
+                reached.push(mirror.clone());
+            } else {
                 missed_tonight.get_or_insert(mirror.repository.clone());
             }
             steps.push(match mirrored.failure {
@@ -335,6 +338,57 @@ pub fn run(
             }
             Err(error) => steps.push(Step::failed("prune", started, error)),
         }
+    }
+
+    // A mirror with `prune = true` follows the same policy, only after the
+    // local prune ran (so every reason to keep everything applies to it
+    // too) and once tonight's backup is there.
+    let local_pruned = steps
+        .last()
+        .is_some_and(|s| s.name == "prune" && s.status == "ok");
+    for mirror in config.mirrors.iter().filter(|m| m.prune) {
+        let started = Instant::now();
+        if !local_pruned {
+            steps.push(Step::skipped(
+                "mirror-prune",
+                format!("{}: the local prune did not run", mirror.repository),
+            ));
+            continue;
+        }
+        if !reached.contains(mirror) {
+            steps.push(Step::skipped(
+                "mirror-prune",
+                format!("{}: tonight's backup is not there", mirror.repository),
+            ));
+            continue;
+        }
+        let pruned = crate::config::Location::parse(std::path::Path::new(&mirror.repository))
+            .and_then(|location| Repository::open_at(&location, config))
+            .and_then(|target| {
+                prune::run(
+                    &target,
+                    config,
+                    &PruneOptions {
+                        dry_run: false,
+                        database: Some(manifest.database.clone()),
+                    },
+                )
+            });
+        steps.push(match pruned {
+            Ok(pruned) => Step::ok(
+                "mirror-prune",
+                started,
+                format!(
+                    "{}: {} kept, {} deleted",
+                    mirror.repository, pruned.kept, pruned.deleted
+                ),
+            ),
+            Err(error) => Step::failed(
+                "mirror-prune",
+                started,
+                error.context(format!("mirror {}", mirror.repository)),
+            ),
+        });
     }
 
     report.ok = steps.iter().all(|s| s.status != "failed");

@@ -763,3 +763,40 @@ fn prune_keeps_what_the_policy_keeps_in_a_bucket() {
     assert!(names_in(&server.object_path(BUCKET, "pruned/tmp")).is_empty());
     on_bucket(&["verify", &ids[2]]).assert_ok();
 }
+
+#[test]
+fn a_mirror_with_prune_follows_the_policy_after_the_local_prune() {
+    let ws = Workspace::new();
+    let server = S3Server::start(BUCKET);
+    let remote = url("pruned-mirror");
+    let config = configured(
+        &server,
+        &ws,
+        S3_SECRET_KEY,
+        &format!(
+            "\n[policy]\nkeep-last = 1\n\n[[mirror]]\nrepository = \"{remote}\"\nprune = true\n"
+        ),
+    );
+    let db = cluster().create_database("mirrorprune");
+    load_rows(&db, "public.items", 100);
+    let mut last = String::new();
+    for _ in 0..2 {
+        let ran = run(pgward_cfg(&ws.repo(), &config).args(["--json", "run", "--dbname", &db]));
+        ran.assert_ok();
+        let out = ran.json();
+        let step = out["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "mirror-prune")
+            .cloned()
+            .unwrap_or_else(|| panic!("{out}"));
+        assert_eq!(step["status"], "ok", "{out}");
+        last = out["backup-id"].as_str().unwrap().to_string();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    let list = run(pgward_cfg(&ws.repo(), &config).args(["--json", "list", "--repo", &remote]));
+    assert_eq!(listed_backup_ids(&list.json()), [last.as_str()]);
+    let local = run(pgward_cfg(&ws.repo(), &config).args(["--json", "list"]));
+    assert_eq!(listed_backup_ids(&local.json()), [last.as_str()]);
+}
