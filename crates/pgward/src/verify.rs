@@ -170,9 +170,19 @@ fn run_checking(
     // inspected (the hash reads through a duplicate of the descriptor). In
     // object storage each pass reads the object anew; the content pass
     // proves the archive's own sha256, so a change in between is caught.
+    // A read the storage failed is no finding about the backup: it ends
+    // the verification as an error instead (see the end).
+    let storage_failure = crate::storage::FailureSlot::default();
+    let watched = |inner: Stream| -> Stream {
+        Box::new(crate::storage::Watched {
+            inner,
+            slot: storage_failure.clone(),
+        })
+    };
     let (stored, mut rewound): (Option<(Stream, u64)>, Reopen<'_>) = if repo.is_remote() {
         let first = repo
             .open_artifact_stream(&manifest)
+            .map(|(stream, size)| (watched(stream), size))
             .map_err(|e| missing(&mut checks, e))
             .ok();
         let again = manifest.clone();
@@ -180,7 +190,7 @@ fn run_checking(
             first,
             Box::new(move |checks: &mut Checks| {
                 repo.open_artifact_stream(&again)
-                    .map(|(stream, _)| stream)
+                    .map(|(stream, _)| watched(stream))
                     .map_err(|e| missing(checks, e))
                     .ok()
             }),
@@ -227,6 +237,15 @@ fn run_checking(
                 }
             },
         }
+    }
+    drop(rewound);
+    if let Some(failure) = storage_failure.lock().expect("not poisoned").clone() {
+        return Err(Error::repository(format!(
+            "reading backup {} from {} failed: {failure}",
+            manifest.id,
+            repo.root().display()
+        ))
+        .with_hint("the storage did not deliver the artifact, which says nothing about the backup: run verify again"));
     }
     // Last: the artifact's own checks name the first failure, if any.
     journal_check(repo, &manifest, &mut checks, written_now);

@@ -800,3 +800,67 @@ fn a_mirror_with_prune_follows_the_policy_after_the_local_prune() {
     let local = run(pgward_cfg(&ws.repo(), &config).args(["--json", "list"]));
     assert_eq!(listed_backup_ids(&local.json()), [last.as_str()]);
 }
+
+#[test]
+fn a_bucket_that_stops_delivering_is_a_failed_read_not_a_damaged_backup() {
+    let ws = Workspace::new();
+    let server = S3Server::start(BUCKET);
+    let config = configured(&server, &ws, S3_SECRET_KEY, "");
+    let (db, manifest) = noisy(&ws, "cutread");
+    let id = manifest["id"].as_str().unwrap().to_string();
+    let remote = url("prod");
+    run(pgward_cfg(&ws.repo(), &config).args(["copy", &id, "--to", &remote])).assert_ok();
+    // Reads through a link that dies after 3 MB of answers (the first
+    // pass over the stored bytes), or 2 MB into the second pass (the
+    // restore's, and the content check's).
+    let size = manifest["artifact"]["bytes"].as_u64().unwrap();
+    for cut_after in [3 << 20, size + (2 << 20)] {
+        for (command, args) in [
+            (
+                "verify",
+                vec!["verify", id.as_str(), "--database", db.as_str()],
+            ),
+            (
+                "drill",
+                vec!["drill", id.as_str(), "--database", db.as_str()],
+            ),
+        ] {
+            let proxy = CuttingProxy::start(server.port, cut_after);
+            let cut = ws.file(
+                &format!("cut-{command}.toml"),
+                &std::fs::read_to_string(&config).unwrap().replace(
+                    &server.endpoint(),
+                    &format!("http://127.0.0.1:{}", proxy.port),
+                ),
+            );
+            let res = run(pgward_cfg(&ws.repo(), &cut)
+                .arg("--repo")
+                .arg(&remote)
+                .args(&args));
+            res.assert_exit(1);
+            let first = res.stderr.lines().next().unwrap_or_default();
+            assert!(
+                first.contains("failed: "),
+                "{command} cut at {cut_after}: {}",
+                res.stderr
+            );
+            assert!(
+                !res.stderr.contains("damaged") && !res.stderr.contains("failed verification"),
+                "{command} cut at {cut_after}: {}",
+                res.stderr
+            );
+        }
+    }
+    // No drill verdict was recorded on the strength of a failed read.
+    assert!(
+        !server
+            .object_path(BUCKET, &format!("prod/backups/{id}.drill.json"))
+            .exists()
+    );
+    // With the link whole, the backup verifies.
+    run(pgward_cfg(&ws.repo(), &config)
+        .arg("--repo")
+        .arg(&remote)
+        .args(["verify", &id, "--database", &db]))
+    .assert_ok();
+}

@@ -12,7 +12,7 @@
 //! caller overlaps with reading the tables back.
 
 use super::selection::Selection;
-use super::source::{ArchiveSource, damaged, read_failed};
+use super::source::{ArchiveSource, damaged};
 use super::{RestoreOptions, Scratch};
 use crate::connection::ConnectionTarget;
 use crate::dump::Tool;
@@ -123,7 +123,7 @@ pub(crate) fn prepare(
             Ok(_) => {}
             Err(CopyError::Stopped) => return Err(stopped(watch, manifest).expect("a signal")),
             Err(CopyError::Read(e)) => {
-                return Err(stopped(watch, manifest).unwrap_or_else(|| read_failed(manifest, e)));
+                return Err(stopped(watch, manifest).unwrap_or_else(|| source.read_failed(e)));
             }
             Err(CopyError::Write(e)) => return Err(spool_error(&path, e)),
         }
@@ -152,7 +152,7 @@ pub(crate) fn prepare(
             }
             let n = std::io::Read::read(&mut source, &mut buffer).map_err(|e| {
                 // A decryption command killed by the same Ctrl-C is no damage.
-                stopped(watch, manifest).unwrap_or_else(|| read_failed(manifest, e))
+                stopped(watch, manifest).unwrap_or_else(|| source.read_failed(e))
             })?;
             if n == 0 {
                 // finish() names what is wrong with an archive without a TOC.
@@ -355,7 +355,7 @@ impl Prepared {
                 drop(stdin);
                 if let Err(CopyError::Read(e)) = fed {
                     child.terminate();
-                    return Err(read_failed(manifest, e));
+                    return Err(source.read_failed(e));
                 }
                 // A write error means pg_restore stopped reading: it has
                 // what it was asked for (a partial restore), or it failed

@@ -15,6 +15,7 @@ use crate::pipeline::decrypt::{DecryptError, Decrypting, decrypt};
 use crate::pipeline::hash::{StreamHasher, digest_reader};
 use crate::repository::Repository;
 use crate::repository::manifest::Manifest;
+use crate::storage::{FailureSlot, Watched};
 use std::io::{self, BufReader, Read, Write};
 
 /// The stored bytes, before decompression.
@@ -41,18 +42,26 @@ pub struct ArchiveSource {
     hasher: StreamHasher,
     inspector: CustomInspector,
     manifest: Manifest,
+    /// The first read the storage failed, seen below decryption (whose
+    /// errors keep only text) and below a decryption command (which only
+    /// sees its input end early).
+    storage_failure: FailureSlot,
 }
 
 /// A read that failed: the backup is damaged, unless the storage failed
 /// to deliver it (an S3 request that failed for good is no proof of
 /// damage, and must not become a drill's FAIL verdict).
-pub(crate) fn read_failed(manifest: &Manifest, e: io::Error) -> Error {
-    if crate::storage::is_storage_failure(&e) {
-        return Error::repository(format!("reading backup {} failed: {e}", manifest.id)).with_hint(
-            "the storage did not deliver the artifact (nothing says it is damaged); run it again",
-        );
+fn read_failed_with(manifest: &Manifest, slot: &FailureSlot, e: impl std::fmt::Display) -> Error {
+    match slot.lock().expect("not poisoned").clone() {
+        Some(failure) => Error::repository(format!(
+            "reading backup {} failed: {failure}",
+            manifest.id
+        ))
+        .with_hint(
+            "the storage did not deliver the artifact, which says nothing about the backup: run it again",
+        ),
+        None => damaged(manifest, e),
     }
-    damaged(manifest, e)
 }
 
 /// A failure of the backup itself (as opposed to the restore's): its
@@ -147,6 +156,11 @@ impl ArchiveSource {
                 .map_err(|e| Error::repository_io("cannot read the artifact", &path, e))?;
             Box::new(file)
         };
+        let storage_failure = FailureSlot::default();
+        let file: Box<dyn Read + Send> = Box::new(Watched {
+            inner: file,
+            slot: storage_failure.clone(),
+        });
         let stored = match (&manifest.artifact.encryption, decryptor) {
             (None, _) => Stored::Plain(file),
             (Some(encryption), None) => {
@@ -172,17 +186,25 @@ impl ArchiveSource {
                             decryptor.describe()
                         )));
                     }
-                    Err(e) => return Err(damaged(manifest, e)),
+                    Err(e) => return Err(read_failed_with(manifest, &storage_failure, e)),
                 }
             }
         };
-        let decoder = compress::decoder(stored).map_err(|e| damaged(manifest, e))?;
+        let decoder = compress::decoder(stored)
+            .map_err(|e| read_failed_with(manifest, &storage_failure, e))?;
         Ok(ArchiveSource {
             decoder,
             hasher: StreamHasher::default(),
             inspector: CustomInspector::without_fingerprints(),
             manifest: manifest.clone(),
+            storage_failure,
         })
+    }
+
+    /// What a failed read of this archive means: damage, or the storage's
+    /// failure to deliver it (see [`Watched`]).
+    pub(crate) fn read_failed(&self, e: impl std::fmt::Display) -> Error {
+        read_failed_with(&self.manifest, &self.storage_failure, e)
     }
 
     /// The archive's TOC, once enough has been read.
@@ -206,12 +228,16 @@ impl ArchiveSource {
         // What the consumer did not read (pg_restore stops once it has what
         // it was asked for) still goes through the checks; the inspector
         // rejects anything after the archive's last block.
-        io::copy(&mut self, &mut io::sink()).map_err(|e| read_failed(&manifest, e))?;
+        let slot = self.storage_failure.clone();
+        io::copy(&mut self, &mut io::sink()).map_err(|e| read_failed_with(&manifest, &slot, e))?;
         let mut buffered = self.decoder.finish();
         let extra = buffered.buffer().len() as u64
-            + io::copy(&mut buffered, &mut io::sink()).map_err(|e| read_failed(&manifest, e))?;
+            + io::copy(&mut buffered, &mut io::sink())
+                .map_err(|e| read_failed_with(&manifest, &slot, e))?;
         if let Stored::Encrypted(decrypting) = buffered.into_inner() {
-            decrypting.finish().map_err(|e| damaged(&manifest, e))?;
+            decrypting
+                .finish()
+                .map_err(|e| read_failed_with(&manifest, &slot, e))?;
         }
         if extra > 0 {
             return Err(damaged(

@@ -107,6 +107,29 @@ pub fn is_storage_failure(e: &io::Error) -> bool {
     false
 }
 
+/// The first storage failure a stream met, kept where layers above it
+/// (decryption, a decryption command, a decoder thread) keep only text.
+pub type FailureSlot = std::sync::Arc<std::sync::Mutex<Option<String>>>;
+
+/// A stream of stored bytes that notes a [`StorageFailure`] in its slot.
+pub struct Watched {
+    pub inner: Box<dyn Read + Send>,
+    pub slot: FailureSlot,
+}
+
+impl Read for Watched {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).inspect_err(|e| {
+            if is_storage_failure(e) {
+                self.slot
+                    .lock()
+                    .expect("not poisoned")
+                    .get_or_insert_with(|| e.to_string());
+            }
+        })
+    }
+}
+
 /// Whether `key` is a relative name of plain components: never absolute,
 /// never `..`, never empty parts. Keys come from pgward's own layout and
 /// from ids checked by [`crate::repository::is_backup_id`]; this is the
