@@ -25,7 +25,7 @@
 # back and sha256 again, manifest written and read back). The table shows
 # the best wall time of the three and pgward's own peak RSS (VmHWM, sampled,
 # as in bench/backup.sh). Target: pgward's own peak RSS <= 64 MiB (parts of
-# 16 MiB, three at most in memory). The copy's time is reported as ratios
+# 8 MiB by default; about 15 MiB plus four parts are in memory). The copy's time is reported as ratios
 # against both baselines; it reads the artifact twice by design.
 set -euo pipefail
 export LC_NUMERIC=C

@@ -93,7 +93,7 @@ pub struct S3Config {
     /// The profile in the credentials file (default: AWS_PROFILE, else
     /// `default`).
     pub profile: Option<String>,
-    /// Multipart part size (default 16MiB, at least 5MiB).
+    /// Multipart part size (default 8MiB, at least 5MiB).
     pub part_size: Option<String>,
 }
 

@@ -824,11 +824,7 @@ impl Repository {
                 }),
             }
         }
-        catalog
-            .backups
-            .sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.id.cmp(&a.id)));
-        catalog.damaged.sort_by(|a, b| b.file.cmp(&a.file));
-        Ok(catalog)
+        Ok(catalog.sorted())
     }
 
     /// [`Repository::catalog`] of a remote repository: the same checks on
@@ -870,11 +866,7 @@ impl Repository {
                 }),
             }
         }
-        catalog
-            .backups
-            .sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.id.cmp(&a.id)));
-        catalog.damaged.sort_by(|a, b| b.file.cmp(&a.file));
-        Ok(catalog)
+        Ok(catalog.sorted())
     }
 
     /// Quarantined runs, newest first; reason records that cannot be read
@@ -1179,6 +1171,16 @@ pub struct Catalog {
     /// Intact backups, newest first.
     pub backups: Vec<Manifest>,
     pub damaged: Vec<DamagedFile>,
+}
+
+impl Catalog {
+    /// Newest backup first; damaged files by name, last first.
+    fn sorted(mut self) -> Catalog {
+        self.backups
+            .sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.id.cmp(&a.id)));
+        self.damaged.sort_by(|a, b| b.file.cmp(&a.file));
+        self
+    }
 }
 
 /// A file in the repository that pgward cannot trust: unreadable, not a
