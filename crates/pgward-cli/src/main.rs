@@ -637,11 +637,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
             journaling::begin(&config, "copy", args.of.database.clone());
             journaling::option(format!("to {}", location.describe()));
             let mut progress = render::Progress::new(!cli.json);
-            let report = pgward::copy::run(&from, &to, &manifests, &mut |n| progress.update(n));
+            let copied = pgward::copy::run(&from, &to, &manifests, &mut |n| progress.update(n));
             progress.clear();
-            let report = report?;
+            let (report, failure) = copied?;
+            // What was copied before a failure is journaled all the same.
             for backup in &report.backups {
                 journaling::option(pgward::copy::journal_option(&backup.id, &report.to));
+            }
+            if let Some(error) = failure {
+                return Err(error.into());
             }
             render::copy(&report, cli.json);
         }

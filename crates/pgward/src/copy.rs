@@ -78,23 +78,22 @@ fn io_error(storage: &dyn Storage, what: &str, key: &str, e: io::Error) -> Error
 
 /// Copies the backups in `manifests` (from `from`'s catalog) to `to`,
 /// oldest first, stopping at the first failure. A signal stops the copy
-/// (its upload aborted) with exit code 128+n.
+/// (its upload aborted) with exit code 128+n. The report holds the copies
+/// made before a failure too (the caller journals them).
 pub fn run(
     from: &Repository,
     to: &Repository,
     manifests: &[Manifest],
     progress: &mut dyn FnMut(u64),
-) -> Result<CopyReport> {
+) -> Result<(CopyReport, Option<Error>)> {
     let (report, mut failures) = each(from, to, manifests, true, progress)?;
-    match failures.pop() {
-        Some((_, error)) => Err(error),
-        None => Ok(report),
-    }
+    Ok((report, failures.pop().map(|(_, error)| error)))
 }
 
 /// Copies every backup in `manifests` in the given order, going on past
 /// failures (each returned with its backup's id): one damaged old backup
-/// must not keep the others from their copy. Stops at a signal.
+/// must not keep the others from their copy. Stops at a signal (the
+/// interruption is the last failure).
 pub fn each(
     from: &Repository,
     to: &Repository,
@@ -127,11 +126,8 @@ pub fn each(
                 if interrupted && let Some(watch) = watch.as_mut() {
                     watch.acknowledge();
                 }
-                if interrupted {
-                    return Err(error);
-                }
                 failures.push((manifest.id.clone(), error));
-                if stop_at_first_failure {
+                if stop_at_first_failure || interrupted {
                     break;
                 }
             }
@@ -231,8 +227,17 @@ pub fn copy_one(
     // Read back before the manifest makes it a backup: the copy is
     // proved, not assumed. A proven mismatch is removed (nothing lists
     // it); a read that fails leaves it for the next copy to check again.
-    match target.open(&artifact_key).and_then(digest_reader) {
+    match read_back(target.as_ref(), &artifact_key) {
         Ok(d) if d.bytes == manifest.artifact.bytes && d.sha256 == manifest.artifact.sha256 => {}
+        Err(e)
+            if e.kind() == io::ErrorKind::Interrupted
+                && let Some(signal) = crate::interrupt::pending() =>
+        {
+            return Err(Error::new(
+                ErrorKind::Interrupted { signal },
+                format!("copy of backup {id} {e}; nothing was listed at the destination"),
+            ));
+        }
         Ok(d) => {
             let removed = target.delete(&artifact_key).is_ok();
             return Err(Error::new(
@@ -364,6 +369,15 @@ fn identity(repo: &Repository) -> String {
     std::fs::canonicalize(repo.root())
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| repo.root().display().to_string())
+}
+
+/// Size and sha256 of an object as the storage returns it; a signal
+/// stops the read.
+fn read_back(storage: &dyn Storage, key: &str) -> io::Result<crate::pipeline::hash::StreamDigest> {
+    let mut reader = storage.open(key)?;
+    let mut hashed = crate::pipeline::ObserveWrite::new(io::sink(), StreamHasher::default());
+    copy_stream(&mut reader, &mut hashed)?;
+    Ok(hashed.into_parts().1.finish())
 }
 
 /// Whether the destination holds this backup's manifest: `false` when it

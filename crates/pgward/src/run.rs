@@ -491,9 +491,15 @@ fn copy_to_mirror(
         .iter()
         .map(|b| (b.id.clone(), report.to.clone()))
         .collect();
+    // A signal is the failure that counts (the run stops on it); else the
+    // first.
+    let signalled = failures
+        .iter()
+        .position(|(_, e)| matches!(e.kind(), ErrorKind::Interrupted { .. }))
+        .unwrap_or(0);
     let failure = failures
         .into_iter()
-        .next()
+        .nth(signalled)
         .map(|(id, error)| error.context(format!("mirror {}: backup {id}", location.describe())));
     Mirrored {
         detail,

@@ -601,6 +601,28 @@ fn a_damaged_source_aborts_its_upload_and_damage_in_the_bucket_is_named() {
             .unwrap(),
         b"{}"
     );
+    // `--all` stops there, and the journal still records the copy it
+    // found in place before it.
+    let res = run(pgward_cfg(&ws.repo(), &config).args(["copy", "--all", "--to", &remote]));
+    res.assert_exit(1);
+    let log = run(pgward_cfg(&ws.repo(), &config).args(["--json", "log", "--command", "copy"]));
+    log.assert_ok();
+    let last = log.json()["records"]
+        .as_array()
+        .unwrap()
+        .last()
+        .cloned()
+        .unwrap();
+    assert_eq!(last["outcome"], "failed", "{last}");
+    let copied = format!("copied {id} to {remote}");
+    assert!(
+        last["options"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o == copied.as_str()),
+        "{last}"
+    );
 
     // Damage in the bucket is named by verify there.
     std::fs::write(&object, &flipped).unwrap();
