@@ -595,15 +595,25 @@ fn mirrors(ctx: &mut Context, m: &mut Matrix) {
         match crate::config::Location::parse(std::path::Path::new(&mirror.repository)) {
             Err(e) => m.fail_with("mirror", &e),
             Ok(crate::config::Location::S3(location)) => bucket(ctx, m, "mirror", &location),
-            Ok(crate::config::Location::Local(path)) => {
-                let state = inspect(&path, "", &ctx.config.scope, Ok(None));
-                match state.not_writable {
-                    Some(why) => m.fail(
+            // As `run` opens it: an existing repository (a missing mount
+            // must not pass), safe to trust, writable.
+            Ok(location @ crate::config::Location::Local(_)) => {
+                let crate::config::Location::Local(path) = &location else {
+                    unreachable!()
+                };
+                let state = inspect(path, "", &ctx.config.scope, Ok(None));
+                match (crate::Repository::open_at(&location, ctx.config), state.not_writable) {
+                    (Err(e), _) => m.fail(
+                        "mirror",
+                        e.message().to_string(),
+                        format!("create the mirror with `pgward copy latest --to {}` once it is mounted", path.display()),
+                    ),
+                    (Ok(_), Some(why)) => m.fail(
                         "mirror",
                         format!("cannot write to {}: {why}", path.display()),
                         "make the mirror directory writable by the user running pgward",
                     ),
-                    None => m.pass("mirror", format!("{} is writable", path.display())),
+                    (Ok(_), None) => m.pass("mirror", format!("{} is a repository and writable", path.display())),
                 }
             }
         }

@@ -112,6 +112,11 @@ pub fn each(
     // with one, the copy stops at its next chunk and aborts the upload.
     // (Inside `run`, after the backup's own watch is gone.)
     let mut watch = crate::interrupt::InterruptWatch::install().ok();
+    // A removal a prune left half done in the bucket is finished first:
+    // its marker must not outlive it and take a new copy's artifact.
+    if to.is_remote() {
+        to.finish_interrupted_removals()?;
+    }
     let mut report = CopyReport {
         from: from.storage().location(),
         to: to.storage().location(),
@@ -163,6 +168,14 @@ pub fn copy_one(
         None
     } else {
         Some(to.lock(&manifest.database)?)
+    };
+    // Two processes of this host copying one backup into one bucket (a
+    // mirror step and a `copy --all` from cron) take turns; across hosts
+    // nothing is locked yet (README).
+    let _copying = if to.is_remote() {
+        Some(copy_lock(&target.location(), id)?)
+    } else {
+        None
     };
     // The exact bytes, checked again: what is copied is what the catalog
     // (and its signature pin) accepted.
@@ -239,7 +252,9 @@ pub fn copy_one(
             ));
         }
         Ok(d) => {
-            let removed = target.delete(&artifact_key).is_ok();
+            // Removed only while no manifest claims it.
+            let removed =
+                matches!(target.size(&key), Ok(None)) && target.delete(&artifact_key).is_ok();
             return Err(Error::new(
                 ErrorKind::Integrity,
                 format!(
@@ -369,6 +384,32 @@ fn identity(repo: &Repository) -> String {
     std::fs::canonicalize(repo.root())
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| repo.root().display().to_string())
+}
+
+/// An exclusive `flock` on `$TMPDIR/pgward-UID/copy-HASH.lock` for one
+/// backup and destination; `Busy` when another process holds it.
+fn copy_lock(destination: &str, id: &str) -> Result<std::fs::File> {
+    use sha2::Digest;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = crate::repository::private_temp_dir()?;
+    let name = crate::pipeline::hash::to_hex(&sha2::Sha256::digest(format!("{destination}\n{id}")));
+    let path = dir.join(format!("copy-{}.lock", &name[..16]));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| Error::repository_io("cannot open", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::new(
+            ErrorKind::Busy,
+            format!("another pgward process is copying backup {id} to {destination}"),
+        )
+        .with_hint("wait for it to finish; it says `already there` afterwards")),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::repository_io("cannot lock", &path, e)),
+    }
 }
 
 /// Size and sha256 of an object as the storage returns it; a signal

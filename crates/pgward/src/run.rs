@@ -363,7 +363,12 @@ pub fn run(
             continue;
         }
         let pruned = crate::config::Location::parse(std::path::Path::new(&mirror.repository))
-            .and_then(|location| Repository::open_at(&location, config))
+            .and_then(|location| {
+                // The same trust as `prune --repo`: forged manifests must
+                // not count toward what the policy keeps.
+                let pin = crate::signing::pin(&config.signing)?;
+                Ok(Repository::open_at(&location, config)?.trusting(pin))
+            })
             .and_then(|target| {
                 prune::run(
                     &target,

@@ -157,7 +157,20 @@ fn run_checking(
             ),
         );
     }
+    // A read the storage failed is no finding about the backup: it ends
+    // the verification as an error instead (see the end).
+    let storage_failure = crate::storage::FailureSlot::default();
+    let remote = repo.is_remote();
     let missing = |checks: &mut Checks, e: std::io::Error| {
+        // In a bucket only "no such object" says the artifact is missing;
+        // any other failed request is the storage's.
+        if remote && e.kind() != std::io::ErrorKind::NotFound {
+            storage_failure
+                .lock()
+                .expect("not poisoned")
+                .get_or_insert_with(|| e.to_string());
+            return;
+        }
         checks.add(
             "artifact present",
             false,
@@ -170,9 +183,6 @@ fn run_checking(
     // inspected (the hash reads through a duplicate of the descriptor). In
     // object storage each pass reads the object anew; the content pass
     // proves the archive's own sha256, so a change in between is caught.
-    // A read the storage failed is no finding about the backup: it ends
-    // the verification as an error instead (see the end).
-    let storage_failure = crate::storage::FailureSlot::default();
     let watched = |inner: Stream| -> Stream {
         Box::new(crate::storage::Watched {
             inner,

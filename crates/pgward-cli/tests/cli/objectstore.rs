@@ -47,7 +47,7 @@ fn storage_contract(storage: &dyn Storage, leftovers: &dyn Fn() -> Vec<String>) 
     assert_eq!(storage.read_whole("backups/a.json", 100).unwrap(), b"first");
     let too_big = storage.read_whole("backups/a.json", 3).unwrap_err();
     assert_eq!(too_big.kind(), ErrorKind::InvalidData, "{place}");
-    // A large object in several parts, streamed, read back in ranges.
+    // A large object in several parts, streamed, and read back.
     let big: Vec<u8> = (0..(12u32 << 20) + 12345)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
@@ -709,6 +709,10 @@ fn run_copies_each_new_backup_to_its_mirrors_and_check_proves_the_bucket() {
                 .replace(&format!("\n[[mirror]]\nrepository = \"{remote}\"\n"), "")
         ),
     );
+    // check says beforehand what run will find.
+    let checked = run(pgward_cfg(&ws.repo(), &two).args(["--json", "check", "--dbname", &db]));
+    let report = checked.json();
+    assert_eq!(check_row(&report, "mirror")["status"], "FAIL", "{report}");
     let ran = run(pgward_cfg(&ws.repo(), &two).args(["--json", "run", "--dbname", &db]));
     assert_eq!(ran.code, 1, "{}", ran.stdout);
     let out = ran.json();
@@ -836,7 +840,8 @@ fn a_bucket_that_stops_delivering_is_a_failed_read_not_a_damaged_backup() {
     // pass over the stored bytes), or 2 MB into the second pass (the
     // restore's, and the content check's).
     let size = manifest["artifact"]["bytes"].as_u64().unwrap();
-    for cut_after in [3 << 20, size + (2 << 20)] {
+    // (size + 600: about where the second pass's requests begin.)
+    for cut_after in [3 << 20, size + 600, size + (2 << 20)] {
         for (command, args) in [
             (
                 "verify",

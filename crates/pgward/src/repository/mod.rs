@@ -170,6 +170,11 @@ impl Repository {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // A HEAD has no body to say "no such bucket": a listing does.
+                if let Err(e) = storage.list("backups") {
+                    return Err(Error::repository(format!("cannot open {url}: {e}"))
+                        .with_hint("check [s3] endpoint, region and credentials, and that the bucket exists"));
+                }
                 return Err(Error::new(
                     ErrorKind::NotFound,
                     format!("no pgward repository at {url}"),
@@ -458,37 +463,16 @@ impl Repository {
         if self.remote.is_none() {
             return self.tmp_dir();
         }
-        // SAFETY: geteuid has no preconditions.
-        let uid = unsafe { libc::geteuid() };
-        std::env::temp_dir().join(format!("pgward-{uid}"))
+        user_temp_dir()
     }
 
     /// Makes sure the directory of a restore's files exists and is private
     /// (see [`Repository::spool_dir`]); called before any is written.
     pub(crate) fn prepare_spool_dir(&self) -> Result<()> {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        let dir = self.spool_dir();
         if self.remote.is_none() {
             return Ok(());
         }
-        if fs::symlink_metadata(&dir).is_err() {
-            DirBuilder::new()
-                .mode(0o700)
-                .create(&dir)
-                .map_err(|e| Error::repository_io("cannot create directory", &dir, e))?;
-        }
-        let meta =
-            fs::symlink_metadata(&dir).map_err(|e| Error::repository_io("cannot read", &dir, e))?;
-        // SAFETY: geteuid has no preconditions.
-        let me = unsafe { libc::geteuid() };
-        if !meta.is_dir() || meta.uid() != me || meta.permissions().mode() & 0o077 != 0 {
-            return Err(Error::repository(format!(
-                "{} is not a private directory of this user's; a restore spool holds plaintext",
-                dir.display()
-            ))
-            .with_hint("remove it, or set TMPDIR to a private directory"));
-        }
-        Ok(())
+        private_temp_dir().map(|_| ())
     }
 
     /// Creates the private file a restore decompresses backup `id` into.
@@ -1214,6 +1198,39 @@ impl DamagedFile {
             .and_then(id_database_key)
             .is_some_and(|key| key == database_key(database))
     }
+}
+
+/// `$TMPDIR/pgward-UID`: this user's directory for what pgward keeps
+/// outside a repository (the files of a restore from a bucket, copy locks).
+fn user_temp_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    std::env::temp_dir().join(format!("pgward-{uid}"))
+}
+
+/// [`user_temp_dir`], created 0700 if needed and refused if it is a link,
+/// someone else's, or open to others (a restore spool holds plaintext).
+pub(crate) fn private_temp_dir() -> Result<PathBuf> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = user_temp_dir();
+    if fs::symlink_metadata(&dir).is_err() {
+        DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| Error::repository_io("cannot create directory", &dir, e))?;
+    }
+    let meta =
+        fs::symlink_metadata(&dir).map_err(|e| Error::repository_io("cannot read", &dir, e))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_dir() || meta.uid() != me || meta.permissions().mode() & 0o077 != 0 {
+        return Err(Error::repository(format!(
+            "{} is not a private directory of this user's; a restore spool holds plaintext",
+            dir.display()
+        ))
+        .with_hint("remove it, or set TMPDIR to a private directory"));
+    }
+    Ok(dir)
 }
 
 /// Reads and checks the manifest at `path`, named for backup `id`; the

@@ -180,8 +180,11 @@ impl Repository {
                     && is_backup_id(id)
                 {
                     let key = Repository::backup_key(&format!("{id}.manifest.json"));
-                    if matches!(storage.size(&key), Ok(Some(_))) {
-                        continue;
+                    // Only a manifest known to be gone lets the rest go.
+                    match storage.size(&key) {
+                        Ok(None) => {}
+                        Ok(Some(_)) => continue,
+                        Err(e) => return Err(remote_error(storage, "cannot read", &key, e)),
                     }
                     self.finish_remote_removal(storage, id)?;
                     finished.push(id.to_string());

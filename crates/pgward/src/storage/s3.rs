@@ -217,7 +217,7 @@ impl S3Storage {
             return Err(
                 Error::config(format!("[s3] part-size {part_size} is outside 5MiB..1GiB"))
                     .with_hint(
-                        "S3 parts are at least 5 MiB; 8MiB (the default) keeps pgward under 64 MiB",
+                        "S3 parts are at least 5 MiB; at 8MiB (the default) a copy holds about 15 MiB plus four parts",
                     ),
             );
         }
@@ -719,7 +719,7 @@ mod tests {
         let file = dir.path().join("credentials");
         std::fs::write(
             &file,
-            "[default]\naws_access_key_id = A1\naws_secret_access_key = S1\n\n[profile other]\naws_access_key_id=A2\naws_secret_access_key=S2\n",
+            "[default]\naws_access_key_id = A1\naws_secret_access_key = S1\n\n[profile other]\naws_access_key_id=A2\naws_secret_access_key=secret-two\n",
         )
         .unwrap();
         use std::os::unix::fs::PermissionsExt;
@@ -752,7 +752,7 @@ mod tests {
         let c = resolve_credentials(&other, &none).unwrap();
         assert_eq!(c.access_key_id, "A2");
         assert!(c.source.contains("profile other"), "{}", c.source);
-        assert!(!format!("{c:?}").contains("S2"));
+        assert!(!format!("{c:?}").contains("secret-two"));
         let missing = S3Config {
             profile: Some("nope".into()),
             ..config
