@@ -342,10 +342,7 @@ fn journal_at_destination(
         |t: &crate::journal::Touched| t.manifest_digest.clone().unwrap_or(t.sha256.clone());
     let vouched = records
         .iter()
-        .filter(|r| {
-            matches!(r.command.as_str(), "backup" | "run" | "apply" | "copy")
-                || (r.sequence == 1 && r.command == "journal-start")
-        })
+        .filter(|r| r.vouches())
         .flat_map(|r| r.artifacts.iter())
         .any(|a| a.path == named.path && digest(a) == digest(&named));
     if vouched {

@@ -70,6 +70,17 @@ pub struct Touched {
     pub manifest_digest: Option<String>,
 }
 
+impl Record {
+    /// Whether this record vouches for the manifests it names: a run that
+    /// wrote them (backup, run, apply, copy), or the first record's
+    /// inventory of what predates the journal. Records of runs that only
+    /// read (verify, drill) vouch for nothing.
+    pub fn vouches(&self) -> bool {
+        matches!(self.command.as_str(), "backup" | "run" | "apply" | "copy")
+            || (self.sequence == 1 && self.command == "journal-start")
+    }
+}
+
 /// A run's record before it has its place in the chain.
 #[derive(Debug, Clone, Default)]
 pub struct Entry {

@@ -300,18 +300,12 @@ fn journal_check(repo: &Repository, manifest: &Manifest, checks: &mut Checks, wr
     // (verify, drill) record what they found, which vouches for nothing.
     // A backup older than the journal is in the inventory its first
     // record took (whatever date the manifest claims).
-    let named = records
-        .iter()
-        .filter(|r| {
-            matches!(r.command.as_str(), "backup" | "run" | "apply" | "copy")
-                || (r.sequence == 1 && r.command == "journal-start")
-        })
-        .find_map(|r| {
-            r.artifacts
-                .iter()
-                .find(|a| a.path == relative)
-                .map(|a| (r, a.clone()))
-        });
+    let named = records.iter().filter(|r| r.vouches()).find_map(|r| {
+        r.artifacts
+            .iter()
+            .find(|a| a.path == relative)
+            .map(|a| (r, a.clone()))
+    });
     // The canonical digest: a manifest rewritten with other whitespace is
     // the same manifest.
     let digest =
