@@ -20,16 +20,21 @@ use crate::pipeline::archive::{ArchiveFormat, ArchiveInspector, ArchiveSummary};
 use crate::pipeline::child::{ChildSource, signal_name};
 use crate::pipeline::compress::{self, Compression};
 use crate::pipeline::encrypt::{EncryptStage, EncryptWriter};
-use crate::pipeline::hash::{StreamHasher, digest_file};
+use crate::pipeline::hash::{StreamDigest, StreamHasher, digest_file, digest_reader};
 use crate::pipeline::offload::Offloaded;
 use crate::pipeline::{CopyError, ObserveWrite, copy_stream};
+use crate::repository::bucket::BucketStaging;
 use crate::repository::manifest::{
     ArchiveRecord, ArtifactRecord, BackupStatus, CompressionRecord, ContentRecord, MANIFEST_FORMAT,
     MANIFEST_VERSION, Manifest, PgDumpRecord, TableRecord,
 };
 use crate::repository::{Repository, Staging, artifact_file, new_backup_id};
 use crate::scope::TableName;
-use std::path::{Path, PathBuf};
+use crate::storage::Upload;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Per-run choices that are not configuration.
 #[derive(Debug, Clone, Default)]
@@ -62,7 +67,7 @@ pub fn run(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<BackupOutcome> {
     // Nothing starts without a repository to write to.
-    config.repository_path()?;
+    let location = config.repository_location()?;
     let target = ConnectionTarget::resolve(&config.connection, env)?;
     // Recipients are checked before anything is written: a backup that
     // cannot be encrypted as configured does not start.
@@ -70,11 +75,12 @@ pub fn run(
     // So is the signing key: a manifest this repository would refuse is
     // never written.
     let signer = crate::signing::signer(&config.signing)?;
-    let repo = Repository::init_configured(config)?;
+    let repo =
+        Repository::init_at(&location, config)?.trusting(crate::signing::pin(&config.signing)?);
     if let (Some(signer), Some(pin)) = (&signer, repo.signature_pin()) {
         crate::signing::round_trip(signer, pin)?;
     }
-    let _lock = repo.lock(&target.dbname)?;
+    let lock = repo.lock(&target.dbname)?;
     if let (Some(signer), Some(pin)) = (&signer, repo.signature_pin()) {
         crate::signing::round_trip(signer, pin)?;
     }
@@ -180,8 +186,25 @@ pub fn run(
             format!("cannot install signal handlers: {e}"),
         )
     })?;
-    let (staging, file) = repo.create_staging(&id)?;
-    let result = run.dump_and_validate(file, &staging.path, &watch, progress);
+    let (mut staged, sink) = if repo.is_remote() {
+        let (staging, upload) = repo.start_upload(
+            &id,
+            &artifact_file(&id, encryption.is_some()),
+            &server.database,
+            &clock::rfc3339(started),
+        )?;
+        let uploaded = Arc::new(AtomicU64::new(0));
+        let sink = Sink::Bucket {
+            upload,
+            bytes: uploaded.clone(),
+        };
+        (Staged::Bucket { staging, uploaded }, sink)
+    } else {
+        let (staging, file) = repo.create_staging(&id)?;
+        let path = staging.path.clone();
+        (Staged::Disk(staging), Sink::Disk { file, path })
+    };
+    let result = run.dump_and_validate(sink, &mut staged, &watch, progress);
     // A signal that arrived after pg_dump finished (during validation or
     // read-back) still stops the run: nothing is committed after a signal.
     let result = match (result, watch.received()) {
@@ -195,20 +218,149 @@ pub fn run(
         Some(signer) => result.and_then(|manifest| manifest.signed(signer)),
         None => result,
     };
-    match result.map(Manifest::sealed) {
-        Ok(manifest) => match repo.commit(staging, &manifest) {
-            Ok((artifact_path, manifest_path)) => Ok(BackupOutcome {
-                manifest,
-                artifact_path,
-                manifest_path,
-                warnings,
-            }),
-            Err(failed) => {
-                let (staging, error) = *failed;
-                Err(quarantine(&repo, staging, &server.database, started, error))
-            }
+    // A run that lost its lock (a lease in a bucket) commits nothing.
+    let result = result
+        .map(Manifest::sealed)
+        .and_then(|manifest| lock.still_held().map(|()| manifest));
+    match staged {
+        Staged::Disk(staging) => match result {
+            Ok(manifest) => match repo.commit(staging, &manifest) {
+                Ok((artifact_path, manifest_path)) => Ok(BackupOutcome {
+                    manifest,
+                    artifact_path,
+                    manifest_path,
+                    warnings,
+                }),
+                Err(failed) => {
+                    let (staging, error) = *failed;
+                    Err(quarantine(&repo, staging, &server.database, started, error))
+                }
+            },
+            Err(error) => Err(quarantine(&repo, staging, &server.database, started, error)),
         },
-        Err(error) => Err(quarantine(&repo, staging, &server.database, started, error)),
+        Staged::Bucket { staging, uploaded } => {
+            let committed = result.and_then(|manifest| {
+                let key = repo.commit_upload(&staging, &manifest)?;
+                Ok((manifest, key))
+            });
+            match committed {
+                Ok((manifest, manifest_key)) => Ok(BackupOutcome {
+                    artifact_path: PathBuf::from(staging.storage().describe(&staging.key)),
+                    manifest_path: PathBuf::from(staging.storage().describe(&manifest_key)),
+                    manifest,
+                    warnings,
+                }),
+                Err(error) => Err(quarantine_upload(
+                    &repo,
+                    staging,
+                    uploaded.load(Ordering::Relaxed),
+                    &server.database,
+                    started,
+                    error,
+                )),
+            }
+        }
+    }
+}
+
+/// Where this run's artifact is being written.
+enum Staged {
+    /// A staging file in the repository's `tmp/`.
+    Disk(Staging),
+    /// A multipart upload into a bucket, and the bytes that went into it.
+    Bucket {
+        staging: BucketStaging,
+        uploaded: Arc<AtomicU64>,
+    },
+}
+
+/// The end of the pipeline: the staging file, or the upload.
+enum Sink {
+    Disk {
+        file: std::fs::File,
+        path: PathBuf,
+    },
+    Bucket {
+        upload: Box<dyn Upload>,
+        bytes: Arc<AtomicU64>,
+    },
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::Disk { file, .. } => file.write(buf),
+            Sink::Bucket { upload, bytes } => {
+                let n = upload.write(buf)?;
+                bytes.fetch_add(n as u64, Ordering::Relaxed);
+                Ok(n)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Disk { file, .. } => file.flush(),
+            Sink::Bucket { upload, .. } => upload.flush(),
+        }
+    }
+}
+
+/// Ends a failed run in a bucket (its upload aborted, its completed
+/// artifact removed, its story in `quarantine/`) and says so in the error.
+fn quarantine_upload(
+    repo: &Repository,
+    staging: BucketStaging,
+    uploaded: u64,
+    database: &str,
+    started: jiff::Timestamp,
+    error: Error,
+) -> Error {
+    let storage = staging.storage().clone();
+    match repo.quarantine_upload(
+        staging,
+        database,
+        &clock::rfc3339(started),
+        uploaded,
+        &error,
+    ) {
+        Ok(record) => {
+            let kind = error.kind();
+            let hint = error.hint().map(String::from);
+            let moved = Error::new(
+                kind,
+                format!(
+                    "{}; nothing was kept in the bucket, the failure is recorded at {}",
+                    error.message(),
+                    storage.describe(&record)
+                ),
+            );
+            match hint {
+                Some(h) => moved.with_hint(h),
+                None => moved,
+            }
+        }
+        Err(q) => error.context(format!("quarantine also failed ({q})")),
+    }
+}
+
+/// Makes a validated artifact durable and reads it back: the staging file
+/// synced, or the upload completed (the object becomes visible, and this
+/// run's to remove should the run still fail); then the digest of what
+/// the disk or the bucket returns.
+fn seal(sink: Sink, staged: &mut Staged) -> std::io::Result<StreamDigest> {
+    match (sink, staged) {
+        (Sink::Disk { file, path }, _) => {
+            file.sync_all()?;
+            drop(file);
+            digest_file(&path)
+        }
+        (Sink::Bucket { upload, .. }, Staged::Bucket { staging, .. }) => {
+            upload.finish()?;
+            staging.mark_published();
+            digest_reader(staging.storage().open(&staging.key)?)
+        }
+        (Sink::Bucket { .. }, Staged::Disk(_)) => unreachable!("an upload is staged in a bucket"),
     }
 }
 
@@ -323,8 +475,8 @@ struct Run<'a> {
 impl Run<'_> {
     fn dump_and_validate(
         &self,
-        file: std::fs::File,
-        staging_path: &Path,
+        sink: Sink,
+        staged: &mut Staged,
         watch: &InterruptWatch,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Manifest> {
@@ -336,10 +488,16 @@ impl Run<'_> {
                 .threads
                 .unwrap_or_else(compress::default_workers),
         };
-        let write_error = |e: std::io::Error| Error::repository_io("cannot write", staging_path, e);
+        let target = match &*staged {
+            Staged::Disk(staging) => staging.path.clone(),
+            Staged::Bucket { staging, .. } => {
+                PathBuf::from(staging.storage().describe(&staging.key))
+            }
+        };
+        let write_error = |e: std::io::Error| Error::repository_io("cannot write", &target, e);
 
-        // dump -> hash, inspect -> compress -> encrypt -> hash -> file
-        let stored = ObserveWrite::new(file, StreamHasher::default());
+        // dump -> hash, inspect -> compress -> encrypt -> hash -> file or upload
+        let stored = ObserveWrite::new(sink, StreamHasher::default());
         let sealed = match self.encryption {
             None => EncryptStage::Plain(stored),
             Some(plan) => EncryptStage::Encrypted(
@@ -419,9 +577,7 @@ impl Run<'_> {
         let inspector = inspector.into_inner();
         let sealed = encoder.finish().map_err(write_error)?;
         let stored = sealed.finish().map_err(write_error)?;
-        let (file, stored_hasher) = stored.into_parts();
-        file.sync_all().map_err(write_error)?;
-        drop(file);
+        let (sink, stored_hasher) = stored.into_parts();
         let archive_digest = plain_hasher.finish();
         let stored_digest = stored_hasher.finish();
         progress(Progress {
@@ -438,19 +594,29 @@ impl Run<'_> {
         self.check_tables(&summary)?;
         self.check_size(archive_digest.bytes)?;
 
-        // Read back what reached the disk: the bytes we hashed on the way
-        // in must be the bytes the filesystem returns.
-        let on_disk = digest_file(staging_path)
-            .map_err(|e| Error::repository_io("cannot read back", staging_path, e))?;
-        if on_disk != stored_digest {
+        // Read back what was stored: the bytes hashed on the way in must
+        // be the bytes the filesystem, or the bucket, returns.
+        let read_back = seal(sink, staged)
+            .map_err(|e| Error::repository_io("cannot store or read back", &target, e))?;
+        if read_back != stored_digest {
+            let (what, hint) = match staged {
+                Staged::Disk(_) => (
+                    "the staging file changed on disk",
+                    "check the repository's disk and filesystem for errors",
+                ),
+                Staged::Bucket { .. } => (
+                    "the artifact reads back different from the bucket",
+                    "check the object storage service (and any proxy in front of it)",
+                ),
+            };
             return Err(Error::new(
                 ErrorKind::Validation,
                 format!(
-                    "the staging file changed on disk (sha256 {} written, {} read back)",
-                    stored_digest.sha256, on_disk.sha256
+                    "{what} (sha256 {} written, {} read back)",
+                    stored_digest.sha256, read_back.sha256
                 ),
             )
-            .with_hint("check the repository's disk and filesystem for errors"));
+            .with_hint(hint));
         }
 
         let finished = clock::now();

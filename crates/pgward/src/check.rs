@@ -478,20 +478,14 @@ fn repository(ctx: &mut Context, m: &mut Matrix) {
         );
         return;
     };
-    if let Ok(crate::config::Location::S3(location)) = crate::config::Location::parse(root) {
-        m.fail(
-            "repository",
-            format!("{} is object storage: backups are written into a local repository", location.url()),
-            "set a local repository and add this bucket as a [[mirror]] (run copies each new backup there), or `pgward copy` to it",
-        );
-        bucket(ctx, m, "repository.bucket", &location);
-        return;
-    }
     let database = ctx
         .server
         .as_ref()
         .map(|s| s.database.clone())
         .unwrap_or(ctx.target.dbname.clone());
+    if let Ok(crate::config::Location::S3(location)) = crate::config::Location::parse(root) {
+        return bucket_repository(ctx, m, &location, &database);
+    }
     let state: RepositoryState = inspect(root, &database, &ctx.config.scope, ctx.signature_pin());
     ctx.previous = state.previous.clone();
     match (&state.not_writable, state.exists) {
@@ -516,25 +510,7 @@ fn repository(ctx: &mut Context, m: &mut Matrix) {
             "inspect the damaged manifest; pgward will not guess",
         );
     }
-    // A damaged manifest of this database breaks its continuity (the
-    // shrink check and encryption continuity see only intact backups);
-    // another database's is that database's problem, worth a warning.
-    for damaged in &state.damaged {
-        let evidence = format!("{} is damaged: {}", damaged.file, damaged.cause);
-        if damaged.is_of_database(&database) {
-            m.fail(
-                "repository.catalog",
-                evidence,
-                "inspect or move the file away; until then backups of this database compare with the newest intact manifest, and `latest` skips it",
-            );
-        } else {
-            m.warn(
-                "repository.catalog",
-                evidence,
-                "it belongs to another database's backups; inspect or move it away",
-            );
-        }
-    }
+    damaged_manifests(m, &state.damaged, &database);
     match &state.lock_holder {
         Some(pid) => m.fail(
             "repository.lock",
@@ -588,13 +564,109 @@ fn repository(ctx: &mut Context, m: &mut Matrix) {
     }
 }
 
+/// A damaged manifest of this database breaks its continuity (the
+/// shrink check and encryption continuity see only intact backups);
+/// another database's is that database's problem, worth a warning.
+fn damaged_manifests(m: &mut Matrix, damaged: &[crate::repository::DamagedFile], database: &str) {
+    for damaged in damaged {
+        let evidence = format!("{} is damaged: {}", damaged.file, damaged.cause);
+        if damaged.is_of_database(database) {
+            m.fail(
+                "repository.catalog",
+                evidence,
+                "inspect or move the file away; until then backups of this database compare with the newest intact manifest, and `latest` skips it",
+            );
+        } else {
+            m.warn(
+                "repository.catalog",
+                evidence,
+                "it belongs to another database's backups; inspect or move it away",
+            );
+        }
+    }
+}
+
+/// A repository in a bucket: the bucket probed, its catalog read (the
+/// previous backup found, as on disk), its lock for this database and
+/// the lease setting. Space is the service's to give.
+fn bucket_repository(
+    ctx: &mut Context,
+    m: &mut Matrix,
+    location: &crate::storage::s3::S3Location,
+    database: &str,
+) {
+    m.pass(
+        "repository",
+        format!(
+            "{} is object storage: backups stream into it",
+            location.url()
+        ),
+    );
+    if !bucket(ctx, m, "repository.bucket", location) {
+        return;
+    }
+    let location = crate::config::Location::S3(location.clone());
+    let opened = crate::Repository::open_at(&location, ctx.config)
+        .and_then(|repo| Ok(repo.trusting(ctx.signature_pin()?)));
+    match opened {
+        Ok(repo) => {
+            match repo.catalog() {
+                Ok(catalog) => {
+                    ctx.previous = catalog
+                        .backups
+                        .iter()
+                        .find(|b| b.database == database && b.scope == ctx.config.scope)
+                        .cloned();
+                    damaged_manifests(m, &catalog.damaged, database);
+                }
+                Err(e) => m.fail(
+                    "repository.catalog",
+                    e.to_string(),
+                    "inspect the damaged manifest; pgward will not guess",
+                ),
+            }
+            match crate::repository::lease::holder(
+                repo.storage().as_ref(),
+                &format!("locks/{}.lock", crate::repository::database_key(database)),
+            ) {
+                Ok(Some(holder)) => m.fail(
+                    "repository.lock",
+                    format!("a backup of {database:?} holds the lock ({holder})"),
+                    "wait for it to finish; a run that died frees the lock when its lease runs out",
+                ),
+                Ok(None) => m.pass(
+                    "repository.lock",
+                    format!("no backup of {database:?} is running"),
+                ),
+                Err(e) => m.fail(
+                    "repository.lock",
+                    format!("cannot read the lock: {e}"),
+                    "check the bucket's permissions (pgward reads and writes locks/)",
+                ),
+            }
+        }
+        // No repository yet: the first backup creates it.
+        Err(e) if e.kind() == crate::error::ErrorKind::NotFound => {}
+        Err(e) => m.fail_with("repository.catalog", &e),
+    }
+    if let Err(e) = ctx.config.s3.lock_lease() {
+        m.fail_with("repository.lock", &e);
+    }
+    m.not_evaluated(
+        "repository.space",
+        "object storage: the service's quota is not visible to pgward",
+    );
+}
+
 /// Each `[[mirror]]`: a directory must be writable (or creatable); a
 /// bucket is probed.
 fn mirrors(ctx: &mut Context, m: &mut Matrix) {
     for mirror in ctx.config.mirrors.clone() {
         match crate::config::Location::parse(std::path::Path::new(&mirror.repository)) {
             Err(e) => m.fail_with("mirror", &e),
-            Ok(crate::config::Location::S3(location)) => bucket(ctx, m, "mirror", &location),
+            Ok(crate::config::Location::S3(location)) => {
+                bucket(ctx, m, "mirror", &location);
+            }
             // As `run` opens it: an existing repository (a missing mount
             // must not pass), safe to trust, writable.
             Ok(location @ crate::config::Location::Local(_)) => {
@@ -624,21 +696,32 @@ fn mirrors(ctx: &mut Context, m: &mut Matrix) {
 /// written, read back and deleted (the one write `check` makes, and only
 /// in object storage, where nothing else can prove access), and whether
 /// the service refuses to replace an object.
-fn bucket(ctx: &Context, m: &mut Matrix, id: &str, location: &crate::storage::s3::S3Location) {
+fn bucket(
+    ctx: &Context,
+    m: &mut Matrix,
+    id: &str,
+    location: &crate::storage::s3::S3Location,
+) -> bool {
     let storage = match crate::storage::s3::S3Storage::new(
         location,
         &ctx.config.s3,
         &crate::connection::process_env,
     ) {
         Ok(storage) => storage,
-        Err(e) => return m.fail_with(id, &e),
+        Err(e) => {
+            m.fail_with(id, &e);
+            return false;
+        }
     };
     match crate::storage::probe(&storage) {
-        Err(why) => m.fail(
-            id,
-            format!("{}: {why}", location.url()),
-            "check [s3] endpoint, region, addressing and the credentials, and that the bucket exists",
-        ),
+        Err(why) => {
+            m.fail(
+                id,
+                format!("{}: {why}", location.url()),
+                "check [s3] endpoint, region, addressing and the credentials, and that the bucket exists",
+            );
+            false
+        }
         Ok(probe) => {
             m.pass(
                 id,
@@ -658,9 +741,10 @@ fn bucket(ctx: &Context, m: &mut Matrix, id: &str, location: &crate::storage::s3
                 m.warn(
                     &conditional,
                     "the service replaced an object despite If-None-Match: *",
-                    "two hosts copying the same backup at once could replace each other's objects; pgward still refuses to write over a manifest it can see and verifies every copy after writing, but copy to this bucket from one host only",
+                    "two hosts writing at once could replace each other's objects (and both take a database's lock); pgward still refuses to write over a manifest it can see and verifies every write, but write to this bucket from one host only",
                 );
             }
+            true
         }
     }
 }

@@ -95,6 +95,29 @@ pub struct S3Config {
     pub profile: Option<String>,
     /// Multipart part size (default 8MiB, at least 5MiB).
     pub part_size: Option<String>,
+    /// How long the lock of a run writing into the bucket stays valid
+    /// without renewal (default `5m`): how long a run that died keeps
+    /// the next one out.
+    pub lock_lease: Option<String>,
+}
+
+impl S3Config {
+    /// `lock-lease`, 2 s to 1 h.
+    pub fn lock_lease(&self) -> Result<std::time::Duration> {
+        let Some(text) = &self.lock_lease else {
+            return Ok(crate::repository::lease::DEFAULT_LEASE);
+        };
+        let lease =
+            parse_duration(text).map_err(|e| Error::config(format!("[s3] lock-lease: {e}")))?;
+        let seconds = lease.as_secs();
+        if !(2..=3600).contains(&seconds) {
+            return Err(Error::config(format!(
+                "[s3] lock-lease {text:?} is outside 2s..1h"
+            ))
+            .with_hint("the holder renews it every fifth of the lease; 5m (the default) suits most links"));
+        }
+        Ok(std::time::Duration::from_secs(seconds as u64))
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -588,7 +611,7 @@ impl Config {
                 "this command works on a local repository, and {} is object storage",
                 location.url()
             ))
-            .with_hint("back up into a local repository and copy it off-site with [[mirror]] or `pgward copy`; list, verify, restore, drill, copy and prune work on s3:// repositories"));
+            .with_hint("this command keeps its records in a local repository: point it at one (backups can be copied off-site with [[mirror]] or `pgward copy`); backup, run, check, list, verify, restore, drill, copy and prune work on s3:// repositories"));
         }
         Ok(path)
     }

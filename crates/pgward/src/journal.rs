@@ -436,7 +436,7 @@ fn parse_anchor(anchor: &str) -> Result<(u64, String)> {
     Ok((seq, sha))
 }
 
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most buf.len() bytes into buf.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };

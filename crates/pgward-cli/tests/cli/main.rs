@@ -4,6 +4,7 @@
 
 mod apply;
 mod backup;
+mod bucket_backup;
 mod check;
 mod databases;
 mod drill;

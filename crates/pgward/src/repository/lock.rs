@@ -88,3 +88,22 @@ fn open_lock_file(path: &Path) -> Result<File> {
         .with_hint("remove it; pgward creates its lock files itself")),
     }
 }
+
+/// The lock a run holds on its database: a `flock` on disk, a lease
+/// object in a bucket ([`super::lease`]).
+#[derive(Debug)]
+pub enum RunLock {
+    Local(RepoLock),
+    Bucket(super::lease::Lease),
+}
+
+impl RunLock {
+    /// Whether the lock is still this run's: a lease can be lost, a
+    /// `flock` cannot.
+    pub fn still_held(&self) -> Result<()> {
+        match self {
+            RunLock::Local(_) => Ok(()),
+            RunLock::Bucket(lease) => lease.still_held(),
+        }
+    }
+}

@@ -28,15 +28,20 @@
 //! and a repository others can write is refused ([`unsafe_permissions`]).
 //!
 //! The same layout in an S3-compatible bucket (`s3://bucket/prefix`) is a
-//! *remote* repository ([`Repository::open_remote`]): its backups are
-//! written by `pgward copy` and `[[mirror]]` through the
-//! [`crate::storage`] interface (artifact first, manifest last, neither
-//! ever replacing an object), and read by the catalog, `verify`,
-//! `restore` and `drill` exactly as on disk. It has no locks, quarantine,
-//! journal or prune yet: commands that need those refuse it
+//! *remote* repository ([`Repository::open_remote`]), reached through the
+//! [`crate::storage`] interface. Its backups are written by `backup` and
+//! `run` straight into the bucket ([`bucket`]: upload, validate, read
+//! back, manifest last; failures recorded in `quarantine/`), under a
+//! lease lock that works across hosts ([`lease`]), and by `pgward copy`
+//! and `[[mirror]]` (artifact first, manifest last, neither ever
+//! replacing an object); they are read by the catalog, `verify`,
+//! `restore` and `drill` exactly as on disk, and pruned as on disk. It has
+//! no journal yet: commands that keep local records refuse it
 //! ([`crate::Config::repository_path`]).
 
+pub mod bucket;
 pub mod inspect;
+pub mod lease;
 pub mod lock;
 pub mod manifest;
 pub mod removal;
@@ -47,7 +52,7 @@ use crate::pipeline::Observer;
 use crate::pipeline::hash::StreamHasher;
 use crate::signing::SignaturePin;
 use crate::storage::Storage;
-use lock::RepoLock;
+use lock::{RepoLock, RunLock};
 use manifest::{MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, QUARANTINE_FORMAT, QuarantineRecord};
 use serde::Serialize;
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -88,6 +93,8 @@ pub struct Repository {
     pin: Option<Arc<SignaturePin>>,
     /// Set for a repository in object storage.
     remote: Option<Arc<dyn Storage>>,
+    /// How long a run's lock in a bucket lasts unrenewed.
+    lease: std::time::Duration,
 }
 
 /// A staging file being written by a backup in progress, and the space
@@ -106,6 +113,7 @@ impl Repository {
             root: root.to_path_buf(),
             pin: None,
             remote: None,
+            lease: lease::DEFAULT_LEASE,
         };
         // What exists already is checked before anything is created in it.
         refuse_unsafe_permissions(root)?;
@@ -154,6 +162,7 @@ impl Repository {
             root: root.to_path_buf(),
             pin: None,
             remote: None,
+            lease: lease::DEFAULT_LEASE,
         })
     }
 
@@ -190,6 +199,7 @@ impl Repository {
             root: PathBuf::from(url),
             pin: None,
             remote: Some(storage),
+            lease: lease::DEFAULT_LEASE,
         })
     }
 
@@ -225,9 +235,14 @@ impl Repository {
     ) -> Result<Repository> {
         match location {
             crate::config::Location::Local(path) => Repository::open(path),
-            crate::config::Location::S3(s3) => Repository::open_remote(Arc::new(
-                crate::storage::s3::S3Storage::new(s3, &config.s3, &crate::process_env)?,
-            )),
+            crate::config::Location::S3(s3) => Ok(Repository {
+                lease: config.s3.lock_lease()?,
+                ..Repository::open_remote(Arc::new(crate::storage::s3::S3Storage::new(
+                    s3,
+                    &config.s3,
+                    &crate::process_env,
+                )?))?
+            }),
         }
     }
 
@@ -238,9 +253,14 @@ impl Repository {
     ) -> Result<Repository> {
         match location {
             crate::config::Location::Local(path) => Repository::init(path),
-            crate::config::Location::S3(s3) => Repository::init_remote(Arc::new(
-                crate::storage::s3::S3Storage::new(s3, &config.s3, &crate::process_env)?,
-            )),
+            crate::config::Location::S3(s3) => Ok(Repository {
+                lease: config.s3.lock_lease()?,
+                ..Repository::init_remote(Arc::new(crate::storage::s3::S3Storage::new(
+                    s3,
+                    &config.s3,
+                    &crate::process_env,
+                )?))?
+            }),
         }
     }
 
@@ -487,15 +507,19 @@ impl Repository {
     /// Takes the per-database lock, then cleans up what earlier runs left
     /// behind when they died: this database's, and every other database's
     /// whose lock is free right now (no run of it is alive).
-    pub fn lock(&self, database: &str) -> Result<RepoLock> {
-        if self.remote.is_some() {
-            return Err(Error::config(format!(
-                "{} is object storage: runs do not write into it directly",
-                self.root.display()
-            ))
-            .with_hint("back up into a local repository and copy it off-site with [[mirror]] or `pgward copy`"));
-        }
+    pub fn lock(&self, database: &str) -> Result<RunLock> {
         let key = database_key(database);
+        if let Some(storage) = &self.remote {
+            let lease = lease::Lease::acquire(
+                storage.clone(),
+                &format!("locks/{key}.lock"),
+                database,
+                self.lease,
+            )?;
+            let _ = self.finish_interrupted_removals();
+            self.clear_bucket_leftovers(storage.as_ref(), database);
+            return Ok(RunLock::Bucket(lease));
+        }
         let lock = RepoLock::acquire(&self.locks_dir().join(format!("{key}.lock")), database)?;
         // A prune killed half way: its artifacts are finished off, never
         // mistaken for leftovers to keep.
@@ -523,7 +547,7 @@ impl Repository {
                 .map_or(other.clone(), |m| m.database);
             self.clear_leftovers(&other, &name)?;
         }
-        Ok(lock)
+        Ok(RunLock::Local(lock))
     }
 
     /// The backup ids that files left in `tmp/` and artifacts without a
@@ -854,12 +878,21 @@ impl Repository {
     }
 
     /// Quarantined runs, newest first; reason records that cannot be read
-    /// are listed apart. A remote repository has no quarantine: what
-    /// fails is never committed there.
+    /// are listed apart.
     pub fn quarantined(&self) -> Result<(Vec<QuarantineRecord>, Vec<DamagedFile>)> {
-        if self.remote.is_some() {
-            return Ok((Vec::new(), Vec::new()));
-        }
+        let (mut records, damaged) = match &self.remote {
+            Some(storage) => self.bucket_quarantined(storage.as_ref())?,
+            None => self.local_quarantined()?,
+        };
+        records.sort_by(|a, b| {
+            b.quarantined_at
+                .cmp(&a.quarantined_at)
+                .then(b.id.cmp(&a.id))
+        });
+        Ok((records, damaged))
+    }
+
+    fn local_quarantined(&self) -> Result<(Vec<QuarantineRecord>, Vec<DamagedFile>)> {
         let mut records = Vec::new();
         let mut damaged = Vec::new();
         for path in list_with_suffix(&self.quarantine_dir(), REASON_SUFFIX)? {
@@ -880,11 +913,6 @@ impl Repository {
                 }),
             }
         }
-        records.sort_by(|a, b| {
-            b.quarantined_at
-                .cmp(&a.quarantined_at)
-                .then(b.id.cmp(&a.id))
-        });
         Ok((records, damaged))
     }
 

@@ -234,6 +234,13 @@ impl Repository {
                 ),
             ));
         }
+        if let Some(storage) = self.remote.as_deref() {
+            return Ok(self
+                .remove_bucket_quarantined(storage, record)?
+                .into_iter()
+                .map(PathBuf::from)
+                .collect());
+        }
         let mut removed = Vec::new();
         let partial = &record.file;
         // Only a plain name of this run inside quarantine/.

@@ -62,6 +62,37 @@ pub trait Storage: Send + Sync + fmt::Debug {
 
     /// Removes `key`; an absent key is not an error.
     fn delete(&self, key: &str) -> io::Result<()>;
+
+    /// A small object and its version (the service's ETag), or `None`
+    /// when there is no such object: for a record that is replaced only
+    /// if nobody else replaced it first (the lease of a run writing into
+    /// a bucket). Only object storage has versions.
+    fn read_versioned(&self, key: &str, limit: u64) -> io::Result<Option<(Vec<u8>, String)>> {
+        let _ = (key, limit);
+        Err(no_versions(&self.location()))
+    }
+
+    /// Replaces `key` only if its version is still `version`
+    /// (`If-Match`); the new version. A changed or vanished object is
+    /// refused with [`io::ErrorKind::AlreadyExists`].
+    fn replace_if_version(&self, key: &str, bytes: &[u8], version: &str) -> io::Result<String> {
+        let _ = (key, bytes, version);
+        Err(no_versions(&self.location()))
+    }
+
+    /// Removes `key` if its version is still `version` (services that
+    /// ignore the condition remove it anyway: callers read it first).
+    fn delete_if_version(&self, key: &str, version: &str) -> io::Result<()> {
+        let _ = (key, version);
+        Err(no_versions(&self.location()))
+    }
+}
+
+fn no_versions(location: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!("{location} keeps no object versions"),
+    )
 }
 
 /// A large object being written. Dropping it unfinished aborts it.

@@ -533,6 +533,70 @@ impl Storage for S3Storage {
             .block_on(async move { op.delete(&key).await })
             .map_err(|e| self.error("delete", e))
     }
+
+    fn read_versioned(&self, key: &str, limit: u64) -> io::Result<Option<(Vec<u8>, String)>> {
+        let key = self.key(key)?;
+        let op = self.operator.clone();
+        let stat = self.runtime.block_on(async { op.stat(&key).await });
+        let meta = match stat {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => {
+                let error = self.error("stat", e);
+                return match error.kind() {
+                    io::ErrorKind::NotFound => Ok(None),
+                    _ => Err(error),
+                };
+            }
+            Err(e) => return Err(self.error("stat", e)),
+        };
+        if meta.content_length() > limit {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("larger than {limit} bytes"),
+            ));
+        }
+        let version = meta
+            .etag()
+            .ok_or_else(|| io::Error::other("the service sent no ETag"))?
+            .to_string();
+        // The body read must be the version stated: a replacement in
+        // between is refused rather than paired with the older tag.
+        let read = self
+            .runtime
+            .block_on(async { op.read_with(&key).if_match(&version).await });
+        match read {
+            Ok(buffer) => Ok(Some((buffer.to_vec(), version))),
+            Err(e) => Err(self.error("read", e)),
+        }
+    }
+
+    fn replace_if_version(&self, key: &str, bytes: &[u8], version: &str) -> io::Result<String> {
+        let key = self.key(key)?;
+        let op = self.operator.clone();
+        let body = bytes.to_vec();
+        let written = self
+            .runtime
+            .block_on(async { op.write_with(&key, body).if_match(version).await })
+            .map_err(|e| self.error("replace", e))?;
+        match written.etag() {
+            Some(tag) => Ok(tag.to_string()),
+            None => self
+                .runtime
+                .block_on(async { op.stat(&key).await })
+                .map_err(|e| self.error("stat", e))?
+                .etag()
+                .map(String::from)
+                .ok_or_else(|| io::Error::other("the service sent no ETag")),
+        }
+    }
+
+    fn delete_if_version(&self, key: &str, version: &str) -> io::Result<()> {
+        let key = self.key(key)?;
+        let op = self.operator.clone();
+        self.runtime
+            .block_on(async { op.delete_with(&key).if_match(version).await })
+            .map_err(|e| self.error("delete", e))
+    }
 }
 
 /// An object read as one streamed GET: the service sends while pgward

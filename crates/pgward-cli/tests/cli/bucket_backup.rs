@@ -1,0 +1,343 @@
+//! Backups written straight into a bucket (`repository = "s3://..."`),
+//! against a real S3 server (s3s-fs, SigV4 enforced) on 127.0.0.1: the
+//! commit protocol (artifact uploaded, validated, read back, manifest
+//! last), nothing on local disk, the lease lock that keeps two runs of
+//! one database apart across hosts, failures recorded in the bucket's
+//! quarantine, and a killed run cleaned up by the next.
+
+use crate::harness::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+const BUCKET: &str = "pgward-direct";
+
+fn configured(server: &S3Server, ws: &Workspace, name: &str, extra: &str) -> PathBuf {
+    let credentials = server.credentials_file(ws, S3_SECRET_KEY);
+    let config = ws.file(
+        name,
+        &format!("{}{extra}", server.config_section(&credentials)),
+    );
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    config
+}
+
+/// pgward with `config`, on the bucket repository `s3://BUCKET/prefix`.
+fn on_bucket(ws: &Workspace, config: &Path, prefix: &str) -> std::process::Command {
+    let mut cmd = pgward(&ws.repo());
+    cmd.arg("--config")
+        .arg(config)
+        .arg("--repo")
+        .arg(format!("s3://{BUCKET}/{prefix}"));
+    cmd
+}
+
+fn objects(server: &S3Server, key: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(server.object_path(BUCKET, key))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn lock_record(database: &str, host: &str, expires_at: &str) -> String {
+    serde_json::json!({
+        "format": "pgward-lock",
+        "database": database,
+        "host": host,
+        "pid": 4242,
+        "token": "0123456789abcdef0123456789abcdef",
+        "acquired-at": "2026-01-01T00:00:00Z",
+        "expires-at": expires_at,
+    })
+    .to_string()
+}
+
+#[test]
+fn a_backup_straight_into_a_bucket_restores_and_leaves_nothing_on_local_disk() {
+    let ws = Workspace::new();
+    let server = S3Server::start(BUCKET);
+    let config = configured(&server, &ws, "pgward.toml", "");
+    let db = cluster().create_database("direct");
+    load_rows(&db, "public.items", 3000);
+
+    let res = run(on_bucket(&ws, &config, "prod").args(["--json", "backup", "--dbname", &db]));
+    res.assert_ok();
+    let manifest = res.json()["manifest"].clone();
+    let id = manifest["id"].as_str().unwrap().to_string();
+    let artifact = manifest["artifact"]["file"].as_str().unwrap();
+    // The artifact is in the bucket, byte for byte what the manifest says,
+    // and the manifest beside it; nothing else is left in flight.
+    let stored =
+        std::fs::read(server.object_path(BUCKET, &format!("prod/backups/{artifact}"))).unwrap();
+    assert_eq!(stored.len() as u64, manifest["artifact"]["bytes"]);
+    assert_eq!(
+        pgward::pipeline::hash::digest_reader(&stored[..])
+            .unwrap()
+            .sha256,
+        manifest["artifact"]["sha256"].as_str().unwrap()
+    );
+    assert_eq!(
+        objects(&server, "prod/backups"),
+        [artifact.to_string(), format!("{id}.manifest.json")]
+    );
+    assert_eq!(objects(&server, "prod/tmp"), Vec::<String>::new());
+    assert_eq!(objects(&server, "prod/locks"), Vec::<String>::new());
+    assert!(server.open_uploads().is_empty());
+    // No local repository, no spool: the dump went straight up.
+    assert!(!ws.repo().exists());
+
+    let listed = run(on_bucket(&ws, &config, "prod").args(["--json", "list"]));
+    listed.assert_ok();
+    assert_eq!(listed_backup_ids(&listed.json()), [id.as_str()]);
+    run(on_bucket(&ws, &config, "prod").args(["verify", &id])).assert_ok();
+    let target = format!("{db}_back");
+    run(on_bucket(&ws, &config, "prod").args(["restore", &id, "--to", &target])).assert_ok();
+    assert_eq!(
+        cluster().psql(&target, "SELECT count(*) FROM public.items"),
+        "3000"
+    );
+
+    // A run of this database on another host holds the lock: refused,
+    // naming the holder, and nothing is written.
+    let lock = server.object_path(
+        BUCKET,
+        &format!("prod/locks/{}.lock", pgward::repository::database_key(&db)),
+    );
+    let held = lock_record(&db, "other-host", "2999-01-01T00:00:00Z");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    std::fs::write(&lock, &held).unwrap();
+    let busy = run(on_bucket(&ws, &config, "prod").args(["backup", "--dbname", &db]));
+    assert_eq!(busy.code, 3, "{}", busy.stderr);
+    assert!(
+        busy.stderr
+            .contains("another pgward run is backing up database")
+            && busy.stderr.contains("host other-host, pid 4242"),
+        "{}",
+        busy.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&lock).unwrap(), held);
+    assert_eq!(objects(&server, "prod/backups").len(), 2);
+
+    // Its lease ran out (the holder died): the next run takes the lock
+    // over, backs up, and releases it.
+    std::fs::write(
+        &lock,
+        lock_record(&db, "other-host", "2020-01-01T00:00:00Z"),
+    )
+    .unwrap();
+    let second = run(on_bucket(&ws, &config, "prod").args(["--json", "backup", "--dbname", &db]));
+    second.assert_ok();
+    assert!(!lock.exists(), "the lock was not released");
+    let listed = run(on_bucket(&ws, &config, "prod").args(["--json", "list"]));
+    assert_eq!(listed_backup_ids(&listed.json()).len(), 2);
+
+    // `check` proves the bucket as the repository, finds the previous
+    // backup there, and sees a lock that is held.
+    let checked = run(on_bucket(&ws, &config, "prod").args(["--json", "check", "--dbname", &db]));
+    let report = checked.json();
+    for row in ["repository", "repository.bucket", "repository.lock"] {
+        assert_eq!(check_row(&report, row)["status"], "PASS", "{row}: {report}");
+    }
+    assert!(
+        check_row(&report, "repository.bucket")["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("a probe object was written"),
+        "{report}"
+    );
+    std::fs::write(&lock, &held).unwrap();
+    let checked = run(on_bucket(&ws, &config, "prod").args(["--json", "check", "--dbname", &db]));
+    let report = checked.json();
+    assert_eq!(
+        check_row(&report, "repository.lock")["status"],
+        "FAIL",
+        "{report}"
+    );
+    assert!(
+        check_row(&report, "repository.lock")["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("host other-host, pid 4242"),
+        "{report}"
+    );
+    std::fs::remove_file(&lock).unwrap();
+
+    // The nightly `run` works on the bucket: backup, verify, drill, prune.
+    let nightly = configured(
+        &server,
+        &ws,
+        "nightly.toml",
+        "\n[policy]\nkeep-last = 2\ndrill-every = \"1d\"\n",
+    );
+    let ran = run(on_bucket(&ws, &nightly, "prod").args(["--json", "run", "--dbname", &db]));
+    ran.assert_ok();
+    let out = ran.json();
+    let third = out["backup-id"].as_str().unwrap();
+    let steps: Vec<(String, String)> = out["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        steps.contains(&("backup".into(), "ok".into()))
+            && steps.contains(&("verify".into(), "ok".into()))
+            && steps.contains(&("drill".into(), "ok".into()))
+            && steps.contains(&("prune".into(), "ok".into())),
+        "{out}"
+    );
+    // keep-last 2: the oldest of the three backups is gone from the bucket.
+    let listed = run(on_bucket(&ws, &config, "prod").args(["--json", "list"]));
+    let ids = listed_backup_ids(&listed.json());
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(!ids.contains(&id), "{ids:?}");
+    assert!(
+        server
+            .object_path(BUCKET, &format!("prod/backups/{third}.drill.json"))
+            .is_file()
+    );
+    assert!(!ws.repo().exists());
+}
+
+#[test]
+fn a_failed_backup_into_a_bucket_is_recorded_and_a_killed_one_is_cleaned_up_by_the_next() {
+    let ws = Workspace::new();
+    let server = S3Server::start(BUCKET);
+    let lease = "lock-lease = \"3s\"\n";
+    let config = configured(&server, &ws, "pgward.toml", lease);
+    let db = cluster().create_database("directfail");
+    load_rows(&db, "public.items", 300);
+    // Several parts' worth of data that does not compress away.
+    cluster().psql(
+        &db,
+        "CREATE TABLE noise AS SELECT g, md5(random()::text) || md5(random()::text) AS a, \
+         md5(random()::text) || md5(random()::text) AS b FROM generate_series(1, 250000) g",
+    );
+    let first = run(on_bucket(&ws, &config, "prod").args(["--json", "backup", "--dbname", &db]));
+    first.assert_ok();
+    let first = first.json()["manifest"].clone();
+    let first_id = first["id"].as_str().unwrap().to_string();
+    assert!(
+        first["artifact"]["bytes"].as_u64().unwrap() > 12 << 20,
+        "{first}"
+    );
+
+    // A backup that streams every part and then fails validation: its
+    // multipart upload is aborted, and the failure recorded.
+    let strict = configured(
+        &server,
+        &ws,
+        "strict.toml",
+        &format!("{lease}\n[validation]\nmin-size = \"1GiB\"\n"),
+    );
+    let refused = run(on_bucket(&ws, &strict, "prod").args(["backup", "--dbname", &db]));
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("below the minimum")
+            && refused.stderr.contains("nothing was kept in the bucket"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        server.open_uploads().is_empty(),
+        "{:?}",
+        server.open_uploads()
+    );
+    assert_eq!(objects(&server, "prod/backups").len(), 2);
+    assert_eq!(objects(&server, "prod/tmp"), Vec::<String>::new());
+    let listed = run(on_bucket(&ws, &config, "prod").args(["--json", "list"]));
+    listed.assert_ok();
+    let listing = listed.json();
+    assert_eq!(listed_backup_ids(&listing), [first_id.as_str()]);
+    let quarantine = listing["quarantine"].as_array().unwrap().clone();
+    assert_eq!(quarantine.len(), 1, "{listing}");
+    assert!(
+        quarantine[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("below the minimum"),
+        "{listing}"
+    );
+    assert!(quarantine[0]["partial-bytes"].as_u64().unwrap() > 12 << 20);
+
+    // A run whose link stalls mid-upload holds the lock: a second run of
+    // the same database is refused while it lives.
+    let stall = 7 << 20;
+    let proxy = StallingProxy::start(server.port, stall);
+    let via_proxy = ws.file(
+        "via-proxy.toml",
+        &std::fs::read_to_string(&config).unwrap().replace(
+            &server.endpoint(),
+            &format!("http://127.0.0.1:{}", proxy.port),
+        ),
+    );
+    let mut stalled = on_bucket(&ws, &via_proxy, "prod")
+        .args(["backup", "--dbname", &db])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    proxy.wait_stalled(stall);
+    let busy = run(on_bucket(&ws, &config, "prod").args(["backup", "--dbname", &db]));
+    assert_eq!(busy.code, 3, "{}", busy.stderr);
+    assert!(
+        busy.stderr.contains(&format!("pid {}", stalled.id())),
+        "{}",
+        busy.stderr
+    );
+    // Killed outright: it cleans up nothing.
+    stalled.kill().unwrap();
+    stalled.wait().unwrap();
+    proxy.cut();
+    let running = objects(&server, "prod/tmp");
+    assert_eq!(running.len(), 1, "{running:?}");
+    assert!(running[0].ends_with(".running.json"), "{running:?}");
+    let dead_id = running[0].trim_end_matches(".running.json").to_string();
+    let listed = run(on_bucket(&ws, &config, "prod").args(["--json", "list"]));
+    assert_eq!(listed_backup_ids(&listed.json()), [first_id.as_str()]);
+    // Its multipart upload is the service's to sweep (README: the
+    // bucket's AbortIncompleteMultipartUpload rule): no client can
+    // abort an upload after being killed.
+    assert_eq!(server.open_uploads().len(), 1);
+
+    // Once its lease has run out, the next run takes the lock, records
+    // the dead run in quarantine, and backs up.
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    let next = run(on_bucket(&ws, &config, "prod").args(["--json", "backup", "--dbname", &db]));
+    next.assert_ok();
+    let next_id = next.json()["manifest"]["id"].as_str().unwrap().to_string();
+    assert_eq!(objects(&server, "prod/tmp"), Vec::<String>::new());
+    let listed = run(on_bucket(&ws, &config, "prod").args(["--json", "list"]));
+    let listing = listed.json();
+    let mut ids = listed_backup_ids(&listing);
+    ids.sort();
+    let mut expected = vec![first_id.clone(), next_id];
+    expected.sort();
+    assert_eq!(ids, expected);
+    let dead: Vec<&Value> = listing["quarantine"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|q| q["id"] == dead_id.as_str())
+        .collect();
+    assert_eq!(dead.len(), 1, "{listing}");
+    assert!(
+        dead[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("left behind by a run that died"),
+        "{listing}"
+    );
+    run(on_bucket(&ws, &config, "prod").args(["verify", &first_id])).assert_ok();
+}

@@ -1,0 +1,346 @@
+//! A backup written straight into a bucket.
+//!
+//! The commit protocol of the disk, in object-storage terms. The artifact
+//! streams into a multipart upload under its final key
+//! (`backups/ID.dump.zst[.gpg]`), which stays invisible until the upload
+//! is completed, and that happens only after the archive has been
+//! validated. The object is then read back and hashed from the bucket,
+//! and only then is the manifest written (`If-None-Match: *`): the
+//! manifest is what makes a backup exist.
+//!
+//! A failed run aborts its upload (no parts left billing), removes an
+//! artifact it had completed, and records why in `quarantine/ID.reason.json`.
+//! A bucket keeps no partial artifacts: the record is the evidence.
+//! A run that dies cannot clean up, so each run first writes
+//! `tmp/ID.running.json`; the next run of the database (holding its
+//! lock, [`super::lease`]) finds that record, removes what the dead run
+//! left and quarantines its story. A multipart upload that could not be
+//! aborted (the service was unreachable, the process was killed) stays
+//! with the service: a lifecycle rule (`AbortIncompleteMultipartUpload`)
+//! is the service's own sweep for those, documented in the README.
+
+use super::manifest::{
+    ErrorRecord, MANIFEST_VERSION, Manifest, QUARANTINE_FORMAT, QuarantineRecord,
+};
+use super::{
+    DamagedFile, MANIFEST_SUFFIX, REASON_SUFFIX, Repository, database_key, id_database_key,
+    is_backup_id,
+};
+use crate::error::{Error, ErrorKind, Result};
+use crate::storage::{Storage, Upload};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// `tmp/ID.running.json`: a run writing backup ID into the bucket.
+const RUNNING_SUFFIX: &str = ".running.json";
+const RUNNING_FORMAT: &str = "pgward-running";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct RunningRecord {
+    format: String,
+    id: String,
+    database: String,
+    artifact: String,
+    host: String,
+    pid: u32,
+    started_at: String,
+}
+
+/// A backup being written into a bucket: where its artifact goes, and
+/// whether the artifact exists yet (the upload was completed).
+#[derive(Debug)]
+pub struct BucketStaging {
+    pub id: String,
+    /// `backups/<artifact file>`.
+    pub key: String,
+    marker: String,
+    storage: Arc<dyn Storage>,
+    published: bool,
+}
+
+impl BucketStaging {
+    /// The upload was completed: the artifact is visible under its key
+    /// (and is this run's to remove if the run fails now).
+    pub fn mark_published(&mut self) {
+        self.published = true;
+    }
+
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+}
+
+fn remote_error(storage: &dyn Storage, what: &str, key: &str, e: std::io::Error) -> Error {
+    Error::repository(format!("{what} {}: {e}", storage.describe(key)))
+}
+
+impl Repository {
+    /// Starts backup `id`: its running record, then the artifact's upload.
+    pub fn start_upload(
+        &self,
+        id: &str,
+        artifact_file: &str,
+        database: &str,
+        started_at: &str,
+    ) -> Result<(BucketStaging, Box<dyn Upload>)> {
+        let storage = self.storage();
+        let marker = format!("tmp/{id}{RUNNING_SUFFIX}");
+        let record = RunningRecord {
+            format: RUNNING_FORMAT.to_string(),
+            id: id.to_string(),
+            database: database.to_string(),
+            artifact: artifact_file.to_string(),
+            host: crate::journal::host_name(),
+            pid: std::process::id(),
+            started_at: started_at.to_string(),
+        };
+        let text = serde_json::to_vec_pretty(&record).expect("records serialise");
+        storage
+            .put_new(&marker, &text)
+            .map_err(|e| remote_error(storage.as_ref(), "cannot write", &marker, e))?;
+        let key = Repository::backup_key(artifact_file);
+        let upload = match storage.upload(&key, None) {
+            Ok(upload) => upload,
+            Err(e) => {
+                let _ = storage.delete(&marker);
+                return Err(remote_error(
+                    storage.as_ref(),
+                    "cannot start the upload of",
+                    &key,
+                    e,
+                ));
+            }
+        };
+        Ok((
+            BucketStaging {
+                id: id.to_string(),
+                key,
+                marker,
+                storage,
+                published: false,
+            },
+            upload,
+        ))
+    }
+
+    /// Writes the manifest of a published, read-back artifact: the
+    /// backup exists from here on. Its key.
+    pub fn commit_upload(&self, staging: &BucketStaging, manifest: &Manifest) -> Result<String> {
+        let storage = staging.storage.as_ref();
+        let key = Repository::backup_key(&format!("{}{MANIFEST_SUFFIX}", manifest.id));
+        let mut text = serde_json::to_vec_pretty(manifest).expect("manifests serialise");
+        text.push(b'\n');
+        storage
+            .put_new(&key, &text)
+            .map_err(|e| remote_error(storage, "cannot write", &key, e))?;
+        // Read back: a manifest that did not arrive whole is no commit.
+        match storage.read_whole(&key, text.len() as u64) {
+            Ok(back) if back == text => {}
+            Ok(_) => {
+                return Err(Error::new(
+                    ErrorKind::Validation,
+                    format!("{} reads back different", storage.describe(&key)),
+                ));
+            }
+            Err(e) => return Err(remote_error(storage, "cannot read back", &key, e)),
+        }
+        let _ = storage.delete(&staging.marker);
+        Ok(key)
+    }
+
+    /// Ends a failed run in a bucket: its artifact (if the upload was
+    /// completed) is removed and the story is recorded in `quarantine/`.
+    /// The record's key.
+    pub fn quarantine_upload(
+        &self,
+        staging: BucketStaging,
+        database: &str,
+        started_at: &str,
+        partial_bytes: u64,
+        error: &Error,
+    ) -> Result<String> {
+        let storage = staging.storage.clone();
+        if staging.published {
+            storage
+                .delete(&staging.key)
+                .map_err(|e| remote_error(storage.as_ref(), "cannot remove", &staging.key, e))?;
+        }
+        let record = QuarantineRecord {
+            format: QUARANTINE_FORMAT.to_string(),
+            format_version: MANIFEST_VERSION,
+            id: staging.id.clone(),
+            database: database.to_string(),
+            started_at: started_at.to_string(),
+            quarantined_at: crate::clock::now_rfc3339(),
+            // A bucket keeps no partial artifact.
+            file: String::new(),
+            partial_bytes,
+            error: ErrorRecord::from_error(error),
+        };
+        let key = self.put_reason(storage.as_ref(), &record)?;
+        let _ = storage.delete(&staging.marker);
+        Ok(key)
+    }
+
+    /// Stores a quarantine record under `quarantine/ID.reason.json`, or
+    /// `...json.N` when that is taken: records are never replaced.
+    fn put_reason(&self, storage: &dyn Storage, record: &QuarantineRecord) -> Result<String> {
+        let mut text = serde_json::to_vec_pretty(record).expect("records serialise");
+        text.push(b'\n');
+        let base = format!("quarantine/{}{REASON_SUFFIX}", record.id);
+        let mut key = base.clone();
+        for n in 1..100 {
+            match storage.put_new(&key, &text) {
+                Ok(()) => return Ok(key),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    key = format!("{base}.{n}");
+                }
+                Err(e) => return Err(remote_error(storage, "cannot write", &key, e)),
+            }
+        }
+        Err(Error::repository(format!(
+            "{} and 99 more names are taken",
+            storage.describe(&base)
+        )))
+    }
+
+    /// What runs of `database` that died left in the bucket: their
+    /// running records. Each is quarantined (with the artifact it may
+    /// have completed removed). Called with the database's lock held, so
+    /// none of these runs is alive.
+    pub(super) fn clear_bucket_leftovers(&self, storage: &dyn Storage, database: &str) {
+        let key = database_key(database);
+        let Ok(objects) = storage.list("tmp") else {
+            return;
+        };
+        for object in objects {
+            let Some(id) = object.name.strip_suffix(RUNNING_SUFFIX) else {
+                continue;
+            };
+            if !is_backup_id(id) || id_database_key(id) != Some(key.as_str()) {
+                continue;
+            }
+            let marker = format!("tmp/{}", object.name);
+            let running = storage
+                .read_whole(&marker, 64 * 1024)
+                .ok()
+                .and_then(|text| serde_json::from_slice::<RunningRecord>(&text).ok())
+                .filter(|r| r.format == RUNNING_FORMAT && r.id == id);
+            let manifest = Repository::backup_key(&format!("{id}{MANIFEST_SUFFIX}"));
+            let committed = matches!(storage.size(&manifest), Ok(Some(_)));
+            // A run that died after its manifest was written: a backup,
+            // with only its record left to remove.
+            if committed {
+                let _ = storage.delete(&marker);
+                continue;
+            }
+            let mut partial_bytes = 0;
+            if let Some(artifact) = running
+                .as_ref()
+                .map(|r| r.artifact.as_str())
+                .filter(|a| super::artifact_id(a) == Some(id))
+            {
+                let artifact = Repository::backup_key(artifact);
+                if let Ok(Some(bytes)) = storage.size(&artifact) {
+                    partial_bytes = bytes;
+                    if storage.delete(&artifact).is_err() {
+                        continue;
+                    }
+                }
+            }
+            let (host, pid, started_at) = running
+                .map(|r| (r.host, r.pid.to_string(), r.started_at))
+                .unwrap_or_else(|| ("?".into(), "?".into(), "unknown".into()));
+            let error = Error::new(
+                ErrorKind::Interrupted {
+                    signal: libc::SIGKILL,
+                },
+                format!(
+                    "left behind by a run that died before it could clean up (host {host}, pid {pid}: killed, crashed, or cut off from the bucket)"
+                ),
+            )
+            .with_hint("an upload it could not abort is removed by the bucket's lifecycle rule (AbortIncompleteMultipartUpload)");
+            let record = QuarantineRecord {
+                format: QUARANTINE_FORMAT.to_string(),
+                format_version: MANIFEST_VERSION,
+                id: id.to_string(),
+                database: database.to_string(),
+                started_at,
+                quarantined_at: crate::clock::now_rfc3339(),
+                file: String::new(),
+                partial_bytes,
+                error: ErrorRecord::from_error(&error),
+            };
+            if self.put_reason(storage, &record).is_ok() {
+                let _ = storage.delete(&marker);
+            }
+        }
+    }
+
+    /// The quarantine records in a bucket, as [`Repository::quarantined`].
+    pub(super) fn bucket_quarantined(
+        &self,
+        storage: &dyn Storage,
+    ) -> Result<(Vec<QuarantineRecord>, Vec<DamagedFile>)> {
+        let objects = storage
+            .list("quarantine")
+            .map_err(|e| remote_error(storage, "cannot list", "quarantine", e))?;
+        let mut records = Vec::new();
+        let mut damaged = Vec::new();
+        for object in objects {
+            if !object.name.contains(REASON_SUFFIX) {
+                continue;
+            }
+            let key = format!("quarantine/{}", object.name);
+            let record = storage
+                .read_whole(&key, 1 << 20)
+                .map_err(|e| e.to_string())
+                .and_then(|text| {
+                    serde_json::from_slice::<QuarantineRecord>(&text).map_err(|e| e.to_string())
+                });
+            match record {
+                Ok(record) if is_backup_id(&record.id) => records.push(record),
+                Ok(record) => damaged.push(DamagedFile {
+                    file: key,
+                    cause: format!("{:?} is not a backup id", record.id),
+                    id: None,
+                }),
+                Err(cause) => damaged.push(DamagedFile {
+                    file: key,
+                    cause,
+                    id: None,
+                }),
+            }
+        }
+        Ok((records, damaged))
+    }
+
+    /// Removes a quarantine record from a bucket (the records of one id).
+    pub(super) fn remove_bucket_quarantined(
+        &self,
+        storage: &dyn Storage,
+        record: &QuarantineRecord,
+    ) -> Result<Vec<String>> {
+        let objects = storage
+            .list("quarantine")
+            .map_err(|e| remote_error(storage, "cannot list", "quarantine", e))?;
+        let base = format!("{}{REASON_SUFFIX}", record.id);
+        let mut removed = Vec::new();
+        for object in objects {
+            let ours = object.name == base
+                || object
+                    .name
+                    .strip_prefix(&format!("{base}."))
+                    .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+            if ours {
+                let key = format!("quarantine/{}", object.name);
+                storage
+                    .delete(&key)
+                    .map_err(|e| remote_error(storage, "cannot remove", &key, e))?;
+                removed.push(storage.describe(&key));
+            }
+        }
+        Ok(removed)
+    }
+}
