@@ -80,6 +80,15 @@ pub fn run(
     if let (Some(signer), Some(pin)) = (&signer, repo.signature_pin()) {
         crate::signing::round_trip(signer, pin)?;
     }
+    // Signals are watched from before the lock is taken: a lock in a
+    // bucket is not freed by the kernel when the process dies, so an
+    // interrupted run must live to release it.
+    let mut watch = InterruptWatch::install().map_err(|e| {
+        Error::new(
+            ErrorKind::Dump,
+            format!("cannot install signal handlers: {e}"),
+        )
+    })?;
     let lock = repo.lock(&target.dbname)?;
     if let (Some(signer), Some(pin)) = (&signer, repo.signature_pin()) {
         crate::signing::round_trip(signer, pin)?;
@@ -180,12 +189,10 @@ pub fn run(
         id: &id,
         started,
     };
-    let mut watch = InterruptWatch::install().map_err(|e| {
-        Error::new(
-            ErrorKind::Dump,
-            format!("cannot install signal handlers: {e}"),
-        )
-    })?;
+    if let Some(signal) = watch.received() {
+        watch.acknowledge();
+        return Err(interrupted(signal));
+    }
     let (mut staged, sink) = if repo.is_remote() {
         let (staging, upload) = repo.start_upload(
             &id,
@@ -204,7 +211,7 @@ pub fn run(
         let path = staging.path.clone();
         (Staged::Disk(staging), Sink::Disk { file, path })
     };
-    let result = run.dump_and_validate(sink, &mut staged, &watch, progress);
+    let result = run.dump_and_validate(sink, &mut staged, &watch, &lock, progress);
     // A signal that arrived after pg_dump finished (during validation or
     // read-back) still stops the run: nothing is committed after a signal.
     let result = match (result, watch.received()) {
@@ -239,25 +246,31 @@ pub fn run(
             Err(error) => Err(quarantine(&repo, staging, &server.database, started, error)),
         },
         Staged::Bucket { staging, uploaded } => {
-            let committed = result.and_then(|manifest| {
-                let key = repo.commit_upload(&staging, &manifest)?;
-                Ok((manifest, key))
-            });
-            match committed {
-                Ok((manifest, manifest_key)) => Ok(BackupOutcome {
-                    artifact_path: PathBuf::from(staging.storage().describe(&staging.key)),
-                    manifest_path: PathBuf::from(staging.storage().describe(&manifest_key)),
-                    manifest,
-                    warnings,
-                }),
-                Err(error) => Err(quarantine_upload(
+            let quarantined = |staging: BucketStaging, error: Error| {
+                quarantine_upload(
                     &repo,
                     staging,
                     uploaded.load(Ordering::Relaxed),
                     &server.database,
                     started,
                     error,
-                )),
+                )
+            };
+            let manifest = match result {
+                Ok(manifest) => manifest,
+                Err(error) => return Err(quarantined(staging, error)),
+            };
+            match repo.commit_upload(&staging, &manifest, &|| lock.still_held()) {
+                Ok(manifest_key) => Ok(BackupOutcome {
+                    artifact_path: PathBuf::from(staging.storage().describe(&staging.key)),
+                    manifest_path: PathBuf::from(staging.storage().describe(&manifest_key)),
+                    manifest,
+                    warnings,
+                }),
+                Err(failure) if failure.manifest_may_exist => Err(failure.error.context(format!(
+                    "whether backup {id} was committed cannot be told: it is left as it is for the next run of this database (and `pgward verify`) to judge"
+                ))),
+                Err(failure) => Err(quarantined(staging, failure.error)),
             }
         }
     }
@@ -356,8 +369,8 @@ fn seal(sink: Sink, staged: &mut Staged) -> std::io::Result<StreamDigest> {
             digest_file(&path)
         }
         (Sink::Bucket { upload, .. }, Staged::Bucket { staging, .. }) => {
+            staging.mark_maybe_published();
             upload.finish()?;
-            staging.mark_published();
             digest_reader(staging.storage().open(&staging.key)?)
         }
         (Sink::Bucket { .. }, Staged::Disk(_)) => unreachable!("an upload is staged in a bucket"),
@@ -478,6 +491,7 @@ impl Run<'_> {
         sink: Sink,
         staged: &mut Staged,
         watch: &InterruptWatch,
+        lock: &crate::repository::lock::RunLock,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Manifest> {
         let compression = Compression {
@@ -531,7 +545,7 @@ impl Run<'_> {
 
         let copied = copy_stream(&mut child, &mut plain, |archive_bytes| {
             progress(Progress { archive_bytes });
-            watch.received().is_none()
+            watch.received().is_none() && lock.lost().is_none()
         });
         if matches!(
             copied,
@@ -549,6 +563,11 @@ impl Run<'_> {
         watch.watch_child(0);
         if let Some(signal) = watch.received() {
             return Err(interrupted(signal));
+        }
+        // pg_dump was stopped because the run lost its lock: that is the
+        // failure, not pg_dump's death.
+        if matches!(copied, Err(CopyError::Stopped)) {
+            lock.still_held()?;
         }
         if let Err(failure) = child_result {
             let said = failure
@@ -569,7 +588,10 @@ impl Run<'_> {
                     format!("cannot read pg_dump's output: {e}"),
                 ));
             }
-            Err(CopyError::Stopped) => return Err(interrupted(libc::SIGTERM)),
+            Err(CopyError::Stopped) => {
+                lock.still_held()?;
+                return Err(interrupted(libc::SIGTERM));
+            }
             Err(CopyError::Write(_)) => unreachable!("handled above"),
         }
 
@@ -771,7 +793,6 @@ fn dump_hint(stderr: &str) -> String {
     } else if stderr.contains("row-level security") {
         "the backup role must be allowed to bypass row-level security (BYPASSRLS) or the table must be excluded".to_string()
     } else {
-        "read pg_dump's message above; the failed output is kept in quarantine/ for inspection"
-            .to_string()
+        "read pg_dump's message above; the run is recorded in quarantine/".to_string()
     }
 }

@@ -141,7 +141,12 @@ fn a_backup_straight_into_a_bucket_restores_and_leaves_nothing_on_local_disk() {
     // backup there, and sees a lock that is held.
     let checked = run(on_bucket(&ws, &config, "prod").args(["--json", "check", "--dbname", &db]));
     let report = checked.json();
-    for row in ["repository", "repository.bucket", "repository.lock"] {
+    for row in [
+        "repository",
+        "repository.bucket",
+        "repository.bucket.conditional-writes",
+        "repository.lock",
+    ] {
         assert_eq!(check_row(&report, row)["status"], "PASS", "{row}: {report}");
     }
     assert!(
@@ -242,7 +247,7 @@ fn a_failed_backup_into_a_bucket_is_recorded_and_a_killed_one_is_cleaned_up_by_t
         &format!("{lease}\n[validation]\nmin-size = \"1GiB\"\n"),
     );
     let refused = run(on_bucket(&ws, &strict, "prod").args(["backup", "--dbname", &db]));
-    assert_ne!(refused.code, 0);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
     assert!(
         refused.stderr.contains("below the minimum")
             && refused.stderr.contains("nothing was kept in the bucket"),
@@ -340,4 +345,162 @@ fn a_failed_backup_into_a_bucket_is_recorded_and_a_killed_one_is_cleaned_up_by_t
         "{listing}"
     );
     run(on_bucket(&ws, &config, "prod").args(["verify", &first_id])).assert_ok();
+}
+
+/// A pg_dump that says when it starts and then takes `seconds` before
+/// dumping: time for the test to act while the run holds its lock.
+fn slow_pg_dump(ws: &Workspace, started: &Path, seconds: u32) -> PathBuf {
+    ws.script(
+        "pg_dump_slow",
+        &format!(
+            "REAL='{}'\nif [ \"$1\" = --version ]; then exec \"$REAL\" --version; fi\ntouch '{}'\nsleep {seconds}\nexec \"$REAL\" \"$@\"",
+            real_pg_dump(),
+            started.display()
+        ),
+    )
+}
+
+fn wait_for(path: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !path.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_bucket_backup_that_is_interrupted_or_loses_its_lock_commits_nothing_and_lets_go() {
+    let ws = Workspace::new();
+    let server = S3Server::start(BUCKET);
+    let config = configured(&server, &ws, "pgward.toml", "lock-lease = \"2s\"\n");
+    let db = cluster().create_database("directlost");
+    load_rows(&db, "public.items", 300);
+    let lock = server.object_path(
+        BUCKET,
+        &format!("prod/locks/{}.lock", pgward::repository::database_key(&db)),
+    );
+
+    // SIGTERM while pg_dump runs: exit 143, the upload aborted, the run
+    // recorded, and the lock released at once (no lease left to wait out).
+    let started = ws.path("started-1");
+    let wrapper = slow_pg_dump(&ws, &started, 3);
+    let child = on_bucket(&ws, &config, "prod")
+        .args(["backup", "--dbname", &db, "--pg-dump"])
+        .arg(&wrapper)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&started);
+    assert!(lock.exists(), "the run holds no lock");
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(143),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!lock.exists(), "the lock outlived the run");
+    assert!(server.open_uploads().is_empty());
+    assert_eq!(objects(&server, "prod/tmp"), Vec::<String>::new());
+    let listed = run(on_bucket(&ws, &config, "prod").args(["--json", "list"]));
+    let listing = listed.json();
+    assert!(listed_backup_ids(&listing).is_empty(), "{listing}");
+    assert_eq!(
+        listing["quarantine"].as_array().unwrap().len(),
+        1,
+        "{listing}"
+    );
+    assert!(
+        listing["quarantine"][0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted"),
+        "{listing}"
+    );
+
+    // Another run takes the lock over while this one's pg_dump is slow
+    // (as if its lease had run out): its next renewal finds the lock
+    // replaced, and the run stops and commits nothing, exit 3, leaving the
+    // other run's lock alone.
+    let started = ws.path("started-2");
+    let wrapper = slow_pg_dump(&ws, &started, 2);
+    let child = on_bucket(&ws, &config, "prod")
+        .args(["backup", "--dbname", &db, "--pg-dump"])
+        .arg(&wrapper)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&started);
+    let credentials = server.credentials_file(&ws, S3_SECRET_KEY);
+    let parsed = pgward::Config::parse(&server.config_section(&credentials)).unwrap();
+    let location = pgward::storage::s3::S3Location::parse(&format!("s3://{BUCKET}/prod"))
+        .unwrap()
+        .unwrap();
+    let bucket =
+        pgward::storage::s3::S3Storage::new(&location, &parsed.s3, &pgward::process_env).unwrap();
+    let theirs = lock_record(&db, "new-holder", "2999-01-01T00:00:00Z");
+    pgward::storage::Storage::put_replacing(
+        &bucket,
+        &format!("locks/{}.lock", pgward::repository::database_key(&db)),
+        theirs.as_bytes(),
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("lost the lock"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&lock).unwrap(), theirs);
+    assert!(server.open_uploads().is_empty());
+    let backups = objects(&server, "prod/backups");
+    assert!(backups.is_empty(), "{backups:?}");
+    let listed = run(on_bucket(&ws, &config, "prod").args(["--json", "list"]));
+    assert_eq!(listed.json()["quarantine"].as_array().unwrap().len(), 2);
+    std::fs::remove_file(&lock).unwrap();
+
+    // The link dies after the upload was completed, while the artifact is
+    // read back: nothing can be cleaned up through it. The artifact is
+    // never a backup (no manifest), and the next run removes it.
+    cluster().psql(
+        &db,
+        "CREATE TABLE noise AS SELECT g, md5(g::text) || md5((g + 1)::text) AS a \
+         FROM generate_series(1, 40000) g",
+    );
+    let proxy = CuttingProxy::start(server.port, 256 << 10);
+    let via_proxy = ws.file(
+        "via-proxy.toml",
+        &std::fs::read_to_string(&config).unwrap().replace(
+            &server.endpoint(),
+            &format!("http://127.0.0.1:{}", proxy.port),
+        ),
+    );
+    let cut = run(on_bucket(&ws, &via_proxy, "prod").args(["backup", "--dbname", &db]));
+    assert_eq!(cut.code, 1, "{}", cut.stderr);
+    let left = objects(&server, "prod/backups");
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].ends_with(".dump.zst"), "{left:?}");
+    let listed = run(on_bucket(&ws, &config, "prod").args(["--json", "list"]));
+    assert!(listed_backup_ids(&listed.json()).is_empty());
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let next = run(on_bucket(&ws, &config, "prod").args(["--json", "backup", "--dbname", &db]));
+    next.assert_ok();
+    let next_id = next.json()["manifest"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        objects(&server, "prod/backups"),
+        [
+            format!("{next_id}.dump.zst"),
+            format!("{next_id}.manifest.json")
+        ]
+    );
+    assert_eq!(objects(&server, "prod/tmp"), Vec::<String>::new());
+    let listed = run(on_bucket(&ws, &config, "prod").args(["--json", "list"]));
+    assert_eq!(listed.json()["quarantine"].as_array().unwrap().len(), 3);
 }

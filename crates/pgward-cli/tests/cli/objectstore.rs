@@ -145,6 +145,35 @@ fn the_storage_contract_holds_on_disk_and_in_a_bucket() {
             .object_path(BUCKET, "contract/backups/big.bin")
             .is_file()
     );
+
+    // Versions (for the leases of runs in a bucket): a replacement at a
+    // stale version is refused and changes nothing, one at the current
+    // version goes through; a directory has no versions.
+    assert_eq!(bucket.read_versioned("locks/x.lock", 100).unwrap(), None);
+    bucket.put_new("locks/x.lock", b"one").unwrap();
+    let (body, first) = bucket.read_versioned("locks/x.lock", 100).unwrap().unwrap();
+    assert_eq!(body, b"one");
+    let second = bucket
+        .replace_if_version("locks/x.lock", b"two", &first)
+        .unwrap();
+    assert_ne!(second, first);
+    let stale = bucket
+        .replace_if_version("locks/x.lock", b"three", &first)
+        .unwrap_err();
+    assert_eq!(stale.kind(), ErrorKind::AlreadyExists, "{stale}");
+    assert_eq!(
+        bucket.read_versioned("locks/x.lock", 100).unwrap(),
+        Some((b"two".to_vec(), second.clone()))
+    );
+    bucket.delete_if_version("locks/x.lock", &second).unwrap();
+    assert_eq!(bucket.size("locks/x.lock").unwrap(), None);
+    assert_eq!(
+        local
+            .read_versioned("backups/a.json", 100)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Unsupported
+    );
 }
 
 /// A database with rows, backed up into the workspace's local repository.

@@ -48,7 +48,7 @@ struct RunningRecord {
 }
 
 /// A backup being written into a bucket: where its artifact goes, and
-/// whether the artifact exists yet (the upload was completed).
+/// whether the artifact may exist yet (its upload's completion was sent).
 #[derive(Debug)]
 pub struct BucketStaging {
     pub id: String,
@@ -56,14 +56,25 @@ pub struct BucketStaging {
     pub key: String,
     marker: String,
     storage: Arc<dyn Storage>,
-    published: bool,
+    maybe_published: bool,
+}
+
+/// A commit into a bucket that failed, and whether its manifest may be
+/// there all the same (a write whose answer was lost, a read-back that
+/// failed): then nothing of the run may be removed.
+#[derive(Debug)]
+pub struct CommitFailure {
+    pub error: Error,
+    pub manifest_may_exist: bool,
 }
 
 impl BucketStaging {
-    /// The upload was completed: the artifact is visible under its key
-    /// (and is this run's to remove if the run fails now).
-    pub fn mark_published(&mut self) {
-        self.published = true;
+    /// The upload's completion is about to be sent: from here on the
+    /// artifact may be visible under its key (a completion can succeed
+    /// with its answer lost), and is this run's to remove if the run
+    /// fails without a manifest.
+    pub fn mark_maybe_published(&mut self) {
+        self.maybe_published = true;
     }
 
     pub fn storage(&self) -> &Arc<dyn Storage> {
@@ -118,7 +129,7 @@ impl Repository {
                 key,
                 marker,
                 storage,
-                published: false,
+                maybe_published: false,
             },
             upload,
         ))
@@ -126,32 +137,103 @@ impl Repository {
 
     /// Writes the manifest of a published, read-back artifact: the
     /// backup exists from here on. Its key.
-    pub fn commit_upload(&self, staging: &BucketStaging, manifest: &Manifest) -> Result<String> {
+    ///
+    /// The manifest is read back, and then `still_ours` (the run's lock)
+    /// and the artifact are checked once more: a run that lost its lock
+    /// while the manifest was on its way may have had its artifact taken
+    /// for a dead run's leftover by the lock's new holder. A manifest this
+    /// run wrote and cannot stand by is removed again; one whose state
+    /// cannot be told is left, with the running record, for the next run
+    /// of the database to judge.
+    pub fn commit_upload(
+        &self,
+        staging: &BucketStaging,
+        manifest: &Manifest,
+        still_ours: &dyn Fn() -> Result<()>,
+    ) -> std::result::Result<String, Box<CommitFailure>> {
         let storage = staging.storage.as_ref();
         let key = Repository::backup_key(&format!("{}{MANIFEST_SUFFIX}", manifest.id));
         let mut text = serde_json::to_vec_pretty(manifest).expect("manifests serialise");
         text.push(b'\n');
-        storage
-            .put_new(&key, &text)
-            .map_err(|e| remote_error(storage, "cannot write", &key, e))?;
-        // Read back: a manifest that did not arrive whole is no commit.
+        let failed = |error: Error, manifest_may_exist: bool| {
+            Box::new(CommitFailure {
+                error,
+                manifest_may_exist,
+            })
+        };
+        // A write that failed may still have landed (a retry of a request
+        // whose answer was lost is refused as "exists"): what is there
+        // decides.
+        if let Err(e) = storage.put_new(&key, &text) {
+            let error = remote_error(storage, "cannot write", &key, e);
+            return match storage.size(&key) {
+                Ok(None) => Err(failed(error, false)),
+                _ => match storage.read_whole(&key, text.len() as u64) {
+                    Ok(back) if back == text => self.fence(staging, manifest, &key, still_ours),
+                    _ => Err(failed(error, true)),
+                },
+            };
+        }
         match storage.read_whole(&key, text.len() as u64) {
-            Ok(back) if back == text => {}
+            Ok(back) if back == text => self.fence(staging, manifest, &key, still_ours),
             Ok(_) => {
-                return Err(Error::new(
+                let error = Error::new(
                     ErrorKind::Validation,
                     format!("{} reads back different", storage.describe(&key)),
-                ));
+                );
+                let removed = storage.delete(&key).is_ok();
+                Err(failed(error, !removed))
             }
-            Err(e) => return Err(remote_error(storage, "cannot read back", &key, e)),
+            Err(e) => Err(failed(
+                remote_error(storage, "cannot read back", &key, e),
+                true,
+            )),
         }
-        let _ = storage.delete(&staging.marker);
-        Ok(key)
     }
 
-    /// Ends a failed run in a bucket: its artifact (if the upload was
-    /// completed) is removed and the story is recorded in `quarantine/`.
-    /// The record's key.
+    /// The last check of a commit: the lock still this run's, the
+    /// artifact still there at its size. Else the manifest is withdrawn.
+    fn fence(
+        &self,
+        staging: &BucketStaging,
+        manifest: &Manifest,
+        key: &str,
+        still_ours: &dyn Fn() -> Result<()>,
+    ) -> std::result::Result<String, Box<CommitFailure>> {
+        let storage = staging.storage.as_ref();
+        let problem = match (still_ours(), storage.size(&staging.key)) {
+            (Err(e), _) => Some(e),
+            (Ok(()), Ok(Some(bytes))) if bytes == manifest.artifact.bytes => None,
+            (Ok(()), Ok(found)) => Some(Error::new(
+                ErrorKind::Validation,
+                format!(
+                    "{} is {} after the manifest was written",
+                    storage.describe(&staging.key),
+                    found.map_or("gone".to_string(), |b| format!("{b} bytes")),
+                ),
+            )),
+            (Ok(()), Err(e)) => Some(remote_error(storage, "cannot stat", &staging.key, e)),
+        };
+        match problem {
+            None => {
+                let _ = storage.delete(&staging.marker);
+                Ok(key.to_string())
+            }
+            Some(error) => {
+                let withdrawn = storage.delete(key).is_ok();
+                Err(Box::new(CommitFailure {
+                    error,
+                    manifest_may_exist: !withdrawn,
+                }))
+            }
+        }
+    }
+
+    /// Ends a failed run in a bucket: its artifact (if the upload may
+    /// have been completed, and no manifest names it) is removed and the
+    /// story is recorded in `quarantine/`. The record's key. When the
+    /// artifact cannot be removed, the running record stays for the next
+    /// run of the database.
     pub fn quarantine_upload(
         &self,
         staging: BucketStaging,
@@ -161,10 +243,20 @@ impl Repository {
         error: &Error,
     ) -> Result<String> {
         let storage = staging.storage.clone();
-        if staging.published {
-            storage
-                .delete(&staging.key)
-                .map_err(|e| remote_error(storage.as_ref(), "cannot remove", &staging.key, e))?;
+        if staging.maybe_published {
+            let manifest = Repository::backup_key(&format!("{}{MANIFEST_SUFFIX}", staging.id));
+            match storage.size(&manifest) {
+                Ok(None) => storage.delete(&staging.key).map_err(|e| {
+                    remote_error(storage.as_ref(), "cannot remove", &staging.key, e)
+                })?,
+                Ok(Some(_)) => {
+                    return Err(Error::repository(format!(
+                        "{} exists: the backup is left for `pgward verify` to judge",
+                        storage.describe(&manifest)
+                    )));
+                }
+                Err(e) => return Err(remote_error(storage.as_ref(), "cannot stat", &manifest, e)),
+            }
         }
         let record = QuarantineRecord {
             format: QUARANTINE_FORMAT.to_string(),
@@ -222,31 +314,43 @@ impl Repository {
                 continue;
             }
             let marker = format!("tmp/{}", object.name);
-            let running = storage
-                .read_whole(&marker, 64 * 1024)
+            // Only what can be read for certain is acted on; anything in
+            // doubt is left for a later run.
+            let Ok(text) = storage.read_whole(&marker, 64 * 1024) else {
+                continue;
+            };
+            let running = serde_json::from_slice::<RunningRecord>(&text)
                 .ok()
-                .and_then(|text| serde_json::from_slice::<RunningRecord>(&text).ok())
                 .filter(|r| r.format == RUNNING_FORMAT && r.id == id);
             let manifest = Repository::backup_key(&format!("{id}{MANIFEST_SUFFIX}"));
-            let committed = matches!(storage.size(&manifest), Ok(Some(_)));
-            // A run that died after its manifest was written: a backup,
-            // with only its record left to remove.
-            if committed {
-                let _ = storage.delete(&marker);
-                continue;
+            match storage.size(&manifest) {
+                Ok(None) => {}
+                // A run that died after its manifest was written: a
+                // backup, with only its record left to remove.
+                Ok(Some(_)) => {
+                    let _ = storage.delete(&marker);
+                    continue;
+                }
+                Err(_) => continue,
             }
             let mut partial_bytes = 0;
+            // The artifact a dead run may have completed, named by its
+            // own record (never guessed from an unreadable one).
             if let Some(artifact) = running
                 .as_ref()
                 .map(|r| r.artifact.as_str())
                 .filter(|a| super::artifact_id(a) == Some(id))
             {
                 let artifact = Repository::backup_key(artifact);
-                if let Ok(Some(bytes)) = storage.size(&artifact) {
-                    partial_bytes = bytes;
-                    if storage.delete(&artifact).is_err() {
-                        continue;
+                match storage.size(&artifact) {
+                    Ok(None) => {}
+                    Ok(Some(bytes)) => {
+                        partial_bytes = bytes;
+                        if storage.delete(&artifact).is_err() {
+                            continue;
+                        }
                     }
+                    Err(_) => continue,
                 }
             }
             let (host, pid, started_at) = running
@@ -316,7 +420,8 @@ impl Repository {
         Ok((records, damaged))
     }
 
-    /// Removes a quarantine record from a bucket (the records of one id).
+    /// Removes a quarantine record from a bucket: the object of this id
+    /// that holds exactly `record` (an id can have several, `.N`).
     pub(super) fn remove_bucket_quarantined(
         &self,
         storage: &dyn Storage,
@@ -333,8 +438,14 @@ impl Repository {
                     .name
                     .strip_prefix(&format!("{base}."))
                     .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
-            if ours {
-                let key = format!("quarantine/{}", object.name);
+            let key = format!("quarantine/{}", object.name);
+            let same = ours
+                && storage
+                    .read_whole(&key, 1 << 20)
+                    .ok()
+                    .and_then(|text| serde_json::from_slice::<QuarantineRecord>(&text).ok())
+                    .is_some_and(|found| found == *record);
+            if same {
                 storage
                     .delete(&key)
                     .map_err(|e| remote_error(storage, "cannot remove", &key, e))?;

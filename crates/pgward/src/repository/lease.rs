@@ -109,22 +109,13 @@ impl Lease {
             Error::repository(format!("cannot take the lock {where_}: {e}"))
                 .with_hint("run `pgward check` for the bucket's readiness")
         };
-        // Three rounds: the lock may vanish or change hands between reads.
-        for _ in 0..3 {
+        // A few rounds: the lock may vanish or change hands between reads,
+        // and a take-over is confirmed by the round after it.
+        for _ in 0..4 {
             match storage.put_new(key, &record.bytes()) {
-                Ok(()) => {
-                    let Some((text, version)) =
-                        storage.read_versioned(key, 64 * 1024).map_err(failed)?
-                    else {
-                        continue;
-                    };
-                    // A service that ignores If-None-Match lets a second
-                    // creator replace the object: the token tells.
-                    if parse(&text).is_some_and(|r| r.token == record.token) {
-                        return Ok(Lease::start(storage, key, record, version, lease));
-                    }
-                    return Err(busy(database, &storage.location(), parse(&text), lease));
-                }
+                Ok(()) => {}
+                // Held, or this run's own write retried after its answer
+                // was lost: the token below tells.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(failed(e)),
             }
@@ -133,6 +124,11 @@ impl Lease {
                 continue;
             };
             let current = parse(&text);
+            // Ours (a service that ignores If-None-Match lets a second
+            // creator replace the object: the token tells that too).
+            if current.as_ref().is_some_and(|r| r.token == record.token) {
+                return Lease::start(storage, key, record, version, lease);
+            }
             let expired = current
                 .as_ref()
                 .and_then(LockRecord::expires)
@@ -149,9 +145,10 @@ impl Lease {
             if !expired {
                 return Err(busy(database, &storage.location(), current, lease));
             }
-            // A holder that died: its lease has run out.
+            // A holder that died: its lease has run out. Taken over only
+            // if nobody else did first; the next round reads who won.
             match storage.replace_if_version(key, &record.bytes(), &version) {
-                Ok(version) => return Ok(Lease::start(storage, key, record, version, lease)),
+                Ok(_) => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(failed(e)),
             }
@@ -159,16 +156,32 @@ impl Lease {
         Err(busy(database, &storage.location(), None, lease))
     }
 
+    /// Holds the lock at `version` and starts renewing it, after one
+    /// renewal now: a service that does not honour `If-Match` (which the
+    /// renewals need) is found before the backup, not after it.
     fn start(
         storage: Arc<dyn Storage>,
         key: &str,
         record: LockRecord,
         version: String,
         lease: Duration,
-    ) -> Lease {
+    ) -> Result<Lease> {
+        let now = jiff::Timestamp::now();
+        let renewed = record.renewed(now, lease);
+        let version = match renew_once(storage.as_ref(), key, &renewed, &version) {
+            Ok(version) => version,
+            Err(e) => {
+                let _ = storage.delete_if_version(key, &version);
+                return Err(Error::repository(format!(
+                    "cannot renew the lock {} just taken: {e}",
+                    storage.describe(key)
+                ))
+                .with_hint("the lock of a run writing into a bucket needs conditional writes (If-Match); `pgward check` tests them; without them back up into a local repository and copy off-site with [[mirror]]"));
+            }
+        };
         let held = Arc::new(Mutex::new(Held {
             version,
-            expires: record.expires().unwrap_or_else(jiff::Timestamp::now),
+            expires: renewed.expires().unwrap_or(now),
             lost: None,
         }));
         let (stop, stopped) = channel();
@@ -181,14 +194,21 @@ impl Lease {
                 .spawn(move || renew(storage.as_ref(), &key, &record, lease, &held, &stopped))
                 .ok()
         };
-        Lease {
+        Ok(Lease {
             storage,
             key: key.to_string(),
             lease,
             held,
             stop: Some(stop),
             renewer,
-        }
+        })
+    }
+
+    /// Why the lock is no longer this run's, if it is not: cheap enough to
+    /// ask for every chunk of a dump, so that a run that lost its lock
+    /// stops instead of dumping beside the lock's new holder.
+    pub fn lost(&self) -> Option<String> {
+        self.still_held().err().map(|e| e.message().to_string())
     }
 
     /// Whether the lock is still this run's, with time to spare: checked
@@ -226,11 +246,13 @@ impl Drop for Lease {
             return;
         }
         // Only this holder's version is removed: a lock taken over after
-        // a lost lease belongs to its new holder.
+        // a lost lease belongs to its new holder. A service that refuses
+        // the conditional delete gets a plain one, just after the check.
         if let Ok(Some((_, version))) = self.storage.read_versioned(&self.key, 64 * 1024)
             && version == held.version
+            && self.storage.delete_if_version(&self.key, &version).is_err()
         {
-            let _ = self.storage.delete_if_version(&self.key, &version);
+            let _ = self.storage.delete(&self.key);
         }
     }
 }
@@ -252,7 +274,7 @@ fn renew(
         let now = jiff::Timestamp::now();
         let renewed = record.renewed(now, lease);
         let version = held.lock().expect("not poisoned").version.clone();
-        match storage.replace_if_version(key, &renewed.bytes(), &version) {
+        match renew_once(storage, key, &renewed, &version) {
             Ok(version) => {
                 let mut held = held.lock().expect("not poisoned");
                 held.version = version;
@@ -267,6 +289,26 @@ fn renew(
             // kept in `held` tells `still_held` when it is too late.
             Err(_) => {}
         }
+    }
+}
+
+/// Replaces the lock at `version` with `renewed`; the new version. A
+/// refusal is looked into: when the object holds exactly `renewed`, this
+/// was a retry of a write that had landed, and the lock is still ours.
+fn renew_once(
+    storage: &dyn Storage,
+    key: &str,
+    renewed: &LockRecord,
+    version: &str,
+) -> std::io::Result<String> {
+    match storage.replace_if_version(key, &renewed.bytes(), version) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            match storage.read_versioned(key, 64 * 1024) {
+                Ok(Some((text, version))) if text == renewed.bytes() => Ok(version),
+                _ => Err(e),
+            }
+        }
+        other => other,
     }
 }
 

@@ -106,4 +106,12 @@ impl RunLock {
             RunLock::Bucket(lease) => lease.still_held(),
         }
     }
+
+    /// Why the lock was lost, if it was (see [`super::lease::Lease::lost`]).
+    pub fn lost(&self) -> Option<String> {
+        match self {
+            RunLock::Local(_) => None,
+            RunLock::Bucket(lease) => lease.lost(),
+        }
+    }
 }

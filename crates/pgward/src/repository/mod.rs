@@ -341,10 +341,12 @@ impl Repository {
         self.backups_dir().join(&manifest.artifact.file)
     }
 
-    /// Whether `backups/` holds a file named `file` (never followed).
+    /// Whether `backups/` holds a file named `file` (never followed). In
+    /// a bucket a failed request counts as "yes": the answer guards
+    /// against writing plaintext where an encrypted backup may be.
     pub fn has_artifact(&self, file: &str) -> bool {
         if let Some(storage) = &self.remote {
-            return matches!(storage.size(&Repository::backup_key(file)), Ok(Some(_)));
+            return !matches!(storage.size(&Repository::backup_key(file)), Ok(None));
         }
         fs::symlink_metadata(self.backups_dir().join(file)).is_ok()
     }

@@ -208,6 +208,10 @@ pub fn copy_stream(from: &mut dyn Read, to: &mut dyn Write) -> io::Result<u64> {
 pub struct Probe {
     /// A second write of the same new key was refused.
     pub refuses_replace: bool,
+    /// A replacement naming a stale version (`If-Match`) was refused and
+    /// one naming the current version went through; `None` where objects
+    /// have no versions (a directory).
+    pub honours_if_match: Option<bool>,
 }
 
 /// Proves `storage` usable: the repository's `backups/` can be listed, a
@@ -241,12 +245,41 @@ pub fn probe(storage: &dyn Storage) -> std::result::Result<Probe, String> {
         });
     let refuses_replace = checked.as_ref().is_ok()
         && matches!(storage.put_new(&key, body), Err(e) if e.kind() == io::ErrorKind::AlreadyExists);
+    let honours_if_match = checked
+        .as_ref()
+        .ok()
+        .and_then(|()| if_match_probe(storage, &key));
     let deleted = storage
         .delete(&key)
         .map_err(|e| format!("cannot delete the probe object: {e}"));
     checked?;
     deleted?;
-    Ok(Probe { refuses_replace })
+    Ok(Probe {
+        refuses_replace,
+        honours_if_match,
+    })
+}
+
+/// Whether `key` is replaced only at its current version: a stale one
+/// must be refused, the current one accepted, and the conditional delete
+/// of the result accepted (the leases of runs in a bucket need all three).
+fn if_match_probe(storage: &dyn Storage, key: &str) -> Option<bool> {
+    let (_, version) = match storage.read_versioned(key, 1024) {
+        Err(e) if e.kind() == io::ErrorKind::Unsupported => return None,
+        Ok(Some(found)) => found,
+        _ => return Some(false),
+    };
+    let stale = "\"00000000000000000000000000000000\"";
+    let refused = matches!(
+        storage.replace_if_version(key, b"pgward probe, stale\n", stale),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists
+    );
+    let accepted = storage.replace_if_version(key, b"pgward probe, current\n", &version);
+    let deleted = match &accepted {
+        Ok(version) => storage.delete_if_version(key, version).is_ok(),
+        Err(_) => false,
+    };
+    Some(refused && accepted.is_ok() && deleted)
 }
 
 #[cfg(test)]
