@@ -6,12 +6,16 @@
 //! textfile. The commands' own code never waits on either.
 
 use pgward::journal::Entry;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::Instant;
 
 struct Pending {
-    root: PathBuf,
+    /// The repository's directory or bucket.
+    location: pgward::config::Location,
+    /// Opened when first needed: the repository may not exist before the
+    /// run has written into it.
+    repo: Option<pgward::Repository>,
     entry: Entry,
     started: Instant,
     /// For the metrics textfile, written from the repository as this
@@ -24,11 +28,12 @@ static CURRENT: Mutex<Option<Pending>> = Mutex::new(None);
 /// Starts the record of `command`; nothing is journaled when no
 /// repository is configured (there is nowhere to write).
 pub fn begin(config: &pgward::Config, command: &str, database: Option<String>) {
-    let Ok(root) = config.repository_path() else {
+    let Ok(location) = config.repository_location() else {
         return;
     };
     let pending = Pending {
-        root: root.to_path_buf(),
+        location,
+        repo: None,
         entry: Entry {
             command: command.to_string(),
             database,
@@ -61,10 +66,19 @@ pub fn option(text: String) {
     with(|p| p.entry.options.push(text));
 }
 
+/// The pending run's repository, opened on first use.
+fn repository(p: &mut Pending) -> Option<&pgward::Repository> {
+    if p.repo.is_none() {
+        p.repo = pgward::Repository::open_at(&p.location, &p.config).ok();
+    }
+    p.repo.as_ref()
+}
+
 /// A file the run wrote or proved; hashed now.
 pub fn touched(path: &Path) {
     with(|p| {
-        if let Some(touched) = pgward::journal::touched(&p.root, path) {
+        let touched = repository(p).and_then(|repo| pgward::journal::touched(repo, path));
+        if let Some(touched) = touched {
             p.entry.artifacts.push(touched);
         }
     });
@@ -73,8 +87,11 @@ pub fn touched(path: &Path) {
 /// A large file whose size and sha256 the run already knows.
 pub fn touched_known(path: &Path, bytes: u64, sha256: &str) {
     with(|p| {
-        let touched = pgward::journal::touched_known(&p.root, path, bytes, sha256);
-        p.entry.artifacts.push(touched);
+        let touched =
+            repository(p).map(|repo| pgward::journal::touched_known(repo, path, bytes, sha256));
+        if let Some(touched) = touched {
+            p.entry.artifacts.push(touched);
+        }
     });
 }
 
@@ -95,11 +112,11 @@ pub fn finish(exit_code: i32, cause: Option<String>) -> Vec<String> {
     };
     let cause = cause.map(|c| scrub(&c, &pending.config));
     let mut warnings = Vec::new();
-    if pgward::Repository::open(&pending.root).is_err() {
+    let Some(repo) = repository(&mut pending).cloned() else {
         // A run refused before there was a repository (or in a directory
         // pgward refuses as one): nowhere to write, and nothing to add.
         return warnings;
-    }
+    };
     let entry = &mut pending.entry;
     if entry.run_id.is_empty() {
         entry.run_id = pgward::repository::new_backup_id(
@@ -111,7 +128,7 @@ pub fn finish(exit_code: i32, cause: Option<String>) -> Vec<String> {
     entry.ok = exit_code == 0;
     entry.exit_code = exit_code;
     entry.cause = cause;
-    if let Err(error) = pgward::journal::append(&pending.root, entry) {
+    if let Err(error) = pgward::journal::append(&repo, entry) {
         warnings.push(format!("the run could not be journaled: {error}"));
     }
     if let Some(path) = &pending.config.metrics.textfile

@@ -909,9 +909,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             verdict.map_err(Failure::Reported)?;
         }
         Command::Log(args) => {
-            let repo = pgward::Repository::open_local_configured(&config)?;
+            let repo = pgward::Repository::open_configured(&config)?;
             if args.verify || args.head {
-                let verification = pgward::journal::verify(repo.root(), args.anchor.as_deref())?;
+                let verification = pgward::journal::verify(&repo, args.anchor.as_deref())?;
                 render::journal_verification(&verification, args.head, cli.json);
                 if let Some(broken) = verification.broken {
                     return Err(Failure::Reported(Error::new(
@@ -925,7 +925,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 None => None,
                 Some(when) => Some(since_timestamp(when)?),
             };
-            let (records, damaged) = pgward::journal::read_tolerant(repo.root())?;
+            let (records, damaged) = pgward::journal::read_tolerant(&repo)?;
             for line in &damaged {
                 eprintln!("pgward: warning: {line} (see `pgward log --verify`)");
             }
@@ -945,7 +945,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             render::journal(&records, cli.json);
         }
         Command::Status(args) => {
-            let repo = pgward::Repository::open_local_configured(&config)?;
+            let repo = pgward::Repository::open_configured(&config)?;
             let objectives = pgward::status::Objectives::from_config(&config)?;
             let facts = pgward::status::facts(&repo)?;
             let report = pgward::status::evaluate(&facts, &objectives, pgward::clock::now());
@@ -966,8 +966,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Report(args) => {
-            let repo = pgward::Repository::open_local_configured(&config)?;
-            let (records, _) = pgward::journal::read_tolerant(repo.root())?;
+            let repo = pgward::Repository::open_configured(&config)?;
+            let (records, _) = pgward::journal::read_tolerant(&repo)?;
             let record = if args.run == "latest" {
                 records.last()
             } else {
@@ -980,7 +980,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 )
                 .with_hint("`pgward log` lists the runs")
             })?;
-            let verification = pgward::journal::verify(repo.root(), None)?;
+            let verification = pgward::journal::verify(&repo, None)?;
             render::run_report(record, &verification, &repo, cli.json);
         }
         Command::Completions { shell } => {

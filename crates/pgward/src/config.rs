@@ -611,7 +611,7 @@ impl Config {
                 "this command works on a local repository, and {} is object storage",
                 location.url()
             ))
-            .with_hint("this command keeps its records in a local repository: point it at one (backups can be copied off-site with [[mirror]] or `pgward copy`); backup, run, check, list, verify, restore, drill, copy and prune work on s3:// repositories"));
+            .with_hint("this command keeps its reports in a local repository: point it at one (backups can be copied off-site with [[mirror]] or `pgward copy`); every other command works on s3:// repositories"));
         }
         Ok(path)
     }

@@ -318,8 +318,8 @@ pub fn copy_one(
     Ok(done(CopyOutcome::Copied, sent))
 }
 
-/// A local destination keeps a journal: the copy's record there vouches
-/// for the backup the way a backup's own record does. Written when no
+/// The destination's journal (a directory's or a bucket's): the copy's
+/// record there vouches for the backup the way a backup's own record does. Written when no
 /// record of the destination names the manifest yet (also for a copy
 /// found already there, whose record a killed run may not have written).
 fn journal_at_destination(
@@ -329,15 +329,11 @@ fn journal_at_destination(
     started_at: &str,
     started: Instant,
 ) -> Result<()> {
-    if to.is_remote() {
-        return Ok(());
-    }
-    let root = to.root();
     let id = &manifest.id;
-    let Some(named) = crate::journal::touched(root, &to.manifest_path(id)) else {
+    let Some(named) = crate::journal::touched(to, &to.manifest_path(id)) else {
         return Ok(());
     };
-    let (records, _) = crate::journal::read_tolerant(root)?;
+    let (records, _) = crate::journal::read_tolerant(to)?;
     let digest =
         |t: &crate::journal::Touched| t.manifest_digest.clone().unwrap_or(t.sha256.clone());
     let vouched = records
@@ -349,13 +345,13 @@ fn journal_at_destination(
         return Ok(());
     }
     let artifact = crate::journal::touched_known(
-        root,
+        to,
         &to.artifact_path(manifest),
         manifest.artifact.bytes,
         &manifest.artifact.sha256,
     );
     crate::journal::append(
-        root,
+        to,
         &crate::journal::Entry {
             run_id: id.clone(),
             command: "copy".to_string(),

@@ -11,9 +11,16 @@
 //! The newest record has nothing after it to vouch for it: `log --head`
 //! prints a hash to keep elsewhere, and `log --verify --anchor` proves
 //! later that history up to it was not rewritten.
+//!
+//! A repository in a bucket keeps the same records as objects under
+//! `journal/`. There is no `flock` there: each record is written with
+//! `If-None-Match: *`, so of two runs appending at once one gets the
+//! sequence number and the other, refused, reads the new head and tries
+//! the next number. The chain never forks and nothing is lost.
 
 use crate::error::{Error, Result};
-use crate::repository::{create_private, rename_no_replace, sync_dir};
+use crate::repository::{Repository, create_private, rename_no_replace, sync_dir};
+use crate::storage::Storage;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fs::{DirBuilder, File};
@@ -117,6 +124,85 @@ fn dir(root: &Path) -> PathBuf {
     root.join("journal")
 }
 
+/// The largest journal record read back (records are small; a huge one
+/// is damage, not history).
+const RECORD_LIMIT: u64 = 4 << 20;
+
+/// Where a repository's journal is: its directory, or its bucket.
+enum Store {
+    Dir(PathBuf),
+    Bucket(std::sync::Arc<dyn Storage>),
+}
+
+impl Store {
+    fn of(repo: &Repository) -> Store {
+        if repo.is_remote() {
+            Store::Bucket(repo.storage())
+        } else {
+            Store::Dir(repo.root().to_path_buf())
+        }
+    }
+
+    /// The sequence numbers present, sorted; names that are not records
+    /// are left to `verify` to complain about.
+    fn sequences(&self) -> Result<Vec<u64>> {
+        let names: Vec<String> = match self {
+            Store::Dir(root) => {
+                let dir = dir(root);
+                match std::fs::read_dir(&dir) {
+                    Ok(entries) => entries
+                        .flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect(),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                    Err(e) => return Err(Error::repository_io("cannot read", &dir, e)),
+                }
+            }
+            Store::Bucket(storage) => storage
+                .list("journal")
+                .map_err(|e| {
+                    Error::repository(format!("cannot list {}: {e}", storage.describe("journal")))
+                })?
+                .into_iter()
+                .map(|o| o.name)
+                .collect(),
+        };
+        let mut found: Vec<u64> = names
+            .iter()
+            .filter_map(|name| {
+                let digits = name.strip_suffix(".json")?;
+                (digits.len() == 10 && digits.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| digits.parse().ok())
+                    .flatten()
+            })
+            .collect();
+        found.sort_unstable();
+        Ok(found)
+    }
+
+    /// The bytes of record `sequence`, read as everything in a repository
+    /// is (no link followed, bounded).
+    fn read(&self, sequence: u64) -> std::io::Result<Vec<u8>> {
+        match self {
+            Store::Dir(root) => {
+                crate::repository::read_regular(&dir(root).join(file_name(sequence)))
+                    .map(String::into_bytes)
+            }
+            Store::Bucket(storage) => {
+                storage.read_whole(&format!("journal/{}", file_name(sequence)), RECORD_LIMIT)
+            }
+        }
+    }
+
+    /// Where record `sequence` is, for messages.
+    fn describe(&self, sequence: u64) -> String {
+        match self {
+            Store::Dir(root) => dir(root).join(file_name(sequence)).display().to_string(),
+            Store::Bucket(storage) => storage.describe(&format!("journal/{}", file_name(sequence))),
+        }
+    }
+}
+
 fn file_name(sequence: u64) -> String {
     format!("{sequence:010}.json")
 }
@@ -128,18 +214,31 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-fn relative(root: &Path, path: &Path) -> String {
-    path.strip_prefix(root)
+/// `path` (as the repository names its files: a path on disk, or the
+/// object's URL) relative to the repository.
+fn relative(repo: &Repository, path: &Path) -> String {
+    if repo.is_remote() {
+        let text = path.display().to_string();
+        let prefix = format!("{}/", repo.storage().location().trim_end_matches('/'));
+        return text.strip_prefix(&prefix).unwrap_or(&text).to_string();
+    }
+    path.strip_prefix(repo.root())
         .unwrap_or(path)
         .display()
         .to_string()
 }
 
 /// A small file the run wrote or proved (a manifest, a record, a report),
-/// by its path relative to `root`, hashed now. Read as everything in the
-/// repository is: no link followed, nothing but a regular file, bounded.
-pub fn touched(root: &Path, path: &Path) -> Option<Touched> {
-    let text = crate::repository::read_regular(path).ok()?;
+/// by its path relative to the repository, hashed now. Read as everything
+/// in the repository is: no link followed, nothing but a regular file,
+/// bounded.
+pub fn touched(repo: &Repository, path: &Path) -> Option<Touched> {
+    let key = relative(repo, path);
+    let text = if repo.is_remote() {
+        String::from_utf8(repo.storage().read_whole(&key, RECORD_LIMIT).ok()?).ok()?
+    } else {
+        crate::repository::read_regular(path).ok()?
+    };
     let manifest_digest = path
         .to_string_lossy()
         .ends_with(".manifest.json")
@@ -147,7 +246,7 @@ pub fn touched(root: &Path, path: &Path) -> Option<Touched> {
         .flatten()
         .map(|value| crate::repository::manifest::canonical_digest(&value));
     Some(Touched {
-        path: relative(root, path),
+        path: key,
         bytes: text.len() as u64,
         sha256: sha256_hex(text.as_bytes()),
         manifest_digest,
@@ -156,36 +255,13 @@ pub fn touched(root: &Path, path: &Path) -> Option<Touched> {
 
 /// A large file whose size and sha256 the run already knows (an artifact,
 /// hashed as it streamed): not read again.
-pub fn touched_known(root: &Path, path: &Path, bytes: u64, sha256: &str) -> Touched {
+pub fn touched_known(repo: &Repository, path: &Path, bytes: u64, sha256: &str) -> Touched {
     Touched {
-        path: relative(root, path),
+        path: relative(repo, path),
         bytes,
         sha256: sha256.to_string(),
         manifest_digest: None,
     }
-}
-
-/// The sequence numbers present, sorted; names that are not records are
-/// left to `verify` to complain about.
-fn sequences(root: &Path) -> Result<Vec<u64>> {
-    let dir = dir(root);
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::repository_io("cannot read", &dir, e)),
-    };
-    let mut found: Vec<u64> = entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let digits = name.strip_suffix(".json")?;
-            (digits.len() == 10 && digits.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| digits.parse().ok())
-                .flatten()
-        })
-        .collect();
-    found.sort_unstable();
-    Ok(found)
 }
 
 /// Appends `entry` as the next record; returns it. The first append of a
@@ -193,7 +269,76 @@ fn sequences(root: &Path) -> Result<Vec<u64>> {
 /// manifests already there (with their canonical digests): whether a
 /// backup predates the journal is decided by the journal, never by the
 /// dates a manifest claims.
-pub fn append(root: &Path, entry: &Entry) -> Result<Record> {
+pub fn append(repo: &Repository, entry: &Entry) -> Result<Record> {
+    match Store::of(repo) {
+        Store::Dir(root) => append_to_dir(repo, &root, entry),
+        Store::Bucket(storage) => append_to_bucket(repo, storage.as_ref(), entry),
+    }
+}
+
+/// [`append`] in a bucket: every record created only if its sequence
+/// number is free; a refusal means another run appended first, and the
+/// next round reads the new head.
+fn append_to_bucket(repo: &Repository, storage: &dyn Storage, entry: &Entry) -> Result<Record> {
+    let store = Store::Bucket(repo.storage());
+    for _ in 0..20 {
+        let head = match store.sequences()?.last() {
+            None => None,
+            Some(&last) => {
+                let bytes = store.read(last).map_err(|e| {
+                    Error::repository(format!("cannot read {}: {e}", store.describe(last)))
+                })?;
+                Some((last, sha256_hex(&bytes)))
+            }
+        };
+        let head = match head {
+            Some(head) => head,
+            None => {
+                let (record, text) = record_after(&journal_start(repo), None);
+                match put_record(storage, &record, &text) {
+                    Ok(()) => (record.sequence, sha256_hex(&text)),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                    Err(e) => return Err(bucket_append_error(storage, &record, e)),
+                }
+            }
+        };
+        let (record, text) = record_after(entry, Some(head));
+        match put_record(storage, &record, &text) {
+            Ok(()) => return Ok(record),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(bucket_append_error(storage, &record, e)),
+        }
+    }
+    Err(Error::repository(format!(
+        "cannot append to the journal at {}: twenty other runs appended first",
+        storage.describe("journal")
+    )))
+}
+
+fn put_record(storage: &dyn Storage, record: &Record, text: &[u8]) -> std::io::Result<()> {
+    storage.put_new(&format!("journal/{}", file_name(record.sequence)), text)
+}
+
+fn bucket_append_error(storage: &dyn Storage, record: &Record, e: std::io::Error) -> Error {
+    Error::repository(format!(
+        "cannot append to the journal at {}: {e}",
+        storage.describe(&format!("journal/{}", file_name(record.sequence)))
+    ))
+}
+
+/// The first record of a journal: the manifests already there.
+fn journal_start(repo: &Repository) -> Entry {
+    Entry {
+        run_id: crate::repository::new_backup_id("journal", crate::clock::now()),
+        command: "journal-start".into(),
+        started_at: crate::clock::now_rfc3339(),
+        ok: true,
+        artifacts: inventory(repo),
+        ..Entry::default()
+    }
+}
+
+fn append_to_dir(repo: &Repository, root: &Path, entry: &Entry) -> Result<Record> {
     let dir = dir(root);
     match std::fs::symlink_metadata(&dir) {
         Ok(meta) if !meta.file_type().is_dir() => {
@@ -225,25 +370,19 @@ pub fn append(root: &Path, entry: &Entry) -> Result<Record> {
         .map_err(|e| Error::repository_io("cannot open", &lock_path, e))?;
     lock.lock()
         .map_err(|e| Error::repository_io("cannot lock", &lock_path, e))?;
-    let mut head = match sequences(root)?.last() {
+    let store = Store::Dir(root.to_path_buf());
+    let mut head = match store.sequences()?.last() {
         None => None,
         Some(&last) => {
             let path = dir.join(file_name(last));
-            let bytes = crate::repository::read_regular(&path)
+            let bytes = store
+                .read(last)
                 .map_err(|e| Error::repository_io("cannot read", &path, e))?;
-            Some((last, sha256_hex(bytes.as_bytes())))
+            Some((last, sha256_hex(&bytes)))
         }
     };
     if head.is_none() {
-        let start = Entry {
-            run_id: crate::repository::new_backup_id("journal", crate::clock::now()),
-            command: "journal-start".into(),
-            started_at: crate::clock::now_rfc3339(),
-            ok: true,
-            artifacts: inventory(root),
-            ..Entry::default()
-        };
-        let (record, hash) = write_record(&dir, &start, None)?;
+        let (record, hash) = write_record(&dir, &journal_start(repo), None)?;
         head = Some((record.sequence, hash));
     }
     let (record, _) = write_record(&dir, entry, head)?;
@@ -252,7 +391,23 @@ pub fn append(root: &Path, entry: &Entry) -> Result<Record> {
 }
 
 /// The manifests in `backups/` now, for the journal's first record.
-fn inventory(root: &Path) -> Vec<Touched> {
+fn inventory(repo: &Repository) -> Vec<Touched> {
+    if repo.is_remote() {
+        let storage = repo.storage();
+        let mut names: Vec<String> = storage
+            .list("backups")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|o| o.name)
+            .filter(|n| n.ends_with(".manifest.json"))
+            .collect();
+        names.sort();
+        return names
+            .iter()
+            .filter_map(|n| touched(repo, &repo.root().join("backups").join(n)))
+            .collect();
+    }
+    let root = repo.root();
     let backups = root.join("backups");
     let mut names: Vec<PathBuf> = std::fs::read_dir(&backups)
         .map(|entries| {
@@ -264,7 +419,7 @@ fn inventory(root: &Path) -> Vec<Touched> {
         })
         .unwrap_or_default();
     names.sort();
-    names.iter().filter_map(|p| touched(root, p)).collect()
+    names.iter().filter_map(|p| touched(repo, p)).collect()
 }
 
 /// Writes `entry` as the record after `head` (sequence, sha256); returns
@@ -274,6 +429,30 @@ fn write_record(
     entry: &Entry,
     head: Option<(u64, String)>,
 ) -> Result<(Record, String)> {
+    let (record, text) = record_after(entry, head);
+    let sequence = record.sequence;
+    let target = dir.join(file_name(sequence));
+    let staging = dir.join(format!(".{sequence}.{}.tmp", std::process::id()));
+    let written = (|| {
+        let mut file = create_private(&staging)?;
+        file.write_all(&text)?;
+        file.sync_all()?;
+        rename_no_replace(&staging, &target)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&staging);
+        return Err(Error::repository_io(
+            "cannot append to the journal at",
+            &target,
+            e,
+        ));
+    }
+    sync_dir(dir)?;
+    Ok((record, sha256_hex(&text)))
+}
+
+/// `entry` as the record after `head` (sequence, sha256), and its bytes.
+fn record_after(entry: &Entry, head: Option<(u64, String)>) -> (Record, Vec<u8>) {
     let (sequence, previous_sha256) = match head {
         None => (1, String::new()),
         Some((last, hash)) => (last + 1, hash),
@@ -299,37 +478,21 @@ fn write_record(
     };
     let mut text = serde_json::to_vec_pretty(&record).expect("records serialise");
     text.push(b'\n');
-    let target = dir.join(file_name(sequence));
-    let staging = dir.join(format!(".{sequence}.{}.tmp", std::process::id()));
-    let written = (|| {
-        let mut file = create_private(&staging)?;
-        file.write_all(&text)?;
-        file.sync_all()?;
-        rename_no_replace(&staging, &target)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&staging);
-        return Err(Error::repository_io(
-            "cannot append to the journal at",
-            &target,
-            e,
-        ));
-    }
-    sync_dir(dir)?;
-    Ok((record, sha256_hex(&text)))
+    (record, text)
 }
 
 /// The records that parse, oldest first, and a line for each that does
 /// not: one damaged record must not hide the rest (`log --verify` says
 /// what is wrong with the chain).
-pub fn read_tolerant(root: &Path) -> Result<(Vec<Record>, Vec<String>)> {
+pub fn read_tolerant(repo: &Repository) -> Result<(Vec<Record>, Vec<String>)> {
+    let store = Store::of(repo);
     let mut records = Vec::new();
     let mut damaged = Vec::new();
-    for sequence in sequences(root)? {
-        let path = dir(root).join(file_name(sequence));
-        let parsed = crate::repository::read_regular(&path)
+    for sequence in store.sequences()? {
+        let parsed = store
+            .read(sequence)
             .map_err(|e| e.to_string())
-            .and_then(|text| serde_json::from_str::<Record>(&text).map_err(|e| e.to_string()));
+            .and_then(|text| serde_json::from_slice::<Record>(&text).map_err(|e| e.to_string()));
         match parsed {
             Ok(record) => records.push(record),
             Err(e) => damaged.push(format!("journal record {sequence} cannot be read: {e}")),
@@ -342,9 +505,10 @@ pub fn read_tolerant(root: &Path) -> Result<(Vec<Record>, Vec<String>)> {
 /// its own sequence, each carrying the sha256 of the one before. With
 /// `anchor` (`SEQUENCE:SHA256`, as `log --head` printed it), that record
 /// must still have that hash.
-pub fn verify(root: &Path, anchor: Option<&str>) -> Result<Verification> {
+pub fn verify(repo: &Repository, anchor: Option<&str>) -> Result<Verification> {
     let anchor = anchor.map(parse_anchor).transpose()?;
-    let present = sequences(root)?;
+    let store = Store::of(repo);
+    let present = store.sequences()?;
     let mut verification = Verification {
         records: present.len() as u64,
         head: None,
@@ -354,9 +518,8 @@ pub fn verify(root: &Path, anchor: Option<&str>) -> Result<Verification> {
     let mut expected = 1;
     for sequence in present {
         let name = file_name(sequence);
-        let path = dir(root).join(&name);
-        let bytes = match crate::repository::read_regular(&path) {
-            Ok(text) => text.into_bytes(),
+        let bytes = match store.read(sequence) {
+            Ok(bytes) => bytes,
             Err(e) => {
                 verification.broken =
                     Some(format!("record {sequence} ({name}) cannot be read: {e}"));
@@ -466,9 +629,13 @@ mod tests {
     fn journal(n: usize) -> tempfile::TempDir {
         let root = tempfile::tempdir().unwrap();
         for i in 1..=n {
-            append(root.path(), &entry(i)).unwrap();
+            append(&repo(root.path()), &entry(i)).unwrap();
         }
         root
+    }
+
+    fn repo(root: &Path) -> Repository {
+        Repository::init(root).unwrap()
     }
 
     fn path(root: &Path, sequence: u64) -> PathBuf {
@@ -478,23 +645,23 @@ mod tests {
     #[test]
     fn an_untouched_chain_verifies_and_its_head_anchors_it() {
         let root = journal(5);
-        let verification = verify(root.path(), None).unwrap();
+        let verification = verify(&repo(root.path()), None).unwrap();
         assert!(verification.intact(), "{verification:?}");
         // The journal's own first record, then the five.
         assert_eq!(verification.records, 6);
         let head = verification.head.unwrap();
         assert!(head.starts_with("6:"));
-        assert!(verify(root.path(), Some(&head)).unwrap().intact());
+        assert!(verify(&repo(root.path()), Some(&head)).unwrap().intact());
         assert!(
-            verify(root.path(), Some(&head.to_uppercase()))
+            verify(&repo(root.path()), Some(&head.to_uppercase()))
                 .unwrap()
                 .intact()
         );
         assert!(
-            verify(root.path(), Some("0:00")).is_err(),
+            verify(&repo(root.path()), Some("0:00")).is_err(),
             "a typo is no tamper alarm"
         );
-        let (records, damaged) = read_tolerant(root.path()).unwrap();
+        let (records, damaged) = read_tolerant(&repo(root.path())).unwrap();
         assert!(damaged.is_empty());
         assert_eq!(records[0].command, "journal-start");
         assert_eq!(records[0].previous_sha256, "");
@@ -507,14 +674,14 @@ mod tests {
         let root = journal(4);
         let text = std::fs::read_to_string(path(root.path(), 2)).unwrap();
         std::fs::write(path(root.path(), 2), text.replace("run-1", "run-9")).unwrap();
-        let broken = verify(root.path(), None).unwrap().broken.unwrap();
+        let broken = verify(&repo(root.path()), None).unwrap().broken.unwrap();
         assert!(
             broken.starts_with("record 2 was edited, or record 3 replaced"),
             "{broken}"
         );
         // Garbage in a record: named, and the other records still read.
         std::fs::write(path(root.path(), 3), "garbage").unwrap();
-        let (records, damaged) = read_tolerant(root.path()).unwrap();
+        let (records, damaged) = read_tolerant(&repo(root.path())).unwrap();
         assert_eq!(records.len(), 4);
         assert!(
             damaged[0].starts_with("journal record 3 cannot be read"),
@@ -524,7 +691,7 @@ mod tests {
         // Record 3 deleted.
         let root = journal(4);
         std::fs::remove_file(path(root.path(), 3)).unwrap();
-        let broken = verify(root.path(), None).unwrap().broken.unwrap();
+        let broken = verify(&repo(root.path()), None).unwrap().broken.unwrap();
         assert_eq!(
             broken,
             "record 3 is missing (deleted): the journal goes from 2 to 4"
@@ -537,7 +704,7 @@ mod tests {
         std::fs::rename(&two, &swap).unwrap();
         std::fs::rename(&three, &two).unwrap();
         std::fs::rename(&swap, &three).unwrap();
-        let broken = verify(root.path(), None).unwrap().broken.unwrap();
+        let broken = verify(&repo(root.path()), None).unwrap().broken.unwrap();
         assert!(
             broken.starts_with("record 2 (0000000002.json) holds record 3"),
             "{broken}"
@@ -545,23 +712,28 @@ mod tests {
 
         // The newest record rewritten whole: only the anchor tells.
         let root = journal(3);
-        let head = verify(root.path(), None).unwrap().head.unwrap();
+        let head = verify(&repo(root.path()), None).unwrap().head.unwrap();
         let text = std::fs::read_to_string(path(root.path(), 4)).unwrap();
         std::fs::write(path(root.path(), 4), text.replace("\"failed\"", "\"ok\"")).unwrap();
-        assert!(verify(root.path(), None).unwrap().intact());
-        let broken = verify(root.path(), Some(&head)).unwrap().broken.unwrap();
+        assert!(verify(&repo(root.path()), None).unwrap().intact());
+        let broken = verify(&repo(root.path()), Some(&head))
+            .unwrap()
+            .broken
+            .unwrap();
         assert!(broken.contains("not the one anchored"), "{broken}");
     }
 
     #[test]
     fn concurrent_appends_make_one_chain() {
         let root = tempfile::tempdir().unwrap();
+        repo(root.path());
         let threads: Vec<_> = (0..8)
             .map(|t| {
                 let root = root.path().to_path_buf();
                 std::thread::spawn(move || {
+                    let repo = Repository::open(&root).unwrap();
                     for i in 0..10 {
-                        append(&root, &entry(t * 100 + i)).unwrap();
+                        append(&repo, &entry(t * 100 + i)).unwrap();
                     }
                 })
             })
@@ -569,7 +741,7 @@ mod tests {
         for thread in threads {
             thread.join().unwrap();
         }
-        let verification = verify(root.path(), None).unwrap();
+        let verification = verify(&repo(root.path()), None).unwrap();
         assert!(verification.intact(), "{verification:?}");
         assert_eq!(verification.records, 81);
     }

@@ -148,10 +148,10 @@ pub fn facts(repo: &Repository) -> Result<Facts> {
     for record in repo.quarantined()?.0 {
         *quarantined.entry(record.database).or_insert(0) += 1;
     }
-    let journal_check = crate::journal::verify(repo.root(), None)?;
+    let journal_check = crate::journal::verify(repo, None)?;
     // A damaged record is the chain's finding (journal_check); the rest
     // still count.
-    let journal = crate::journal::read_tolerant(repo.root())
+    let journal = crate::journal::read_tolerant(repo)
         .map(|(records, _)| records)
         .unwrap_or_default();
     Ok(Facts {
@@ -160,8 +160,22 @@ pub fn facts(repo: &Repository) -> Result<Facts> {
         quarantined,
         journal,
         journal_check,
-        repository_bytes: tree_bytes(repo.root()),
+        repository_bytes: repository_bytes(repo),
     })
+}
+
+/// What the repository takes up: its files on disk, or its objects.
+fn repository_bytes(repo: &Repository) -> u64 {
+    if !repo.is_remote() {
+        return tree_bytes(repo.root());
+    }
+    let storage = repo.storage();
+    ["backups", "quarantine", "journal", "tmp", "locks"]
+        .iter()
+        .filter_map(|dir| storage.list(dir).ok())
+        .flatten()
+        .map(|object| object.bytes)
+        .sum()
 }
 
 fn tree_bytes(dir: &std::path::Path) -> u64 {

@@ -273,15 +273,9 @@ fn run_checking(
 /// this pgward kept one) is skipped, not failed.
 fn journal_check(repo: &Repository, manifest: &Manifest, checks: &mut Checks, written_now: bool) {
     const NAME: &str = "journal record";
-    if repo.is_remote() {
-        return checks.skip(
-            NAME,
-            "an object-storage repository keeps no journal: the copy's source journals it",
-        );
-    }
     // A damaged record elsewhere is `log --verify`'s finding, not every
     // backup's.
-    let records = match crate::journal::read_tolerant(repo.root()) {
+    let records = match crate::journal::read_tolerant(repo) {
         Ok((records, _damaged)) => records,
         Err(e) => {
             checks.add(NAME, false, e.message().to_string());
@@ -294,7 +288,7 @@ fn journal_check(repo: &Repository, manifest: &Manifest, checks: &mut Checks, wr
     let just_written =
         || "written by this run: the journal records it when the run ends".to_string();
     let path = repo.manifest_path(&manifest.id);
-    let now = crate::journal::touched(repo.root(), &path);
+    let now = crate::journal::touched(repo, &path);
     let relative = now.as_ref().map(|t| t.path.clone()).unwrap_or_default();
     // The record of the run that wrote it: later runs that read it
     // (verify, drill) record what they found, which vouches for nothing.

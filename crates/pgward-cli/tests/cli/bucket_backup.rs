@@ -213,6 +213,68 @@ fn a_backup_straight_into_a_bucket_restores_and_leaves_nothing_on_local_disk() {
             .is_file()
     );
     assert!(!ws.repo().exists());
+
+    // The journal is kept in the bucket: every backup and the run are
+    // recorded there, the chain verifies, a backup's verify checks its
+    // record, and `status` and its metrics answer from the bucket.
+    let journal = objects(&server, "prod/journal");
+    assert!(journal.len() >= 5, "{journal:?}");
+    let log = run(on_bucket(&ws, &config, "prod").args(["--json", "log"]));
+    log.assert_ok();
+    let records = log.json()["records"].as_array().unwrap().clone();
+    let commands: Vec<&str> = records
+        .iter()
+        .map(|r| r["command"].as_str().unwrap())
+        .collect();
+    assert_eq!(commands[0], "journal-start", "{commands:?}");
+    assert!(commands.contains(&"run"), "{commands:?}");
+    assert_eq!(
+        commands.iter().filter(|c| **c == "backup").count(),
+        3,
+        "{commands:?}"
+    );
+    let failed: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["command"] == "backup" && r["outcome"] == "failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "the refused run is journaled: {records:?}");
+    run(on_bucket(&ws, &config, "prod").args(["log", "--verify"])).assert_ok();
+    let verified = run(on_bucket(&ws, &config, "prod").args(["--json", "verify", third]));
+    verified.assert_ok();
+    let checks = verified.json()["checks"].clone();
+    assert!(
+        checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "journal record" && c["ok"] == true),
+        "{checks}"
+    );
+    let textfile = ws.path("pgward.prom");
+    let watched = configured(
+        &server,
+        &ws,
+        "watched.toml",
+        &format!(
+            "\n[policy]\nmax-backup-age = \"1h\"\n[metrics]\ntextfile = \"{}\"\n",
+            textfile.display()
+        ),
+    );
+    let status = run(on_bucket(&ws, &watched, "prod").args(["--json", "status"]));
+    status.assert_ok();
+    assert_eq!(status.json()["verdict"], "OK", "{}", status.stdout);
+    run(on_bucket(&ws, &watched, "prod").args(["verify", third])).assert_ok();
+    let metrics = std::fs::read_to_string(&textfile).unwrap();
+    assert!(metrics.contains(&format!("database=\"{db}\"")), "{metrics}");
+    // Someone who can write the bucket deletes a record: the chain says so.
+    std::fs::remove_file(server.object_path(BUCKET, "prod/journal/0000000002.json")).unwrap();
+    let broken = run(on_bucket(&ws, &config, "prod").args(["log", "--verify"]));
+    assert_eq!(broken.code, 1, "{}", broken.stderr);
+    assert!(
+        broken.stderr.contains("record 2 is missing"),
+        "{}",
+        broken.stderr
+    );
 }
 
 #[test]

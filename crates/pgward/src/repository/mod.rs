@@ -35,8 +35,9 @@
 //! lease lock that works across hosts ([`lease`]), and by `pgward copy`
 //! and `[[mirror]]` (artifact first, manifest last, neither ever
 //! replacing an object); they are read by the catalog, `verify`,
-//! `restore` and `drill` exactly as on disk, and pruned as on disk. It has
-//! no journal yet: commands that keep local records refuse it
+//! `restore` and `drill` exactly as on disk, and pruned as on disk. Its
+//! journal is kept in the bucket ([`crate::journal`]). `apply` and
+//! `grants`, which keep reports and plans beside the backups, refuse it
 //! ([`crate::Config::repository_path`]).
 
 pub mod bucket;
@@ -269,14 +270,6 @@ impl Repository {
     pub fn open_configured(config: &crate::Config) -> Result<Repository> {
         let pin = crate::signing::pin(&config.signing)?;
         Ok(Repository::open_at(&config.repository_location()?, config)?.trusting(pin))
-    }
-
-    /// [`Repository::open_configured`] for the commands that need a local
-    /// repository (prune, log, status, report): an `s3://` one is refused
-    /// with what to do instead.
-    pub fn open_local_configured(config: &crate::Config) -> Result<Repository> {
-        let pin = crate::signing::pin(&config.signing)?;
-        Ok(Repository::open(config.repository_path()?)?.trusting(pin))
     }
 
     /// Whether the repository is in object storage.
