@@ -16,6 +16,9 @@ struct Pending {
     /// Opened when first needed: the repository may not exist before the
     /// run has written into it.
     repo: Option<pgward::Repository>,
+    /// A bucket is asked once: a run that failed because the service is
+    /// unreachable must not wait on it again for every file it names.
+    asked_bucket: bool,
     entry: Entry,
     started: Instant,
     /// For the metrics textfile, written from the repository as this
@@ -34,6 +37,7 @@ pub fn begin(config: &pgward::Config, command: &str, database: Option<String>) {
     let pending = Pending {
         location,
         repo: None,
+        asked_bucket: false,
         entry: Entry {
             command: command.to_string(),
             database,
@@ -68,7 +72,9 @@ pub fn option(text: String) {
 
 /// The pending run's repository, opened on first use.
 fn repository(p: &mut Pending) -> Option<&pgward::Repository> {
-    if p.repo.is_none() {
+    let bucket = matches!(p.location, pgward::config::Location::S3(_));
+    if p.repo.is_none() && !(bucket && p.asked_bucket) {
+        p.asked_bucket = bucket;
         p.repo = pgward::Repository::open_at(&p.location, &p.config).ok();
     }
     p.repo.as_ref()

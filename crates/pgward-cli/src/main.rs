@@ -967,7 +967,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Report(args) => {
             let repo = pgward::Repository::open_configured(&config)?;
-            let (records, _) = pgward::journal::read_tolerant(&repo)?;
+            let (verification, records) = pgward::journal::read_and_verify(&repo)?;
             let record = if args.run == "latest" {
                 records.last()
             } else {
@@ -980,7 +980,6 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 )
                 .with_hint("`pgward log` lists the runs")
             })?;
-            let verification = pgward::journal::verify(&repo, None)?;
             render::run_report(record, &verification, &repo, cli.json);
         }
         Command::Completions { shell } => {

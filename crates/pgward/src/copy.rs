@@ -123,8 +123,10 @@ pub fn each(
         backups: Vec::new(),
     };
     let mut failures = Vec::new();
+    // The destination's journal, read once for all the backups copied.
+    let mut journal = None;
     for manifest in manifests {
-        match copy_one(from, to, manifest, progress) {
+        match copy_one(from, to, manifest, &mut journal, progress) {
             Ok(copied) => report.backups.push(copied),
             Err(error) => {
                 let interrupted = matches!(error.kind(), ErrorKind::Interrupted { .. });
@@ -147,11 +149,16 @@ pub fn oldest_first(mut manifests: Vec<Manifest>) -> Vec<Manifest> {
     manifests
 }
 
+/// The destination journal's records, read on first need and kept up to
+/// date by the copies' own appends.
+type JournalMemo = Option<Vec<crate::journal::Record>>;
+
 /// Copies one backup; see the module documentation.
-pub fn copy_one(
+fn copy_one(
     from: &Repository,
     to: &Repository,
     manifest: &Manifest,
+    journal: &mut JournalMemo,
     progress: &mut dyn FnMut(u64),
 ) -> Result<CopiedBackup> {
     let started = Instant::now();
@@ -210,7 +217,14 @@ pub fn copy_one(
         // right; its size is checked here, the bytes by `verify`.
         return match target.size(&artifact_key) {
             Ok(Some(size)) if size == manifest.artifact.bytes => {
-                journal_at_destination(to, manifest, &source.location(), &started_at, started)?;
+                journal_at_destination(
+                    to,
+                    journal,
+                    manifest,
+                    &source.location(),
+                    &started_at,
+                    started,
+                )?;
                 Ok(done(CopyOutcome::AlreadyThere, 0))
             }
             Ok(found) => Err(Error::new(
@@ -314,7 +328,14 @@ pub fn copy_one(
     if let Ok(record) = source.read_whole(&drill_key(id), MAX_RECORD_BYTES) {
         let _ = target.put_replacing(&drill_key(id), &record);
     }
-    journal_at_destination(to, manifest, &source.location(), &started_at, started)?;
+    journal_at_destination(
+        to,
+        journal,
+        manifest,
+        &source.location(),
+        &started_at,
+        started,
+    )?;
     Ok(done(CopyOutcome::Copied, sent))
 }
 
@@ -324,6 +345,7 @@ pub fn copy_one(
 /// found already there, whose record a killed run may not have written).
 fn journal_at_destination(
     to: &Repository,
+    journal: &mut JournalMemo,
     manifest: &Manifest,
     from: &str,
     started_at: &str,
@@ -333,7 +355,10 @@ fn journal_at_destination(
     let Some(named) = crate::journal::touched(to, &to.manifest_path(id)) else {
         return Ok(());
     };
-    let (records, _) = crate::journal::read_tolerant(to)?;
+    if journal.is_none() {
+        *journal = Some(crate::journal::read_tolerant(to)?.0);
+    }
+    let records = journal.as_mut().expect("just read");
     let digest =
         |t: &crate::journal::Touched| t.manifest_digest.clone().unwrap_or(t.sha256.clone());
     let vouched = records
@@ -350,7 +375,7 @@ fn journal_at_destination(
         manifest.artifact.bytes,
         &manifest.artifact.sha256,
     );
-    crate::journal::append(
+    let record = crate::journal::append(
         to,
         &crate::journal::Entry {
             run_id: id.clone(),
@@ -365,6 +390,11 @@ fn journal_at_destination(
             artifacts: vec![artifact, named],
         },
     )?;
+    // A journal this append started has a first record too: read again.
+    match journal.as_mut() {
+        Some(records) if !records.is_empty() => records.push(record),
+        _ => *journal = None,
+    }
     Ok(())
 }
 

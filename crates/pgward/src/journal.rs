@@ -124,9 +124,8 @@ fn dir(root: &Path) -> PathBuf {
     root.join("journal")
 }
 
-/// The largest journal record read back (records are small; a huge one
-/// is damage, not history).
-const RECORD_LIMIT: u64 = 4 << 20;
+/// The largest journal record read back, as for every record file.
+const RECORD_LIMIT: u64 = crate::repository::MAX_RECORD_BYTES;
 
 /// Where a repository's journal is: its directory, or its bucket.
 enum Store {
@@ -294,18 +293,22 @@ fn append_to_bucket(repo: &Repository, storage: &dyn Storage, entry: &Entry) -> 
         let head = match head {
             Some(head) => head,
             None => {
-                let (record, text) = record_after(&journal_start(repo), None);
-                match put_record(storage, &record, &text) {
-                    Ok(()) => (record.sequence, sha256_hex(&text)),
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                // The first record vouches for what it lists: a manifest
+                // that cannot be read now is not left out for ever; the
+                // journal waits for a run that can read them all.
+                let inventory = bucket_inventory(repo, storage)?;
+                let (record, text) = record_after(&journal_start(inventory), None);
+                match put_record(storage, &store, &record, &text) {
+                    Ok(true) => (record.sequence, sha256_hex(&text)),
+                    Ok(false) => continue,
                     Err(e) => return Err(bucket_append_error(storage, &record, e)),
                 }
             }
         };
         let (record, text) = record_after(entry, Some(head));
-        match put_record(storage, &record, &text) {
-            Ok(()) => return Ok(record),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+        match put_record(storage, &store, &record, &text) {
+            Ok(true) => return Ok(record),
+            Ok(false) => continue,
             Err(e) => return Err(bucket_append_error(storage, &record, e)),
         }
     }
@@ -315,8 +318,32 @@ fn append_to_bucket(repo: &Repository, storage: &dyn Storage, entry: &Entry) -> 
     )))
 }
 
-fn put_record(storage: &dyn Storage, record: &Record, text: &[u8]) -> std::io::Result<()> {
-    storage.put_new(&format!("journal/{}", file_name(record.sequence)), text)
+/// Creates `record`; `false` when its sequence number is taken by
+/// another run's record. A refusal of this very record (a write that
+/// landed, retried after its answer was lost) is a success: the record
+/// is not appended twice.
+fn put_record(
+    storage: &dyn Storage,
+    store: &Store,
+    record: &Record,
+    text: &[u8],
+) -> std::io::Result<bool> {
+    match storage.put_new(&format!("journal/{}", file_name(record.sequence)), text) {
+        // Read back: on a service whose conditional create is not atomic
+        // another run's record may have replaced this one; then this one
+        // takes the next number.
+        Ok(()) => Ok(store
+            .read(record.sequence)
+            .map_or(true, |found| found == text)),
+        Err(e) => {
+            let ours = store.read(record.sequence).is_ok_and(|found| found == text);
+            match e.kind() {
+                _ if ours => Ok(true),
+                std::io::ErrorKind::AlreadyExists => Ok(false),
+                _ => Err(e),
+            }
+        }
+    }
 }
 
 fn bucket_append_error(storage: &dyn Storage, record: &Record, e: std::io::Error) -> Error {
@@ -326,16 +353,45 @@ fn bucket_append_error(storage: &dyn Storage, record: &Record, e: std::io::Error
     ))
 }
 
-/// The first record of a journal: the manifests already there.
-fn journal_start(repo: &Repository) -> Entry {
+/// The first record of a journal, listing the manifests already there.
+fn journal_start(inventory: Vec<Touched>) -> Entry {
     Entry {
         run_id: crate::repository::new_backup_id("journal", crate::clock::now()),
         command: "journal-start".into(),
         started_at: crate::clock::now_rfc3339(),
         ok: true,
-        artifacts: inventory(repo),
+        artifacts: inventory,
         ..Entry::default()
     }
+}
+
+/// The manifests in a bucket's `backups/` now; any that cannot be listed
+/// or read fails the inventory.
+fn bucket_inventory(repo: &Repository, storage: &dyn Storage) -> Result<Vec<Touched>> {
+    let mut names: Vec<String> = storage
+        .list("backups")
+        .map_err(|e| {
+            Error::repository(format!(
+                "cannot list {} for the journal's first record: {e}",
+                storage.describe("backups")
+            ))
+        })?
+        .into_iter()
+        .map(|o| o.name)
+        .filter(|n| n.ends_with(".manifest.json"))
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .map(|name| {
+            touched(repo, &repo.root().join("backups").join(name)).ok_or_else(|| {
+                Error::repository(format!(
+                    "cannot read {} for the journal's first record",
+                    storage.describe(&format!("backups/{name}"))
+                ))
+            })
+        })
+        .collect()
 }
 
 fn append_to_dir(repo: &Repository, root: &Path, entry: &Entry) -> Result<Record> {
@@ -382,7 +438,7 @@ fn append_to_dir(repo: &Repository, root: &Path, entry: &Entry) -> Result<Record
         }
     };
     if head.is_none() {
-        let (record, hash) = write_record(&dir, &journal_start(repo), None)?;
+        let (record, hash) = write_record(&dir, &journal_start(inventory(repo)), None)?;
         head = Some((record.sequence, hash));
     }
     let (record, _) = write_record(&dir, entry, head)?;
@@ -392,21 +448,6 @@ fn append_to_dir(repo: &Repository, root: &Path, entry: &Entry) -> Result<Record
 
 /// The manifests in `backups/` now, for the journal's first record.
 fn inventory(repo: &Repository) -> Vec<Touched> {
-    if repo.is_remote() {
-        let storage = repo.storage();
-        let mut names: Vec<String> = storage
-            .list("backups")
-            .unwrap_or_default()
-            .into_iter()
-            .map(|o| o.name)
-            .filter(|n| n.ends_with(".manifest.json"))
-            .collect();
-        names.sort();
-        return names
-            .iter()
-            .filter_map(|n| touched(repo, &repo.root().join("backups").join(n)))
-            .collect();
-    }
     let root = repo.root();
     let backups = root.join("backups");
     let mut names: Vec<PathBuf> = std::fs::read_dir(&backups)
@@ -485,20 +526,42 @@ fn record_after(entry: &Entry, head: Option<(u64, String)>) -> (Record, Vec<u8>)
 /// not: one damaged record must not hide the rest (`log --verify` says
 /// what is wrong with the chain).
 pub fn read_tolerant(repo: &Repository) -> Result<(Vec<Record>, Vec<String>)> {
+    Ok(parse_all(&read_all(repo)?))
+}
+
+/// Both of the above from one reading of the journal (in a bucket every
+/// record is a request): the chain's verdict, and the records that parse.
+pub fn read_and_verify(repo: &Repository) -> Result<(Verification, Vec<Record>)> {
+    let read = read_all(repo)?;
+    Ok((walk(&read, None), parse_all(&read).0))
+}
+
+/// Every record's bytes (or why they cannot be read), oldest first.
+type RecordBytes = Vec<(u64, std::io::Result<Vec<u8>>)>;
+
+fn read_all(repo: &Repository) -> Result<RecordBytes> {
     let store = Store::of(repo);
+    Ok(store
+        .sequences()?
+        .into_iter()
+        .map(|sequence| (sequence, store.read(sequence)))
+        .collect())
+}
+
+fn parse_all(read: &RecordBytes) -> (Vec<Record>, Vec<String>) {
     let mut records = Vec::new();
     let mut damaged = Vec::new();
-    for sequence in store.sequences()? {
-        let parsed = store
-            .read(sequence)
+    for (sequence, bytes) in read {
+        let parsed = bytes
+            .as_ref()
             .map_err(|e| e.to_string())
-            .and_then(|text| serde_json::from_slice::<Record>(&text).map_err(|e| e.to_string()));
+            .and_then(|text| serde_json::from_slice::<Record>(text).map_err(|e| e.to_string()));
         match parsed {
             Ok(record) => records.push(record),
             Err(e) => damaged.push(format!("journal record {sequence} cannot be read: {e}")),
         }
     }
-    Ok((records, damaged))
+    (records, damaged)
 }
 
 /// Walks the chain: every sequence from 1 present, each record named for
@@ -507,23 +570,27 @@ pub fn read_tolerant(repo: &Repository) -> Result<(Vec<Record>, Vec<String>)> {
 /// must still have that hash.
 pub fn verify(repo: &Repository, anchor: Option<&str>) -> Result<Verification> {
     let anchor = anchor.map(parse_anchor).transpose()?;
-    let store = Store::of(repo);
-    let present = store.sequences()?;
+    Ok(walk(&read_all(repo)?, anchor))
+}
+
+/// [`verify`] on records already read.
+fn walk(read: &RecordBytes, anchor: Option<(u64, String)>) -> Verification {
     let mut verification = Verification {
-        records: present.len() as u64,
+        records: read.len() as u64,
         head: None,
         broken: None,
     };
     let mut previous: Option<(u64, String)> = None;
     let mut expected = 1;
-    for sequence in present {
+    for (sequence, bytes) in read {
+        let sequence = *sequence;
         let name = file_name(sequence);
-        let bytes = match store.read(sequence) {
+        let bytes = match bytes {
             Ok(bytes) => bytes,
             Err(e) => {
                 verification.broken =
                     Some(format!("record {sequence} ({name}) cannot be read: {e}"));
-                return Ok(verification);
+                return verification;
             }
         };
         if sequence != expected {
@@ -531,15 +598,15 @@ pub fn verify(repo: &Repository, anchor: Option<&str>) -> Result<Verification> {
                 "record {expected} is missing (deleted): the journal goes from {} to {sequence}",
                 expected - 1
             ));
-            return Ok(verification);
+            return verification;
         }
-        let record: Record = match serde_json::from_slice(&bytes) {
+        let record: Record = match serde_json::from_slice(bytes) {
             Ok(record) => record,
             Err(e) => {
                 verification.broken = Some(format!(
                     "record {sequence} ({name}) was edited: it no longer parses ({e})"
                 ));
-                return Ok(verification);
+                return verification;
             }
         };
         if record.sequence != sequence {
@@ -547,7 +614,7 @@ pub fn verify(repo: &Repository, anchor: Option<&str>) -> Result<Verification> {
                 "record {sequence} ({name}) holds record {}: records were reordered or replaced",
                 record.sequence
             ));
-            return Ok(verification);
+            return verification;
         }
         let want = previous.as_ref().map(|(_, h)| h.as_str()).unwrap_or("");
         if record.previous_sha256 != want {
@@ -555,9 +622,9 @@ pub fn verify(repo: &Repository, anchor: Option<&str>) -> Result<Verification> {
                 "record {} was edited, or record {sequence} replaced: record {sequence}'s previous-sha256 does not match",
                 sequence - 1
             ));
-            return Ok(verification);
+            return verification;
         }
-        let hash = sha256_hex(&bytes);
+        let hash = sha256_hex(bytes);
         if let Some((seq, sha)) = &anchor
             && *seq == sequence
             && *sha != hash
@@ -565,7 +632,7 @@ pub fn verify(repo: &Repository, anchor: Option<&str>) -> Result<Verification> {
             verification.broken = Some(format!(
                 "record {sequence} is not the one anchored ({seq}:{sha}): history up to it was rewritten"
             ));
-            return Ok(verification);
+            return verification;
         }
         previous = Some((sequence, hash));
         expected += 1;
@@ -577,10 +644,10 @@ pub fn verify(repo: &Repository, anchor: Option<&str>) -> Result<Verification> {
             "record {seq} (anchored) is missing: the journal ends at {}",
             expected - 1
         ));
-        return Ok(verification);
+        return verification;
     }
     verification.head = previous.map(|(seq, hash)| format!("{seq}:{hash}"));
-    Ok(verification)
+    verification
 }
 
 /// `SEQUENCE:SHA256` as `log --head` prints it (case and surrounding

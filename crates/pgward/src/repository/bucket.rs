@@ -326,9 +326,18 @@ impl Repository {
             match storage.size(&manifest) {
                 Ok(None) => {}
                 // A run that died after its manifest was written: a
-                // backup, with only its record left to remove.
+                // backup, with only its record left to remove, once its
+                // artifact is seen there. A manifest without its artifact
+                // keeps the record as evidence (`verify` names the loss).
                 Ok(Some(_)) => {
-                    let _ = storage.delete(&marker);
+                    let artifact = running
+                        .as_ref()
+                        .map(|r| Repository::backup_key(&r.artifact));
+                    if let Some(artifact) = artifact
+                        && matches!(storage.size(&artifact), Ok(Some(_)))
+                    {
+                        let _ = storage.delete(&marker);
+                    }
                     continue;
                 }
                 Err(_) => continue,
