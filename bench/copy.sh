@@ -36,13 +36,6 @@ source "$root/bench/lib.sh"
 bench_args "${BASH_SOURCE[0]}" 30 "$@"
 sample_s=${PGWARD_BENCH_SAMPLE:-0.05}
 
-s3s_fs=$(command -v s3s-fs || true)
-[[ -n $s3s_fs ]] || s3s_fs=${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs
-[[ -x $s3s_fs ]] || {
-  log "s3s-fs is missing: run scripts/install-deps.sh"
-  exit 1
-}
-
 bench_dir
 out="$dir/out"
 server_pid=""
@@ -71,17 +64,7 @@ artifact=$(find "$out/repo/backups" -name '*.dump.zst' | head -n 1)
 bytes=$(stat -c %s "$artifact")
 printf 'artifact: %s bytes (%s MiB)\n\n' "$bytes" "$((bytes >> 20))"
 
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$s3s_fs" --host 127.0.0.1 --port "$port" --access-key AKIABENCH --secret-key bench-secret "$out/data" \
-  >/dev/null 2>&1 &
-server_pid=$!
-for _ in $(seq 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-  sleep 0.05
-done
-printf '[default]\naws_access_key_id = AKIABENCH\naws_secret_access_key = bench-secret\n' >"$out/credentials"
-chmod 600 "$out/credentials"
-cat >"$out/pgward.toml" <<EOF
+bench_s3_server "$out"
 [s3]
 endpoint = "http://127.0.0.1:$port"
 credentials-file = "$out/credentials"

@@ -119,3 +119,34 @@ bench_demo_database() {
   printf '\ndatabase demo: scale %s, %s bytes (%s)\n' "$scale" "$db_bytes" \
     "$(pgsb_psql -d demo -At -c "SELECT pg_size_pretty(pg_database_size('demo'))")"
 }
+
+# bench_s3_server OUT: starts an S3 server (s3s-fs, which
+# scripts/install-deps.sh installs) on a free loopback port, storing in
+# OUT/data, and writes OUT/credentials and OUT/pgward.toml to reach it.
+# Sets server_pid (for the exit trap to kill) and port. Exits 1 without
+# s3s-fs.
+bench_s3_server() {
+  local out=$1 s3s_fs
+  s3s_fs=$(command -v s3s-fs || true)
+  [[ -n $s3s_fs ]] || s3s_fs=${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs
+  [[ -x $s3s_fs ]] || {
+    log "s3s-fs is missing: run scripts/install-deps.sh"
+    exit 1
+  }
+  mkdir -p "$out/data"
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  "$s3s_fs" --host 127.0.0.1 --port "$port" --access-key AKIABENCH --secret-key bench-secret "$out/data" \
+    >/dev/null 2>&1 &
+  server_pid=$!
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    sleep 0.05
+  done
+  printf '[default]\naws_access_key_id = AKIABENCH\naws_secret_access_key = bench-secret\n' >"$out/credentials"
+  chmod 600 "$out/credentials"
+  cat >"$out/pgward.toml" <<TOML
+[s3]
+endpoint = "http://127.0.0.1:$port"
+credentials-file = "$out/credentials"
+TOML
+}

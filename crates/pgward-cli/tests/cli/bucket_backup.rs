@@ -422,6 +422,28 @@ fn slow_pg_dump(ws: &Workspace, started: &Path, seconds: u32) -> PathBuf {
     )
 }
 
+/// A backup into `s3://BUCKET/prod` whose pg_dump waits `seconds` before
+/// dumping, returned once pg_dump has started (the run holds its lock).
+fn backup_with_slow_pg_dump(
+    ws: &Workspace,
+    config: &Path,
+    db: &str,
+    marker: &str,
+    seconds: u32,
+) -> std::process::Child {
+    let started = ws.path(marker);
+    let wrapper = slow_pg_dump(ws, &started, seconds);
+    let child = on_bucket(ws, config, "prod")
+        .args(["backup", "--dbname", db, "--pg-dump"])
+        .arg(&wrapper)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&started);
+    child
+}
+
 fn wait_for(path: &Path) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !path.exists() {
@@ -448,16 +470,7 @@ fn a_bucket_backup_that_is_interrupted_or_loses_its_lock_commits_nothing_and_let
 
     // SIGTERM while pg_dump runs: exit 143, the upload aborted, the run
     // recorded, and the lock released at once (no lease left to wait out).
-    let started = ws.path("started-1");
-    let wrapper = slow_pg_dump(&ws, &started, 3);
-    let child = on_bucket(&ws, &config, "prod")
-        .args(["backup", "--dbname", &db, "--pg-dump"])
-        .arg(&wrapper)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(&started);
+    let child = backup_with_slow_pg_dump(&ws, &config, &db, "started-1", 3);
     assert!(lock.exists(), "the run holds no lock");
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
@@ -492,16 +505,7 @@ fn a_bucket_backup_that_is_interrupted_or_loses_its_lock_commits_nothing_and_let
     // (as if its lease had run out): its next renewal finds the lock
     // replaced, and the run stops and commits nothing, exit 3, leaving the
     // other run's lock alone.
-    let started = ws.path("started-2");
-    let wrapper = slow_pg_dump(&ws, &started, 2);
-    let child = on_bucket(&ws, &config, "prod")
-        .args(["backup", "--dbname", &db, "--pg-dump"])
-        .arg(&wrapper)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(&started);
+    let child = backup_with_slow_pg_dump(&ws, &config, &db, "started-2", 2);
     let credentials = server.credentials_file(&ws, S3_SECRET_KEY);
     let parsed = pgward::Config::parse(&server.config_section(&credentials)).unwrap();
     let location = pgward::storage::s3::S3Location::parse(&format!("s3://{BUCKET}/prod"))

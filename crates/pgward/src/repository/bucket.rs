@@ -19,9 +19,7 @@
 //! with the service: a lifecycle rule (`AbortIncompleteMultipartUpload`)
 //! is the service's own sweep for those, documented in the README.
 
-use super::manifest::{
-    ErrorRecord, MANIFEST_VERSION, Manifest, QUARANTINE_FORMAT, QuarantineRecord,
-};
+use super::manifest::{Manifest, QuarantineRecord};
 use super::{
     DamagedFile, MANIFEST_SUFFIX, REASON_SUFFIX, Repository, database_key, id_database_key,
     is_backup_id,
@@ -258,18 +256,15 @@ impl Repository {
                 Err(e) => return Err(remote_error(storage.as_ref(), "cannot stat", &manifest, e)),
             }
         }
-        let record = QuarantineRecord {
-            format: QUARANTINE_FORMAT.to_string(),
-            format_version: MANIFEST_VERSION,
-            id: staging.id.clone(),
-            database: database.to_string(),
-            started_at: started_at.to_string(),
-            quarantined_at: crate::clock::now_rfc3339(),
-            // A bucket keeps no partial artifact.
-            file: String::new(),
+        // A bucket keeps no partial artifact.
+        let record = QuarantineRecord::now(
+            &staging.id,
+            database,
+            started_at,
+            String::new(),
             partial_bytes,
-            error: ErrorRecord::from_error(error),
-        };
+            error,
+        );
         let key = self.put_reason(storage.as_ref(), &record)?;
         let _ = storage.delete(&staging.marker);
         Ok(key)
@@ -374,17 +369,14 @@ impl Repository {
                 ),
             )
             .with_hint("an upload it could not abort is removed by the bucket's lifecycle rule (AbortIncompleteMultipartUpload)");
-            let record = QuarantineRecord {
-                format: QUARANTINE_FORMAT.to_string(),
-                format_version: MANIFEST_VERSION,
-                id: id.to_string(),
-                database: database.to_string(),
-                started_at,
-                quarantined_at: crate::clock::now_rfc3339(),
-                file: String::new(),
+            let record = QuarantineRecord::now(
+                id,
+                database,
+                &started_at,
+                String::new(),
                 partial_bytes,
-                error: ErrorRecord::from_error(&error),
-            };
+                &error,
+            );
             if self.put_reason(storage, &record).is_ok() {
                 let _ = storage.delete(&marker);
             }

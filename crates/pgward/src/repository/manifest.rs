@@ -469,10 +469,35 @@ pub struct QuarantineRecord {
     pub database: String,
     pub started_at: String,
     pub quarantined_at: String,
-    /// The partial file's name inside `quarantine/`.
+    /// The partial file's name inside `quarantine/`; empty in a bucket,
+    /// which keeps no partial files.
     pub file: String,
     pub partial_bytes: u64,
     pub error: ErrorRecord,
+}
+
+impl QuarantineRecord {
+    /// The record of run `id`'s failure, quarantined now.
+    pub fn now(
+        id: &str,
+        database: &str,
+        started_at: &str,
+        file: String,
+        partial_bytes: u64,
+        error: &crate::error::Error,
+    ) -> QuarantineRecord {
+        QuarantineRecord {
+            format: QUARANTINE_FORMAT.to_string(),
+            format_version: MANIFEST_VERSION,
+            id: id.to_string(),
+            database: database.to_string(),
+            started_at: started_at.to_string(),
+            quarantined_at: crate::clock::now_rfc3339(),
+            file,
+            partial_bytes,
+            error: ErrorRecord::from_error(error),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -54,7 +54,7 @@ use crate::pipeline::hash::StreamHasher;
 use crate::signing::SignaturePin;
 use crate::storage::Storage;
 use lock::{RepoLock, RunLock};
-use manifest::{MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, QUARANTINE_FORMAT, QuarantineRecord};
+use manifest::{MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, QuarantineRecord};
 use serde::Serialize;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::Write;
@@ -771,17 +771,14 @@ impl Repository {
         let partial = self
             .keep_in_quarantine(&staging.path, &format!("{}{PARTIAL_SUFFIX}", staging.id))
             .map_err(|e| Error::repository_io("cannot quarantine", &staging.path, e))?;
-        let record = QuarantineRecord {
-            format: QUARANTINE_FORMAT.to_string(),
-            format_version: MANIFEST_VERSION,
-            id: staging.id.clone(),
-            database: database.to_string(),
-            started_at: started_at.to_string(),
-            quarantined_at: crate::clock::now_rfc3339(),
-            file: partial.file_name().unwrap().to_string_lossy().into_owned(),
+        let record = QuarantineRecord::now(
+            &staging.id,
+            database,
+            started_at,
+            partial.file_name().unwrap().to_string_lossy().into_owned(),
             partial_bytes,
-            error: manifest::ErrorRecord::from_error(error),
-        };
+            error,
+        );
         // The record is named like the partial file it explains.
         let partial_name = partial.file_name().unwrap().to_string_lossy().into_owned();
         let reason = self.quarantine_dir().join(format!(
