@@ -55,10 +55,6 @@ mkdir -p "$out/data/bench"
 chmod 700 "$out"
 
 bench_s3_server "$out"
-[s3]
-endpoint = "http://127.0.0.1:$port"
-credentials-file = "$out/credentials"
-EOF
 
 declare -A best=() hwm_max=([local]=0 [s3]=0)
 keep_best() { # key seconds

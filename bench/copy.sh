@@ -65,10 +65,6 @@ bytes=$(stat -c %s "$artifact")
 printf 'artifact: %s bytes (%s MiB)\n\n' "$bytes" "$((bytes >> 20))"
 
 bench_s3_server "$out"
-[s3]
-endpoint = "http://127.0.0.1:$port"
-credentials-file = "$out/credentials"
-EOF
 
 declare -A best=()
 hwm_max=0
