@@ -732,23 +732,18 @@ fn bucket(
                 ),
             );
             let conditional = format!("{id}.conditional-writes");
-            // A repository in a bucket holds its runs' locks there, which
-            // are renewed and released only at the version written.
-            if id == "repository.bucket" && probe.honours_if_match != Some(true) {
+            // Backups and copies into a bucket hold a lock there, which is
+            // renewed and released only at the version written.
+            if probe.honours_if_match != Some(true) {
                 m.fail(
                     &conditional,
                     "the service did not honour If-Match (a replacement at a stale version went through, or one at the current version was refused)",
-                    "the lock of a run writing into a bucket needs If-Match on PUT and DELETE: use a service that honours it, or back up into a local repository and copy off-site with [[mirror]]",
-                );
-            } else if probe.refuses_replace && id == "repository.bucket" {
-                m.pass(
-                    &conditional,
-                    "the service refuses to replace an object (If-None-Match: *) and replaces one only at its current version (If-Match)",
+                    "the lock of a backup or copy writing into a bucket needs If-Match on PUT and DELETE: use a service that honours it",
                 );
             } else if probe.refuses_replace {
                 m.pass(
                     &conditional,
-                    "the service refuses to replace an object (If-None-Match: *)",
+                    "the service refuses to replace an object (If-None-Match: *) and replaces one only at its current version (If-Match)",
                 );
             } else {
                 m.warn(

@@ -168,22 +168,11 @@ fn copy_one(
     let key = manifest_key(id);
     // Held against a prune at the source while it is read.
     let _held = from.hold(manifest)?;
-    // A local destination is a repository others may run in: its lock for
-    // this database keeps a backup's cleanup from taking the artifact in
-    // flight for a leftover.
-    let _lock = if to.is_remote() {
-        None
-    } else {
-        Some(to.lock(&manifest.database)?)
-    };
-    // Two processes of this host copying one backup into one bucket (a
-    // mirror step and a `copy --all` from cron) take turns; across hosts
-    // nothing is locked yet (README).
-    let _copying = if to.is_remote() {
-        Some(copy_lock(&target.location(), id)?)
-    } else {
-        None
-    };
+    // The destination is a repository others may run in: its lock for this
+    // database (a flock on disk, a lease in a bucket, which spans hosts)
+    // keeps a backup's cleanup from taking the artifact in flight for a
+    // leftover, and two copies of one backup from taking turns badly.
+    let lock = to.lock(&manifest.database)?;
     // The exact bytes, checked again: what is copied is what the catalog
     // (and its signature pin) accepted.
     let manifest_bytes = source
@@ -292,6 +281,9 @@ fn copy_one(
             );
         }
     }
+    // A copy that lost its lease commits nothing: another run may have
+    // taken its artifact for a leftover.
+    lock.still_held()?;
     match target.put_new(&key, &manifest_bytes) {
         Ok(()) => {}
         // Written by a concurrent copy of the same backup, or by this one
@@ -407,32 +399,6 @@ fn identity(repo: &Repository) -> String {
     std::fs::canonicalize(repo.root())
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| repo.root().display().to_string())
-}
-
-/// An exclusive `flock` on `$TMPDIR/pgward-UID/copy-HASH.lock` for one
-/// backup and destination; `Busy` when another process holds it.
-fn copy_lock(destination: &str, id: &str) -> Result<std::fs::File> {
-    use sha2::Digest;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = crate::repository::private_temp_dir()?;
-    let name = crate::pipeline::hash::to_hex(&sha2::Sha256::digest(format!("{destination}\n{id}")));
-    let path = dir.join(format!("copy-{}.lock", &name[..16]));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| Error::repository_io("cannot open", &path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::new(
-            ErrorKind::Busy,
-            format!("another pgward process is copying backup {id} to {destination}"),
-        )
-        .with_hint("wait for it to finish; it says `already there` afterwards")),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::repository_io("cannot lock", &path, e)),
-    }
 }
 
 /// Size and sha256 of an object as the storage returns it; a signal

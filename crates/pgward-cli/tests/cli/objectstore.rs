@@ -263,6 +263,25 @@ fn a_backup_copied_to_a_bucket_lists_verifies_restores_and_drills_from_it() {
     .unwrap();
     assert_eq!(record["verdict"], "pass");
 
+    // A backup or copy of this database writing into the bucket from
+    // another host holds its lock there: a copy waits its turn (exit 3).
+    let lock = server.object_path(
+        BUCKET,
+        &format!("prod/locks/{}.lock", pgward::repository::database_key(&db)),
+    );
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    let held = serde_json::json!({
+        "format": "pgward-lock", "database": db, "host": "other-host", "pid": 4242,
+        "token": "0123456789abcdef0123456789abcdef",
+        "acquired-at": "2026-01-01T00:00:00Z", "expires-at": "2999-01-01T00:00:00Z",
+    })
+    .to_string();
+    std::fs::write(&lock, &held).unwrap();
+    let busy = run(pgward_cfg(&ws.repo(), &config).args(["copy", id, "--to", &remote]));
+    assert_eq!(busy.code, 3, "{}", busy.stderr);
+    assert!(busy.stderr.contains("host other-host"), "{}", busy.stderr);
+    std::fs::remove_file(&lock).unwrap();
+
     // Copying again changes nothing; --all finds nothing missing.
     let again = run(pgward_cfg(&ws.repo(), &config).args(["--json", "copy", id, "--to", &remote]));
     again.assert_ok();
@@ -428,7 +447,9 @@ fn a_wrong_secret_or_a_missing_bucket_is_one_clear_error_and_nothing_is_written(
 fn a_link_that_dies_mid_upload_lists_nothing_and_the_next_copy_completes() {
     let ws = Workspace::new();
     let mut server = S3Server::start(BUCKET);
-    let config = configured(&server, &ws, S3_SECRET_KEY, "");
+    // The cut-off copy cannot release its lock in the bucket: it lasts
+    // until its lease runs out.
+    let config = configured(&server, &ws, S3_SECRET_KEY, "lock-lease = \"2s\"\n");
     let (db, first) = backed_up(&ws, "midupload", 300);
     let remote = url("prod");
     run(pgward_cfg(&ws.repo(), &config).args([
@@ -482,6 +503,7 @@ fn a_link_that_dies_mid_upload_lists_nothing_and_the_next_copy_completes() {
     );
 
     server.restart();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
     let on_bucket = |args: &[&str]| {
         run(pgward_cfg(&ws.repo(), &config)
             .arg("--repo")
