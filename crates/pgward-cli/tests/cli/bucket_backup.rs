@@ -45,19 +45,6 @@ fn objects(server: &S3Server, key: &str) -> Vec<String> {
     names
 }
 
-fn lock_record(database: &str, host: &str, expires_at: &str) -> String {
-    serde_json::json!({
-        "format": "pgward-lock",
-        "database": database,
-        "host": host,
-        "pid": 4242,
-        "token": "0123456789abcdef0123456789abcdef",
-        "acquired-at": "2026-01-01T00:00:00Z",
-        "expires-at": expires_at,
-    })
-    .to_string()
-}
-
 #[test]
 fn a_backup_straight_into_a_bucket_restores_and_leaves_nothing_on_local_disk() {
     let ws = Workspace::new();

@@ -946,6 +946,21 @@ impl S3Server {
     }
 }
 
+/// The lock object a pgward run on `host` (pid 4242) would hold in a
+/// bucket for `database`, its lease running until `expires_at`.
+pub fn lock_record(database: &str, host: &str, expires_at: &str) -> String {
+    serde_json::json!({
+        "format": "pgward-lock",
+        "database": database,
+        "host": host,
+        "pid": 4242,
+        "token": "0123456789abcdef0123456789abcdef",
+        "acquired-at": "2026-01-01T00:00:00Z",
+        "expires-at": expires_at,
+    })
+    .to_string()
+}
+
 impl Drop for S3Server {
     fn drop(&mut self) {
         self.kill();

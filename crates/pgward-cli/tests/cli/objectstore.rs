@@ -270,12 +270,7 @@ fn a_backup_copied_to_a_bucket_lists_verifies_restores_and_drills_from_it() {
         &format!("prod/locks/{}.lock", pgward::repository::database_key(&db)),
     );
     std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
-    let held = serde_json::json!({
-        "format": "pgward-lock", "database": db, "host": "other-host", "pid": 4242,
-        "token": "0123456789abcdef0123456789abcdef",
-        "acquired-at": "2026-01-01T00:00:00Z", "expires-at": "2999-01-01T00:00:00Z",
-    })
-    .to_string();
+    let held = lock_record(&db, "other-host", "2999-01-01T00:00:00Z");
     std::fs::write(&lock, &held).unwrap();
     let busy = run(pgward_cfg(&ws.repo(), &config).args(["copy", id, "--to", &remote]));
     assert_eq!(busy.code, 3, "{}", busy.stderr);
