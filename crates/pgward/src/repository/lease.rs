@@ -176,7 +176,7 @@ impl Lease {
                     "cannot renew the lock {} just taken: {e}",
                     storage.describe(key)
                 ))
-                .with_hint("the lock of a run writing into a bucket needs conditional writes (If-Match); `pgward check` tests them; without them back up into a local repository and copy off-site with [[mirror]]"));
+                .with_hint("backups and copies into a bucket lock it with conditional writes (If-Match): use a service that honours them (`pgward check` tests it)"));
             }
         };
         let held = Arc::new(Mutex::new(Held {
