@@ -6,7 +6,7 @@
 # pg_dump's output as a multipart upload while pg_dump runs, completes it
 # after validation, reads the whole object back from the bucket and hashes
 # it, then writes the manifest. The target (issue 16): at >= 1 GB of
-# database, the backup to a loopback S3 server (s3s-fs, which
+# database, the backup to a loopback S3 server (tools/s3-test-server, which
 # scripts/install-deps.sh installs, writing to the same disk) takes at most
 # 1.15 x the backup to a local repository, and pgward's own peak RSS stays
 # <= 64 MiB. It is a benchmark, not a test: it prints figures and exits 0

@@ -6,7 +6,7 @@
 # S3-compatible bucket as a multipart upload, then read it back from the
 # bucket and hash it again before the manifest makes it a backup there. This
 # script measures that against moving the same bytes without any proof, on
-# loopback, with a real S3 server (s3s-fs, which scripts/install-deps.sh
+# loopback, with a real S3 server (tools/s3-test-server, which scripts/install-deps.sh
 # installs) writing to the same disk. It is a benchmark, not a test: it
 # prints figures and exits 0 when every figure could be measured.
 #

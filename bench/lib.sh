@@ -120,22 +120,22 @@ bench_demo_database() {
     "$(pgsb_psql -d demo -At -c "SELECT pg_size_pretty(pg_database_size('demo'))")"
 }
 
-# bench_s3_server OUT: starts an S3 server (s3s-fs, which
-# scripts/install-deps.sh installs) on a free loopback port, storing in
+# bench_s3_server OUT: starts the tests' S3 server (tools/s3-test-server,
+# which scripts/install-deps.sh installs) on a free loopback port, storing in
 # OUT/data, and writes OUT/credentials and OUT/pgward.toml to reach it.
 # Sets server_pid (for the exit trap to kill) and port. Exits 1 without
-# s3s-fs.
+# it.
 bench_s3_server() {
-  local out=$1 s3s_fs
-  s3s_fs=$(command -v s3s-fs || true)
-  [[ -n $s3s_fs ]] || s3s_fs=${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs
-  [[ -x $s3s_fs ]] || {
-    log "s3s-fs is missing: run scripts/install-deps.sh"
+  local out=$1 server
+  server=$(command -v pgward-s3-test-server || true)
+  [[ -n $server ]] || server=${CARGO_HOME:-$HOME/.cargo}/bin/pgward-s3-test-server
+  [[ -x $server ]] || {
+    log "pgward-s3-test-server is missing: run scripts/install-deps.sh"
     exit 1
   }
   mkdir -p "$out/data"
   port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  "$s3s_fs" --host 127.0.0.1 --port "$port" --access-key AKIABENCH --secret-key bench-secret "$out/data" \
+  "$server" --host 127.0.0.1 --port "$port" --access-key AKIABENCH --secret-key bench-secret "$out/data" \
     >/dev/null 2>&1 &
   server_pid=$!
   for _ in $(seq 100); do

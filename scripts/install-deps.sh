@@ -11,7 +11,8 @@
 #     which also bring the client (psql, pg_dump, pg_restore) and pgbench;
 #   - zstd, gnupg (gpg), GNU time (/usr/bin/time -v for peak RSS), a C compiler
 #     (for -sys crates), libclang-dev (bindgen, for PostgreSQL's SQL parser);
-#   - the tests' S3 server, s3s-fs, with cargo install (after the Rust check).
+#   - the tests' S3 server (tools/s3-test-server), with cargo install (after
+#     the Rust check).
 # It never starts a service: Debian's postgresql package would create and start
 # a cluster "<major>/main" on port 5432; we forbid service starts with a
 # temporary policy-rc.d (exit 101) and turn off the main-cluster creation with a
@@ -145,13 +146,13 @@ else
   die "no Rust toolchain: cargo is neither on PATH nor in ${CARGO_HOME:-$HOME/.cargo}/bin; install one with rustup (https://rustup.rs), then re-run"
 fi
 
-# The tests' S3 server: s3s-fs (a real S3-protocol server that checks SigV4
-# signatures), built from crates.io into cargo's bin dir, where the tests
-# look for it. 0.14.1 is the newest that builds on this toolchain.
-s3s_fs=${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs
-if [[ -x $s3s_fs ]] && "$s3s_fs" --version 2>/dev/null | grep -q ' 0\.14\.1$'; then
-  log "s3s-fs: $("$s3s_fs" --version)"
-else
-  log "cargo install s3s-fs@0.14.1 (the tests' S3 server; a few minutes)"
-  "$cargo" install s3s-fs@0.14.1 --features binary --locked --quiet
-fi
+# The tests' S3 server: tools/s3-test-server (s3s-fs from crates.io, a real
+# S3-protocol server that checks SigV4 signatures, with the two things a real
+# service has and s3s-fs 0.14 lacks: a list of open multipart uploads, and
+# atomic conditional writes). Installed into cargo's bin dir, where the tests
+# look for it; its build is kept in target/s3-test-server, so a second install
+# only checks that it is current.
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+log "cargo install pgward-s3-test-server (the tests' S3 server; minutes the first time)"
+"$cargo" install --path "$root/tools/s3-test-server" --locked --quiet \
+  --target-dir "$root/target/s3-test-server"

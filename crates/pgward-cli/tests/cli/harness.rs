@@ -819,26 +819,41 @@ pub fn check_row(report: &serde_json::Value, id: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no {id} row: {report}"))
 }
 
+/// Waits up to 20 s for `done` to hold (polling), or fails naming `what`.
+pub fn wait_until(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..800 {
+        if done() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("timed out waiting for {what}");
+}
+
 /// The S3 access key pair the test server enforces (SigV4).
 pub const S3_ACCESS_KEY: &str = "AKIAPGWARDTEST";
 pub const S3_SECRET_KEY: &str = "pgward-test-secret-1";
 
-/// A real S3-protocol server (s3s-fs, which checks SigV4 signatures) on
-/// 127.0.0.1, storing its objects as files under a temp dir.
+/// A real S3-protocol server on 127.0.0.1 that checks SigV4 signatures
+/// (tools/s3-test-server: s3s-fs, plus ListMultipartUploads and atomic
+/// conditional writes), storing its objects as files under a temp dir.
 pub struct S3Server {
     pub port: u16,
     pub data: tempfile::TempDir,
     child: Option<std::process::Child>,
+    options: Vec<String>,
 }
 
-/// The s3s-fs binary: PGWARD_S3S_FS, else on PATH, else cargo's bin dir
-/// (scripts/install-deps.sh installs it there).
-fn s3s_fs_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("PGWARD_S3S_FS") {
+const S3_SERVER: &str = "pgward-s3-test-server";
+
+/// The server binary: PGWARD_S3_TEST_SERVER, else on PATH, else cargo's
+/// bin dir (scripts/install-deps.sh installs it there).
+fn s3_server_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("PGWARD_S3_TEST_SERVER") {
         return PathBuf::from(path);
     }
     let out = Command::new("sh")
-        .args(["-c", "command -v s3s-fs"])
+        .args(["-c", &format!("command -v {S3_SERVER}")])
         .output()
         .unwrap();
     let found = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -848,10 +863,10 @@ fn s3s_fs_binary() -> PathBuf {
     let home = std::env::var("CARGO_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
-    let path = home.join("bin").join("s3s-fs");
+    let path = home.join("bin").join(S3_SERVER);
     assert!(
         path.is_file(),
-        "s3s-fs is not installed: run scripts/install-deps.sh (cargo install s3s-fs@0.14.1 --features binary --locked)"
+        "{S3_SERVER} is not installed: run scripts/install-deps.sh (cargo install --path tools/s3-test-server)"
     );
     path
 }
@@ -859,6 +874,11 @@ fn s3s_fs_binary() -> PathBuf {
 impl S3Server {
     /// Starts a server with one bucket, `bucket`.
     pub fn start(bucket: &str) -> S3Server {
+        S3Server::start_with(bucket, &[])
+    }
+
+    /// Starts a server with one bucket and the server's `options`.
+    pub fn start_with(bucket: &str, options: &[&str]) -> S3Server {
         let data = tempfile::Builder::new()
             .prefix("pgward-s3-")
             .tempdir()
@@ -873,6 +893,7 @@ impl S3Server {
             port,
             data,
             child: None,
+            options: options.iter().map(|o| o.to_string()).collect(),
         };
         server.restart();
         server
@@ -880,14 +901,17 @@ impl S3Server {
 
     /// Starts the server (again) on the same port and data.
     pub fn restart(&mut self) {
-        let child = Command::new(s3s_fs_binary())
+        let child = Command::new(s3_server_binary())
             .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            // Two uploads per answer, so that listing them pages.
+            .args(["--list-page", "2"])
+            .args(&self.options)
             .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
             .arg(self.data.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start s3s-fs");
+            .expect("start the S3 test server");
         self.child = Some(child);
         for _ in 0..200 {
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
@@ -895,7 +919,10 @@ impl S3Server {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        panic!("s3s-fs did not start listening on port {}", self.port);
+        panic!(
+            "the S3 test server did not start listening on port {}",
+            self.port
+        );
     }
 
     /// Kills the server at once (SIGKILL), as a crash would.
@@ -916,7 +943,7 @@ impl S3Server {
     }
 
     /// Multipart uploads the server holds open (begun, neither completed
-    /// nor aborted): s3s-fs keeps one `.upload-ID.json` file per upload.
+    /// nor aborted): the server keeps one `.upload-ID.json` file per upload.
     pub fn open_uploads(&self) -> Vec<String> {
         names_in(self.data.path())
             .into_iter()
