@@ -752,8 +752,63 @@ fn bucket(
                     "two hosts writing at once could replace each other's objects (and both take a database's lock); pgward still refuses to write over a manifest it can see and verifies every write, but write to this bucket from one host only",
                 );
             }
+            open_uploads(m, &format!("{id}.open-uploads"), &storage);
             true
         }
+    }
+}
+
+/// Multipart uploads of backups that the service holds open. One whose
+/// database's lock is held belongs to a run in progress; any other was
+/// left by a run that was killed or cut off, and takes space (billed)
+/// until the next run of its database aborts it.
+fn open_uploads(m: &mut Matrix, id: &str, storage: &dyn crate::storage::Storage) {
+    const LIFECYCLE: &str = "add the lifecycle rule AbortIncompleteMultipartUpload to the bucket (README: Backing up straight into a bucket), so that uploads of killed runs do not stay billed";
+    let uploads = match storage.open_uploads("backups/") {
+        Ok(uploads) => uploads,
+        Err(e) => {
+            m.warn(
+                id,
+                format!("cannot list open multipart uploads: {e}"),
+                LIFECYCLE,
+            );
+            return;
+        }
+    };
+    let mut in_progress = 0;
+    let mut left = Vec::new();
+    for upload in &uploads {
+        let file = upload.key.trim_start_matches("backups/");
+        let database = crate::repository::artifact_database_key(file);
+        // A lock that cannot be read is taken as held: no alarm on doubt.
+        let locked = database.is_some_and(|key| {
+            !matches!(
+                crate::repository::lease::holder(storage, &format!("locks/{key}.lock")),
+                Ok(None)
+            )
+        });
+        if locked {
+            in_progress += 1;
+        } else {
+            left.push(file.to_string());
+        }
+    }
+    if left.is_empty() {
+        let running = match in_progress {
+            0 => String::new(),
+            n => format!(" but {n} of a run in progress"),
+        };
+        m.pass(id, format!("no multipart upload is left open{running}"));
+    } else {
+        m.warn(
+            id,
+            format!(
+                "{} multipart upload(s) left open by runs that were killed or cut off: {}",
+                left.len(),
+                left.join(", ")
+            ),
+            "the next backup of each database aborts its own; or add the lifecycle rule AbortIncompleteMultipartUpload",
+        );
     }
 }
 

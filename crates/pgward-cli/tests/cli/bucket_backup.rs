@@ -1,5 +1,5 @@
 //! Backups written straight into a bucket (`repository = "s3://..."`),
-//! against a real S3 server (s3s-fs, SigV4 enforced) on 127.0.0.1: the
+//! against a real S3 server (SigV4 enforced) on 127.0.0.1: the
 //! commit protocol (artifact uploaded, validated, read back, manifest
 //! last), nothing on local disk, the lease lock that keeps two runs of
 //! one database apart across hosts, failures recorded in the bucket's
@@ -132,6 +132,7 @@ fn a_backup_straight_into_a_bucket_restores_and_leaves_nothing_on_local_disk() {
         "repository",
         "repository.bucket",
         "repository.bucket.conditional-writes",
+        "repository.bucket.open-uploads",
         "repository.lock",
     ] {
         assert_eq!(check_row(&report, row)["status"], "PASS", "{row}: {report}");
@@ -350,6 +351,17 @@ fn a_failed_backup_into_a_bucket_is_recorded_and_a_killed_one_is_cleaned_up_by_t
         "{}",
         busy.stderr
     );
+    // Its open upload is a run's in progress, not one left behind.
+    let checked = run(on_bucket(&ws, &config, "prod").args(["--json", "check", "--dbname", &db]));
+    let row = check_row(&checked.json(), "repository.bucket.open-uploads");
+    assert_eq!(row["status"], "PASS", "{row}");
+    assert!(
+        row["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("1 of a run in progress"),
+        "{row}"
+    );
     // Killed outright: it cleans up nothing.
     stalled.kill().unwrap();
     stalled.wait().unwrap();
@@ -360,23 +372,39 @@ fn a_failed_backup_into_a_bucket_is_recorded_and_a_killed_one_is_cleaned_up_by_t
     let dead_id = running[0].trim_end_matches(".running.json").to_string();
     let listed = run(on_bucket(&ws, &config, "prod").args(["--json", "list"]));
     assert_eq!(listed_backup_ids(&listed.json()), [first_id.as_str()]);
-    // Its multipart upload is the service's to sweep (README: the
-    // bucket's AbortIncompleteMultipartUpload rule): no client can
-    // abort an upload after being killed.
+    // Killed, it could not abort its multipart upload.
+    assert_eq!(server.open_uploads().len(), 1);
+    // Nor can another database's run abort it.
+    let other_db = cluster().create_database("directfail_other");
+    load_rows(&other_db, "public.items", 300);
+    let other =
+        run(on_bucket(&ws, &config, "prod").args(["--json", "backup", "--dbname", &other_db]));
+    other.assert_ok();
+    let other_id = other.json()["manifest"]["id"].as_str().unwrap().to_string();
     assert_eq!(server.open_uploads().len(), 1);
 
-    // Once its lease has run out, the next run takes the lock, records
-    // the dead run in quarantine, and backs up.
+    // Once its lease has run out, the next run takes the lock, aborts
+    // the dead run's upload, records the dead run in quarantine, and
+    // backs up.
     std::thread::sleep(std::time::Duration::from_millis(3500));
+    // `check` names the upload it left open (its lease is over).
+    let checked = run(on_bucket(&ws, &config, "prod").args(["--json", "check", "--dbname", &db]));
+    let row = check_row(&checked.json(), "repository.bucket.open-uploads");
+    assert_eq!(row["status"], "WARN", "{row}");
+    assert!(
+        row["evidence"].as_str().unwrap().contains(&dead_id),
+        "{row}"
+    );
     let next = run(on_bucket(&ws, &config, "prod").args(["--json", "backup", "--dbname", &db]));
     next.assert_ok();
     let next_id = next.json()["manifest"]["id"].as_str().unwrap().to_string();
     assert_eq!(objects(&server, "prod/tmp"), Vec::<String>::new());
+    assert_eq!(server.open_uploads(), Vec::<String>::new());
     let listed = run(on_bucket(&ws, &config, "prod").args(["--json", "list"]));
     let listing = listed.json();
     let mut ids = listed_backup_ids(&listing);
     ids.sort();
-    let mut expected = vec![first_id.clone(), next_id];
+    let mut expected = vec![first_id.clone(), other_id, next_id];
     expected.sort();
     assert_eq!(ids, expected);
     let dead: Vec<&Value> = listing["quarantine"]
@@ -391,6 +419,13 @@ fn a_failed_backup_into_a_bucket_is_recorded_and_a_killed_one_is_cleaned_up_by_t
             .as_str()
             .unwrap()
             .contains("left behind by a run that died"),
+        "{listing}"
+    );
+    assert!(
+        dead[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("its open upload was aborted now"),
         "{listing}"
     );
     run(on_bucket(&ws, &config, "prod").args(["verify", &first_id])).assert_ok();
@@ -556,4 +591,106 @@ fn a_bucket_backup_that_is_interrupted_or_loses_its_lock_commits_nothing_and_let
     assert_eq!(objects(&server, "prod/tmp"), Vec::<String>::new());
     let listed = run(on_bucket(&ws, &config, "prod").args(["--json", "list"]));
     assert_eq!(listed.json()["quarantine"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn runs_started_at_the_same_instant_take_the_lock_one_at_a_time() {
+    // Four hosts' runs of one database, started together: the lock
+    // object's conditional create lets exactly one in (the test server's
+    // conditional writes are atomic, as S3's are), and the journal, which
+    // all four append to at about the same time, stays one unbroken chain.
+    let ws = Workspace::new();
+    let server = S3Server::start(BUCKET);
+    let config = configured(&server, &ws, "pgward.toml", "");
+    let db = cluster().create_database("samemoment");
+    load_rows(&db, "public.items", 300);
+    let wrapper = slow_pg_dump(&ws, &ws.path("started"), 2);
+    let gate = ws.path("go");
+    let runs: Vec<std::process::Child> = (0..4)
+        .map(|_| {
+            let mut cmd = on_bucket(&ws, &config, "prod");
+            cmd.args(["backup", "--dbname", &db, "--pg-dump"])
+                .arg(&wrapper)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped());
+            // Each waits for the gate, so that all four ask at once.
+            let program = cmd.get_program().to_owned();
+            let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+            let mut gated = std::process::Command::new("sh");
+            gated
+                .arg("-c")
+                .arg("while [ ! -e \"$0\" ]; do sleep 0.01; done; exec \"$@\"")
+                .arg(&gate)
+                .arg(program)
+                .args(args)
+                .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped());
+            gated.spawn().unwrap()
+        })
+        .collect();
+    std::fs::write(&gate, "").unwrap();
+    let outcomes: Vec<(Option<i32>, String)> = runs
+        .into_iter()
+        .map(|child| {
+            let out = child.wait_with_output().unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+        .collect();
+    let succeeded = outcomes.iter().filter(|(code, _)| *code == Some(0)).count();
+    assert_eq!(succeeded, 1, "{outcomes:?}");
+    for (code, stderr) in outcomes.iter().filter(|(code, _)| *code != Some(0)) {
+        assert_eq!(*code, Some(3), "{stderr}");
+        assert!(stderr.contains("lock"), "{stderr}");
+    }
+    let listed = run(on_bucket(&ws, &config, "prod").args(["--json", "list"]));
+    assert_eq!(listed_backup_ids(&listed.json()).len(), 1);
+    assert_eq!(objects(&server, "prod/locks"), Vec::<String>::new());
+    assert_eq!(server.open_uploads(), Vec::<String>::new());
+    let chain = run(on_bucket(&ws, &config, "prod").args(["log", "--verify"]));
+    chain.assert_ok();
+    // Every run is on record once: the winner and the three refused.
+    let log = run(on_bucket(&ws, &config, "prod").args(["log"]));
+    log.assert_ok();
+    let runs: Vec<&str> = log.stdout.lines().filter(|l| l.contains(&db)).collect();
+    assert_eq!(runs.len(), 4, "{}", log.stdout);
+    assert_eq!(
+        runs.iter().filter(|l| l.contains("FAILED")).count(),
+        3,
+        "{}",
+        log.stdout
+    );
+}
+
+#[test]
+fn a_service_that_cannot_list_open_uploads_is_warned_of_and_backups_go_on() {
+    // Some services (and s3s-fs) answer ListMultipartUploads with
+    // NotImplemented: the sweep is left to the lifecycle rule, `check`
+    // says so, and backups are not held up by it.
+    let ws = Workspace::new();
+    let server = S3Server::start_with(BUCKET, &["--without-list-uploads"]);
+    let config = configured(&server, &ws, "pgward.toml", "");
+    let db = cluster().create_database("nolisting");
+    load_rows(&db, "public.items", 300);
+    run(on_bucket(&ws, &config, "prod").args(["backup", "--dbname", &db])).assert_ok();
+    let checked = run(on_bucket(&ws, &config, "prod").args(["--json", "check", "--dbname", &db]));
+    let row = check_row(&checked.json(), "repository.bucket.open-uploads");
+    assert_eq!(row["status"], "WARN", "{row}");
+    assert!(
+        row["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("the service does not support it"),
+        "{row}"
+    );
+    assert!(
+        row["hint"]
+            .as_str()
+            .unwrap()
+            .contains("AbortIncompleteMultipartUpload"),
+        "{row}"
+    );
 }

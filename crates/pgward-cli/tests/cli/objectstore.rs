@@ -146,6 +146,57 @@ fn the_storage_contract_holds_on_disk_and_in_a_bucket() {
             .is_file()
     );
 
+    // Uploads left open (their writer gone without finishing or
+    // aborting, as when a process is killed) are listed, across pages
+    // (the server answers two at a time) and only under the prefix asked
+    // for, and aborted by id; a directory has none.
+    assert_eq!(local.open_uploads("backups/").unwrap(), Vec::new());
+    let other = pgward::storage::s3::S3Storage::new(
+        &pgward::storage::s3::S3Location::parse(&url("elsewhere"))
+            .unwrap()
+            .unwrap(),
+        &config.s3,
+        &pgward::process_env,
+    )
+    .unwrap();
+    for (storage, key) in [
+        (&bucket, "backups/left-1.bin"),
+        (&bucket, "backups/left-2.bin"),
+        (&bucket, "tmp/left-3.bin"),
+        (&other, "backups/left-4.bin"),
+    ] {
+        // Enough for a third part: the writer has waited for the first,
+        // so the upload has begun on the server.
+        let mut upload = storage.upload(key, None).unwrap();
+        upload.write_all(&vec![3u8; 17 << 20]).unwrap();
+        std::mem::forget(upload);
+    }
+    wait_until("four uploads open", || server.open_uploads().len() == 4);
+    let mut open = bucket.open_uploads("backups/").unwrap();
+    open.sort_by(|a, b| a.key.cmp(&b.key));
+    let keys: Vec<&str> = open.iter().map(|u| u.key.as_str()).collect();
+    assert_eq!(keys, ["backups/left-1.bin", "backups/left-2.bin"]);
+    assert!(
+        open.iter()
+            .all(|u| !u.id.is_empty() && u.initiated.is_some())
+    );
+    assert_eq!(bucket.open_uploads("").unwrap().len(), 3);
+    assert_eq!(bucket.open_uploads("backups/left-2").unwrap().len(), 1);
+    for upload in &open {
+        bucket.abort_open_upload(upload).unwrap();
+    }
+    // Aborting one that is gone already is not an error.
+    bucket.abort_open_upload(&open[0]).unwrap();
+    assert_eq!(bucket.open_uploads("backups/").unwrap(), Vec::new());
+    assert_eq!(server.open_uploads().len(), 2);
+    for upload in bucket.open_uploads("").unwrap() {
+        bucket.abort_open_upload(&upload).unwrap();
+    }
+    for upload in other.open_uploads("").unwrap() {
+        other.abort_open_upload(&upload).unwrap();
+    }
+    assert_eq!(server.open_uploads(), Vec::<String>::new());
+
     // Versions (for the leases of runs in a bucket): a replacement at a
     // stale version is refused and changes nothing, one at the current
     // version goes through; a directory has no versions.
@@ -512,7 +563,9 @@ fn a_link_that_dies_mid_upload_lists_nothing_and_the_next_copy_completes() {
         [first["id"].as_str().unwrap()]
     );
     on_bucket(&["verify", first["id"].as_str().unwrap()]).assert_ok();
-    // The next copy completes, and verifies.
+    // The killed server kept the upload it was receiving open.
+    assert_eq!(server.open_uploads().len(), 1);
+    // The next copy aborts it, completes, and verifies.
     let again =
         run(pgward_cfg(&ws.repo(), &config).args(["--json", "copy", "--all", "--to", &remote]));
     again.assert_ok();
@@ -534,6 +587,7 @@ fn a_link_that_dies_mid_upload_lists_nothing_and_the_next_copy_completes() {
         outcome_of(&again, first["id"].as_str().unwrap()),
         Some(Value::from("already-there"))
     );
+    assert_eq!(server.open_uploads(), Vec::<String>::new());
     on_bucket(&["verify", &id]).assert_ok();
 }
 

@@ -16,8 +16,10 @@
 //! lock, [`super::lease`]) finds that record, removes what the dead run
 //! left and quarantines its story. A multipart upload that could not be
 //! aborted (the service was unreachable, the process was killed) stays
-//! with the service: a lifecycle rule (`AbortIncompleteMultipartUpload`)
-//! is the service's own sweep for those, documented in the README.
+//! open with the service; the next run of the database lists the open
+//! uploads of its backups and aborts them. Where the service cannot list
+//! them (or the credentials may not), a lifecycle rule
+//! (`AbortIncompleteMultipartUpload`, in the README) is the only sweep.
 
 use super::manifest::{Manifest, QuarantineRecord};
 use super::{
@@ -28,6 +30,14 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::storage::{Storage, Upload};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+
+/// The open uploads a run aborted before it began: the backups they were
+/// for, and the last failure to list or abort one.
+#[derive(Debug, Default)]
+struct Sweep {
+    aborted: std::collections::BTreeSet<String>,
+    failed: Option<std::io::Error>,
+}
 
 /// `tmp/ID.running.json`: a run writing backup ID into the bucket.
 const RUNNING_SUFFIX: &str = ".running.json";
@@ -292,12 +302,63 @@ impl Repository {
         )))
     }
 
-    /// What runs of `database` that died left in the bucket: their
-    /// running records. Each is quarantined (with the artifact it may
-    /// have completed removed). Called with the database's lock held, so
-    /// none of these runs is alive.
+    /// Aborts the multipart uploads left open for backups of `database`
+    /// (their artifacts' keys name the database). Called with the
+    /// database's lock held: no run or copy of it that could still finish
+    /// one is alive (a run that lost its lease has its completion
+    /// refused, and quarantines).
+    fn sweep_open_uploads(&self, storage: &dyn Storage, database: &str) -> Sweep {
+        let key = database_key(database);
+        let mut sweep = Sweep::default();
+        let uploads = match storage.open_uploads("backups/") {
+            Ok(uploads) => uploads,
+            Err(e) => {
+                sweep.failed = Some(e);
+                return sweep;
+            }
+        };
+        for upload in uploads {
+            let Some(file) = upload
+                .key
+                .strip_prefix("backups/")
+                .filter(|file| !file.contains('/'))
+                .filter(|file| super::artifact_database_key(file) == Some(key.as_str()))
+            else {
+                continue;
+            };
+            let id = super::artifact_id(file).expect("an artifact's name");
+            match storage.abort_open_upload(&upload) {
+                Ok(()) => {
+                    sweep.aborted.insert(id.to_string());
+                }
+                Err(e) => sweep.failed = Some(e),
+            }
+        }
+        sweep
+    }
+
+    /// What runs of `database` that died left in the bucket: uploads they
+    /// could not abort (aborted now), and their running records. Each
+    /// record is quarantined (with the artifact its run may have completed
+    /// removed). Called with the database's lock held, so none of these
+    /// runs is alive.
     pub(super) fn clear_bucket_leftovers(&self, storage: &dyn Storage, database: &str) {
         let key = database_key(database);
+        let sweep = self.sweep_open_uploads(storage, database);
+        // An upload that could not be listed or aborted for a passing
+        // reason (the service did not answer) keeps the records for a
+        // later run, which tries again; one the service or the
+        // credentials do not allow is left to the lifecycle rule.
+        let sweep_gave_up = match &sweep.failed {
+            None => false,
+            Some(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::Unsupported | std::io::ErrorKind::PermissionDenied
+            ),
+        };
+        if sweep.failed.is_some() && !sweep_gave_up {
+            return;
+        }
         let Ok(objects) = storage.list("tmp") else {
             return;
         };
@@ -360,15 +421,24 @@ impl Repository {
             let (host, pid, started_at) = running
                 .map(|r| (r.host, r.pid.to_string(), r.started_at))
                 .unwrap_or_else(|| ("?".into(), "?".into(), "unknown".into()));
-            let error = Error::new(
+            let aborted = if sweep.aborted.contains(id) {
+                "; its open upload was aborted now"
+            } else {
+                ""
+            };
+            let mut error = Error::new(
                 ErrorKind::Interrupted {
                     signal: libc::SIGKILL,
                 },
                 format!(
-                    "left behind by a run that died before it could clean up (host {host}, pid {pid}: killed, crashed, or cut off from the bucket)"
+                    "left behind by a run that died before it could clean up (host {host}, pid {pid}: killed, crashed, or cut off from the bucket){aborted}"
                 ),
-            )
-            .with_hint("an upload it could not abort is removed by the bucket's lifecycle rule (AbortIncompleteMultipartUpload)");
+            );
+            if let Some(failed) = &sweep.failed {
+                error = error.with_hint(format!(
+                    "open uploads could not be swept ({failed}): one this run left is removed by the bucket's lifecycle rule (AbortIncompleteMultipartUpload)"
+                ));
+            }
             let record = QuarantineRecord::now(
                 id,
                 database,

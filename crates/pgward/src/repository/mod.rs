@@ -1480,6 +1480,14 @@ pub fn new_backup_id(database: &str, now: jiff::Timestamp) -> String {
     )
 }
 
+/// The database key of the backup an artifact file (`ID.dump.zst[.gpg]`)
+/// belongs to: its lock is `locks/KEY.lock`.
+pub(crate) fn artifact_database_key(file: &str) -> Option<&str> {
+    artifact_id(file)
+        .filter(|id| is_backup_id(id))
+        .and_then(id_database_key)
+}
+
 pub(crate) fn id_database_key(id: &str) -> Option<&str> {
     let rest = id.get(17..)?; // after "YYYYMMDDTHHMMSSZ-"
     rest.get(..rest.len().checked_sub(5)?) // before "-XXXX"

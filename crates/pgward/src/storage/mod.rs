@@ -13,6 +13,7 @@
 
 pub mod local;
 pub mod s3;
+mod s3_uploads;
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -22,6 +23,20 @@ use std::io::{self, Read, Write};
 pub struct Object {
     pub name: String,
     pub bytes: u64,
+}
+
+/// A multipart upload the service holds open: begun, and neither
+/// completed nor aborted (its process was killed, or could not reach the
+/// service to abort it). Its parts take space, and are billed, until it
+/// is aborted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenUpload {
+    /// The key the upload would have created.
+    pub key: String,
+    /// The service's id for the upload.
+    pub id: String,
+    /// When it began, as the service says (RFC 3339), if it says.
+    pub initiated: Option<String>,
 }
 
 /// A place that holds a repository's files.
@@ -78,6 +93,25 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn replace_if_version(&self, key: &str, bytes: &[u8], version: &str) -> io::Result<String> {
         let _ = (key, bytes, version);
         Err(no_versions(&self.location()))
+    }
+
+    /// The uploads open under keys that start with `prefix`. A directory
+    /// has none: a run's staging file is its upload, and runs clean those.
+    fn open_uploads(&self, prefix: &str) -> io::Result<Vec<OpenUpload>> {
+        let _ = prefix;
+        Ok(Vec::new())
+    }
+
+    /// Aborts an open upload (one that is gone already is not an error).
+    fn abort_open_upload(&self, upload: &OpenUpload) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "{} has no uploads to abort ({})",
+                self.location(),
+                upload.key
+            ),
+        ))
     }
 
     /// Removes `key` if its version is still `version` (services that

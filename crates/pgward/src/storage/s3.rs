@@ -11,7 +11,8 @@
 //! and the calls here block on it. HTTPS goes through reqwest on the
 //! project's one TLS stack (rustls with ring), with the system's roots.
 
-use super::{Object, Storage, Upload, invalid_key, valid_key};
+use super::s3_uploads::{BucketRequests, bucket_url};
+use super::{Object, OpenUpload, Storage, Upload, invalid_key, valid_key};
 use crate::config::{S3Addressing, S3Config};
 use crate::connection::Env;
 use crate::error::{Error, Result};
@@ -194,6 +195,8 @@ pub struct S3Storage {
     part_size: usize,
     /// Where the credentials came from, for access errors.
     credentials: String,
+    /// Requests OpenDAL does not make (open uploads).
+    requests: BucketRequests,
 }
 
 impl std::fmt::Debug for S3Storage {
@@ -250,7 +253,8 @@ impl S3Storage {
         } else {
             S3Addressing::VirtualHosted
         });
-        if addressing == S3Addressing::VirtualHosted {
+        let virtual_hosted = addressing == S3Addressing::VirtualHosted;
+        if virtual_hosted {
             builder = builder.enable_virtual_host_style();
         }
         if let Some(class) = &config.storage_class {
@@ -270,6 +274,28 @@ impl S3Storage {
                 .read_timeout(Duration::from_secs(120))
                 .build()
                 .map_err(|e| Error::repository(format!("cannot start the S3 client: {e}")))?
+        };
+        let requests = BucketRequests {
+            client: client.clone(),
+            bucket_url: bucket_url(
+                endpoint.as_deref(),
+                &region,
+                &location.bucket,
+                virtual_hosted,
+            ),
+            root: if location.prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{}/", location.prefix)
+            },
+            signer: Arc::new(reqsign_aws_v4::RequestSigner::new("s3", &region)),
+            credential: Arc::new(reqsign_aws_v4::Credential {
+                access_key_id: credentials.access_key_id.clone(),
+                secret_access_key: credentials.secret_access_key.to_string(),
+                session_token: credentials.session_token.as_ref().map(|t| t.to_string()),
+                expires_in: None,
+            }),
+            credential_source: credentials.source.clone(),
         };
         let transport = opendal::HttpTransporter::new(
             opendal_http_transport_reqwest::ReqwestTransport::new(client),
@@ -291,6 +317,7 @@ impl S3Storage {
             location: location.clone(),
             part_size: part_size as usize,
             credentials: credentials.source,
+            requests,
         })
     }
 
@@ -588,6 +615,21 @@ impl Storage for S3Storage {
                 .map(String::from)
                 .ok_or_else(|| io::Error::other("the service sent no ETag")),
         }
+    }
+
+    fn open_uploads(&self, prefix: &str) -> io::Result<Vec<OpenUpload>> {
+        let requests = self.requests.clone();
+        let prefix = prefix.to_string();
+        self.runtime
+            .block_on(async move { requests.list(&prefix).await })
+    }
+
+    fn abort_open_upload(&self, upload: &OpenUpload) -> io::Result<()> {
+        self.key(&upload.key)?;
+        let requests = self.requests.clone();
+        let upload = upload.clone();
+        self.runtime
+            .block_on(async move { requests.abort(&upload).await })
     }
 
     fn delete_if_version(&self, key: &str, version: &str) -> io::Result<()> {
