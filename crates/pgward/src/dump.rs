@@ -99,14 +99,16 @@ impl Tool {
     }
 
     fn command(&self) -> Command {
-        match self.prefix.split_first() {
+        let mut command = match self.prefix.split_first() {
             Some((first, rest)) => {
                 let mut command = Command::new(first);
                 command.args(rest).arg(&self.program);
                 command
             }
             None => Command::new(&self.program),
-        }
+        };
+        crate::storage::s3::withhold_credentials(&mut command);
+        command
     }
 
     /// Runs `pg_dump --version`.

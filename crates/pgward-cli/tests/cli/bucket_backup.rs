@@ -694,3 +694,46 @@ fn a_service_that_cannot_list_open_uploads_is_warned_of_and_backups_go_on() {
         "{row}"
     );
 }
+
+#[test]
+fn credentials_from_the_environment_do_not_reach_pg_dump() {
+    // pgward reads the S3 key pair from AWS_* variables; pg_dump, which
+    // needs none of it, gets an environment without them.
+    let ws = Workspace::new();
+    let server = S3Server::start(BUCKET);
+    let config = ws.file(
+        "env-credentials.toml",
+        &format!(
+            "[s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\npart-size = \"5MiB\"\n",
+            server.endpoint()
+        ),
+    );
+    let db = cluster().create_database("envcreds");
+    load_rows(&db, "public.items", 300);
+    let seen = ws.path("pg_dump-environment");
+    let wrapper = ws.script(
+        "pg_dump_env",
+        &format!(
+            "env > '{}'\nexec '{}' \"$@\"",
+            seen.display(),
+            real_pg_dump()
+        ),
+    );
+    let res = run(on_bucket(&ws, &config, "prod")
+        .env("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
+        .env("AWS_SESSION_TOKEN", "session-token-1234")
+        .args(["--json", "backup", "--dbname", &db, "--pg-dump"])
+        .arg(&wrapper));
+    res.assert_ok();
+    // The key pair did reach pgward: the backup is in the bucket.
+    assert_eq!(objects(&server, "prod/backups").len(), 2);
+    let environment = std::fs::read_to_string(&seen).unwrap();
+    assert!(environment.contains("PGPASSWORD") || environment.contains("LC_ALL=C"));
+    for secret in [S3_SECRET_KEY, "session-token-1234", "AWS_ACCESS_KEY_ID"] {
+        assert!(
+            !environment.contains(secret),
+            "an S3 credential reached pg_dump"
+        );
+    }
+}

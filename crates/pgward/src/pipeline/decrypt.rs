@@ -179,7 +179,9 @@ pub fn decrypt<R: Read + Send + 'static>(
             let (program, args) = argv.split_first().expect("config rejects an empty command");
             // The C locale keeps gpg's messages in English, which is what
             // the caller recognises ("No secret key").
-            let mut child = Command::new(program)
+            let mut command = Command::new(program);
+            crate::storage::s3::withhold_credentials(&mut command);
+            let mut child = command
                 .args(args)
                 .env("LC_ALL", "C")
                 .env("LANGUAGE", "C")

@@ -72,6 +72,22 @@ impl S3Location {
     }
 }
 
+/// The environment variables that carry S3 credentials: pgward reads
+/// them, and no program it starts (pg_dump, pg_restore, gpg) needs them.
+const CREDENTIAL_VARIABLES: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+];
+
+/// Keeps the S3 credentials in the environment out of `command`'s.
+pub fn withhold_credentials(command: &mut std::process::Command) {
+    for variable in CREDENTIAL_VARIABLES {
+        command.env_remove(variable);
+    }
+}
+
 /// An access key pair and where it was found (for messages; never the
 /// secret itself).
 pub struct Credentials {
