@@ -778,7 +778,14 @@ fn open_uploads(m: &mut Matrix, id: &str, storage: &dyn crate::storage::Storage)
     let mut in_progress = 0;
     let mut left = Vec::new();
     for upload in &uploads {
-        let file = upload.key.trim_start_matches("backups/");
+        // Deeper keys belong to another repository nested below this one.
+        let Some(file) = upload
+            .key
+            .strip_prefix("backups/")
+            .filter(|file| !file.contains('/'))
+        else {
+            continue;
+        };
         let database = crate::repository::artifact_database_key(file);
         // A lock that cannot be read is taken as held: no alarm on doubt.
         let locked = database.is_some_and(|key| {

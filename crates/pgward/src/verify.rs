@@ -181,8 +181,9 @@ fn run_checking(
     type Reopen<'r> = Box<dyn FnMut(&mut Checks) -> Option<Stream> + 'r>;
     // On disk, one open for both passes: what was hashed is what is
     // inspected (the hash reads through a duplicate of the descriptor). In
-    // object storage each pass reads the object anew; the content pass
-    // proves the archive's own sha256, so a change in between is caught.
+    // object storage each pass reads the object anew, the second only if
+    // it is still the version the first hashed (and the content pass
+    // proves the archive's own sha256 as well).
     let watched = |inner: Stream| -> Stream {
         Box::new(crate::storage::Watched {
             inner,
@@ -191,16 +192,18 @@ fn run_checking(
     };
     let (stored, mut rewound): (Option<(Stream, u64)>, Reopen<'_>) = if repo.is_remote() {
         let first = repo
-            .open_artifact_stream(&manifest)
-            .map(|(stream, size)| (watched(stream), size))
+            .open_artifact_versioned(&manifest)
             .map_err(|e| missing(&mut checks, e))
             .ok();
+        let version = first.as_ref().and_then(|opened| opened.version.clone());
+        let first = first.map(|opened| (watched(opened.stream), opened.bytes));
         let again = manifest.clone();
         (
             first,
+            // The second read is of the version the first one saw.
             Box::new(move |checks: &mut Checks| {
-                repo.open_artifact_stream(&again)
-                    .map(|(stream, _)| watched(stream))
+                repo.reopen_artifact(&again, version.as_deref())
+                    .map(watched)
                     .map_err(|e| missing(checks, e))
                     .ok()
             }),

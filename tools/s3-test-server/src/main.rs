@@ -1,5 +1,5 @@
-//! pgward's test S3 server: s3s-fs, plus ListMultipartUploads and atomic
-//! conditional writes.
+//! pgward's test S3 server: s3s-fs, plus ListMultipartUploads, atomic
+//! conditional writes, and `If-Match` on reads (GET and HEAD).
 //!
 //! Usage: pgward-s3-test-server --host H --port P --access-key K
 //!        --secret-key S [--list-page N] [--without-list-uploads] ROOT
@@ -108,11 +108,27 @@ fn open_uploads(
         if b != bucket || !root.join(format!(".upload-{id}.json")).exists() {
             continue;
         }
-        let initiated = entry.metadata()?.modified()?;
+        // An upload completed or aborted meanwhile is no longer open.
+        let Ok(initiated) = entry.metadata().and_then(|m| m.modified()) else {
+            continue;
+        };
         uploads.push((k, id.to_string(), initiated));
     }
     uploads.sort();
     Ok(uploads)
+}
+
+/// A read's `If-Match` against the object's ETag (s3s-fs ignores it on
+/// reads): 412 PreconditionFailed when the object is another version.
+fn matches(condition: Option<&IfMatch>, etag: Option<&ETag>) -> S3Result<()> {
+    match condition {
+        Some(ETagCondition::ETag(expected))
+            if !etag.is_some_and(|tag| tag.strong_cmp(expected)) =>
+        {
+            Err(s3_error!(PreconditionFailed, "ETag does not match"))
+        }
+        _ => Ok(()),
+    }
 }
 
 #[async_trait::async_trait]
@@ -251,7 +267,10 @@ impl S3 for Server {
         &self,
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
-        self.fs.get_object(req).await
+        let condition = req.input.if_match.clone();
+        let response = self.fs.get_object(req).await?;
+        matches(condition.as_ref(), response.output.e_tag.as_ref())?;
+        Ok(response)
     }
 
     async fn head_bucket(
@@ -265,7 +284,10 @@ impl S3 for Server {
         &self,
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
-        self.fs.head_object(req).await
+        let condition = req.input.if_match.clone();
+        let response = self.fs.head_object(req).await?;
+        matches(condition.as_ref(), response.output.e_tag.as_ref())?;
+        Ok(response)
     }
 
     async fn list_buckets(
@@ -321,11 +343,14 @@ impl S3 for Server {
         &self,
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
-        // S3 answers NoSuchUpload for an upload that is gone (s3s-fs
-        // says AccessDenied).
-        let id = &req.input.upload_id;
-        let known =
-            !id.contains(['/', '.']) && self.root.join(format!(".upload-{id}.json")).exists();
+        // S3 answers NoSuchUpload for an upload that is gone, or is not
+        // of this key (s3s-fs says AccessDenied, or aborts it anyway).
+        let input = &req.input;
+        let known = open_uploads(&self.root, &input.bucket).is_ok_and(|uploads| {
+            uploads
+                .iter()
+                .any(|(key, id, _)| *key == input.key && *id == input.upload_id)
+        });
         if !known {
             return Err(s3_error!(NoSuchUpload));
         }

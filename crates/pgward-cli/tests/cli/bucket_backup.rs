@@ -672,10 +672,25 @@ fn a_service_that_cannot_list_open_uploads_is_warned_of_and_backups_go_on() {
     // says so, and backups are not held up by it.
     let ws = Workspace::new();
     let server = S3Server::start_with(BUCKET, &["--without-list-uploads"]);
-    let config = configured(&server, &ws, "pgward.toml", "");
+    let config = configured(&server, &ws, "pgward.toml", "lock-lease = \"2s\"\n");
     let db = cluster().create_database("nolisting");
     load_rows(&db, "public.items", 300);
+    // A run killed while it holds the lock: the next one records it, and
+    // says that open uploads could not be swept.
+    let mut killed = backup_with_slow_pg_dump(&ws, &config, &db, "killed-started", 30);
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
     run(on_bucket(&ws, &config, "prod").args(["backup", "--dbname", &db])).assert_ok();
+    let listed = run(on_bucket(&ws, &config, "prod").args(["--json", "list"]));
+    let listing = listed.json();
+    let quarantine = listing["quarantine"].as_array().unwrap();
+    assert_eq!(quarantine.len(), 1, "{listing}");
+    let hint = quarantine[0]["error"]["hint"].as_str().unwrap_or_default();
+    assert!(
+        hint.contains("could not be swept") && hint.contains("AbortIncompleteMultipartUpload"),
+        "{listing}"
+    );
     let checked = run(on_bucket(&ws, &config, "prod").args(["--json", "check", "--dbname", &db]));
     let row = check_row(&checked.json(), "repository.bucket.open-uploads");
     assert_eq!(row["status"], "WARN", "{row}");

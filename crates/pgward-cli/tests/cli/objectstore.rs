@@ -146,6 +146,41 @@ fn the_storage_contract_holds_on_disk_and_in_a_bucket() {
             .is_file()
     );
 
+    // A second read is of the version the first one saw: once the object
+    // is replaced, a read pinned to the old version is refused. A
+    // directory has no versions.
+    let key = "backups/pinned.bin";
+    bucket.put_replacing(key, b"one").unwrap();
+    let opened = bucket.open_versioned(key).unwrap();
+    assert_eq!(opened.bytes, 3);
+    let version = opened.version.clone().expect("a bucket keeps versions");
+    let read_all = |mut stream: Box<dyn Read + Send>| {
+        let mut bytes = Vec::new();
+        stream.read_to_end(&mut bytes).map(|_| bytes)
+    };
+    assert_eq!(read_all(opened.stream).unwrap(), b"one");
+    assert_eq!(
+        read_all(bucket.open_at_version(key, &version).unwrap()).unwrap(),
+        b"one"
+    );
+    bucket.put_replacing(key, b"two!").unwrap();
+    let refused = bucket
+        .open_at_version(key, &version)
+        .and_then(read_all)
+        .unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::InvalidData, "{refused}");
+    assert!(refused.to_string().contains("was replaced"), "{refused}");
+    let now = bucket.open_versioned(key).unwrap();
+    assert_ne!(now.version.as_deref(), Some(version.as_str()));
+    assert_eq!(read_all(now.stream).unwrap(), b"two!");
+    bucket.delete(key).unwrap();
+    std::fs::write(local_root.join("backups/pinned.bin"), b"one").unwrap();
+    assert_eq!(local.open_versioned(key).unwrap().version, None);
+    assert_eq!(
+        local.open_at_version(key, "x").err().map(|e| e.kind()),
+        Some(ErrorKind::Unsupported)
+    );
+
     // Uploads left open (their writer gone without finishing or
     // aborting, as when a process is killed) are listed, across pages
     // (the server answers two at a time) and only under the prefix asked

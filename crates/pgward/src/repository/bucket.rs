@@ -303,7 +303,8 @@ impl Repository {
     }
 
     /// Aborts the multipart uploads left open for backups of `database`
-    /// (their artifacts' keys name the database). Called with the
+    /// (their artifacts' keys name the database), every one it can; the
+    /// last failure is kept, for the records of dead runs to mention. Called with the
     /// database's lock held: no run or copy of it that could still finish
     /// one is alive (a run that lost its lease has its completion
     /// refused, and quarantines).
@@ -344,21 +345,9 @@ impl Repository {
     /// runs is alive.
     pub(super) fn clear_bucket_leftovers(&self, storage: &dyn Storage, database: &str) {
         let key = database_key(database);
+        // Independent of the records below: every run sweeps, so an
+        // upload this one could not abort is tried again by the next.
         let sweep = self.sweep_open_uploads(storage, database);
-        // An upload that could not be listed or aborted for a passing
-        // reason (the service did not answer) keeps the records for a
-        // later run, which tries again; one the service or the
-        // credentials do not allow is left to the lifecycle rule.
-        let sweep_gave_up = match &sweep.failed {
-            None => false,
-            Some(e) => matches!(
-                e.kind(),
-                std::io::ErrorKind::Unsupported | std::io::ErrorKind::PermissionDenied
-            ),
-        };
-        if sweep.failed.is_some() && !sweep_gave_up {
-            return;
-        }
         let Ok(objects) = storage.list("tmp") else {
             return;
         };
@@ -436,7 +425,7 @@ impl Repository {
             );
             if let Some(failed) = &sweep.failed {
                 error = error.with_hint(format!(
-                    "open uploads could not be swept ({failed}): one this run left is removed by the bucket's lifecycle rule (AbortIncompleteMultipartUpload)"
+                    "open uploads could not be swept ({failed}): the next run tries again, and the bucket's lifecycle rule (AbortIncompleteMultipartUpload) removes any left"
                 ));
             }
             let record = QuarantineRecord::now(

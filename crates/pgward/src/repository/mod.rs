@@ -356,24 +356,54 @@ impl Repository {
     }
 
     /// The artifact of `manifest` as a stream, with its stored size: a
-    /// file on disk, or an object read in ranges.
+    /// file on disk, or an object read as one streamed GET.
     pub fn open_artifact_stream(
         &self,
         manifest: &Manifest,
     ) -> std::io::Result<(Box<dyn std::io::Read + Send>, u64)> {
+        self.open_artifact_versioned(manifest)
+            .map(|opened| (opened.stream, opened.bytes))
+    }
+
+    /// The artifact of `manifest` as [`open_artifact_stream`] opens it,
+    /// with its version in a bucket: a reader that reads it twice passes
+    /// that to [`Repository::reopen_artifact`].
+    ///
+    /// [`open_artifact_stream`]: Repository::open_artifact_stream
+    pub fn open_artifact_versioned(
+        &self,
+        manifest: &Manifest,
+    ) -> std::io::Result<crate::storage::Opened> {
         match &self.remote {
             Some(storage) => {
-                let key = Repository::backup_key(&manifest.artifact.file);
-                let size = storage.size(&key)?.ok_or_else(|| {
-                    std::io::Error::new(std::io::ErrorKind::NotFound, "no such object")
-                })?;
-                Ok((storage.open(&key)?, size))
+                storage.open_versioned(&Repository::backup_key(&manifest.artifact.file))
             }
             None => {
                 let file = self.open_artifact(manifest)?;
-                let size = file.metadata()?.len();
-                Ok((Box::new(file), size))
+                Ok(crate::storage::Opened {
+                    bytes: file.metadata()?.len(),
+                    stream: Box::new(file),
+                    version: None,
+                })
             }
+        }
+    }
+
+    /// The artifact of `manifest` read again: in a bucket, only if it is
+    /// still the `version` the first read saw (a replaced object is
+    /// refused, rather than read as if it were the one checked).
+    pub fn reopen_artifact(
+        &self,
+        manifest: &Manifest,
+        version: Option<&str>,
+    ) -> std::io::Result<Box<dyn std::io::Read + Send>> {
+        match (&self.remote, version) {
+            (Some(storage), Some(version)) => {
+                storage.open_at_version(&Repository::backup_key(&manifest.artifact.file), version)
+            }
+            _ => self
+                .open_artifact_stream(manifest)
+                .map(|(stream, _)| stream),
         }
     }
 

@@ -92,13 +92,16 @@ impl ArchiveSource {
         }
         let path = repo.artifact_path(manifest);
         // One open for the check and the read on disk: what was checked is
-        // what is read. An object is read twice; the archive's sha256,
-        // proved at the end, covers what the second read brought.
+        // what is read. An object is read twice, the second time only if
+        // it is still the version the first read saw (and the archive's
+        // sha256, proved at the end, covers what the second read brought).
+        let mut version = None;
         let (mut file, size): (Box<dyn ReadSeek>, u64) = if repo.is_remote() {
-            let (stream, size) = repo
-                .open_artifact_stream(manifest)
+            let opened = repo
+                .open_artifact_versioned(manifest)
                 .map_err(|e| Error::repository_io("cannot open the artifact", &path, e))?;
-            (Box::new(Unseekable(Some(stream))), size)
+            version = opened.version;
+            (Box::new(Unseekable(Some(opened.stream))), opened.bytes)
         } else {
             let file = repo
                 .open_artifact(manifest)
@@ -148,9 +151,8 @@ impl ArchiveSource {
         }
         let file: Box<dyn Read + Send> = if repo.is_remote() {
             drop(file);
-            repo.open_artifact_stream(manifest)
+            repo.reopen_artifact(manifest, version.as_deref())
                 .map_err(|e| Error::repository_io("cannot open the artifact", &path, e))?
-                .0
         } else {
             std::io::Seek::rewind(&mut file)
                 .map_err(|e| Error::repository_io("cannot read the artifact", &path, e))?;

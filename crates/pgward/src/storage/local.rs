@@ -3,7 +3,7 @@
 //! written to `tmp/` and synced, then renamed into place without replacing
 //! anything, then its directory synced.
 
-use super::{Object, Storage, Upload, invalid_key, valid_key};
+use super::{Object, Opened, Storage, Upload, invalid_key, valid_key};
 use crate::repository::{create_private, open_regular, open_trusted, rename_no_replace};
 use std::fs::{self, DirBuilder, File};
 use std::io::{self, Read, Write};
@@ -123,8 +123,13 @@ impl Storage for LocalStorage {
         Ok(bytes)
     }
 
-    fn open(&self, key: &str) -> io::Result<Box<dyn Read + Send>> {
-        Ok(Box::new(open_trusted(&self.path(key)?)?))
+    fn open_versioned(&self, key: &str) -> io::Result<Opened> {
+        let file = open_trusted(&self.path(key)?)?;
+        Ok(Opened {
+            bytes: file.metadata()?.len(),
+            stream: Box::new(file),
+            version: None,
+        })
     }
 
     fn list(&self, dir: &str) -> io::Result<Vec<Object>> {

@@ -25,6 +25,15 @@ pub struct Object {
     pub bytes: u64,
 }
 
+/// An object opened for reading.
+pub struct Opened {
+    pub stream: Box<dyn Read + Send>,
+    /// Its size when it was opened.
+    pub bytes: u64,
+    /// Its version, where the storage keeps versions.
+    pub version: Option<String>,
+}
+
 /// A multipart upload the service holds open: begun, and neither
 /// completed nor aborted (its process was killed, or could not reach the
 /// service to abort it). Its parts take space, and are billed, until it
@@ -56,7 +65,23 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn read_whole(&self, key: &str, limit: u64) -> io::Result<Vec<u8>>;
 
     /// The object as a stream, for artifacts of any size.
-    fn open(&self, key: &str) -> io::Result<Box<dyn Read + Send>>;
+    fn open(&self, key: &str) -> io::Result<Box<dyn Read + Send>> {
+        self.open_versioned(key).map(|opened| opened.stream)
+    }
+
+    /// The object as a stream, with its size and version (the service's
+    /// ETag; a directory has none), for a reader that reads it a second
+    /// time and must get the same object ([`Storage::open_at_version`]).
+    /// In a bucket the stream itself is pinned to that version: an object
+    /// replaced while it is read fails the read, never mixes two objects.
+    fn open_versioned(&self, key: &str) -> io::Result<Opened>;
+
+    /// The object as a stream, only if it is still at `version`; one that
+    /// was replaced since is refused ([`io::ErrorKind::InvalidData`]).
+    fn open_at_version(&self, key: &str, version: &str) -> io::Result<Box<dyn Read + Send>> {
+        let _ = (key, version);
+        Err(no_versions(&self.location()))
+    }
 
     /// The objects directly under `dir` (no deeper), in no given order.
     /// A directory that does not exist is empty.

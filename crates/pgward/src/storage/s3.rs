@@ -12,7 +12,7 @@
 //! project's one TLS stack (rustls with ring), with the system's roots.
 
 use super::s3_uploads::{BucketRequests, bucket_url};
-use super::{Object, OpenUpload, Storage, Upload, invalid_key, valid_key};
+use super::{Object, OpenUpload, Opened, Storage, Upload, invalid_key, valid_key};
 use crate::config::{S3Addressing, S3Config};
 use crate::connection::Env;
 use crate::error::{Error, Result};
@@ -347,6 +347,36 @@ impl S3Storage {
         &self.credentials
     }
 
+    /// A streamed GET of `size` bytes, pinned to `version` when given.
+    fn stream(
+        &self,
+        key: &str,
+        size: u64,
+        version: Option<&str>,
+    ) -> io::Result<Box<dyn Read + Send>> {
+        let op = self.operator.clone();
+        let stream = self
+            .runtime
+            .block_on(async move {
+                let reader = match version {
+                    Some(version) => op.reader_with(key).if_match(version).await?,
+                    None => op.reader(key).await?,
+                };
+                reader.into_bytes_stream(..).await
+            })
+            .map_err(|e| match version {
+                Some(version) => replaced_or(self.error("read", e), version),
+                None => self.error("read", e),
+            })?;
+        Ok(Box::new(S3Read {
+            storage: self.clone(),
+            stream,
+            left: size,
+            chunk: Vec::new(),
+            taken: 0,
+        }))
+    }
+
     fn key(&self, key: &str) -> io::Result<String> {
         if valid_key(key) {
             Ok(key.to_string())
@@ -398,6 +428,26 @@ fn part_size_for(configured: u64, expected: Option<u64>) -> io::Result<usize> {
         ));
     }
     Ok(part as usize)
+}
+
+/// A read pinned to `version` of an object that is no longer at it.
+fn replaced(version: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "the object was replaced since it was first read (it is no longer version {version})"
+        ),
+    )
+}
+
+/// `error`, or [`replaced`] when it is a refused `If-Match`.
+fn replaced_or(error: io::Error, version: &str) -> io::Error {
+    // to_io_error files a refused condition (412) under AlreadyExists.
+    if error.kind() == io::ErrorKind::AlreadyExists {
+        replaced(version)
+    } else {
+        error
+    }
 }
 
 /// One line from an OpenDAL error: the S3 error code and HTTP status when
@@ -499,24 +549,41 @@ impl Storage for S3Storage {
             .map_err(|e| self.error("read", e))
     }
 
-    fn open(&self, key: &str) -> io::Result<Box<dyn Read + Send>> {
+    fn open_versioned(&self, key: &str) -> io::Result<Opened> {
         let key = self.key(key)?;
-        let size = self
-            .size(&key)?
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such object"))?;
         let op = self.operator.clone();
-        let path = key.clone();
-        let stream = self
+        let meta = match self.runtime.block_on(async { op.stat(&key).await }) {
+            Ok(meta) => meta,
+            Err(e) => {
+                let error = self.error("stat", e);
+                return Err(match error.kind() {
+                    io::ErrorKind::NotFound => {
+                        io::Error::new(io::ErrorKind::NotFound, "no such object")
+                    }
+                    _ => error,
+                });
+            }
+        };
+        let version = meta.etag().map(String::from);
+        Ok(Opened {
+            stream: self.stream(&key, meta.content_length(), version.as_deref())?,
+            bytes: meta.content_length(),
+            version,
+        })
+    }
+
+    fn open_at_version(&self, key: &str, version: &str) -> io::Result<Box<dyn Read + Send>> {
+        let key = self.key(key)?;
+        let op = self.operator.clone();
+        let meta = self
             .runtime
-            .block_on(async move { op.reader(&path).await?.into_bytes_stream(..).await })
-            .map_err(|e| self.error("read", e))?;
-        Ok(Box::new(S3Read {
-            storage: self.clone(),
-            stream,
-            left: size,
-            chunk: Vec::new(),
-            taken: 0,
-        }))
+            .block_on(async { op.stat_with(&key).if_match(version).await })
+            .map_err(|e| replaced_or(self.error("stat", e), version))?;
+        // A service that ignores If-Match on HEAD is caught by the tag.
+        if meta.etag() != Some(version) {
+            return Err(replaced(version));
+        }
+        self.stream(&key, meta.content_length(), Some(version))
     }
 
     fn list(&self, dir: &str) -> io::Result<Vec<Object>> {

@@ -28,27 +28,34 @@ pub(super) struct BucketRequests {
     pub credential_source: String,
 }
 
-/// The base URL of `bucket`, as OpenDAL forms it: under `endpoint` (or
-/// AWS's regional endpoint), path-style or virtual-hosted.
+/// The base URL of `bucket`, formed by the rules OpenDAL's S3 service
+/// follows for every other request (so that these go where those go):
+/// `https://` when the endpoint names no scheme; a bucket name already
+/// in the endpoint's host dropped; the URL normalised (default port,
+/// case); AWS's global endpoint made regional; then the bucket as a path
+/// or as a host name.
 pub(super) fn bucket_url(
     endpoint: Option<&str>,
     region: &str,
     bucket: &str,
     virtual_hosted: bool,
 ) -> String {
-    let endpoint = endpoint
-        .map(|e| e.trim_end_matches('/').to_string())
-        .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
-    let endpoint = if endpoint.contains("://") {
-        endpoint
-    } else {
-        format!("https://{endpoint}")
+    let mut url = match endpoint {
+        Some(endpoint) if endpoint.starts_with("http") => endpoint.to_string(),
+        Some(endpoint) => format!("https://{endpoint}"),
+        None => "https://s3.amazonaws.com".to_string(),
     };
+    url = url.replace(&format!("//{bucket}."), "//");
+    if let Ok(parsed) = reqwest::Url::parse(&url) {
+        url = parsed.to_string().trim_end_matches('/').to_string();
+    }
+    if url == "https://s3.amazonaws.com" {
+        url = format!("https://s3.{region}.amazonaws.com");
+    }
     if virtual_hosted {
-        let (scheme, host) = endpoint.split_once("://").expect("has a scheme");
-        format!("{scheme}://{bucket}.{host}")
+        url.replacen("//", &format!("//{bucket}."), 1)
     } else {
-        format!("{endpoint}/{}", encode(bucket, false))
+        format!("{url}/{bucket}")
     }
 }
 
@@ -149,7 +156,8 @@ impl BucketRequests {
         )))
     }
 
-    /// Aborts one open upload; one that is already gone is not an error.
+    /// Aborts one open upload; one that is already gone (NoSuchUpload) is
+    /// not an error.
     pub async fn abort(&self, upload: &OpenUpload) -> io::Result<()> {
         let url = format!(
             "{}/{}?uploadId={}",
@@ -164,13 +172,37 @@ impl BucketRequests {
     }
 
     /// Sends one signed request without a body; the answer's body on 2xx.
+    /// A dropped connection or a 5xx answer is retried three times (from
+    /// half a second, doubling), as OpenDAL retries its own requests.
     async fn send(&self, method: Method, url: &str, what: &str) -> io::Result<Vec<u8>> {
+        let mut delay = std::time::Duration::from_millis(500);
+        let mut attempts_left = 3;
+        loop {
+            match self.send_once(method.clone(), url, what).await {
+                Err(Failure::Passing(_)) if attempts_left > 0 => {
+                    attempts_left -= 1;
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(Failure::Passing(e)) | Err(Failure::Final(e)) => return Err(e),
+                Ok(body) => return Ok(body),
+            }
+        }
+    }
+
+    async fn send_once(&self, method: Method, url: &str, what: &str) -> Result<Vec<u8>, Failure> {
         let request = http::Request::builder()
             .method(method)
             .uri(url)
             .body(())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{what}: {e}")))?;
+            .map_err(|e| {
+                Failure::Final(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{what}: {e}"),
+                ))
+            })?;
         let (mut parts, ()) = request.into_parts();
+        // Signed anew for each attempt: the signature carries the time.
         self.signer
             .sign_request(
                 &reqsign_core::Context::new(),
@@ -179,49 +211,72 @@ impl BucketRequests {
                 None,
             )
             .await
-            .map_err(|e| io::Error::other(format!("{what}: cannot sign the request: {e}")))?;
+            .map_err(|e| {
+                Failure::Final(io::Error::other(format!(
+                    "{what}: cannot sign the request: {e}"
+                )))
+            })?;
         let request = reqwest::Request::try_from(http::Request::from_parts(
             parts,
             reqwest::Body::from(Vec::new()),
         ))
-        .map_err(|e| io::Error::other(format!("{what}: {e}")))?;
-        let response = self
-            .client
-            .execute(request)
-            .await
-            .map_err(|e| io::Error::other(format!("{what} failed: {}", one_line(&e))))?;
+        .map_err(|e| Failure::Final(io::Error::other(format!("{what}: {e}"))))?;
+        let unreachable = |e: reqwest::Error| {
+            Failure::Passing(io::Error::other(format!("{what} failed: {}", one_line(&e))))
+        };
+        let response = self.client.execute(request).await.map_err(unreachable)?;
         let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| io::Error::other(format!("{what} failed: {}", one_line(&e))))?;
+        let body = response.bytes().await.map_err(unreachable)?;
         if status.is_success() {
             return Ok(body.to_vec());
         }
         let error: ErrorBody = quick_xml::de::from_reader(body.as_ref()).unwrap_or_default();
-        let code = error.code.unwrap_or_else(|| status.as_u16().to_string());
+        let code = error
+            .code
+            .unwrap_or_else(|| format!("HTTP {}", status.as_u16()));
         let detail = match error.message {
-            Some(message) => format!("{code}: {message}"),
-            None => code.clone(),
+            Some(message) => format!("{code} (HTTP {}): {message}", status.as_u16()),
+            None => format!("{code} (HTTP {})", status.as_u16()),
         };
-        let kind = match (status.as_u16(), code.as_str()) {
-            (501, _) | (_, "NotImplemented") => io::ErrorKind::Unsupported,
-            (403, _) | (_, "AccessDenied") => io::ErrorKind::PermissionDenied,
-            (404, _) if code != "NoSuchBucket" => io::ErrorKind::NotFound,
-            _ => io::ErrorKind::Other,
-        };
-        let message = match kind {
-            io::ErrorKind::PermissionDenied => format!(
-                "{what} refused: {detail}; credentials from {}",
-                self.credential_source
+        let (kind, message) = match (status.as_u16(), code.as_str()) {
+            (501, _) | (_, "NotImplemented") => (
+                io::ErrorKind::Unsupported,
+                format!("{what}: the service does not support it ({detail})"),
             ),
-            io::ErrorKind::Unsupported => {
-                format!("{what}: the service does not support it ({detail})")
+            (_, "AccessDenied") => (
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{what} refused: {detail}; credentials from {}",
+                    self.credential_source
+                ),
+            ),
+            // Refused for another reason (a bad signature, an expired
+            // token, a clock out of step): not a permission the
+            // credentials lack, but the credentials are worth naming.
+            (403, _) => (
+                io::ErrorKind::Other,
+                format!(
+                    "{what} refused: {detail}; credentials from {}",
+                    self.credential_source
+                ),
+            ),
+            (_, "NoSuchUpload") => (io::ErrorKind::NotFound, format!("{what}: {detail}")),
+            (500.., _) => {
+                return Err(Failure::Passing(io::Error::other(format!(
+                    "{what} failed: {detail}"
+                ))));
             }
-            _ => format!("{what} failed: {detail}"),
+            _ => (io::ErrorKind::Other, format!("{what} failed: {detail}")),
         };
-        Err(io::Error::new(kind, message))
+        Err(Failure::Final(io::Error::new(kind, message)))
     }
+}
+
+/// A request that failed: for a passing reason (no answer, a 5xx), worth
+/// another try, or for good.
+enum Failure {
+    Passing(io::Error),
+    Final(io::Error),
 }
 
 /// An HTTP client error and its causes on one line.
@@ -254,6 +309,17 @@ mod tests {
             bucket_url(Some("minio.lan:9000"), "x", "b", false),
             "https://minio.lan:9000/b"
         );
+        // AWS's global endpoint is made regional, as OpenDAL does.
+        assert_eq!(
+            bucket_url(Some("https://s3.amazonaws.com"), "eu-west-1", "b", false),
+            "https://s3.eu-west-1.amazonaws.com/b"
+        );
+        // A bucket already in the endpoint is not named twice; a default
+        // port is dropped.
+        assert_eq!(
+            bucket_url(Some("https://b.s3.example.com:443/"), "x", "b", true),
+            "https://b.s3.example.com"
+        );
     }
 
     #[test]
@@ -264,7 +330,8 @@ mod tests {
 
     #[test]
     fn listings_parse() {
-        let text = "<?xml version=\"1.0\"?><ListMultipartUploadsResult><Bucket>b</Bucket>\
+        let text = "<?xml version=\"1.0\"?><ListMultipartUploadsResult \
+            xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Bucket>b</Bucket>\
             <IsTruncated>true</IsTruncated><NextKeyMarker>p/k2</NextKeyMarker>\
             <NextUploadIdMarker>u2</NextUploadIdMarker>\
             <Upload><Key>p/k1</Key><UploadId>u1</UploadId><Initiated>2026-01-01T00:00:00Z</Initiated></Upload>\
