@@ -253,12 +253,17 @@ fn run_checking(
     }
     drop(rewound);
     if let Some(failure) = storage_failure.lock().expect("not poisoned").clone() {
+        let hint = if failure.contains("was replaced") {
+            "the artifact was replaced in the bucket between verify's two reads: someone who can write the bucket changed it; run verify again to judge the object there now, and find out who wrote it"
+        } else {
+            "the storage did not deliver the artifact, which says nothing about the backup: run verify again"
+        };
         return Err(Error::repository(format!(
             "reading backup {} from {} failed: {failure}",
             manifest.id,
             repo.root().display()
         ))
-        .with_hint("the storage did not deliver the artifact, which says nothing about the backup: run verify again"));
+        .with_hint(hint));
     }
     // Last: the artifact's own checks name the first failure, if any.
     journal_check(repo, &manifest, &mut checks, written_now);

@@ -2,7 +2,8 @@
 //! conditional writes, and `If-Match` on reads (GET and HEAD).
 //!
 //! Usage: pgward-s3-test-server --host H --port P --access-key K
-//!        --secret-key S [--list-page N] [--without-list-uploads] ROOT
+//!        --secret-key S [--list-page N] [--without-list-uploads]
+//!        [--busy-list-uploads] ROOT
 //!
 //! ROOT holds one directory per bucket (the layout of s3s-fs). Every
 //! request must carry a SigV4 signature made with K and S.
@@ -25,13 +26,16 @@ struct Options {
     /// Answer ListMultipartUploads with NotImplemented, as some services
     /// (and s3s-fs) do.
     without_list_uploads: bool,
+    /// Answer ListMultipartUploads with 503 SlowDown, always.
+    busy_list_uploads: bool,
     root: PathBuf,
 }
 
 fn parse_options() -> Result<Options, String> {
     let mut args = std::env::args().skip(1);
     let (mut host, mut port, mut access_key, mut secret_key) = (None, None, None, None);
-    let (mut list_page, mut root, mut without_list_uploads) = (1000, None, false);
+    let (mut list_page, mut root) = (1000, None);
+    let (mut without_list_uploads, mut busy_list_uploads) = (false, false);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
         match arg.as_str() {
@@ -43,6 +47,7 @@ fn parse_options() -> Result<Options, String> {
                 list_page = value()?.parse().map_err(|_| "--list-page: not a count")?;
             }
             "--without-list-uploads" => without_list_uploads = true,
+            "--busy-list-uploads" => busy_list_uploads = true,
             "--version" => {
                 println!("pgward-s3-test-server {}", env!("CARGO_PKG_VERSION"));
                 std::process::exit(0);
@@ -58,6 +63,7 @@ fn parse_options() -> Result<Options, String> {
         secret_key: secret_key.ok_or("--secret-key is required")?,
         list_page: list_page.max(1),
         without_list_uploads,
+        busy_list_uploads,
         root: root.ok_or("the data directory is required")?,
     })
 }
@@ -67,6 +73,7 @@ struct Server {
     root: PathBuf,
     list_page: usize,
     without_list_uploads: bool,
+    busy_list_uploads: bool,
     /// Held from a conditional write's check to its effect: s3s-fs checks
     /// `If-None-Match`/`If-Match` and then writes, and two writers must
     /// not both pass the check (they cannot on S3).
@@ -142,6 +149,9 @@ impl S3 for Server {
                 NotImplemented,
                 "ListMultipartUploads is not implemented"
             ));
+        }
+        if self.busy_list_uploads {
+            return Err(s3_error!(SlowDown));
         }
         let input = req.input;
         if !self.root.join(&input.bucket).is_dir() {
@@ -388,6 +398,7 @@ async fn serve(options: Options) -> Result<(), Box<dyn std::error::Error>> {
         root,
         list_page: options.list_page,
         without_list_uploads: options.without_list_uploads,
+        busy_list_uploads: options.busy_list_uploads,
         writes: tokio::sync::Mutex::new(()),
     };
     let service = {

@@ -667,11 +667,11 @@ fn runs_started_at_the_same_instant_take_the_lock_one_at_a_time() {
 
 #[test]
 fn a_service_that_cannot_list_open_uploads_is_warned_of_and_backups_go_on() {
-    // Some services (and s3s-fs) answer ListMultipartUploads with
-    // NotImplemented: the sweep is left to the lifecycle rule, `check`
-    // says so, and backups are not held up by it.
+    // A service that does not answer ListMultipartUploads (503 on every
+    // try) neither holds a run up nor keeps a dead run out of quarantine:
+    // the record says the sweep failed, and the next run tries again.
     let ws = Workspace::new();
-    let server = S3Server::start_with(BUCKET, &["--without-list-uploads"]);
+    let server = S3Server::start_with(BUCKET, &["--busy-list-uploads"]);
     let config = configured(&server, &ws, "pgward.toml", "lock-lease = \"2s\"\n");
     let db = cluster().create_database("nolisting");
     load_rows(&db, "public.items", 300);
@@ -688,9 +688,23 @@ fn a_service_that_cannot_list_open_uploads_is_warned_of_and_backups_go_on() {
     assert_eq!(quarantine.len(), 1, "{listing}");
     let hint = quarantine[0]["error"]["hint"].as_str().unwrap_or_default();
     assert!(
-        hint.contains("could not be swept") && hint.contains("AbortIncompleteMultipartUpload"),
+        hint.contains("could not be swept")
+            && hint.contains("SlowDown")
+            && hint.contains("AbortIncompleteMultipartUpload"),
         "{listing}"
     );
+    let checked = run(on_bucket(&ws, &config, "prod").args(["--json", "check", "--dbname", &db]));
+    let row = check_row(&checked.json(), "repository.bucket.open-uploads");
+    assert_eq!(row["status"], "WARN", "{row}");
+    assert!(
+        row["evidence"].as_str().unwrap().contains("SlowDown"),
+        "{row}"
+    );
+
+    // Some services (and s3s-fs) answer NotImplemented: `check` says the
+    // sweep is left to the lifecycle rule.
+    let server = S3Server::start_with(BUCKET, &["--without-list-uploads"]);
+    let config = configured(&server, &ws, "other.toml", "");
     let checked = run(on_bucket(&ws, &config, "prod").args(["--json", "check", "--dbname", &db]));
     let row = check_row(&checked.json(), "repository.bucket.open-uploads");
     assert_eq!(row["status"], "WARN", "{row}");

@@ -70,14 +70,14 @@ pub trait Storage: Send + Sync + fmt::Debug {
     }
 
     /// The object as a stream, with its size and version (the service's
-    /// ETag; a directory has none), for a reader that reads it a second
-    /// time and must get the same object ([`Storage::open_at_version`]).
-    /// In a bucket the stream itself is pinned to that version: an object
-    /// replaced while it is read fails the read, never mixes two objects.
+    /// ETag, as its HEAD says; a directory has none), for a reader that
+    /// reads it a second time and must get the same object
+    /// ([`Storage::open_at_version`]).
     fn open_versioned(&self, key: &str) -> io::Result<Opened>;
 
-    /// The object as a stream, only if it is still at `version`; one that
-    /// was replaced since is refused ([`io::ErrorKind::InvalidData`]).
+    /// The object as a stream, only if its HEAD still says `version`; one
+    /// that was replaced since is refused ([`io::ErrorKind::InvalidData`],
+    /// "was replaced").
     fn open_at_version(&self, key: &str, version: &str) -> io::Result<Box<dyn Read + Send>> {
         let _ = (key, version);
         Err(no_versions(&self.location()))

@@ -347,27 +347,13 @@ impl S3Storage {
         &self.credentials
     }
 
-    /// A streamed GET of `size` bytes, pinned to `version` when given.
-    fn stream(
-        &self,
-        key: &str,
-        size: u64,
-        version: Option<&str>,
-    ) -> io::Result<Box<dyn Read + Send>> {
+    /// A streamed GET of `size` bytes.
+    fn stream(&self, key: &str, size: u64) -> io::Result<Box<dyn Read + Send>> {
         let op = self.operator.clone();
         let stream = self
             .runtime
-            .block_on(async move {
-                let reader = match version {
-                    Some(version) => op.reader_with(key).if_match(version).await?,
-                    None => op.reader(key).await?,
-                };
-                reader.into_bytes_stream(..).await
-            })
-            .map_err(|e| match version {
-                Some(version) => replaced_or(self.error("read", e), version),
-                None => self.error("read", e),
-            })?;
+            .block_on(async move { op.reader(key).await?.into_bytes_stream(..).await })
+            .map_err(|e| self.error("read", e))?;
         Ok(Box::new(S3Read {
             storage: self.clone(),
             stream,
@@ -428,26 +414,6 @@ fn part_size_for(configured: u64, expected: Option<u64>) -> io::Result<usize> {
         ));
     }
     Ok(part as usize)
-}
-
-/// A read pinned to `version` of an object that is no longer at it.
-fn replaced(version: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!(
-            "the object was replaced since it was first read (it is no longer version {version})"
-        ),
-    )
-}
-
-/// `error`, or [`replaced`] when it is a refused `If-Match`.
-fn replaced_or(error: io::Error, version: &str) -> io::Error {
-    // to_io_error files a refused condition (412) under AlreadyExists.
-    if error.kind() == io::ErrorKind::AlreadyExists {
-        replaced(version)
-    } else {
-        error
-    }
 }
 
 /// One line from an OpenDAL error: the S3 error code and HTTP status when
@@ -564,26 +530,34 @@ impl Storage for S3Storage {
                 });
             }
         };
-        let version = meta.etag().map(String::from);
         Ok(Opened {
-            stream: self.stream(&key, meta.content_length(), version.as_deref())?,
+            stream: self.stream(&key, meta.content_length())?,
             bytes: meta.content_length(),
-            version,
+            version: meta.etag().map(String::from),
         })
     }
 
+    // The version is compared here, on a plain HEAD, and the GET that
+    // follows is unconditional: services differ in how they honour
+    // If-Match on reads (some refuse a correct one), and a restore must
+    // not depend on it. A replacement in the instant between the two is
+    // left to the archive's sha256, which the readers prove at the end.
     fn open_at_version(&self, key: &str, version: &str) -> io::Result<Box<dyn Read + Send>> {
         let key = self.key(key)?;
         let op = self.operator.clone();
         let meta = self
             .runtime
-            .block_on(async { op.stat_with(&key).if_match(version).await })
-            .map_err(|e| replaced_or(self.error("stat", e), version))?;
-        // A service that ignores If-Match on HEAD is caught by the tag.
+            .block_on(async { op.stat(&key).await })
+            .map_err(|e| self.error("stat", e))?;
         if meta.etag() != Some(version) {
-            return Err(replaced(version));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the object was replaced since it was first read (it is no longer version {version})"
+                ),
+            ));
         }
-        self.stream(&key, meta.content_length(), Some(version))
+        self.stream(&key, meta.content_length())
     }
 
     fn list(&self, dir: &str) -> io::Result<Vec<Object>> {

@@ -172,8 +172,8 @@ impl BucketRequests {
     }
 
     /// Sends one signed request without a body; the answer's body on 2xx.
-    /// A dropped connection or a 5xx answer is retried three times (from
-    /// half a second, doubling), as OpenDAL retries its own requests.
+    /// A dropped connection, a 5xx or a "slow down" (429) is retried three
+    /// times (from half a second, doubling), as OpenDAL retries its own.
     async fn send(&self, method: Method, url: &str, what: &str) -> io::Result<Vec<u8>> {
         let mut delay = std::time::Duration::from_millis(500);
         let mut attempts_left = 3;
@@ -222,7 +222,13 @@ impl BucketRequests {
         ))
         .map_err(|e| Failure::Final(io::Error::other(format!("{what}: {e}"))))?;
         let unreachable = |e: reqwest::Error| {
-            Failure::Passing(io::Error::other(format!("{what} failed: {}", one_line(&e))))
+            let error = io::Error::other(format!("{what} failed: {}", one_line(&e)));
+            // A request that could not even be formed is not worth a retry.
+            if e.is_builder() {
+                Failure::Final(error)
+            } else {
+                Failure::Passing(error)
+            }
         };
         let response = self.client.execute(request).await.map_err(unreachable)?;
         let status = response.status();
@@ -261,7 +267,7 @@ impl BucketRequests {
                 ),
             ),
             (_, "NoSuchUpload") => (io::ErrorKind::NotFound, format!("{what}: {detail}")),
-            (500.., _) => {
+            (500.., _) | (429, _) | (_, "SlowDown") => {
                 return Err(Failure::Passing(io::Error::other(format!(
                     "{what} failed: {detail}"
                 ))));
