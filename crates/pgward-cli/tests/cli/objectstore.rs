@@ -146,6 +146,35 @@ fn the_storage_contract_holds_on_disk_and_in_a_bucket() {
             .is_file()
     );
 
+    // A record read while another host keeps replacing it (a lease being
+    // renewed): each read returns one whole version, never a refusal.
+    let busy = "locks/busy.lock";
+    bucket.put_replacing(busy, b"0").unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (bucket, stop) = (bucket.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                bucket
+                    .put_replacing(busy, n.to_string().as_bytes())
+                    .unwrap();
+            }
+            n
+        })
+    };
+    let reads: Vec<_> = (0..80).map(|_| bucket.read_versioned(busy, 100)).collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let replaced = writer.join().unwrap();
+    assert!(replaced > 20, "only {replaced} replacements");
+    for read in reads {
+        let (bytes, version) = read.unwrap().expect("the record exists");
+        assert!(std::str::from_utf8(&bytes).unwrap().parse::<u64>().is_ok());
+        assert!(!version.is_empty());
+    }
+    bucket.delete(busy).unwrap();
+
     // A second read is of the version the first one saw: once the object
     // is replaced, a read pinned to the old version is refused. A
     // directory has no versions.

@@ -390,6 +390,10 @@ impl S3Storage {
 /// a part-sized buffer here too would be one more part in memory).
 const FEED: usize = 1 << 20;
 
+/// How often [`Storage::read_versioned`] reads a record again that was
+/// replaced between its HEAD and its GET.
+const VERSIONED_READ_ROUNDS: usize = 10;
+
 /// S3's most parts in one upload.
 const MAX_PARTS: u64 = 10_000;
 /// S3's largest part.
@@ -621,37 +625,53 @@ impl Storage for S3Storage {
     fn read_versioned(&self, key: &str, limit: u64) -> io::Result<Option<(Vec<u8>, String)>> {
         let key = self.key(key)?;
         let op = self.operator.clone();
-        let stat = self.runtime.block_on(async { op.stat(&key).await });
-        let meta = match stat {
-            Ok(meta) => meta,
-            Err(e) if e.kind() == opendal::ErrorKind::NotFound => {
-                let error = self.error("stat", e);
-                return match error.kind() {
-                    io::ErrorKind::NotFound => Ok(None),
-                    _ => Err(error),
-                };
+        // A record replaced between the HEAD and the GET (a lease renewed
+        // by its holder just then) is read again, as it is now; a few
+        // rounds, then the refusal is the answer.
+        for _ in 0..VERSIONED_READ_ROUNDS {
+            let stat = self.runtime.block_on(async { op.stat(&key).await });
+            let meta = match stat {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == opendal::ErrorKind::NotFound => {
+                    let error = self.error("stat", e);
+                    return match error.kind() {
+                        io::ErrorKind::NotFound => Ok(None),
+                        _ => Err(error),
+                    };
+                }
+                Err(e) => return Err(self.error("stat", e)),
+            };
+            if meta.content_length() > limit {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("larger than {limit} bytes"),
+                ));
             }
-            Err(e) => return Err(self.error("stat", e)),
-        };
-        if meta.content_length() > limit {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("larger than {limit} bytes"),
-            ));
+            let version = meta
+                .etag()
+                .ok_or_else(|| io::Error::other("the service sent no ETag"))?
+                .to_string();
+            // The body read must be the version stated: a replacement in
+            // between is refused rather than paired with the older tag.
+            let read = self
+                .runtime
+                .block_on(async { op.read_with(&key).if_match(&version).await });
+            match read {
+                Ok(buffer) => return Ok(Some((buffer.to_vec(), version))),
+                Err(e) if e.kind() == opendal::ErrorKind::ConditionNotMatch => continue,
+                Err(e) if e.kind() == opendal::ErrorKind::NotFound => {
+                    let error = self.error("read", e);
+                    if error.kind() == io::ErrorKind::NotFound {
+                        return Ok(None);
+                    }
+                    return Err(error);
+                }
+                Err(e) => return Err(self.error("read", e)),
+            }
         }
-        let version = meta
-            .etag()
-            .ok_or_else(|| io::Error::other("the service sent no ETag"))?
-            .to_string();
-        // The body read must be the version stated: a replacement in
-        // between is refused rather than paired with the older tag.
-        let read = self
-            .runtime
-            .block_on(async { op.read_with(&key).if_match(&version).await });
-        match read {
-            Ok(buffer) => Ok(Some((buffer.to_vec(), version))),
-            Err(e) => Err(self.error("read", e)),
-        }
+        Err(io::Error::other(format!(
+            "read failed: {key} was replaced {VERSIONED_READ_ROUNDS} times while it was read"
+        )))
     }
 
     fn replace_if_version(&self, key: &str, bytes: &[u8], version: &str) -> io::Result<String> {
