@@ -3,19 +3,24 @@
 #
 # Why it exists: `pgward drill` restores a backup into a scratch database and
 # then reads every table back to prove it equals the backup. Its promise is
-# that the proof is affordable: drill (restore + full verification) <= 1.5 x
-# `pg_restore --jobs 2` of the same archive into an empty database. This
+# that the proof is affordable: drill (restore + full verification) <= 1.3 x
+# `pg_restore --jobs 2` of a `pg_dump -Fc` file into an empty database. This
 # script measures that on a database of a chosen size. It is a benchmark, not
 # a test: it prints figures and PASS/MISS, and exits 0 when every figure could
 # be measured (2 when pgward could not be built or run).
 #
-# Usage: bench/drill.sh [--scale N] [--keep] [--dir DIR]
+# Usage: bench/drill.sh [--scale N] [--runs N] [--keep] [--dir DIR]
 #   --scale N  pgbench scale (default 35, ~1.1 GB; see bench/backup.sh)
+#   --runs N   runs of each command, alternating (default 3); medians shown
 #   --keep     keep the cluster dir (stopped) for re-runs
 #   --dir DIR  cluster dir to use; a loaded sandbox from an earlier --keep run
-#              of this script or of bench/backup.sh is reused as it is
+#              of any bench script is reused as it is
+# Environment: PGWARD_BENCH_BIN measures that pgward binary instead of
+# building one (for before/after tables).
 #
-# Measured, twice each, in sequence; the best wall time is shown:
+# Measured in alternation, --runs times each; the median wall time is shown
+# with the range, and the drill's own peak RSS (GNU time's %M, which is the
+# largest process of its tree: pgward, or its pg_restore):
 #   pg_restore -j2 (same archive)   `zstd -d` of pgward's artifact, restored
 #                                   with pg_restore --jobs 2 into a new database
 #   pg_restore -j2 (pg_dump -Fc)    the same database dumped by pg_dump -Fc to a
@@ -59,19 +64,14 @@ artifact=$(find "$repo/backups" -name '*.dump.zst' | head -n 1)
 zstd -q -d "$artifact" -o "$out/same.dump"
 pg_dump -Fc -f "$out/offsets.dump" demo
 
-declare -A best_s=()
 keys=(same offsets drill drill1)
+declare -A rss_kib=()
 declare -A label=(
   [same]="pg_restore -j2 (same archive)"
   [offsets]="pg_restore -j2 (pg_dump -Fc file)"
   [drill]="pgward drill (--jobs 2)"
   [drill1]="pgward drill --jobs 1 (streamed)"
 )
-record() {
-  if [[ -z ${best_s[$1]:-} ]] || awk -v a="$2" -v b="${best_s[$1]}" 'BEGIN { exit !(a < b) }'; then
-    best_s[$1]=$2
-  fi
-}
 seconds_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }'; }
 
 time_pg_restore() { # KEY FILE
@@ -80,55 +80,55 @@ time_pg_restore() { # KEY FILE
   t0=$EPOCHREALTIME
   pg_restore --exit-on-error --jobs 2 -d bench_restore "$2"
   s=$(seconds_since "$t0")
-  record "$1" "$s"
+  bench_add "$1" "$s"
   printf '  %-40s %8.2fs\n' "${label[$1]}" "$s"
   pgsb_psql -d postgres -c 'DROP DATABASE bench_restore'
 }
 
 problem=""
 time_drill() { # KEY ARGS...
-  local k=$1 t0 s split
+  local k=$1 t0 s split r
   shift
   t0=$EPOCHREALTIME
-  if ! "$pgward" --json --repo "$repo" drill latest "$@" >"$out/drill.json" 2>"$out/drill.err"; then
+  if ! /usr/bin/time -f '%M' -o "$out/drill.rss" \
+    "$pgward" --json --repo "$repo" drill latest "$@" >"$out/drill.json" 2>"$out/drill.err"; then
     log "pgward drill failed:"
     sed 's/^/    /' "$out/drill.err" >&2
     problem="pgward drill failed"
     return 1
   fi
   s=$(seconds_since "$t0")
-  record "$k" "$s"
+  bench_add "$k" "$s"
+  r=$(tail -n 1 "$out/drill.rss")
+  if [[ -z ${rss_kib[$k]:-} || $r -gt ${rss_kib[$k]} ]]; then rss_kib[$k]=$r; fi
   split=$(grep -E '"(restore|verify)-ms"' "$out/drill.json" | tr -d ' ,"' | tr '\n' ' ')
   printf '  %-40s %8.2fs   (%s)\n' "${label[$k]}" "$s" "$split"
 }
 
-for pass in 1 2; do
-  printf 'pass %s of 2\n' "$pass"
+for ((pass = 1; pass <= runs; pass++)); do
+  printf 'run %s of %s\n' "$pass" "$runs"
   time_pg_restore same "$out/same.dump"
   time_pg_restore offsets "$out/offsets.dump"
   time_drill drill || true
   time_drill drill1 --jobs 1 || true
 done
 
-printf '\n%-40s %9s\n' command seconds
+printf '\n%-40s %9s %12s %10s\n' command median range "RSS MiB"
 for k in "${keys[@]}"; do
-  printf '%-40s %9s\n' "${label[$k]}" "${best_s[$k]:-n/a}"
+  rss=""
+  [[ -n ${rss_kib[$k]:-} ]] && rss=$(awk -v k="${rss_kib[$k]}" 'BEGIN { printf "%.1f", k / 1024 }')
+  m=$(bench_median "$k")
+  printf '%-40s %9s %12s %10s\n' "${label[$k]}" "${m:-n/a}" "$(bench_range "$k")" "$rss"
 done
-ratio() { if [[ -n ${1:-} && -n ${2:-} ]]; then awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; fi; }
-verdict() { # NAME VALUE TARGET
-  if [[ -z $2 ]]; then
-    printf '%-40s %9s   target <= %-5s MISS (not measured)\n' "$1" n/a "$3"
-  else
-    printf '%-40s %9s   target <= %-5s %s\n' "$1" "$2" "$3" \
-      "$(awk -v v="$2" -v t="$3" 'BEGIN { print (v <= t) ? "PASS" : "MISS" }')"
-  fi
-}
 printf '\n'
-verdict "drill / pg_restore -j2 (same archive)" "$(ratio "${best_s[drill]:-}" "${best_s[same]:-}")" 1.5
-printf '%-40s %9s   (information only)\n' "drill / pg_restore -j2 (pg_dump -Fc)" \
-  "$(ratio "${best_s[drill]:-}" "${best_s[offsets]:-}")"
-printf '%-40s %9s   (information only)\n' "drill --jobs 1 / pg_restore -j2 (same)" \
-  "$(ratio "${best_s[drill1]:-}" "${best_s[same]:-}")"
+bench_verdict "drill / pg_restore -j2 (pg_dump -Fc)" \
+  "$(bench_ratio "$(bench_median drill)" "$(bench_median offsets)")" 1.30
+printf '%-44s %10s   (information only)\n' "drill / pg_restore -j2 (same archive)" \
+  "$(bench_ratio "$(bench_median drill)" "$(bench_median same)")"
+printf '%-44s %10s   (information only)\n' "drill --jobs 1 / pg_restore -j2 (pg_dump -Fc)" \
+  "$(bench_ratio "$(bench_median drill1)" "$(bench_median offsets)")"
+printf '%-44s %10s   (the tree: pgward or its pg_restore)\n' "drill peak RSS, MiB" \
+  "$(awk -v a="${rss_kib[drill]:-0}" -v b="${rss_kib[drill1]:-0}" 'BEGIN { m = a > b ? a : b; if (m) printf "%.1f", m / 1024 }')"
 if [[ -n $problem ]]; then
   log "$problem"
   exit 2

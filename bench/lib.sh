@@ -1,10 +1,13 @@
 # bench/lib.sh: what the benchmarks share; sourced by bench/*.sh, not run.
 #
-# Each benchmark takes the same arguments (--scale N, --keep, --dir DIR),
-# runs in a sandbox cluster dir that a later run with --dir can reuse with
-# its loaded data, builds pgward in release mode, and works on the sample
-# database `demo`. The functions below set these globals: scale,
-# scale_given, keep, dir, created_dir, pgward.
+# Each benchmark takes the same arguments (--scale N, --runs N, --keep,
+# --dir DIR), runs in a sandbox cluster dir that a later run with --dir can
+# reuse with its loaded data, builds pgward in release mode (or measures the
+# binary PGWARD_BENCH_BIN names, e.g. an older build for a before/after
+# table), and works on the sample database `demo`. The functions below set
+# these globals: scale, scale_given, runs, keep, dir, created_dir, pgward.
+# Figures are medians of the runs, which alternate between the commands
+# compared, with their range (min-max) beside them.
 #
 # shellcheck shell=bash
 # root: set by the sourcing script (the checkout).
@@ -18,10 +21,18 @@ log() { printf 'bench: %s\n' "$*" >&2; }
 # --help prints SCRIPT's header comment.
 bench_args() {
   local script=$1
-  scale=$2 scale_given=0 keep=0 dir=""
+  scale=$2 scale_given=0 keep=0 dir="" runs=3
   shift 2
   while [[ $# -gt 0 ]]; do
     case $1 in
+      --runs)
+        [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || {
+          echo "bench: --runs needs a positive integer" >&2
+          exit 2
+        }
+        runs=$2
+        shift 2
+        ;;
       --scale)
         [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || {
           echo "bench: --scale needs a positive integer" >&2
@@ -88,9 +99,47 @@ bench_build() {
   if ! command -v cargo >/dev/null 2>&1 && [[ -x ${CARGO_HOME:-$HOME/.cargo}/bin/cargo ]]; then
     PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
   fi
+  if [[ -n ${PGWARD_BENCH_BIN:-} ]]; then
+    pgward=$PGWARD_BENCH_BIN
+    log "measuring $pgward (PGWARD_BENCH_BIN), not building"
+    [[ -x $pgward ]]
+    return
+  fi
   pgward="$root/target/release/pgward"
   log "cargo build --release"
   (cd "$root" && cargo build --release) && [[ -x $pgward ]]
+}
+
+# Samples per key: bench_add KEY VALUE adds one; bench_median KEY and
+# bench_range KEY ("min-max") summarise them (print nothing when there are
+# none).
+declare -A bench_samples=()
+bench_add() { bench_samples[$1]="${bench_samples[$1]:-} $2"; }
+bench_median() {
+  tr ' ' '\n' <<<"${bench_samples[$1]:-}" | awk 'NF' | sort -g | awk '
+    { v[NR] = $1 }
+    END {
+      if (NR == 0) exit
+      if (NR % 2) printf "%.2f", v[(NR + 1) / 2]
+      else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2
+    }'
+}
+bench_range() {
+  tr ' ' '\n' <<<"${bench_samples[$1]:-}" | awk 'NF' | sort -g | awk '
+    NR == 1 { lo = $1 } { hi = $1 }
+    END { if (NR) printf "%.2f-%.2f", lo, hi }'
+}
+# bench_ratio A B: A / B to two decimals, or nothing when either is unknown.
+bench_ratio() { if [[ -n ${1:-} && -n ${2:-} ]]; then awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; fi; }
+# bench_verdict NAME VALUE TARGET [<=|>=] [UNIT]: PASS or MISS.
+bench_verdict() {
+  local name=$1 v=$2 t=$3 op=${4:-<=} unit=${5:-}
+  if [[ -z $v ]]; then
+    printf '%-44s %10s   target %s %-10s MISS (not measured)\n' "$name" n/a "$op" "$t$unit"
+  else
+    printf '%-44s %10s   target %s %-10s %s\n' "$name" "$v$unit" "$op" "$t$unit" \
+      "$(awk -v v="$v" -v t="$t" -v op="$op" 'BEGIN { ok = (op == "<=") ? v <= t : v >= t; print ok ? "PASS" : "MISS" }')"
+  fi
 }
 
 # bench_demo_database: starts the cluster and loads database demo at the

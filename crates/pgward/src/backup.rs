@@ -695,14 +695,14 @@ impl Run<'_> {
                 })
                 .collect(),
             content: Some(ContentRecord {
-                fingerprint_algorithm: crate::fingerprint::ALGORITHM.to_string(),
+                fingerprint_algorithm: crate::fingerprint::Algorithm::CURRENT.name().to_string(),
                 text_settings: self.text_settings.clone(),
                 encoding: summary.encoding.clone(),
                 sequences: summary.sequences.clone(),
-                large_objects: summary
-                    .large_objects
-                    .clone()
-                    .unwrap_or_else(|| crate::fingerprint::MultisetDigest::default().finish()),
+                large_objects: summary.large_objects.clone().unwrap_or_else(|| {
+                    crate::fingerprint::MultisetDigest::new(crate::fingerprint::Algorithm::CURRENT)
+                        .finish()
+                }),
                 column_order: self.column_order.to_vec(),
                 restore_hazards: self.restore_hazards.to_vec(),
             }),

@@ -68,20 +68,44 @@ pub fn run(
     // Held against a prune until this command is done with it.
     let _held = repo.hold(&manifest)?;
     let started = clock::now();
-    // A damaged artifact is found before any database is created (or while
-    // the spool is read); it is a verdict all the same.
+    // A damaged artifact at rest, or a missing key, is found before any
+    // database is created; damage found while the spool is read drops the
+    // database created meanwhile. Either is a verdict all the same.
     let mut server = RestoreServer::connect(config, env)?;
     let mut restoring = Restoring::begin(config, &repo, &manifest)?;
-    let prepared = open_source(&repo, &manifest, decryptor)
-        .and_then(|source| restoring.prepare(source, &options.restore, progress));
-    let (outcome, restored_to, dropped) = match prepared {
-        Err(e) => (Err(e), "(nothing restored)".to_string(), Ok(())),
-        Ok(_) if restoring.interrupted().is_some() => {
-            return Err(restoring.interrupted().expect("checked"));
+    let scratch = scratch_name(&manifest.id);
+    let (prepared, created) = match open_source(&repo, &manifest, decryptor) {
+        Err(e) => (Err(e), None),
+        // CREATE DATABASE waits for a checkpoint and fsyncs, and needs
+        // nothing from the archive: it runs while the archive is spooled.
+        Ok(source) => std::thread::scope(|scope| {
+            let server = &mut server;
+            let scratch = &scratch;
+            let manifest = &manifest;
+            let creating = scope.spawn(move || server.create(scratch, encoding(manifest)));
+            let prepared = restoring.prepare(source, &options.restore, progress);
+            let created = creating.join().expect("creating a database does not panic");
+            (prepared, Some(created))
+        }),
+    };
+    let was_created = matches!(created, Some(Ok(())));
+    if let Some(interrupted) = restoring.interrupted() {
+        if was_created {
+            server.drop_database(&scratch)?;
         }
-        Ok(prepared) => {
-            let scratch = scratch_name(&manifest.id);
-            server.create(&scratch, encoding(&manifest))?;
+        return Err(interrupted);
+    }
+    let (outcome, restored_to, dropped) = match (prepared, created) {
+        (Err(e), _) => {
+            let dropped = if was_created {
+                server.drop_database(&scratch)
+            } else {
+                Ok(())
+            };
+            (Err(e), "(nothing restored)".to_string(), dropped)
+        }
+        (Ok(_), Some(Err(e))) => return Err(e),
+        (Ok(prepared), _) => {
             let outcome = restoring.restore_and_compare(
                 prepared,
                 &server,

@@ -507,9 +507,21 @@ fn verify_content(
         );
         return false;
     };
+    // The manifest's own algorithm: a backup is checked against what it
+    // recorded, however an older pgward fingerprinted it.
+    let algorithm = match manifest.fingerprint_algorithm() {
+        Ok(algorithm) => algorithm,
+        Err(cause) => {
+            checks.add("archive structure", false, cause);
+            return false;
+        }
+    };
     let mut plain_sink = ObserveWrite::new(
         std::io::sink(),
-        (StreamHasher::default(), ArchiveInspector::new(format)),
+        (
+            StreamHasher::default(),
+            ArchiveInspector::fingerprinting(format, algorithm),
+        ),
     );
     let mut decoder = match compress::decoder(compressed) {
         Ok(d) => d,

@@ -357,6 +357,128 @@ fn rebuild_artifact(b: &Backed, from: &[u8], to: &[u8], forge_archive: bool) {
     .unwrap();
 }
 
+/// Backups taken before manifest v6 fingerprinted rows and large objects
+/// with SHA-256, and their manifests say so: verify and drill recompute
+/// with the manifest's algorithm, and still catch a fingerprint that does
+/// not match. A manifest naming an algorithm pgward does not know is
+/// refused, not taken for damage.
+#[test]
+fn a_backup_fingerprinted_with_sha256_still_verifies_and_drills() {
+    use pgward::fingerprint::Algorithm;
+    let b = Backed::new("dr_sha256");
+    let plain = b.ws.path("archive.dump");
+    zstd(&["-d"], &b.artifact(), &plain);
+    let mut inspector =
+        pgward::pipeline::archive::custom::CustomInspector::fingerprinting(Algorithm::Sha256);
+    inspector.update(&std::fs::read(&plain).unwrap());
+    let summary = inspector.finish().unwrap();
+    let current = b.manifest();
+    assert_eq!(
+        current["content"]["fingerprint-algorithm"],
+        "xxh3-128-sum-of-rows"
+    );
+    let mut old = current.clone();
+    old["format-version"] = 5.into();
+    old["content"]["fingerprint-algorithm"] = "sha256-sum-of-rows".into();
+    let mut fingerprinted = 0;
+    for table in old["tables"].as_array_mut().unwrap() {
+        if table["fingerprint"].is_null() {
+            continue;
+        }
+        let data = summary
+            .table_data
+            .iter()
+            .find(|t| t.schema == table["schema"] && t.table == table["table"])
+            .unwrap();
+        assert_eq!(data.fingerprint.len(), 64);
+        assert_ne!(table["fingerprint"], data.fingerprint.as_str());
+        table["fingerprint"] = data.fingerprint.clone().into();
+        fingerprinted += 1;
+    }
+    assert!(fingerprinted > 5, "{old}");
+    let large_objects = summary.large_objects.unwrap();
+    assert_eq!(large_objects.count, 3);
+    old["content"]["large-objects"] = serde_json::to_value(&large_objects).unwrap();
+    // As a backup older than the journal (the journal vouches for the
+    // manifests as they were written, and these are rewritten).
+    let write = |manifest: &Value| {
+        let _ = std::fs::remove_dir_all(b.repo().join("journal"));
+        let mut manifest = manifest.clone();
+        reseal(&mut manifest);
+        std::fs::write(
+            b.manifest_path(),
+            serde_json::to_vec_pretty(&manifest).unwrap(),
+        )
+        .unwrap();
+    };
+    write(&old);
+    let verified = run(pgward(&b.repo()).args(["--json", "verify", &b.id]));
+    verified.assert_ok();
+    let drilled = b.drill(&[]);
+    drilled.assert_ok();
+    let record = b.drill_record().unwrap();
+    let checks = checks(&record["checks"]);
+    let duplicates = old["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "duplicates")
+        .unwrap()["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let detail = &checks["table public.duplicates"].1;
+    assert!(detail.contains(&duplicates[..16]), "{detail}");
+    assert!(
+        checks["large objects"].1.starts_with("3 objects"),
+        "{:?}",
+        checks["large objects"]
+    );
+
+    // One SHA-256 sum off by one: both commands find it.
+    let mut off = old.clone();
+    for table in off["tables"].as_array_mut().unwrap() {
+        if table["table"] == "duplicates" {
+            let mut sum = duplicates.clone().into_bytes();
+            let last = sum.len() - 1;
+            sum[last] = if sum[last] == b'0' { b'1' } else { b'0' };
+            table["fingerprint"] = String::from_utf8(sum).unwrap().into();
+        }
+    }
+    write(&off);
+    let verified = run(pgward(&b.repo()).args(["--json", "verify", &b.id]));
+    assert_eq!(verified.code, 1, "{}", verified.stderr);
+    assert!(
+        verified.stderr.contains("public.duplicates"),
+        "{}",
+        verified.stderr
+    );
+    let drilled = b.drill(&[]);
+    drilled.assert_exit(1);
+    assert!(
+        drilled
+            .stderr
+            .contains("table public.duplicates: backup has 4 rows with fingerprint "),
+        "{}",
+        drilled.stderr
+    );
+
+    // An algorithm from the future: the manifest is refused as such.
+    let mut newer = current.clone();
+    newer["content"]["fingerprint-algorithm"] = "blake3-sum-of-rows".into();
+    write(&newer);
+    let verified = run(pgward(&b.repo()).args(["verify", &b.id]));
+    assert_ne!(verified.code, 0);
+    assert!(
+        verified.stderr.contains("which this pgward does not know"),
+        "{}",
+        verified.stderr
+    );
+    // The backup as taken is intact again once its manifest is.
+    write(&current);
+    run(pgward(&b.repo()).args(["verify", &b.id])).assert_ok();
+}
+
 /// A small database backed up into `ws`'s repository.
 fn small_backup(ws: Workspace, hint: &str, config: Option<&Path>) -> Backed {
     let db = cluster().create_database(hint);

@@ -11,7 +11,10 @@
 //! environment, so it never appears in a process listing.
 
 pub mod libpq;
+mod streaming;
 pub mod tls;
+
+pub use streaming::StreamingSession;
 
 use crate::config::ConnectionConfig;
 use crate::error::{Error, ErrorKind, Result};
@@ -424,18 +427,36 @@ impl ConnectionTarget {
 
     /// Opens pgward's own session, with libpq's sslmode semantics.
     pub fn connect(&self) -> Result<postgres::Client> {
+        self.connect_with(|config, tls| {
+            let config = postgres::Config::from(config.clone());
+            match tls {
+                None => config.connect(postgres::NoTls),
+                Some(tls) => config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls)),
+            }
+        })
+    }
+
+    /// A session made by `open` (the sync or the async driver) from the
+    /// driver's configuration and the TLS settings (None: no TLS), tried
+    /// the way libpq's sslmode tries.
+    fn connect_with<S>(
+        &self,
+        open: impl Fn(
+            &tokio_postgres::Config,
+            Option<rustls::ClientConfig>,
+        ) -> std::result::Result<S, postgres::Error>,
+    ) -> Result<S> {
         use postgres::config::SslMode as Wire;
         let config = self.session_config()?;
+        let attempt = |mode: Wire| self.attempt(&config, mode, &open);
         if self.is_local_socket() {
-            return self
-                .attempt(&config, Wire::Disable)
-                .map_err(|failure| self.connect_error(failure));
+            return attempt(Wire::Disable).map_err(|failure| self.connect_error(failure));
         }
         let result = match self.tls.mode {
-            tls::SslMode::Disable => self.attempt(&config, Wire::Disable),
-            tls::SslMode::Allow => self.attempt(&config, Wire::Disable).or_else(|plain| {
+            tls::SslMode::Disable => attempt(Wire::Disable),
+            tls::SslMode::Allow => attempt(Wire::Disable).or_else(|plain| {
                 if plain.server_refused() {
-                    self.attempt(&config, Wire::Require)
+                    attempt(Wire::Require)
                 } else {
                     Err(plain)
                 }
@@ -443,31 +464,34 @@ impl ConnectionTarget {
             // libpq 15 retries without TLS after any failure of the TLS
             // attempt (a handshake, or a server that refuses TLS sessions
             // for this role), unless the settings could not be used at all.
-            tls::SslMode::Prefer => self.attempt(&config, Wire::Prefer).or_else(|over_tls| {
+            tls::SslMode::Prefer => attempt(Wire::Prefer).or_else(|over_tls| {
                 if matches!(over_tls, Attempt::Setup(_)) {
                     Err(over_tls)
                 } else {
-                    self.attempt(&config, Wire::Disable)
-                        .map_err(|plain| over_tls.and_then(plain))
+                    attempt(Wire::Disable).map_err(|plain| over_tls.and_then(plain))
                 }
             }),
-            _ => self.attempt(&config, Wire::Require),
+            _ => attempt(Wire::Require),
         };
         result.map_err(|failure| self.connect_error(failure))
     }
 
-    fn attempt(
+    fn attempt<S>(
         &self,
-        config: &postgres::Config,
+        config: &tokio_postgres::Config,
         mode: postgres::config::SslMode,
-    ) -> std::result::Result<postgres::Client, Attempt> {
+        open: impl Fn(
+            &tokio_postgres::Config,
+            Option<rustls::ClientConfig>,
+        ) -> std::result::Result<S, postgres::Error>,
+    ) -> std::result::Result<S, Attempt> {
         let mut config = config.clone();
         config.ssl_mode(mode);
         let result = if mode == postgres::config::SslMode::Disable {
-            config.connect(postgres::NoTls)
+            open(&config, None)
         } else {
             let tls = self.tls.client_config().map_err(Attempt::Setup)?;
-            config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+            open(&config, Some(tls))
         };
         result.map_err(|e| Attempt::Failed {
             server: e.as_db_error().map(|db| db.message().to_string()),
@@ -478,11 +502,11 @@ impl ConnectionTarget {
 
     /// The driver's configuration for every parameter pgward's session
     /// honours.
-    fn session_config(&self) -> Result<postgres::Config> {
-        let mut config = postgres::Config::new();
+    fn session_config(&self) -> Result<tokio_postgres::Config> {
+        let mut config = tokio_postgres::Config::new();
         let hosts: Vec<&str> = self.host.split(',').collect();
         for host in &hosts {
-            config.host(host);
+            config.host(*host);
         }
         if let Some(addresses) = self.params.get("hostaddr") {
             let addresses: Vec<&str> = addresses.split(',').collect();

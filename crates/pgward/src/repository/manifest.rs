@@ -9,7 +9,7 @@ use crate::catalog::ServerInfo;
 use crate::catalog::restorability::{ColumnOrder, RestoreHazard};
 use crate::encryption::Fingerprint;
 use crate::error::ErrorKind;
-use crate::fingerprint::{ContentFingerprint, TextSettings};
+use crate::fingerprint::{Algorithm, ContentFingerprint, TextSettings};
 use crate::pipeline::archive::SequenceValue;
 use crate::scope::Scope;
 use serde::{Deserialize, Serialize};
@@ -17,9 +17,11 @@ use serde::{Deserialize, Serialize};
 pub const MANIFEST_FORMAT: &str = "pgward-backup-manifest";
 /// 2 added `artifact.encryption`; 3 added `content` and per-table
 /// `fingerprint`; 4 added `content.column-order` and
-/// `content.restore-hazards`; 5 added `manifest-digest`. Older manifests
+/// `content.restore-hazards`; 5 added `manifest-digest`; 6 fingerprints
+/// with XXH3-128 (`content.fingerprint-algorithm`; an older pgward would
+/// take them for damage, so it must refuse the manifest). Older manifests
 /// are still read.
-pub const MANIFEST_VERSION: u32 = 5;
+pub const MANIFEST_VERSION: u32 = 6;
 /// The manifest version from which `manifest-digest` is required.
 pub const DIGEST_SINCE: u32 = 5;
 const DIGEST_FIELD: &str = "manifest-digest";
@@ -186,9 +188,15 @@ impl Manifest {
         };
         hex64("archive sha256", &self.archive.sha256)?;
         hex64("artifact sha256", &self.artifact.sha256)?;
+        let algorithm = self.fingerprint_algorithm()?;
         for table in &self.tables {
-            if let Some(fingerprint) = &table.fingerprint {
-                hex64("table fingerprint", fingerprint)?;
+            if let Some(fingerprint) = &table.fingerprint
+                && !algorithm.is_sum(fingerprint)
+            {
+                return Err(format!(
+                    "of an invalid table fingerprint {fingerprint:?} (not {})",
+                    algorithm.name()
+                ));
             }
         }
         for (what, time) in [
@@ -217,12 +225,30 @@ impl Manifest {
     }
 }
 
+impl Manifest {
+    /// How this backup's fingerprints were taken (SHA-256 for manifests
+    /// before v6 and for those without a content record, which have none);
+    /// the cause when the manifest names an algorithm this pgward does not
+    /// know.
+    pub fn fingerprint_algorithm(&self) -> std::result::Result<Algorithm, String> {
+        match &self.content {
+            None => Ok(Algorithm::Sha256),
+            Some(content) => Algorithm::from_name(&content.fingerprint_algorithm).ok_or_else(|| {
+                format!(
+                    "fingerprinted with {:?}, which this pgward does not know (a newer pgward wrote it?)",
+                    content.fingerprint_algorithm
+                )
+            }),
+        }
+    }
+}
+
 /// The content of the archive beyond its tables' rows, and how the
 /// fingerprints were taken.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct ContentRecord {
-    /// [`crate::fingerprint::ALGORITHM`].
+    /// [`crate::fingerprint::Algorithm::name`].
     pub fingerprint_algorithm: String,
     /// The session settings pg_dump wrote the COPY text under.
     pub text_settings: TextSettings,

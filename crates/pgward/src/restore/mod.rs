@@ -407,6 +407,13 @@ impl<'a> Restoring<'a> {
             entries: entries.as_ref(),
             list_file: &schema_list,
         };
+        let tools = compare::Tools {
+            pg_dump: &self.pg_dump,
+            pg_restore: &self.pg_restore,
+        };
+        // Sequences, large objects and the schema, compared while the last
+        // tables are still being read back (spooled) or afterwards.
+        let mut objects = None;
         let data_started = Instant::now();
         let (table_checks, data_ms, post_data_ms, verify_started) = if prepared.is_spooled() {
             // One parallel run; each table is read back as soon as
@@ -432,6 +439,18 @@ impl<'a> Restoring<'a> {
                     child.terminate();
                 }
                 child_exited.store(true, std::sync::atomic::Ordering::SeqCst);
+                // Everything is restored once pg_restore has ended well
+                // (its exit status is judged below; a failed run throws
+                // this comparison away).
+                if waited.is_ok() && watch.received().is_none() {
+                    objects = Some(compare::compare_objects_and_schema(
+                        manifest,
+                        toc,
+                        &prepared.toc_bytes,
+                        restored,
+                        &tools,
+                    ));
+                }
                 (
                     tables.join().expect("the verifying thread does not panic"),
                     waited,
@@ -501,16 +520,17 @@ impl<'a> Restoring<'a> {
                 finding: None,
             });
         }
-        checks.extend(compare::compare_objects_and_schema(
-            manifest,
-            &prepared.toc,
-            &prepared.toc_bytes,
-            &restored,
-            &compare::Tools {
-                pg_dump: &self.pg_dump,
-                pg_restore: &self.pg_restore,
-            },
-        )?);
+        let objects = match objects {
+            Some(objects) => objects,
+            None => compare::compare_objects_and_schema(
+                manifest,
+                &prepared.toc,
+                &prepared.toc_bytes,
+                &restored,
+                &tools,
+            ),
+        };
+        checks.extend(objects?);
         if let Some(error) = stopped(&mut self.watch, manifest) {
             return Err(error);
         }

@@ -15,7 +15,7 @@
 pub mod custom;
 pub mod tar;
 
-use crate::fingerprint::{ContentFingerprint, CopyTextDigest};
+use crate::fingerprint::{Algorithm, ContentFingerprint, CopyTextDigest};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -72,8 +72,15 @@ pub enum ArchiveInspector {
 
 impl ArchiveInspector {
     pub fn new(format: ArchiveFormat) -> ArchiveInspector {
+        ArchiveInspector::fingerprinting(format, Algorithm::CURRENT)
+    }
+
+    /// An inspector that fingerprints with `algorithm` (a manifest's).
+    pub fn fingerprinting(format: ArchiveFormat, algorithm: Algorithm) -> ArchiveInspector {
         match format {
-            ArchiveFormat::Custom => ArchiveInspector::Custom(custom::CustomInspector::new()),
+            ArchiveFormat::Custom => {
+                ArchiveInspector::Custom(custom::CustomInspector::fingerprinting(algorithm))
+            }
             ArchiveFormat::Tar => ArchiveInspector::Tar(tar::TarInspector::new()),
         }
     }
@@ -242,17 +249,17 @@ pub(crate) struct MemberStats {
 
 impl Default for MemberStats {
     fn default() -> Self {
-        MemberStats::new(true)
+        MemberStats::new(Some(Algorithm::CURRENT))
     }
 }
 
 impl MemberStats {
-    pub(crate) fn new(fingerprint: bool) -> MemberStats {
+    pub(crate) fn new(fingerprint: Option<Algorithm>) -> MemberStats {
         MemberStats {
             bytes: 0,
             newlines: 0,
             tail: [0; TAIL],
-            content: fingerprint.then(CopyTextDigest::default),
+            content: fingerprint.map(CopyTextDigest::new),
         }
     }
 

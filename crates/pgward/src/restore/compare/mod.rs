@@ -21,7 +21,7 @@ pub use tables::{FinishedItems, compare_tables};
 use crate::connection::ConnectionTarget;
 use crate::dump::Tool;
 use crate::error::Result;
-use crate::fingerprint::{LargeObjectDigest, TextSettings};
+use crate::fingerprint::{Algorithm, LargeObjectDigest, TextSettings};
 use crate::pipeline::archive::{Toc, TocEntry};
 use crate::repository::manifest::{DrillCheck, Manifest};
 use std::collections::BTreeSet;
@@ -91,7 +91,11 @@ pub fn compare_objects_and_schema(
         .iter()
         .any(|e| e.desc == "BLOBS" && e.has_data && chosen(restored, e))
     {
-        checks.push(compare_large_objects(manifest, &mut client));
+        checks.push(compare_large_objects(
+            manifest,
+            fingerprint_algorithm(manifest)?,
+            &mut client,
+        ));
     }
     let column_findings = compare_column_order(manifest, toc, restored, &mut client);
     // A tool that cannot run (a pg_dump older than the server, say) makes
@@ -192,6 +196,17 @@ fn is_permutation(a: &[String], b: &[String]) -> bool {
     sorted(a) == sorted(b)
 }
 
+const SETUP_FAILED: &str = "cannot set up the verification session";
+
+/// How the backup's fingerprints were taken: the restored data is hashed
+/// the same way.
+fn fingerprint_algorithm(manifest: &Manifest) -> Result<Algorithm> {
+    manifest.fingerprint_algorithm().map_err(|cause| {
+        crate::error::Error::config(format!("backup {} is {cause}", manifest.id))
+            .with_hint("drill it with the pgward that took it, or a newer one")
+    })
+}
+
 /// A session on the restored database, set up as pg_dump's was.
 struct Session<'a> {
     target: &'a ConnectionTarget,
@@ -202,6 +217,22 @@ struct Session<'a> {
 impl Session<'_> {
     fn open(&self) -> Result<postgres::Client> {
         let mut client = self.target.connect()?;
+        client
+            .batch_execute(&self.setup())
+            .map_err(|e| crate::catalog::query_error(SETUP_FAILED, e))?;
+        Ok(client)
+    }
+
+    /// The same session on the async driver, for reading tables back.
+    fn open_streaming(&self) -> Result<crate::connection::StreamingSession> {
+        let session = self.target.connect_streaming()?;
+        session
+            .batch_execute(&self.setup())
+            .map_err(|e| crate::catalog::query_error(SETUP_FAILED, e))?;
+        Ok(session)
+    }
+
+    fn setup(&self) -> String {
         let mut setup = self.settings.set_statements();
         if let Some(encoding) = self.encoding.filter(|e| *e != "UTF8") {
             setup.push_str(&format!(
@@ -209,10 +240,7 @@ impl Session<'_> {
                 encoding.replace('\'', "''")
             ));
         }
-        client.batch_execute(&setup).map_err(|e| {
-            crate::catalog::query_error("cannot set up the verification session", e)
-        })?;
-        Ok(client)
+        setup
     }
 }
 
@@ -281,7 +309,11 @@ fn compare_sequence(
     }
 }
 
-fn compare_large_objects(manifest: &Manifest, client: &mut postgres::Client) -> DrillCheck {
+fn compare_large_objects(
+    manifest: &Manifest,
+    algorithm: Algorithm,
+    client: &mut postgres::Client,
+) -> DrillCheck {
     let name = "large objects".to_string();
     let read = (|| -> std::result::Result<_, postgres::Error> {
         let oids: Vec<u32> = client
@@ -292,7 +324,7 @@ fn compare_large_objects(manifest: &Manifest, client: &mut postgres::Client) -> 
             .iter()
             .map(|row| row.get(0))
             .collect();
-        let mut digest = LargeObjectDigest::default();
+        let mut digest = LargeObjectDigest::new(algorithm);
         let statement = client.prepare("SELECT pg_catalog.lo_get($1, $2, $3)")?;
         for oid in oids {
             digest.begin(oid);

@@ -2,12 +2,12 @@
 //! manifest's row counts and fingerprints.
 
 use super::{RestoredAs, Session, chosen, db_message, session, short};
+use crate::connection::StreamingSession;
 use crate::error::{Error, Result};
-use crate::fingerprint::{ContentFingerprint, CopyTextDigest, MultisetDigest};
+use crate::fingerprint::{Algorithm, ContentFingerprint, CopyTextDigest, MultisetDigest};
 use crate::pipeline::archive::{Toc, TocEntry};
 use crate::repository::manifest::{DrillCheck, Manifest};
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
@@ -26,8 +26,15 @@ pub fn compare_tables(
     jobs: usize,
     finished: Option<FinishedItems>,
 ) -> Result<Vec<DrillCheck>> {
-    let units = read_backs(manifest, toc, restored);
-    compare_units(&units, &session(manifest, restored), jobs, finished)
+    let algorithm = super::fingerprint_algorithm(manifest)?;
+    let units = read_backs(manifest, algorithm, toc, restored);
+    compare_units(
+        &units,
+        algorithm,
+        &session(manifest, restored),
+        jobs,
+        finished,
+    )
 }
 
 /// pg_restore's reports while it runs: its stderr lines, and whether it
@@ -55,6 +62,9 @@ struct ReadBack {
 
 struct Expected {
     rows: u64,
+    /// COPY text in the archive (0 for a union of partitions, which is
+    /// never read in parts).
+    bytes: u64,
     /// None for a manifest before v3: rows are all there is to compare.
     fingerprint: Option<String>,
 }
@@ -79,7 +89,12 @@ fn waits_for(toc: &Toc, restored: &RestoredAs, data: &TocEntry) -> Vec<i64> {
     ids
 }
 
-fn read_backs(manifest: &Manifest, toc: &Toc, restored: &RestoredAs) -> Vec<ReadBack> {
+fn read_backs(
+    manifest: &Manifest,
+    algorithm: Algorithm,
+    toc: &Toc,
+    restored: &RestoredAs,
+) -> Vec<ReadBack> {
     let mut units: Vec<ReadBack> = Vec::new();
     type Group = (Vec<String>, Vec<i64>, MultisetDigest, u64, bool);
     let mut by_root: BTreeMap<String, Group> = BTreeMap::new();
@@ -109,9 +124,15 @@ fn read_backs(manifest: &Manifest, toc: &Toc, restored: &RestoredAs) -> Vec<Read
             continue;
         };
         if entry.definition.starts_with("-- load via partition root") {
-            let group = by_root
-                .entry(relation.clone())
-                .or_insert_with(|| (Vec::new(), Vec::new(), MultisetDigest::default(), 0, true));
+            let group = by_root.entry(relation.clone()).or_insert_with(|| {
+                (
+                    Vec::new(),
+                    Vec::new(),
+                    MultisetDigest::new(algorithm),
+                    0,
+                    true,
+                )
+            });
             group.0.push(name);
             group.1.extend(members);
             match recorded {
@@ -139,6 +160,7 @@ fn read_backs(manifest: &Manifest, toc: &Toc, restored: &RestoredAs) -> Vec<Read
                 None => Err("in the archive but not in the manifest".to_string()),
                 Some(r) => Ok(Expected {
                     rows: r.rows,
+                    bytes: r.bytes,
                     fingerprint: r.fingerprint.clone(),
                 }),
             },
@@ -162,6 +184,7 @@ fn read_backs(manifest: &Manifest, toc: &Toc, restored: &RestoredAs) -> Vec<Read
             schema_table: None,
             expected: Ok(Expected {
                 rows,
+                bytes: 0,
                 fingerprint: fingerprinted.then(|| digest.finish().sum),
             }),
         });
@@ -195,20 +218,41 @@ fn parse_copy_statement(copy_in: &str) -> Option<(String, Option<String>)> {
     }
 }
 
+/// Tables with at least this much COPY text in the archive are read back
+/// in `jobs` parts (ranges of their blocks), one session each: a large
+/// table is often the last one restored, and read whole it would be read
+/// by one session while the others idle.
+const SPLIT_FROM_BYTES: u64 = 64 << 20;
+
+/// One piece of work: a part of a unit.
+type Piece = (usize, usize);
+
 fn compare_units(
     units: &[ReadBack],
+    algorithm: Algorithm,
     session: &Session,
     jobs: usize,
     finished: Option<FinishedItems>,
 ) -> Result<Vec<DrillCheck>> {
+    let parts: Vec<usize> = units
+        .iter()
+        .map(|u| if jobs > 1 && splittable(u) { jobs } else { 1 })
+        .collect();
+    // How each split unit is cut, decided by whichever session comes first.
+    type Plan = std::result::Result<Vec<String>, String>;
+    let plans: Vec<std::sync::OnceLock<Plan>> =
+        units.iter().map(|_| std::sync::OnceLock::new()).collect();
+    type Found = std::result::Result<ContentFingerprint, String>;
+    let partials: Mutex<Vec<Vec<Option<Found>>>> =
+        Mutex::new(parts.iter().map(|n| vec![None; *n]).collect());
     let results: Mutex<Vec<Option<DrillCheck>>> = Mutex::new(vec![None; units.len()]);
     let failure: Mutex<Option<Error>> = Mutex::new(None);
-    let (work, to_do) = std::sync::mpsc::channel::<usize>();
+    let (work, to_do) = std::sync::mpsc::channel::<Piece>();
     let to_do = Mutex::new(to_do);
     std::thread::scope(|scope| {
-        for _ in 0..jobs.clamp(1, units.len().max(1)) {
+        for _ in 0..jobs.clamp(1, parts.iter().sum::<usize>().max(1)) {
             scope.spawn(|| {
-                let mut client = match session.open() {
+                let client = match session.open_streaming() {
                     Ok(client) => Some(client),
                     Err(e) => {
                         failure.lock().expect("not poisoned").get_or_insert(e);
@@ -217,18 +261,55 @@ fn compare_units(
                 };
                 loop {
                     // Holding the lock while waiting is fine: whoever gets
-                    // the next unit lets the others wait for the one after.
+                    // the next piece lets the others wait for the one after.
                     let next = to_do.lock().expect("not poisoned").recv();
-                    let Ok(i) = next else { break };
-                    // Without a session, keep taking units so that the
+                    let Ok((i, part)) = next else { break };
+                    // Without a session, keep taking pieces so that the
                     // dispatcher never blocks; the failure is reported.
-                    if let Some(client) = &mut client {
-                        let check = compare_unit(&units[i], client);
+                    let Some(client) = &client else { continue };
+                    let unit = &units[i];
+                    let found = if unit.expected.is_err() {
+                        Err(String::new()) // judged on the manifest alone
+                    } else if let Some(signal) = crate::interrupt::pending() {
+                        Err(format!(
+                            "not read back: stopped by {}",
+                            crate::pipeline::child::signal_name(signal)
+                        ))
+                    } else {
+                        let statement = if parts[i] == 1 {
+                            read_back_statement(unit, client)
+                        } else {
+                            let plan =
+                                plans[i].get_or_init(|| split_statements(unit, parts[i], client));
+                            match plan {
+                                Ok(statements) => Ok(statements
+                                    .get(part)
+                                    .cloned()
+                                    // Read whole after all: the other parts read nothing.
+                                    .unwrap_or_default()),
+                                Err(e) => Err(e.clone()),
+                            }
+                        };
+                        statement
+                            .map_err(|e| format!("cannot read it back: {e}"))
+                            .and_then(|statement| read_rows(&statement, algorithm, client))
+                    };
+                    let mut partials = partials.lock().expect("not poisoned");
+                    partials[i][part] = Some(found);
+                    if partials[i].iter().all(Option::is_some) {
+                        let found = merged(algorithm, partials[i].drain(..).flatten());
+                        drop(partials);
+                        let check = judge(unit, found);
                         results.lock().expect("not poisoned")[i] = Some(check);
                     }
                 }
             });
         }
+        let send = |i: usize| {
+            for part in 0..parts[i] {
+                let _ = work.send((i, part));
+            }
+        };
         // Dispatch: at once, or as pg_restore reports the data in.
         let mut sent = vec![false; units.len()];
         if let Some(finished) = finished {
@@ -254,7 +335,7 @@ fn compare_units(
                             waiting_for[i] -= 1;
                             if waiting_for[i] == 0 && !sent[i] {
                                 sent[i] = true;
-                                let _ = work.send(i);
+                                send(i);
                             }
                         }
                     }
@@ -273,7 +354,7 @@ fn compare_units(
             }
         }
         for (i, _) in sent.iter().enumerate().filter(|(_, sent)| !**sent) {
-            let _ = work.send(i);
+            send(i);
         }
         drop(work);
     });
@@ -288,10 +369,88 @@ fn compare_units(
         .collect())
 }
 
+/// Whether a unit is worth reading in parts: a whole table (not the union
+/// of partitions loaded through their root, nor an extension's table,
+/// whose rows are chosen by a condition) with a column list and a lot of
+/// data.
+fn splittable(unit: &ReadBack) -> bool {
+    unit.schema_table.is_some()
+        && unit.columns.is_some()
+        && unit
+            .expected
+            .as_ref()
+            .is_ok_and(|e| e.bytes >= SPLIT_FROM_BYTES)
+}
+
+/// The statements that read a table in `parts` ranges of its blocks (TID
+/// range scans, PostgreSQL 14 and later), the last one open-ended; one
+/// statement reading it whole when it cannot be cut (an older server, not
+/// an ordinary table, an extension's table, few blocks) or when asking
+/// fails (the whole read then reports the cause).
+fn split_statements(
+    unit: &ReadBack,
+    parts: usize,
+    client: &StreamingSession,
+) -> std::result::Result<Vec<String>, String> {
+    let whole = || read_back_statement(unit, client).map(|statement| vec![statement]);
+    let Some(columns) = &unit.columns else {
+        return whole();
+    };
+    let facts = client.query_opt(
+        "SELECT c.relkind::text, \
+                (pg_catalog.pg_relation_size(c.oid) \
+                 / pg_catalog.current_setting('block_size')::int)::bigint, \
+                pg_catalog.current_setting('server_version_num')::int, \
+                EXISTS (SELECT FROM pg_catalog.pg_extension e WHERE c.oid = ANY (e.extconfig)) \
+           FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($1)",
+        &[&unit.relation],
+    );
+    let Ok(Some(row)) = facts else {
+        return whole();
+    };
+    let (kind, blocks, version, extension): (String, i64, i32, bool) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    let parts = parts as i64;
+    if kind != "r" || version < 140000 || extension || blocks < 16 * parts {
+        return whole();
+    }
+    Ok((0..parts)
+        .map(|k| {
+            let from = blocks * k / parts;
+            let to = blocks * (k + 1) / parts;
+            let range = match (k, k + 1 == parts) {
+                (0, _) => format!("ctid < '({to},0)'::pg_catalog.tid"),
+                (_, true) => format!("ctid >= '({from},0)'::pg_catalog.tid"),
+                _ => format!(
+                    "ctid >= '({from},0)'::pg_catalog.tid AND ctid < '({to},0)'::pg_catalog.tid"
+                ),
+            };
+            format!(
+                "COPY (SELECT {columns} FROM ONLY {} WHERE {range}) TO STDOUT",
+                unit.relation
+            )
+        })
+        .collect())
+}
+
+/// The union of the parts' rows; the first part's failure when one failed.
+fn merged(
+    algorithm: Algorithm,
+    parts: impl Iterator<Item = std::result::Result<ContentFingerprint, String>>,
+) -> std::result::Result<ContentFingerprint, String> {
+    let mut digest = MultisetDigest::new(algorithm);
+    for part in parts {
+        if !digest.merge(&part?) {
+            return Err("a part's fingerprint cannot be added up".to_string());
+        }
+    }
+    Ok(digest.finish())
+}
+
 /// The statement that reads back what pg_dump wrote: the archive's column
 /// list; for an extension's configuration table only the rows pg_dump
 /// dumps (its `extcondition`), as pg_dump selects them.
-fn read_back_statement(unit: &ReadBack, client: &mut postgres::Client) -> Result<String, String> {
+fn read_back_statement(unit: &ReadBack, client: &StreamingSession) -> Result<String, String> {
     let condition: Option<String> = match &unit.schema_table {
         Some((schema, table)) => client
             .query_opt(
@@ -325,48 +484,46 @@ fn read_back_statement(unit: &ReadBack, client: &mut postgres::Client) -> Result
     )
 }
 
-fn compare_unit(unit: &ReadBack, client: &mut postgres::Client) -> DrillCheck {
+/// The rows `statement` reads (an empty one reads nothing), fingerprinted.
+fn read_rows(
+    statement: &str,
+    algorithm: Algorithm,
+    client: &StreamingSession,
+) -> std::result::Result<ContentFingerprint, String> {
+    let mut digest = CopyTextDigest::new(algorithm);
+    if !statement.is_empty() {
+        client
+            .copy_out(statement, |row| {
+                if let Some(signal) = crate::interrupt::pending() {
+                    return Err(format!(
+                        "stopped by {}",
+                        crate::pipeline::child::signal_name(signal)
+                    ));
+                }
+                digest.update(row);
+                Ok(())
+            })
+            .map_err(|e| format!("cannot read it back: {e}"))?;
+    }
+    Ok(digest.finish())
+}
+
+/// What was read back, held against what the manifest recorded.
+fn judge(unit: &ReadBack, found: std::result::Result<ContentFingerprint, String>) -> DrillCheck {
     let fail = |detail: String| DrillCheck {
         name: unit.name.clone(),
         ok: false,
         detail,
         finding: None,
     };
-    if let Some(signal) = crate::interrupt::pending() {
-        return fail(format!(
-            "not read back: stopped by {}",
-            crate::pipeline::child::signal_name(signal)
-        ));
-    }
     let expected = match &unit.expected {
         Ok(expected) => expected,
         Err(why) => return fail(why.clone()),
     };
-    let mut digest = CopyTextDigest::default();
-    let read = (|| -> std::result::Result<(), String> {
-        let statement = read_back_statement(unit, client)?;
-        let mut reader = client
-            .copy_out(statement.as_str())
-            .map_err(|e| db_message(&e))?;
-        let mut buffer = vec![0u8; 256 * 1024];
-        loop {
-            if let Some(signal) = crate::interrupt::pending() {
-                return Err(format!(
-                    "stopped by {}",
-                    crate::pipeline::child::signal_name(signal)
-                ));
-            }
-            let n = reader.read(&mut buffer).map_err(|e| e.to_string())?;
-            if n == 0 {
-                return Ok(());
-            }
-            digest.update(&buffer[..n]);
-        }
-    })();
-    if let Err(e) = read {
-        return fail(format!("cannot read it back: {e}"));
-    }
-    let found = digest.finish();
+    let found = match found {
+        Ok(found) => found,
+        Err(e) => return fail(e),
+    };
     let Some(fingerprint) = &expected.fingerprint else {
         return DrillCheck {
             name: unit.name.clone(),
