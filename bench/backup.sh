@@ -8,24 +8,27 @@
 # a test: it prints figures and PASS/MISS per target, and exits 0 when every
 # figure could be measured (2 when pgward could not be built or run).
 #
-# Usage: bench/backup.sh [--scale N] [--keep] [--dir DIR]
+# Usage: bench/backup.sh [--scale N] [--runs N] [--keep] [--dir DIR]
 #   --scale N  pgbench scale (default 70); the database also gets the
 #              events table (N*25000 rows) and audit.log (N*6250 rows). Each
 #              scale step is ~15 MB of pgbench plus ~15 MB of events: scale 2
 #              is ~70 MB, scale 70 ~2.1 GB
+#   --runs N   runs of each command, alternating (default 3); medians shown
 #   --keep     keep the cluster dir (stopped) for re-runs
 #   --dir DIR  cluster dir to use; if it holds a loaded sandbox from an earlier
 #              --keep run, the data load is skipped
-# Environment: PGWARD_TMPDIR (default /var/tmp) for the temp dir,
+# Environment: PGWARD_BENCH_BIN measures that pgward binary instead of
+#   building one (for before/after tables),
+#   PGWARD_TMPDIR (default /var/tmp) for the temp dir,
 #   PGWARD_BENCH_TIMEOUT (default 3600) seconds before a pgward run is killed,
 #   PGWARD_BENCH_SAMPLE (default 0.05) seconds between RSS samples of pgward.
 #
-# Each command runs twice, in sequence (floor, -Fc, gzip, -Fc | gpg, pgward,
-# pgward encrypted, then again); the table shows the best (lowest) wall time
-# of the two and the highest peak RSS seen. Targets: pgward time <= 1.15 x
-# floor; pgward time <= 0.6 x `pg_dump -Fc` time; encrypted pgward time <=
-# 1.15 x floor and <= 0.55 x `pg_dump -Fc | gpg --encrypt`; pgward's own peak
-# RSS <= 64 MiB, encrypted or not. Both encrypt to the same key, gpg 2.2's
+# Each command runs --runs times, alternating (floor, -Fc, gzip, -Fc | gpg,
+# pgward, pgward encrypted, then again); the table shows the median wall time
+# with its range, and the highest peak RSS seen. Targets: pgward time <= 1.10
+# x floor; encrypted pgward time <= 1.17 x floor and <= 0.45 x `pg_dump -Fc |
+# gpg --encrypt`; pgward's own peak RSS <= 64 MiB, encrypted or not (pgward /
+# `pg_dump -Fc` is shown for information). Both encrypt to the same key, gpg 2.2's
 # default (RSA-3072 primary and encryption subkey), made by gpg in a
 # throwaway GNUPGHOME.
 #
@@ -84,9 +87,9 @@ mkdir -p "$out"
 printf 'pg_dump: %s; cores: %s\n\n' "$(pg_dump --version)" "$(nproc)"
 
 # --- measurements -------------------------------------------------------------
-# Results per key: best seconds, max RSS KiB, output bytes, and for pgward the
-# tree RSS too. Keys: floor, fc, gzip, pgward.
-declare -A best_s=() rss_kib=() out_bytes=() tree_kib=()
+# Results per key: seconds (bench_add), max RSS KiB, output bytes, and for
+# pgward the tree RSS too. Keys: floor, fc, gzip, pgward.
+declare -A rss_kib=() out_bytes=() tree_kib=()
 keys=(floor fc gzip gpg pgward pgward_enc)
 declare -A label=(
   [floor]="pg_dump -Ft demo > /dev/null (floor)"
@@ -112,9 +115,7 @@ EOF
 
 record() { # key seconds rss_kib(may be empty: unknown) bytes
   local k=$1 s=$2 r=$3 b=$4
-  if [[ -z ${best_s[$k]:-} ]] || awk -v a="$s" -v b="${best_s[$k]}" 'BEGIN { exit !(a < b) }'; then
-    best_s[$k]=$s
-  fi
+  bench_add "$k" "$s"
   if [[ -n $r ]] && [[ -z ${rss_kib[$k]:-} || $r -gt ${rss_kib[$k]} ]]; then rss_kib[$k]=$r; fi
   out_bytes[$k]=$b
 }
@@ -206,8 +207,8 @@ time_pgward() {
 
 # The scripts below are run by `bash -c SCRIPT _ FILE`: "$1" is the output file.
 # shellcheck disable=SC2016
-for pass in 1 2; do
-  printf 'pass %s of 2\n' "$pass"
+for ((pass = 1; pass <= runs; pass++)); do
+  printf 'run %s of %s\n' "$pass" "$runs"
   time_baseline floor 'pg_dump -Ft demo > /dev/null'
   time_baseline fc 'pg_dump -Fc demo > "$1"'
   time_baseline gzip 'pg_dump demo | gzip > "$1"'
@@ -222,10 +223,11 @@ done
 
 # --- report -------------------------------------------------------------------
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
-printf '\n%-40s %9s %12s %14s\n' command seconds "output MiB" "peak RSS MiB"
+printf '\n%-40s %9s %12s %12s %14s\n' command median range "output MiB" "peak RSS MiB"
 for k in "${keys[@]}"; do
-  if [[ -z ${best_s[$k]:-} ]]; then
-    printf '%-40s %9s %12s %14s\n' "${label[$k]}" n/a n/a n/a
+  m=$(bench_median "$k")
+  if [[ -z $m ]]; then
+    printf '%-40s %9s %12s %12s %14s\n' "${label[$k]}" n/a n/a n/a n/a
     continue
   fi
   size=-
@@ -234,37 +236,26 @@ for k in "${keys[@]}"; do
   [[ -n ${rss_kib[$k]:-} ]] && rss=$(mib "${rss_kib[$k]}")
   note=""
   [[ $k == pgward* ]] && note="  (pgward's own; with its pg_dump child: $(mib "${tree_kib[$k]}"))"
-  printf '%-40s %9.2f %12s %14s%s\n' "${label[$k]}" "${best_s[$k]}" "$size" "$rss" "$note"
+  printf '%-40s %9s %12s %12s %14s%s\n' "${label[$k]}" "$m" "$(bench_range "$k")" "$size" "$rss" "$note"
 done
 
-# verdict NAME VALUE TARGET UNIT: PASS when VALUE <= TARGET.
-verdict() {
-  local name=$1 v=$2 t=$3 unit=$4
-  if [[ -z $v ]]; then
-    printf '%-40s %9s   target <= %-9s MISS (not measured)\n' "$name" n/a "$t$unit"
-  else
-    printf '%-40s %9s   target <= %-9s %s\n' "$name" "$v$unit" "$t$unit" \
-      "$(awk -v v="$v" -v t="$t" 'BEGIN { print (v <= t) ? "PASS" : "MISS" }')"
-  fi
-}
-# ratio A B: A / B to two decimals, or nothing when either is unknown.
-ratio() { if [[ -n ${1:-} && -n ${2:-} ]]; then awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; fi; }
 printf '\n'
-pw=${best_s[pgward]:-}
-verdict "time pgward / floor" "$(ratio "$pw" "${best_s[floor]:-}")" 1.15 ""
-verdict "time pgward / pg_dump -Fc" "$(ratio "$pw" "${best_s[fc]:-}")" 0.6 ""
+pw=$(bench_median pgward)
+floor=$(bench_median floor)
+bench_verdict "time pgward / floor" "$(bench_ratio "$pw" "$floor")" 1.10
+printf '%-44s %10s   (information only)\n' "time pgward / pg_dump -Fc" "$(bench_ratio "$pw" "$(bench_median fc)")"
 own_mib=""
 if [[ -n ${rss_kib[pgward]:-} ]]; then own_mib=$(mib "${rss_kib[pgward]}"); fi
-verdict "pgward own peak RSS" "$own_mib" 64 " MiB"
-pe=${best_s[pgward_enc]:-}
-verdict "time encrypted pgward / floor" "$(ratio "$pe" "${best_s[floor]:-}")" 1.15 ""
-verdict "time encrypted pgward / -Fc | gpg" "$(ratio "$pe" "${best_s[gpg]:-}")" 0.55 ""
+bench_verdict "pgward own peak RSS, MiB" "$own_mib" 64
+pe=$(bench_median pgward_enc)
+bench_verdict "time encrypted pgward / floor" "$(bench_ratio "$pe" "$floor")" 1.17
+bench_verdict "time encrypted pgward / -Fc | gpg" "$(bench_ratio "$pe" "$(bench_median gpg)")" 0.45
 enc_mib=""
 if [[ -n ${rss_kib[pgward_enc]:-} ]]; then enc_mib=$(mib "${rss_kib[pgward_enc]}"); fi
-verdict "encrypted pgward own peak RSS" "$enc_mib" 64 " MiB"
+bench_verdict "encrypted pgward own peak RSS, MiB" "$enc_mib" 64
 if [[ -n $pw ]]; then
-  printf '%-40s %9s   (information only)\n' "size pgward / pg_dump -Fc" \
-    "$(ratio "${out_bytes[pgward]}" "${out_bytes[fc]}")"
+  printf '%-44s %10s   (information only)\n' "size pgward / pg_dump -Fc" \
+    "$(bench_ratio "${out_bytes[pgward]}" "${out_bytes[fc]}")"
 fi
 
 if [[ -n $pgward_problem ]]; then

@@ -307,6 +307,10 @@ impl ArchiveSource {
                 decoder
             })
             .map_err(CopyError::Read)?;
+        // The archive's sha256 costs as much as decoding it: a third thread
+        // (the spool is written before pg_restore starts, so both cores are
+        // there to use).
+        let mut hasher = crate::pipeline::offload::Offloaded::new(std::mem::take(&mut self.hasher));
         let mut total = 0u64;
         // Once the sink stops taking data (pg_restore has what it was asked
         // for), what is already decoded is still observed, and the rest
@@ -320,7 +324,7 @@ impl ArchiveSource {
                 Err(_) => break sink_failed.map_or(Ok(total), |e| Err(CopyError::Write(e))),
                 Ok(Err(e)) => break Err(CopyError::Read(e)),
                 Ok(Ok(chunk)) => {
-                    self.hasher.observe(&chunk);
+                    hasher.observe(&chunk);
                     self.inspector.update(&chunk);
                     if sink_failed.is_none() {
                         match sink.write_all(&chunk) {
@@ -333,6 +337,7 @@ impl ArchiveSource {
         };
         drop(receive);
         self.decoder = thread.join().expect("the decoding thread does not panic");
+        self.hasher = hasher.into_inner();
         outcome
     }
 }
