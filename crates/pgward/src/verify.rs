@@ -517,15 +517,15 @@ fn verify_content(
             return false;
         }
     };
-    // Hashing and inspecting the plaintext cost about what decompressing
-    // it does: on a thread of their own, verify runs at the speed of the
-    // slower half instead of the sum.
+    // Hashing the plaintext costs about what decompressing it does, and
+    // inspecting it half that: each on a thread of its own, verify runs at
+    // the speed of the slowest instead of the sum.
     let mut plain_sink = ObserveWrite::new(
         std::io::sink(),
-        Offloaded::new((
-            StreamHasher::default(),
-            ArchiveInspector::fingerprinting(format, algorithm),
-        )),
+        (
+            Offloaded::new(StreamHasher::default()),
+            Offloaded::new(ArchiveInspector::fingerprinting(format, algorithm)),
+        ),
     );
     let mut decoder = match compress::decoder(compressed) {
         Ok(d) => d,
@@ -555,8 +555,8 @@ fn verify_content(
         "zstd frames complete, checksums match",
     );
 
-    let (_, observers) = plain_sink.into_parts();
-    let (plain_hasher, inspector) = observers.into_inner();
+    let (_, (plain_hasher, inspector)) = plain_sink.into_parts();
+    let (plain_hasher, inspector) = (plain_hasher.into_inner(), inspector.into_inner());
     let plain = plain_hasher.finish();
     checks.compare("archive size", manifest.archive.bytes, plain.bytes);
     checks.compare(
