@@ -154,7 +154,7 @@ time_pgward() {
   # The loop forks only `sleep` (and pgrep until pgward is seen): cheap
   # enough to poll often on a 2-core machine.
   while kill -0 "$tpid" 2>/dev/null; do
-    [[ -n $ppid ]] || ppid=$(pgrep -P "$tpid" -x "$(basename "$pgward")" || true)
+    [[ -n $ppid ]] || ppid=$(pgrep -P "$tpid" || true) # the one child of time: pgward
     nap=$sample_s
     [[ -n $ppid ]] || nap=0.02 # catch even a short run
     if [[ -n $ppid && -r /proc/$ppid/status ]]; then

@@ -16,7 +16,9 @@
 #   --dir DIR  cluster dir to use; a loaded sandbox from an earlier --keep run
 #              of any bench script is reused as it is
 # Environment: PGWARD_BENCH_BIN measures that pgward binary instead of
-# building one (for before/after tables).
+# building one; PGWARD_BENCH_COMPARE=BIN also measures BIN's drill in the same
+# alternation (of a backup BIN takes itself), for a before/after table whose
+# two sides saw the same machine.
 #
 # Measured in alternation, --runs times each; the median wall time is shown
 # with the range, and the drill's own peak RSS (GNU time's %M, which is the
@@ -65,12 +67,23 @@ zstd -q -d "$artifact" -o "$out/same.dump"
 pg_dump -Fc -f "$out/offsets.dump" demo
 
 keys=(same offsets drill drill1)
+compare=${PGWARD_BENCH_COMPARE:-}
+if [[ -n $compare ]]; then
+  [[ -x $compare ]] || {
+    log "PGWARD_BENCH_COMPARE=$compare is not an executable"
+    exit 2
+  }
+  keys+=(compare)
+  log "$compare backup (for the compared drill)"
+  "$compare" --repo "$out/repo-compare" backup --dbname demo >/dev/null
+fi
 declare -A rss_kib=()
 declare -A label=(
   [same]="pg_restore -j2 (same archive)"
   [offsets]="pg_restore -j2 (pg_dump -Fc file)"
   [drill]="pgward drill (--jobs 2)"
   [drill1]="pgward drill --jobs 1 (streamed)"
+  [compare]="compared binary: drill (--jobs 2)"
 )
 seconds_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }'; }
 
@@ -87,11 +100,12 @@ time_pg_restore() { # KEY FILE
 
 problem=""
 time_drill() { # KEY ARGS...
-  local k=$1 t0 s split r
+  local k=$1 t0 s split r bin=$pgward from=$repo
   shift
+  if [[ $k == compare ]]; then bin=$compare from="$out/repo-compare"; fi
   t0=$EPOCHREALTIME
   if ! /usr/bin/time -f '%M' -o "$out/drill.rss" \
-    "$pgward" --json --repo "$repo" drill latest "$@" >"$out/drill.json" 2>"$out/drill.err"; then
+    "$bin" --json --repo "$from" drill latest "$@" >"$out/drill.json" 2>"$out/drill.err"; then
     log "pgward drill failed:"
     sed 's/^/    /' "$out/drill.err" >&2
     problem="pgward drill failed"
@@ -111,6 +125,7 @@ for ((pass = 1; pass <= runs; pass++)); do
   time_pg_restore offsets "$out/offsets.dump"
   time_drill drill || true
   time_drill drill1 --jobs 1 || true
+  if [[ -n $compare ]]; then time_drill compare || true; fi
 done
 
 printf '\n%-40s %9s %12s %10s\n' command median range "RSS MiB"
@@ -127,6 +142,10 @@ printf '%-44s %10s   (information only)\n' "drill / pg_restore -j2 (same archive
   "$(bench_ratio "$(bench_median drill)" "$(bench_median same)")"
 printf '%-44s %10s   (information only)\n' "drill --jobs 1 / pg_restore -j2 (pg_dump -Fc)" \
   "$(bench_ratio "$(bench_median drill1)" "$(bench_median offsets)")"
+if [[ -n $compare ]]; then
+  printf '%-44s %10s   (information only)\n' "compared drill / pg_restore -j2 (pg_dump -Fc)" \
+    "$(bench_ratio "$(bench_median compare)" "$(bench_median offsets)")"
+fi
 printf '%-44s %10s   (the tree: pgward or its pg_restore)\n' "drill peak RSS, MiB" \
   "$(awk -v a="${rss_kib[drill]:-0}" -v b="${rss_kib[drill1]:-0}" 'BEGIN { m = a > b ? a : b; if (m) printf "%.1f", m / 1024 }')"
 if [[ -n $problem ]]; then

@@ -96,6 +96,10 @@ bench_leave_dir() {
 # bench_build: cargo build --release; sets pgward. Fails when there is no
 # binary to measure.
 bench_build() {
+  [[ -x /usr/bin/time ]] || {
+    log "GNU time (/usr/bin/time) is missing: run scripts/install-deps.sh"
+    return 1
+  }
   if ! command -v cargo >/dev/null 2>&1 && [[ -x ${CARGO_HOME:-$HOME/.cargo}/bin/cargo ]]; then
     PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
   fi

@@ -38,6 +38,18 @@ pub struct DrillReport {
 const MAX_NAME: usize = 63;
 
 /// `pgward_drill_<backup id>_<random>`, within PostgreSQL's name limit.
+/// `error`, saying also that the scratch database could not be dropped
+/// when that failed too (it is left behind and must be dropped by hand).
+fn with_drop_failure(error: Error, dropped: Result<()>) -> Error {
+    match dropped {
+        Ok(()) => error,
+        Err(drop) => error.append(format!(
+            "and the scratch database was left behind: {}",
+            drop.message()
+        )),
+    }
+}
+
 pub fn scratch_name(backup_id: &str) -> String {
     let suffix = format!("_{:08x}", rand::random::<u32>());
     let prefix = "pgward_drill_";
@@ -90,10 +102,10 @@ pub fn run(
     };
     let was_created = matches!(created, Some(Ok(())));
     if let Some(interrupted) = restoring.interrupted() {
-        if was_created {
-            server.drop_database(&scratch)?;
-        }
-        return Err(interrupted);
+        return Err(match was_created {
+            true => with_drop_failure(interrupted, server.drop_database(&scratch)),
+            false => interrupted,
+        });
     }
     let (outcome, restored_to, dropped) = match (prepared, created) {
         (Err(e), _) => {
@@ -128,7 +140,7 @@ pub fn run(
     if let Err(e) = &outcome
         && !matches!(e.kind(), ErrorKind::Restore | ErrorKind::Integrity)
     {
-        return Err(outcome.expect_err("checked"));
+        return Err(with_drop_failure(outcome.expect_err("checked"), dropped));
     }
     let (checks, restore, restore_error) = match outcome {
         Ok(report) => (report.checks.clone(), Some(report), None),

@@ -234,6 +234,9 @@ fn run_checking(
             None => {
                 content_checked = true;
                 if let Some(file) = rewound(&mut checks) {
+                    // Reading on a thread of its own: both cores are then
+                    // busy with the checks (see verify_content).
+                    let file = crate::pipeline::offload::ReadAhead::new(file);
                     verify_content(&manifest, file, &mut checks, progress);
                 }
             }
@@ -246,6 +249,7 @@ fn run_checking(
                     require_recipient(&manifest, encryption, &decryptor)?;
                     content_checked = true;
                     if let Some(file) = rewound(&mut checks) {
+                        let file: Stream = Box::new(crate::pipeline::offload::ReadAhead::new(file));
                         verify_encrypted(&manifest, file, &decryptor, &mut checks, progress)?;
                     }
                 }

@@ -1320,6 +1320,14 @@ pub(crate) fn parse_manifest(
             manifest.format, manifest.format_version
         ));
     }
+    // Fingerprints of a hash this pgward does not know are a newer
+    // format too, not damage.
+    if let Err(cause) = manifest.fingerprint_algorithm() {
+        return Err(format!(
+            "{NEWER_FORMAT} {} v{}: {cause}",
+            manifest.format, manifest.format_version
+        ));
+    }
     if !is_backup_id(id) || manifest.id != id {
         return Err(format!(
             "not the manifest of a backup named so: it says id {:?}",

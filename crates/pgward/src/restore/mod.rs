@@ -361,7 +361,8 @@ impl<'a> Restoring<'a> {
     /// runs in two phases, schema and data, then the post-data section
     /// (indexes, constraints, triggers, grants), during which the tables
     /// are read back. Sequences, large objects and the schema are compared
-    /// at the end.
+    /// once pg_restore is done: spooled, while the last tables are still
+    /// being read back; streamed, after them.
     pub(crate) fn restore_and_compare(
         &mut self,
         mut prepared: Prepared,

@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
-/// Every restored table's rows against the manifest, `jobs` tables at a
+/// Every restored table's rows against the manifest, `jobs` sessions
+/// reading tables (or parts of large ones, see [`SPLIT_FROM_BYTES`]) at a
 /// time. Runs while pg_restore builds indexes and constraints: reading a
 /// table only waits for the moment a constraint locks it.
 ///
@@ -299,7 +300,11 @@ fn compare_units(
                     if partials[i].iter().all(Option::is_some) {
                         let found = merged(algorithm, partials[i].drain(..).flatten());
                         drop(partials);
-                        let check = judge(unit, found);
+                        let read_in = plans[i]
+                            .get()
+                            .and_then(|plan| plan.as_ref().ok())
+                            .map_or(1, Vec::len);
+                        let check = judge(unit, found, read_in);
                         results.lock().expect("not poisoned")[i] = Some(check);
                     }
                 }
@@ -508,8 +513,13 @@ fn read_rows(
     Ok(digest.finish())
 }
 
-/// What was read back, held against what the manifest recorded.
-fn judge(unit: &ReadBack, found: std::result::Result<ContentFingerprint, String>) -> DrillCheck {
+/// What was read back (in `read_in` parts), held against what the
+/// manifest recorded.
+fn judge(
+    unit: &ReadBack,
+    found: std::result::Result<ContentFingerprint, String>,
+    read_in: usize,
+) -> DrillCheck {
     let fail = |detail: String| DrillCheck {
         name: unit.name.clone(),
         ok: false,
@@ -539,7 +549,14 @@ fn judge(unit: &ReadBack, found: std::result::Result<ContentFingerprint, String>
         DrillCheck {
             name: unit.name.clone(),
             ok: true,
-            detail: format!("{} rows, fingerprint {}", found.count, short(fingerprint)),
+            detail: match read_in {
+                1 => format!("{} rows, fingerprint {}", found.count, short(fingerprint)),
+                parts => format!(
+                    "{} rows, fingerprint {} (read back in {parts} parts)",
+                    found.count,
+                    short(fingerprint)
+                ),
+            },
             finding: None,
         }
     } else {
