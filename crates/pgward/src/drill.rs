@@ -37,7 +37,6 @@ pub struct DrillReport {
 /// PostgreSQL's limit on a database name (NAMEDATALEN - 1).
 const MAX_NAME: usize = 63;
 
-/// `pgward_drill_<backup id>_<random>`, within PostgreSQL's name limit.
 /// `error`, saying also that the scratch database could not be dropped
 /// when that failed too (it is left behind and must be dropped by hand).
 fn with_drop_failure(error: Error, dropped: Result<()>) -> Error {
@@ -50,6 +49,7 @@ fn with_drop_failure(error: Error, dropped: Result<()>) -> Error {
     }
 }
 
+/// `pgward_drill_<backup id>_<random>`, within PostgreSQL's name limit.
 pub fn scratch_name(backup_id: &str) -> String {
     let suffix = format!("_{:08x}", rand::random::<u32>());
     let prefix = "pgward_drill_";
