@@ -9,6 +9,7 @@
 # Installs, only when missing:
 #   - PostgreSQL server binaries (postgresql-<major>, /usr/lib/postgresql/<major>/bin),
 #     which also bring the client (psql, pg_dump, pg_restore) and pgbench;
+#   - PostGIS for that server (postgresql-<major>-postgis-3), for the tests;
 #   - zstd, gnupg (gpg), GNU time (/usr/bin/time -v for peak RSS), a C compiler
 #     (for -sys crates), libclang-dev (bindgen, for PostgreSQL's SQL parser);
 #   - the tests' S3 server (tools/s3-test-server), with cargo install (after
@@ -46,6 +47,15 @@ command -v strace >/dev/null 2>&1 || missing+=(strace)
 command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 # The TLS tests make a throwaway CA and certificates with it.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# The tests back up and restore databases that use PostGIS (contrib's
+# extensions come with the server package): its package for every server
+# major installed here.
+for d in /usr/lib/postgresql/*/bin; do
+  [[ -x $d/postgres ]] || continue
+  major=$(basename "$(dirname "$d")")
+  [[ -f /usr/share/postgresql/$major/extension/postgis.control ]] ||
+    missing+=("postgresql-$major-postgis-3")
+done
 # `apply` splits SQL with PostgreSQL's own parser (the pg_query crate builds
 # libpg_query and runs bindgen, which needs libclang).
 dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
@@ -76,7 +86,7 @@ else
       fi
     fi
     [[ -n $pgpkg ]] || die "apt knows no postgresql-<major> package"
-    missing+=("$pgpkg")
+    missing+=("$pgpkg" "$pgpkg-postgis-3")
   fi
 
   # No service may start while we install (Debian's invoke-rc.d and

@@ -1296,6 +1296,8 @@ fn apply_target_args(config: &mut Config, args: &TargetArgs) -> Result<(), Error
             exclude_schemas: args.exclude_schemas.clone(),
             tables: args.tables.clone(),
             exclude_tables: args.exclude_tables.clone(),
+            // How the scope restores is the configuration's to say.
+            standalone: config.scope.standalone,
         };
         config.scope.validate()?;
     }

@@ -387,12 +387,18 @@ pub fn restore(report: &pgward::restore::RestoreReport, json: bool) {
         report.verify_ms as f64 / 1000.0
     );
     text.push_str(&drill_checks_text(&report.checks));
+    text.push_str(&notes_text(&report.notes));
     text.push_str(if report.ok {
         "every restored table, sequence and large object equals the backup; the schema came back\n"
     } else {
         "the restored database does NOT match the backup; it was kept for inspection\n"
     });
     out(&text);
+}
+
+/// What a verdict cannot vouch for, one `note:` line each.
+fn notes_text(notes: &[String]) -> String {
+    notes.iter().map(|n| format!("  note     {n}\n")).collect()
 }
 
 /// The JSON document of a drill.
@@ -423,6 +429,7 @@ pub fn drill(report: &pgward::drill::DrillReport, json: bool) {
         }
     );
     text.push_str(&drill_checks_text(&record.checks));
+    text.push_str(&notes_text(&record.notes));
     if !record.accepted_findings.is_empty() {
         text.push_str(&format!(
             "accepted findings ([drill] accept): {}\n",

@@ -7,6 +7,7 @@
 //! facts), then pg_dump's version, and only then the dump. From the moment
 //! the staging file exists, every failure path ends in `quarantine/`.
 
+use crate::catalog::dependencies::ScopeDependencies;
 use crate::catalog::{CatalogSession, ServerInfo};
 use crate::clock;
 use crate::config::Config;
@@ -102,6 +103,8 @@ pub fn run(
     check_pin(config, &server)?;
     let dump_scope = session.resolve_scope(&config.scope)?;
     let expected_tables = session.tables_with_data(&dump_scope)?;
+    let dependencies = session.dependencies(&dump_scope)?;
+    require_standalone(&config.scope, &dependencies)?;
     // What the archive cannot carry, read in the same snapshot.
     let column_order = session.column_orders(&dump_scope)?;
     let restore_hazards = session.restore_hazards(&dump_scope, &server)?;
@@ -110,6 +113,7 @@ pub fn run(
     let pg_dump = PgDump::pg_dump(&config.pg_dump);
     let pg_dump_version = pg_dump.version()?;
     crate::dump::require_can_dump(&pg_dump_version, &server)?;
+    crate::dump::require_can_include_extensions(&pg_dump_version, &dump_scope, &dependencies)?;
     let catalog = repo.catalog()?;
     let previous = catalog
         .backups
@@ -182,6 +186,7 @@ pub fn run(
         column_order: &column_order,
         restore_hazards: &restore_hazards,
         dump_scope: &dump_scope,
+        dependencies: &dependencies,
         snapshot: snapshot.as_deref(),
         text_settings: &text_settings,
         previous: previous.as_ref(),
@@ -385,6 +390,36 @@ fn interrupted(signal: i32) -> Error {
 }
 
 /// Refuses a cluster other than the one the configuration pins.
+/// A scope that depends on objects outside itself does not restore into
+/// an empty database; unless the configuration says it is meant for a
+/// prepared one, it is not backed up.
+fn require_standalone(scope: &crate::scope::Scope, needs: &ScopeDependencies) -> Result<()> {
+    if !scope.standalone || needs.outside.is_empty() {
+        return Ok(());
+    }
+    let objects: Vec<String> = needs.outside.iter().map(|o| o.describe()).collect();
+    let remedies: Vec<String> = needs
+        .outside
+        .iter()
+        .map(|o| o.remedy(scope))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    Err(Error::config(format!(
+        "the scope depends on {} outside it, so its backup would not restore on its own: {}",
+        if objects.len() == 1 {
+            "an object".to_string()
+        } else {
+            format!("{} objects", objects.len())
+        },
+        objects.join("; ")
+    ))
+    .with_hint(format!(
+        "{} (`pgward check` lists them)",
+        remedies.join("; ")
+    )))
+}
+
 fn check_pin(config: &Config, server: &ServerInfo) -> Result<()> {
     match &config.connection.system_identifier {
         Some(pin) if *pin != server.system_identifier => Err(Error::config(format!(
@@ -428,6 +463,7 @@ pub fn dry_run(config: &Config, env: Env) -> Result<DryRun> {
         pg_dump_arguments: pg_dump.dump_arguments(
             &target,
             check.resolved_scope.as_ref().unwrap_or(&config.scope),
+            check.dependencies.as_ref().unwrap_or(&Default::default()),
             None,
             &TextSettings::pg_dump(),
         ),
@@ -477,6 +513,9 @@ struct Run<'a> {
     /// The scope as given to pg_dump (partitions of named partitioned
     /// tables added); the manifest records the configured scope.
     dump_scope: &'a crate::scope::Scope,
+    /// What the scope needs from outside itself: the extensions dumped with
+    /// it, recorded with the schemas a restore creates first.
+    dependencies: &'a ScopeDependencies,
     snapshot: Option<&'a str>,
     text_settings: &'a TextSettings,
     previous: Option<&'a Manifest>,
@@ -531,6 +570,7 @@ impl Run<'_> {
         let command = self.pg_dump.dump_command(
             self.target,
             self.dump_scope,
+            self.dependencies,
             self.snapshot,
             self.text_settings,
         );
@@ -651,6 +691,7 @@ impl Run<'_> {
             database: self.server.database.clone(),
             connection: self.target.describe(),
             scope: self.config.scope.clone(),
+            dependencies: self.dependencies.clone(),
             started_at: clock::rfc3339(self.started),
             finished_at: clock::rfc3339(finished),
             duration_ms: finished.duration_since(self.started).as_millis().max(0) as u64,
@@ -661,6 +702,7 @@ impl Run<'_> {
                 arguments: self.pg_dump.dump_arguments(
                     self.target,
                     self.dump_scope,
+                    self.dependencies,
                     self.snapshot,
                     self.text_settings,
                 ),

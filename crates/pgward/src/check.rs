@@ -9,6 +9,7 @@
 //! function of their own. An item that cannot be evaluated is a FAIL that
 //! says why: the matrix never passes by omission.
 
+use crate::catalog::dependencies::ScopeDependencies;
 use crate::catalog::privileges::PrivilegeReport;
 use crate::catalog::{CatalogSession, ServerInfo};
 use crate::config::{Config, format_size};
@@ -120,6 +121,9 @@ pub struct CheckReport {
     /// The scope as pg_dump gets it: partitions of named partitioned tables added.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolved_scope: Option<crate::scope::Scope>,
+    /// What a narrowed scope needs from outside itself (when it resolved).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dependencies: Option<ScopeDependencies>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<ServerInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -138,6 +142,7 @@ struct Context<'a> {
     tables: Option<Vec<TableName>>,
     /// The scope as pg_dump will get it (see `CatalogSession::resolve_scope`).
     scope: Option<crate::scope::Scope>,
+    dependencies: Option<ScopeDependencies>,
     privileges: Option<PrivilegeReport>,
     database_size: Option<u64>,
     /// The previous backup of this database and scope, if any.
@@ -156,6 +161,7 @@ pub fn run(config: &Config, env: Env) -> Result<CheckReport> {
         pg_dump: None,
         tables: None,
         scope: None,
+        dependencies: None,
         privileges: None,
         database_size: None,
         previous: None,
@@ -184,6 +190,7 @@ pub fn run(config: &Config, env: Env) -> Result<CheckReport> {
         matrix,
         tables: ctx.tables.unwrap_or_default(),
         resolved_scope: ctx.scope,
+        dependencies: ctx.dependencies,
         server: ctx.server,
         privileges: ctx.privileges,
         expected_backup_bytes,
@@ -363,11 +370,74 @@ fn scope(ctx: &mut Context, m: &mut Matrix) {
                 );
             }
             ctx.tables = Some(tables);
+            match session.dependencies(&resolved) {
+                Ok(needs) => {
+                    dependency_rows(&ctx.config.scope, &needs, m);
+                    ctx.dependencies = Some(needs);
+                }
+                Err(e) => m.fail_with("scope.dependencies", &e),
+            }
             ctx.scope = Some(resolved);
         }
         Err(e) => m.fail_with("scope", &e),
     }
     ctx.database_size = session.database_size().ok();
+}
+
+/// What a narrowed scope needs from outside itself: the extensions and
+/// schemas a backup brings along (PASS), and every other object, which no
+/// restore of the backup alone can provide (FAIL, or WARN for a scope
+/// meant for a prepared database).
+fn dependency_rows(scope: &crate::scope::Scope, needs: &ScopeDependencies, m: &mut Matrix) {
+    if !needs.extensions.is_empty() {
+        let names: Vec<String> = needs
+            .extensions
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {} (schema {}; needed by {})",
+                    e.name, e.version, e.schema, e.needed_by
+                )
+            })
+            .collect();
+        m.pass(
+            "scope.extensions",
+            format!(
+                "included in the backup (CREATE EXTENSION): {}",
+                names.join(", ")
+            ),
+        );
+    }
+    if !needs.schemas.is_empty() {
+        m.pass(
+            "scope.schemas",
+            format!(
+                "the dump does not create schema {}, which the scope's objects live in: recorded, and created by every restore first",
+                needs.schemas.join(", ")
+            ),
+        );
+    }
+    for object in &needs.outside {
+        if scope.standalone {
+            m.fail(
+                "scope.outside",
+                format!(
+                    "{} is outside the scope: a backup of it would not restore on its own",
+                    object.describe()
+                ),
+                object.remedy(scope),
+            );
+        } else {
+            m.warn(
+                "scope.outside",
+                format!(
+                    "{} is outside the scope, which is meant for a prepared database ([scope] standalone = false)",
+                    object.describe()
+                ),
+                "a restore of this scope needs it in the target first; a drill prepares its scratch database from the source",
+            );
+        }
+    }
 }
 
 fn privileges(ctx: &mut Context, m: &mut Matrix) {

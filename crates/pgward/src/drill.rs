@@ -95,7 +95,7 @@ pub fn run(
             let scratch = &scratch;
             let manifest = &manifest;
             let creating = scope.spawn(move || server.create(scratch, encoding(manifest)));
-            let prepared = restoring.prepare(source, &options.restore, progress);
+            let prepared = restoring.prepare(source, &options.restore, &[], progress);
             let created = creating.join().expect("creating a database does not panic");
             (prepared, Some(created))
         }),
@@ -172,6 +172,10 @@ pub fn run(
         .as_ref()
         .map(|r| r.accepted_findings.clone())
         .unwrap_or_default();
+    let notes = restore
+        .as_ref()
+        .map(|r| r.notes.clone())
+        .unwrap_or_default();
     let record = DrillRecord {
         format: DRILL_FORMAT.to_string(),
         format_version: DRILL_VERSION,
@@ -190,6 +194,7 @@ pub fn run(
         first_failure,
         accepted_findings,
         checks,
+        notes,
     };
     repo.save_drill_record(&record)?;
     dropped?;

@@ -8,6 +8,7 @@
 //! (`--no-password`: a prompt would hang an unattended run), and gets the
 //! password only through its environment.
 
+use crate::catalog::dependencies::ScopeDependencies;
 use crate::config::ToolConfig;
 use crate::connection::ConnectionTarget;
 use crate::error::{Error, ErrorKind, Result};
@@ -138,13 +139,15 @@ impl Tool {
         })
     }
 
-    /// The arguments (after the program) of a custom-format dump of `scope`,
-    /// in the exported `snapshot` when there is one, with the session
-    /// `settings` the content fingerprints are computed under.
+    /// The arguments (after the program) of a custom-format dump of `scope`
+    /// with the extensions it `needs`, in the exported `snapshot` when there
+    /// is one, with the session `settings` the content fingerprints are
+    /// computed under.
     pub fn dump_arguments(
         &self,
         target: &ConnectionTarget,
         scope: &Scope,
+        needs: &ScopeDependencies,
         snapshot: Option<&str>,
         settings: &TextSettings,
     ) -> Vec<String> {
@@ -159,6 +162,7 @@ impl Tool {
             args.push(format!("--snapshot={snapshot}"));
         }
         args.extend(scope.pg_dump_args());
+        args.extend(needs.pg_dump_args(scope));
         args
     }
 
@@ -167,12 +171,13 @@ impl Tool {
         &self,
         target: &ConnectionTarget,
         scope: &Scope,
+        needs: &ScopeDependencies,
         snapshot: Option<&str>,
         settings: &TextSettings,
     ) -> Command {
         self.client_command(
             target,
-            self.dump_arguments(target, scope, snapshot, settings),
+            self.dump_arguments(target, scope, needs, snapshot, settings),
         )
     }
 
@@ -224,6 +229,28 @@ pub fn require_can_dump(pg_dump: &ToolVersion, server: &crate::catalog::ServerIn
         server.major(),
         server.major()
     )))
+}
+
+/// A narrowed scope's extensions go into the dump with `--extension`,
+/// which pg_dump has since PostgreSQL 14.
+pub fn require_can_include_extensions(
+    pg_dump: &ToolVersion,
+    scope: &Scope,
+    needs: &ScopeDependencies,
+) -> Result<()> {
+    if pg_dump.major >= 14 || needs.pg_dump_args(scope).is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = needs.extensions.iter().map(|e| e.name.as_str()).collect();
+    Err(Error::new(
+        ErrorKind::Dump,
+        format!(
+            "the scope needs extensions {}, and pg_dump {} cannot include them in a narrowed dump (--extension came with PostgreSQL 14)",
+            names.join(", "),
+            pg_dump.version
+        ),
+    )
+    .with_hint("install pg_dump 14 or newer (it dumps older servers too) and set pg-dump.path, or back up the whole database"))
 }
 
 /// Parses "pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)".

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Scope {
     /// Only these schemas (all non-system schemas when empty).
@@ -24,7 +24,48 @@ pub struct Scope {
     pub tables: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude_tables: Vec<String>,
+    /// Whether a backup of this scope must restore into an empty database
+    /// (the default). `false` says the scope is meant for a database that
+    /// already holds what it depends on outside itself: such dependencies
+    /// are then warnings instead of failures, and are recorded.
+    #[serde(default = "standalone_default", skip_serializing_if = "is_standalone")]
+    pub standalone: bool,
 }
+
+fn standalone_default() -> bool {
+    true
+}
+
+fn is_standalone(standalone: &bool) -> bool {
+    *standalone
+}
+
+impl Default for Scope {
+    fn default() -> Scope {
+        Scope {
+            schemas: Vec::new(),
+            exclude_schemas: Vec::new(),
+            tables: Vec::new(),
+            exclude_tables: Vec::new(),
+            standalone: true,
+        }
+    }
+}
+
+/// Two scopes are equal when they select the same objects: `standalone`
+/// says how a backup restores, not what it holds, so changing it neither
+/// starts a new chain of backups for retention nor hides the previous
+/// backup from the shrink check.
+impl PartialEq for Scope {
+    fn eq(&self, other: &Scope) -> bool {
+        self.schemas == other.schemas
+            && self.exclude_schemas == other.exclude_schemas
+            && self.tables == other.tables
+            && self.exclude_tables == other.exclude_tables
+    }
+}
+
+impl Eq for Scope {}
 
 /// A schema-qualified table name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -36,7 +36,7 @@ fn backup_list_verify_and_stock_tools_read_the_artifact() {
     let manifest = &out["manifest"];
     let id = manifest["id"].as_str().unwrap().to_string();
     assert_eq!(manifest["format"], "pgward-backup-manifest");
-    assert_eq!(manifest["format-version"], 6);
+    assert_eq!(manifest["format-version"], 7);
     assert_eq!(manifest["status"], "complete");
     assert_eq!(manifest["database"], db.as_str());
     assert_eq!(manifest["archive"]["format"], "custom");

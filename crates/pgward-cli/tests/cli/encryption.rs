@@ -457,7 +457,7 @@ fn an_encrypted_backup_round_trips_through_stock_gpg_zstd_and_pg_restore() {
     let manifest = &out["manifest"];
     let envelope = &out["envelope"];
     let id = manifest["id"].as_str().unwrap().to_string();
-    assert_eq!(manifest["format-version"], 6);
+    assert_eq!(manifest["format-version"], 7);
 
     // The artifact: ID.dump.zst.gpg, nothing unencrypted beside it.
     let file_name = format!("{id}.dump.zst.gpg");

@@ -9,6 +9,7 @@ mod check;
 mod databases;
 mod drill;
 mod encryption;
+mod extensions;
 mod failures;
 mod harness;
 mod hostile;

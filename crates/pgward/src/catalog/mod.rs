@@ -5,6 +5,7 @@
 //! so objects in user schemas can never shadow what pgward reads; the
 //! session is read-only, because pgward's backup role never needs to write.
 
+pub mod dependencies;
 pub mod privileges;
 pub mod restorability;
 
@@ -135,9 +136,10 @@ impl CatalogSession {
     }
 
     /// The tables whose data pg_dump will write for `scope`: ordinary tables
-    /// and partitions, outside system schemas, not owned by an extension,
-    /// not temporary, and not unlogged on a standby (pg_dump skips their
-    /// data there). Fails when a schema or table the scope names does not
+    /// and partitions, outside system schemas, not owned by an extension
+    /// (unless it is the extension's configuration table and the scope
+    /// names it), not temporary, and not unlogged on a standby (pg_dump
+    /// skips their data there). Fails when a schema or table the scope names does not
     /// exist (pg_dump's --strict-names would, later and less clearly).
     /// `scope` should be the result of [`CatalogSession::resolve_scope`].
     pub fn tables_with_data(&mut self, scope: &Scope) -> Result<Vec<TableName>> {
@@ -145,14 +147,20 @@ impl CatalogSession {
             .client
             .query(
                 &format!("SELECT n.nspname::text, c.relname::text, \
-                        c.relkind = 'r' AND NOT (c.relpersistence = 'u' AND pg_catalog.pg_is_in_recovery()) \
+                        c.relkind = 'r' AND NOT (c.relpersistence = 'u' AND pg_catalog.pg_is_in_recovery()), \
+                        NOT ({USER_RELATION}) \
                    FROM pg_catalog.pg_class c \
                    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND {USER_RELATION} \
+                  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') \
+                    AND ({USER_RELATION} \
+                         OR EXISTS (SELECT 1 FROM pg_catalog.pg_extension e WHERE c.oid = ANY (e.extconfig))) \
                   ORDER BY 1, 2"),
                 &[],
             )
             .map_err(|e| query_error("cannot list tables", e))?;
+        // An extension's configuration table counts only where the scope
+        // names it: pg_dump then dumps its rows the extension marked as the
+        // user's (`pg_extension_config_dump`), with the extension.
         let relations: Vec<(TableName, bool)> = rows
             .iter()
             .map(|r| {
@@ -160,7 +168,10 @@ impl CatalogSession {
                     schema: r.get(0),
                     table: r.get(1),
                 };
-                (name, r.get(2))
+                let of_extension: bool = r.get(3);
+                let has_data =
+                    r.get::<_, bool>(2) && (!of_extension || scope.tables().contains(&name));
+                (name, has_data)
             })
             .collect();
 
@@ -192,6 +203,13 @@ impl CatalogSession {
             .filter(|(name, has_data)| *has_data && scope.includes(name))
             .map(|(name, _)| name)
             .collect())
+    }
+
+    /// What `scope` (resolved) needs from outside itself to restore on its
+    /// own (see [`dependencies`]).
+    pub fn dependencies(&mut self, scope: &Scope) -> Result<dependencies::ScopeDependencies> {
+        dependencies::dependencies(&mut self.client, scope)
+            .map_err(|e| query_error("cannot read what the scope depends on", e))
     }
 
     /// The column order of every table in `scope` (see [`restorability`]).

@@ -37,6 +37,36 @@ pub struct ChildFailure {
     pub status: ExitStatus,
     /// The child's stderr, trimmed, possibly shortened from the front.
     pub stderr: String,
+    /// Its diagnostics: stderr without the progress lines of `--verbose`
+    /// (see [`is_progress`]), from the start, shortened at the end. A long
+    /// run's errors stay here when its chatter pushed them out of `stderr`.
+    pub diagnostics: String,
+}
+
+/// Whether a line of a PostgreSQL client tool's stderr reports progress
+/// (`pg_restore: creating TABLE ...`, `pg_restore: finished item 12 ...`)
+/// rather than a diagnostic: the tool's name and a lower-case word, but not
+/// `error:`, `warning:`, `detail:`, `hint:` nor the `from TOC entry` that
+/// precedes an error. Server message lines (`CONTEXT:  ...`, `LINE 3: ...`)
+/// and SQL are diagnostics.
+pub fn is_progress(line: &str) -> bool {
+    let Some((tool, rest)) = line.split_once(": ") else {
+        return false;
+    };
+    let tool_like = !tool.is_empty()
+        && tool
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    tool_like
+        && !["error:", "warning:", "detail:", "hint:", "from TOC entry"]
+            .iter()
+            .any(|p| rest.starts_with(p))
+}
+
+/// What the stderr thread hands back: the tail, and the diagnostics.
+struct Captured {
+    tail: String,
+    diagnostics: String,
 }
 
 impl ChildFailure {
@@ -92,7 +122,7 @@ pub fn signal_name(signal: i32) -> &'static str {
 pub struct ChildSource {
     child: Child,
     stdout: Option<ChildStdout>,
-    stderr: Option<Receiver<String>>,
+    stderr: Option<Receiver<Captured>>,
     exited_at: Option<Instant>,
 }
 
@@ -148,20 +178,28 @@ impl ChildSource {
             .name("child-stderr".into())
             .spawn(move || {
                 let mut kept = Vec::new();
+                let mut diagnostics = String::new();
                 let mut partial_line = Vec::new();
                 let mut buffer = [0u8; 8192];
                 loop {
                     match stderr.read(&mut buffer) {
                         Ok(0) => break,
                         Ok(n) => {
-                            if let Some(lines) = &lines {
-                                partial_line.extend_from_slice(&buffer[..n]);
-                                while let Some(end) = partial_line.iter().position(|&b| b == b'\n')
-                                {
-                                    let line: Vec<u8> = partial_line.drain(..=end).collect();
-                                    let _ = lines
-                                        .send(String::from_utf8_lossy(&line[..end]).into_owned());
+                            partial_line.extend_from_slice(&buffer[..n]);
+                            while let Some(end) = partial_line.iter().position(|&b| b == b'\n') {
+                                let line: Vec<u8> = partial_line.drain(..=end).collect();
+                                let line = String::from_utf8_lossy(&line[..end]).into_owned();
+                                if !is_progress(&line) && diagnostics.len() < STDERR_LIMIT {
+                                    diagnostics.push_str(&line);
+                                    diagnostics.push('\n');
                                 }
+                                if let Some(lines) = &lines {
+                                    let _ = lines.send(line);
+                                }
+                            }
+                            // A line without end is cut, not kept whole.
+                            if partial_line.len() > STDERR_LIMIT {
+                                partial_line.drain(..partial_line.len() - STDERR_LIMIT);
                             }
                             kept.extend_from_slice(&buffer[..n]);
                             if kept.len() > STDERR_LIMIT {
@@ -172,7 +210,13 @@ impl ChildSource {
                         Err(_) => break,
                     }
                 }
-                let _ = sender.send(String::from_utf8_lossy(&kept).trim().to_string());
+                if !partial_line.is_empty() && diagnostics.len() < STDERR_LIMIT {
+                    diagnostics.push_str(&String::from_utf8_lossy(&partial_line));
+                }
+                let _ = sender.send(Captured {
+                    tail: String::from_utf8_lossy(&kept).trim().to_string(),
+                    diagnostics: diagnostics.trim().to_string(),
+                });
             })?;
         let source = ChildSource {
             child,
@@ -209,24 +253,39 @@ impl ChildSource {
     pub fn finish(mut self) -> Result<String, ChildFailure> {
         drop(self.stdout.take());
         let status = self.child.wait();
-        let stderr = match self
+        let captured = match self
             .stderr
             .take()
             .map(|r| r.recv_timeout(ORPHANED_PIPE_GRACE))
         {
-            Some(Ok(text)) => text,
+            Some(Ok(captured)) => captured,
             Some(Err(RecvTimeoutError::Timeout)) => {
-                "(stderr is still held open by another process after the child exited)".to_string()
+                let text = "(stderr is still held open by another process after the child exited)";
+                Captured {
+                    tail: text.to_string(),
+                    diagnostics: text.to_string(),
+                }
             }
-            _ => String::new(),
+            _ => Captured {
+                tail: String::new(),
+                diagnostics: String::new(),
+            },
         };
         match status {
-            Ok(status) if status.success() => Ok(stderr),
-            Ok(status) => Err(ChildFailure { status, stderr }),
-            Err(e) => Err(ChildFailure {
-                status: std::os::unix::process::ExitStatusExt::from_raw(1 << 8),
-                stderr: format!("could not wait for the child process: {e}"),
+            Ok(status) if status.success() => Ok(captured.tail),
+            Ok(status) => Err(ChildFailure {
+                status,
+                stderr: captured.tail,
+                diagnostics: captured.diagnostics,
             }),
+            Err(e) => {
+                let text = format!("could not wait for the child process: {e}");
+                Err(ChildFailure {
+                    status: std::os::unix::process::ExitStatusExt::from_raw(1 << 8),
+                    stderr: text.clone(),
+                    diagnostics: text,
+                })
+            }
         }
     }
 }

@@ -6,6 +6,7 @@
 //! README.md; fields are only ever added within a version.
 
 use crate::catalog::ServerInfo;
+use crate::catalog::dependencies::ScopeDependencies;
 use crate::catalog::restorability::{ColumnOrder, RestoreHazard};
 use crate::encryption::Fingerprint;
 use crate::error::ErrorKind;
@@ -19,9 +20,11 @@ pub const MANIFEST_FORMAT: &str = "pgward-backup-manifest";
 /// `fingerprint`; 4 added `content.column-order` and
 /// `content.restore-hazards`; 5 added `manifest-digest`; 6 fingerprints
 /// with XXH3-128 (`content.fingerprint-algorithm`; an older pgward would
-/// take them for damage, so it must refuse the manifest). Older manifests
-/// are still read.
-pub const MANIFEST_VERSION: u32 = 6;
+/// take them for damage, so it must refuse the manifest); 7 added
+/// `dependencies` (a narrowed scope's extensions, and the schemas a restore
+/// must create first, which an older pgward would not). Older manifests are
+/// still read.
+pub const MANIFEST_VERSION: u32 = 7;
 /// The manifest version from which `manifest-digest` is required.
 pub const DIGEST_SINCE: u32 = 5;
 const DIGEST_FIELD: &str = "manifest-digest";
@@ -59,6 +62,12 @@ pub struct Manifest {
     /// What drills compare a restored database with (absent before v3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<ContentRecord>,
+    /// What a narrowed scope needs from outside itself: the extensions the
+    /// archive includes, the schemas a restore creates before pg_restore,
+    /// and (`scope.standalone = false`) the objects a prepared database
+    /// must hold (absent before v7, and for whole-database backups).
+    #[serde(default, skip_serializing_if = "ScopeDependencies::is_empty")]
+    pub dependencies: ScopeDependencies,
     /// An armored OpenPGP signature over [`signed_text`] by the key
     /// `[signing]` pins (see `crate::signing`); absent when unsigned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -413,6 +422,10 @@ pub struct DrillRecord {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub accepted_findings: Vec<String>,
     pub checks: Vec<DrillCheck>,
+    /// What the verdict cannot vouch for, because the archive cannot hold
+    /// it (stored generated columns, extensions' configuration tables).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// One thing a drill proved or disproved.

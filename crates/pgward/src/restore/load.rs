@@ -85,6 +85,7 @@ pub(crate) fn prepare(
     mut source: ArchiveSource,
     pg_restore: &Tool,
     options: &RestoreOptions,
+    present_schemas: &[String],
     scratch: &Scratch,
     watch: &mut InterruptWatch,
     progress: &mut dyn FnMut(u64),
@@ -99,7 +100,9 @@ pub(crate) fn prepare(
     pg_restore.version().map_err(|e| {
         Error::config(e.message()).with_hint(e.hint().unwrap_or_default().to_string())
     })?;
-    let mut args = vec!["--exit-on-error".to_string(), "--no-password".to_string()];
+    // No --exit-on-error: a restore that fails goes on, so that every
+    // error is reported, not just a harmless first one hiding the rest.
+    let mut args = vec!["--no-password".to_string()];
     if options.no_owner {
         args.push("--no-owner".to_string());
     }
@@ -195,16 +198,20 @@ pub(crate) fn prepare(
         }
         Some(entries)
     };
-    // Schemas the archive creates that every new database already has
-    // (public, from template0) are not created again: pg_restore would
-    // stop at CREATE SCHEMA. pgward gives the existing one the archive's
+    // Schemas the archive creates that the target already has (public,
+    // which every new database has from template0; a schema where the
+    // operator created extensions before restoring) are not created again:
+    // pg_restore would fail at CREATE SCHEMA. pgward gives the existing one the archive's
     // owner and drops template0's comment ([`super::target::RestoreServer::
     // adopt_schemas`]); the archive's comment and grants are entries of
     // their own and restore.
     let adopted: Vec<&crate::pipeline::archive::TocEntry> = toc
         .entries
         .iter()
-        .filter(|e| e.desc == "SCHEMA" && TEMPLATE_SCHEMAS.contains(&e.tag.as_str()))
+        .filter(|e| {
+            e.desc == "SCHEMA"
+                && (TEMPLATE_SCHEMAS.contains(&e.tag.as_str()) || present_schemas.contains(&e.tag))
+        })
         .filter(|e| e.definition.contains("CREATE SCHEMA"))
         .filter(|e| entries.as_ref().is_none_or(|ids| ids.contains(&e.dump_id)))
         .collect();
@@ -361,7 +368,7 @@ impl Prepared {
                 // what it was asked for (a partial restore), or it failed
                 // and says why below.
                 let waited = copy_stream(&mut child, &mut std::io::sink(), |_| true);
-                finish(child, waited.err())?;
+                finish(child, waited.err(), manifest)?;
                 source.finish().map(|_| ())
             }
         }
@@ -422,15 +429,22 @@ fn spawn(
 }
 
 /// Waits for a pg_restore phase; its failure in its own words.
-pub(crate) fn finish(child: ChildSource, read_error: Option<CopyError>) -> Result<()> {
+/// Judges a finished pg_restore run. A failure is told whole (see
+/// [`super::failure`]); `manifest` says whether the backup is encrypted, in
+/// which case row values are left out of the message.
+pub(crate) fn finish(
+    child: ChildSource,
+    read_error: Option<CopyError>,
+    manifest: &Manifest,
+) -> Result<()> {
     if let Err(failure) = child.finish() {
+        let redact = manifest.artifact.encryption.is_some();
+        let told = super::failure::describe(&failure.diagnostics, redact)
+            .or_else(|| failure.key_line().map(str::to_string))
+            .unwrap_or_else(|| "no message".to_string());
         return Err(Error::new(
             ErrorKind::Restore,
-            format!(
-                "pg_restore {}: {}",
-                failure.describe_status(),
-                failure.key_line().unwrap_or("no message")
-            ),
+            format!("pg_restore {}: {told}", failure.describe_status()),
         )
         .with_hint("fix what pg_restore names: a missing role (create it, or restore with --no-owner --no-acl), an object outside --schema/--table (select it too)"));
     }

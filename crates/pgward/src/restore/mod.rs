@@ -14,6 +14,7 @@
 //!   stream, after pg_restore has seen the data, which then fails the run.
 
 pub mod compare;
+mod failure;
 mod load;
 pub mod selection;
 pub mod source;
@@ -101,6 +102,10 @@ pub struct RestoreReport {
     /// found: `CLASS OBJECT` each.
     pub accepted_findings: Vec<String>,
     pub checks: Vec<DrillCheck>,
+    /// What this PASS cannot vouch for, because the archive cannot hold it
+    /// (see [`compare::limits`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl RestoreReport {
@@ -157,8 +162,14 @@ pub fn run(
             server.describe()
         )));
     }
+    // Schemas the target already has for the extensions created in it:
+    // the archive's CREATE SCHEMA of them is skipped, as for public.
+    let present_schemas = match &state {
+        TargetState::Empty(schemas) if !options.drop_existing => schemas.clone(),
+        _ => Vec::new(),
+    };
     let mut restoring = Restoring::begin(config, &repo, &manifest)?;
-    let prepared = restoring.prepare(source, options, progress)?;
+    let prepared = restoring.prepare(source, options, &present_schemas, progress)?;
     if let Some(error) = restoring.interrupted() {
         return Err(error);
     }
@@ -330,6 +341,7 @@ impl<'a> Restoring<'a> {
         &mut self,
         source: ArchiveSource,
         options: &RestoreOptions,
+        present_schemas: &[String],
         progress: &mut dyn FnMut(u64),
     ) -> Result<Prepared> {
         self.started = Instant::now();
@@ -339,6 +351,7 @@ impl<'a> Restoring<'a> {
             source,
             &self.pg_restore,
             options,
+            present_schemas,
             &self.scratch,
             &mut self.watch,
             progress,
@@ -398,11 +411,15 @@ impl<'a> Restoring<'a> {
     ) -> Result<RestoreReport> {
         let manifest = self.manifest;
         let database = server.target_for(dbname);
+        // Schemas the scope's objects and extensions live in that the dump
+        // does not create (recorded at backup time).
+        server.create_schemas(dbname, &manifest.dependencies.schemas)?;
         server.adopt_schemas(dbname, &prepared.adopted, options.no_owner)?;
         let schema_list = self.scratch.schema_list.clone();
         let entries = prepared.entries.clone();
         let restored = compare::RestoredAs {
             database: &database,
+            created_schemas: &manifest.dependencies.schemas,
             no_owner: options.no_owner,
             no_acl: options.no_acl,
             entries: entries.as_ref(),
@@ -461,7 +478,7 @@ impl<'a> Restoring<'a> {
                 child.terminate();
                 return Err(error);
             }
-            load::finish(child, waited.err())?;
+            load::finish(child, waited.err(), manifest)?;
             let data_ms = data_started.elapsed().as_millis() as u64;
             (tables, data_ms, 0, data_started)
         } else {
@@ -498,7 +515,7 @@ impl<'a> Restoring<'a> {
                 post_data.terminate();
                 return Err(error);
             }
-            load::finish(post_data, waited.err())?;
+            load::finish(post_data, waited.err(), manifest)?;
             let post_data_ms = post_started.elapsed().as_millis() as u64;
             (tables, data_ms, post_data_ms, post_started)
         };
@@ -506,18 +523,24 @@ impl<'a> Restoring<'a> {
         let mut checks = table_checks?;
         if let Some(chosen) = &entries {
             let left_out = options.selection.left_out(&prepared.toc, chosen);
+            let extensions = Selection::extensions(&prepared.toc, chosen);
+            let mut detail = format!("{} archive entries restored", chosen.len());
+            if !extensions.is_empty() {
+                detail.push_str(&format!(
+                    ", with the extensions they use: {}",
+                    extensions.join(", ")
+                ));
+            }
+            if !left_out.is_empty() {
+                detail.push_str(&format!(
+                    "; left out because they also need something outside --schema/--table: {}",
+                    left_out.join(", ")
+                ));
+            }
             checks.push(DrillCheck {
                 name: "selection".to_string(),
                 ok: true,
-                detail: if left_out.is_empty() {
-                    format!("{} archive entries restored", chosen.len())
-                } else {
-                    format!(
-                        "{} archive entries restored; left out because they also need something outside --schema/--table: {}",
-                        chosen.len(),
-                        left_out.join(", ")
-                    )
-                },
+                detail,
                 finding: None,
             });
         }
@@ -537,6 +560,7 @@ impl<'a> Restoring<'a> {
         }
         checks.extend(restore_order_checks(manifest, prepared));
         let accepted_findings = crate::findings::apply_acceptance(&mut checks, &self.accept);
+        let notes = compare::limits(&prepared.toc, entries.as_ref());
         Ok(RestoreReport {
             backup_id: manifest.id.clone(),
             server: server.describe(),
@@ -550,6 +574,7 @@ impl<'a> Restoring<'a> {
             ok: checks.iter().all(|c| !c.fails()),
             accepted_findings,
             checks,
+            notes,
         })
     }
 }

@@ -75,18 +75,24 @@ impl Selection {
                 chosen.insert(entry.dump_id);
             }
         }
+        // The extensions chosen objects use (pg_dump makes an object that
+        // uses an extension's type, function or operator class depend on
+        // the extension), the extensions those require, and the schemas
+        // they live in: no --schema or --table can name an extension.
+        chosen.extend(needed_extensions(toc, &chosen));
         // Then the entries that depend on chosen ones, until nothing
         // changes: an entry comes along when everything it depends on is
-        // chosen. A dependency on a schema does not count (every object in
-        // a schema depends on it, and a table's schema must not bring the
-        // schema's other tables).
-        let schema_ids = schema_entries(toc);
+        // chosen. A dependency on a schema or an extension does not count
+        // (every object in a schema depends on it, and a table's schema
+        // must not bring the schema's other tables, nor an extension the
+        // other tables that use it).
+        let container_ids = container_entries(toc);
         let real_dependencies = |entry: &crate::pipeline::archive::TocEntry| -> Vec<i64> {
             entry
                 .dependencies
                 .iter()
                 .copied()
-                .filter(|d| !schema_ids.contains(d))
+                .filter(|d| !container_ids.contains(d))
                 .collect()
         };
         loop {
@@ -94,11 +100,11 @@ impl Selection {
             for entry in &toc.entries {
                 let dependencies = real_dependencies(entry);
                 let all_chosen = entry.dependencies.iter().all(|d| chosen.contains(d));
-                // A comment or grant on a chosen schema itself.
-                let on_schema = dependencies.is_empty()
+                // A comment or grant on a chosen schema or extension itself.
+                let on_container = dependencies.is_empty()
                     && !entry.dependencies.is_empty()
                     && matches!(entry.desc.as_str(), "COMMENT" | "ACL" | "SECURITY LABEL");
-                if all_chosen && (!dependencies.is_empty() || on_schema) {
+                if all_chosen && (!dependencies.is_empty() || on_container) {
                     chosen.insert(entry.dump_id);
                 }
             }
@@ -113,18 +119,27 @@ impl Selection {
             .collect()
     }
 
+    /// The extensions a restore of `chosen` brings along, by name.
+    pub fn extensions(toc: &Toc, chosen: &BTreeSet<i64>) -> Vec<String> {
+        toc.entries
+            .iter()
+            .filter(|e| e.desc == "EXTENSION" && chosen.contains(&e.dump_id))
+            .map(|e| e.tag.clone())
+            .collect()
+    }
+
     /// Entries left out although they belong to something chosen, because
     /// they also need something that is not (a trigger calling a function
     /// elsewhere, a foreign key to another table): `DESC schema.name` each.
     pub fn left_out(&self, toc: &Toc, chosen: &BTreeSet<i64>) -> Vec<String> {
-        let schema_ids = schema_entries(toc);
+        let container_ids = container_entries(toc);
         toc.entries
             .iter()
             .filter(|e| !chosen.contains(&e.dump_id))
             .filter(|e| {
                 e.dependencies
                     .iter()
-                    .any(|d| chosen.contains(d) && !schema_ids.contains(d))
+                    .any(|d| chosen.contains(d) && !container_ids.contains(d))
             })
             .map(|e| format!("{} {}.{}", e.desc, e.namespace, e.tag))
             .collect()
@@ -138,6 +153,32 @@ impl Selection {
         }
         text
     }
+}
+
+/// The EXTENSION entries that entries in `chosen` depend on, with the
+/// extensions and schemas those depend on, until nothing changes.
+fn needed_extensions(toc: &Toc, chosen: &BTreeSet<i64>) -> BTreeSet<i64> {
+    let by_id: std::collections::HashMap<i64, &crate::pipeline::archive::TocEntry> =
+        toc.entries.iter().map(|e| (e.dump_id, e)).collect();
+    let mut needed: BTreeSet<i64> = BTreeSet::new();
+    let mut frontier: Vec<i64> = chosen.iter().copied().collect();
+    while let Some(id) = frontier.pop() {
+        let Some(entry) = by_id.get(&id) else {
+            continue;
+        };
+        let from_extension = entry.desc == "EXTENSION";
+        for &dependency in &entry.dependencies {
+            let wanted = match by_id.get(&dependency).map(|e| e.desc.as_str()) {
+                Some("EXTENSION") => true,
+                Some("SCHEMA") => from_extension,
+                _ => false,
+            };
+            if wanted && !chosen.contains(&dependency) && needed.insert(dependency) {
+                frontier.push(dependency);
+            }
+        }
+    }
+    needed
 }
 
 /// What to do when a partial restore failed because pg_restore's
@@ -281,11 +322,13 @@ pub fn missing_object_hint(toc: &Toc, selection: &Selection, message: &str) -> O
     })
 }
 
-/// The dump ids of the archive's SCHEMA entries.
-fn schema_entries(toc: &Toc) -> BTreeSet<i64> {
+/// The dump ids of the archive's SCHEMA and EXTENSION entries: what the
+/// objects in a schema, or using an extension, depend on without belonging
+/// to it.
+fn container_entries(toc: &Toc) -> BTreeSet<i64> {
     toc.entries
         .iter()
-        .filter(|e| e.desc == "SCHEMA")
+        .filter(|e| e.desc == "SCHEMA" || e.desc == "EXTENSION")
         .map(|e| e.dump_id)
         .collect()
 }

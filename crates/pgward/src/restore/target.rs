@@ -24,7 +24,10 @@ pub struct RestoreServer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetState {
     Absent,
-    Empty,
+    /// Holds no user objects; extensions do not count (one may create the
+    /// extensions a backup needs before restoring it). These are the
+    /// schemas, other than public, that hold only extensions' objects.
+    Empty(Vec<String>),
     /// Exists and holds this many user objects.
     NotEmpty(i64),
 }
@@ -113,24 +116,44 @@ impl RestoreServer {
             return Ok(TargetState::Absent);
         }
         let mut client = self.target_for(dbname).connect()?;
-        let objects: i64 = client
+        // Relations and functions that no extension owns, schemas that
+        // hold anything else than extensions' objects, large objects.
+        let row = client
             .query_one(
-                "SELECT (SELECT count(*) FROM pg_catalog.pg_class c \
-                           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                "WITH member AS (SELECT classid, objid FROM pg_catalog.pg_depend WHERE deptype = 'e'), \
+                      own_relation AS (SELECT c.relnamespace AS nsp FROM pg_catalog.pg_class c \
+                          WHERE (c.oid, 'pg_catalog.pg_class'::pg_catalog.regclass) NOT IN \
+                                (SELECT objid, classid FROM member) \
+                            AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+                                JOIN member m ON m.classid = d.refclassid AND m.objid = d.refobjid \
+                                WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                                  AND d.objid = c.oid AND d.deptype IN ('a', 'i')) \
+                            AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
+                                JOIN member m ON m.objid = i.indrelid \
+                                 AND m.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                                WHERE i.indexrelid = c.oid)), \
+                      own_function AS (SELECT p.pronamespace AS nsp FROM pg_catalog.pg_proc p \
+                          WHERE (p.oid, 'pg_catalog.pg_proc'::pg_catalog.regclass) NOT IN \
+                                (SELECT objid, classid FROM member)), \
+                      schemas AS (SELECT n.oid, n.nspname::text AS name, \
+                          EXISTS (SELECT 1 FROM pg_catalog.pg_extension x WHERE x.extnamespace = n.oid) \
+                          AND NOT EXISTS (SELECT 1 FROM own_relation r WHERE r.nsp = n.oid) \
+                          AND NOT EXISTS (SELECT 1 FROM own_function f WHERE f.nsp = n.oid) AS of_extensions \
+                          FROM pg_catalog.pg_namespace n \
+                          WHERE n.nspname !~ '^pg_' AND n.nspname NOT IN ('information_schema', 'public')) \
+                 SELECT (SELECT count(*) FROM own_relation r JOIN pg_catalog.pg_namespace n ON n.oid = r.nsp \
                           WHERE n.nspname !~ '^pg_' AND n.nspname <> 'information_schema') \
-                      + (SELECT count(*) FROM pg_catalog.pg_namespace \
-                          WHERE nspname !~ '^pg_' AND nspname NOT IN ('information_schema', 'public')) \
-                      + (SELECT count(*) FROM pg_catalog.pg_proc p \
-                           JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+                      + (SELECT count(*) FROM schemas WHERE NOT of_extensions) \
+                      + (SELECT count(*) FROM own_function f JOIN pg_catalog.pg_namespace n ON n.oid = f.nsp \
                           WHERE n.nspname !~ '^pg_' AND n.nspname <> 'information_schema') \
-                      + (SELECT count(*) FROM pg_catalog.pg_largeobject_metadata) \
-                      + (SELECT count(*) FROM pg_catalog.pg_extension WHERE extname <> 'plpgsql')",
+                      + (SELECT count(*) FROM pg_catalog.pg_largeobject_metadata), \
+                        ARRAY(SELECT name FROM schemas WHERE of_extensions ORDER BY name)",
                 &[],
             )
-            .map_err(|e| query_error("cannot inspect the target database", e))?
-            .get(0);
+            .map_err(|e| query_error("cannot inspect the target database", e))?;
+        let objects: i64 = row.get(0);
         Ok(if objects == 0 {
-            TargetState::Empty
+            TargetState::Empty(row.get(1))
         } else {
             TargetState::NotEmpty(objects)
         })
@@ -208,6 +231,32 @@ impl RestoreServer {
             })?;
         }
         Ok(())
+    }
+
+    /// Creates, in database `dbname`, the `schemas` a narrowed backup's
+    /// objects and extensions live in but its archive does not create (a
+    /// table scope's schema, an extension's own schema).
+    pub fn create_schemas(&self, dbname: &str, schemas: &[String]) -> Result<()> {
+        if schemas.is_empty() {
+            return Ok(());
+        }
+        let sql: String = schemas
+            .iter()
+            .map(|s| format!("CREATE SCHEMA IF NOT EXISTS {};", quote_ident(s)))
+            .collect();
+        let mut client = self.target_for(dbname).connect()?;
+        client.batch_execute(&sql).map_err(|e| {
+            Error::new(
+                ErrorKind::Restore,
+                format!(
+                    "cannot create schema {} in database {dbname:?} before restoring: {}",
+                    schemas.join(", "),
+                    e.as_db_error()
+                        .map_or_else(|| e.to_string(), |db| db.message().to_string())
+                ),
+            )
+            .with_hint("restore as a role that may create schemas in the target (set [restore-connection])")
+        })
     }
 
     /// Drops `dbname`. Refuses (with PostgreSQL's message) while sessions

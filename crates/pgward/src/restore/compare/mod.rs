@@ -32,6 +32,9 @@ const LARGE_OBJECT_CHUNK: i32 = 1 << 20;
 /// What the restore did, which the schema comparison must mirror.
 pub struct RestoredAs<'a> {
     pub database: &'a ConnectionTarget,
+    /// Schemas pgward created before pg_restore, as the manifest records
+    /// (the archive does not create them).
+    pub created_schemas: &'a [String],
     pub no_owner: bool,
     pub no_acl: bool,
     /// The entries restored; `None` for the whole archive.
@@ -43,6 +46,65 @@ pub struct RestoredAs<'a> {
 pub struct Tools<'a> {
     pub pg_dump: &'a Tool,
     pub pg_restore: &'a Tool,
+}
+
+/// What a PASS cannot vouch for in the restored part of `toc` (`entries`,
+/// or all of it), because the archive does not hold it:
+///
+/// - a stored generated column's values are not dumped; the restore
+///   computes them anew, so a value the source computed with an older
+///   expression or function comes back different, and equal to the archive;
+/// - an extension's configuration table is dumped only as far as the
+///   extension marks its rows as the user's (PostGIS: the rows of
+///   `spatial_ref_sys` outside its own ranges), so edits to the extension's
+///   own rows are not in the backup.
+pub fn limits(toc: &Toc, entries: Option<&BTreeSet<i64>>) -> Vec<String> {
+    let restored = |e: &&TocEntry| entries.is_none_or(|set| set.contains(&e.dump_id));
+    let name = |e: &TocEntry| {
+        crate::scope::TableName {
+            schema: e.namespace.clone(),
+            table: e.tag.clone(),
+        }
+        .to_string()
+    };
+    let generated: Vec<String> = toc
+        .entries
+        .iter()
+        .filter(restored)
+        .filter(|e| {
+            e.desc == "TABLE"
+                && e.definition.contains(" GENERATED ALWAYS AS (")
+                && e.definition.contains(") STORED")
+        })
+        .map(name)
+        .collect();
+    // A configuration table's TABLE entry is the extension's, not dumped.
+    let of_extensions: Vec<String> = toc
+        .entries
+        .iter()
+        .filter(restored)
+        .filter(|e| e.desc == "TABLE DATA")
+        .filter(|data| {
+            !toc.entries
+                .iter()
+                .any(|t| t.desc == "TABLE" && t.namespace == data.namespace && t.tag == data.tag)
+        })
+        .map(name)
+        .collect();
+    let mut notes = Vec::new();
+    if !generated.is_empty() {
+        notes.push(format!(
+            "stored generated columns in {} are not in the archive: the restore computed them anew, so a value that the source computed differently (an older expression or function) is not proved",
+            generated.join(", ")
+        ));
+    }
+    if !of_extensions.is_empty() {
+        notes.push(format!(
+            "extension configuration tables ({}): the archive holds only the rows each extension marks as the user's, so changes to an extension's own rows are not in the backup",
+            of_extensions.join(", ")
+        ));
+    }
+    notes
 }
 
 /// Whether `entry` was restored.

@@ -122,7 +122,10 @@ pub(super) fn compare_schema(
     let from_database = run_capturing(command, None, "pg_dump --schema-only")?;
 
     let archive = objects(&from_archive);
-    let database = objects(&from_database);
+    let mut database = objects(&from_database);
+    database.retain(|o| {
+        !(o.kind == "SCHEMA" && o.schema == "-" && restored.created_schemas.contains(&o.name))
+    });
     Ok(SchemaComparison {
         objects: archive.len(),
         lines: archive.iter().map(|o| o.lines.len()).sum(),
@@ -150,9 +153,17 @@ fn restored_side_switches(toc: &Toc, compared: &[i64]) -> Vec<String> {
     if !public_created {
         return Vec::new();
     }
+    // Naming schemas stops pg_dump from dumping extensions unless they are
+    // named too.
+    let extensions = toc
+        .entries
+        .iter()
+        .filter(|e| e.desc == "EXTENSION" && compared.contains(&e.dump_id))
+        .map(|e| format!("--extension={}", crate::scope::quote_ident(&e.tag)));
     schemas
         .iter()
         .map(|e| format!("--schema={}", crate::scope::quote_ident(&e.tag)))
+        .chain(extensions)
         .collect()
 }
 
