@@ -373,6 +373,12 @@ fn scope(ctx: &mut Context, m: &mut Matrix) {
             match session.dependencies(&resolved) {
                 Ok(needs) => {
                     dependency_rows(&ctx.config.scope, &needs, m);
+                    if let Some(pg_dump) = &ctx.pg_dump
+                        && let Err(e) =
+                            crate::dump::require_can_include_extensions(pg_dump, &resolved, &needs)
+                    {
+                        m.fail_with("scope.extensions", &e);
+                    }
                     ctx.dependencies = Some(needs);
                 }
                 Err(e) => m.fail_with("scope.dependencies", &e),
@@ -434,7 +440,7 @@ fn dependency_rows(scope: &crate::scope::Scope, needs: &ScopeDependencies, m: &m
                     "{} is outside the scope, which is meant for a prepared database ([scope] standalone = false)",
                     object.describe()
                 ),
-                "a restore of this scope needs it in the target first; a drill prepares its scratch database from the source",
+                "a drill or restore of this scope creates it in the database it restores into, read from this source database (which must then be reachable)",
             );
         }
     }

@@ -85,6 +85,13 @@ pub fn run(
     // database created meanwhile. Either is a verdict all the same.
     let mut server = RestoreServer::connect(config, env)?;
     let mut restoring = Restoring::begin(config, &repo, &manifest)?;
+    // A scope meant for a prepared database is drilled into one prepared
+    // from the source (see `restore::preparation`).
+    if let Some(preparation) =
+        crate::restore::preparation::Preparation::needed_for(&manifest, config, env)?
+    {
+        restoring.prepare_target_with(preparation);
+    }
     let scratch = scratch_name(&manifest.id);
     let (prepared, created) = match open_source(&repo, &manifest, decryptor) {
         Err(e) => (Err(e), None),

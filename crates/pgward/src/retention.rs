@@ -145,7 +145,7 @@ pub struct Decision {
 pub fn plan(backups: &[Candidate], policy: &RetentionPolicy) -> Vec<Decision> {
     let mut groups: BTreeMap<(String, String), Vec<&Candidate>> = BTreeMap::new();
     for backup in backups {
-        let scope = serde_json::to_string(&backup.scope).unwrap_or_default();
+        let scope = backup.scope.selection_key();
         groups
             .entry((backup.database.clone(), scope))
             .or_default()

@@ -175,6 +175,16 @@ impl Scope {
         Ok(())
     }
 
+    /// The selection alone, as text: what tells one chain of backups from
+    /// another (see `PartialEq`).
+    pub fn selection_key(&self) -> String {
+        let selection = Scope {
+            standalone: true,
+            ..self.clone()
+        };
+        serde_json::to_string(&selection).unwrap_or_default()
+    }
+
     pub fn is_whole_database(&self) -> bool {
         *self == Scope::default()
     }
@@ -290,6 +300,29 @@ mod tests {
             ..Scope::default()
         };
         assert!(both.validate().is_err());
+    }
+
+    #[test]
+    fn standalone_does_not_change_the_selection() {
+        let standalone = Scope {
+            schemas: vec!["app".into()],
+            ..Scope::default()
+        };
+        let prepared = Scope {
+            standalone: false,
+            ..standalone.clone()
+        };
+        assert_eq!(standalone, prepared);
+        assert_eq!(standalone.selection_key(), prepared.selection_key());
+        assert!(
+            Scope {
+                standalone: false,
+                ..Scope::default()
+            }
+            .is_whole_database()
+        );
+        let parsed: Scope = toml::from_str("schemas = [\"app\"]\n").unwrap();
+        assert!(parsed.standalone);
     }
 
     #[test]

@@ -21,19 +21,21 @@ fn geo_database(hint: &str) -> String {
          CREATE EXTENSION hstore; \
          CREATE EXTENSION cube; \
          CREATE EXTENSION earthdistance; \
+         CREATE EXTENSION pg_trgm; \
          CREATE SCHEMA app; \
          CREATE TABLE app.users (id serial PRIMARY KEY, name extensions.citext NOT NULL, \
-                                 attrs hstore, home earth); \
-         INSERT INTO app.users (name, attrs, home) VALUES \
-             ('Ann', 'a=>1', ll_to_earth(52.5, 13.4)), ('Bob', 'b=>2', NULL); \
+                                 tags extensions.citext[], attrs hstore, home earth); \
+         INSERT INTO app.users (name, tags, attrs, home) VALUES \
+             ('Ann', '{A,b}', 'a=>1', ll_to_earth(52.5, 13.4)), ('Bob', NULL, 'b=>2', NULL); \
+         INSERT INTO extensions.spatial_ref_sys (srid, auth_name, auth_srid, srtext, proj4text) \
+             VALUES (990001, 'pgward', 990001, '', '+proj=longlat +datum=WGS84'); \
          CREATE TABLE public.places (id int PRIMARY KEY, name extensions.citext, \
                                      geom extensions.geometry(Point, 4326), \
                                      doubled int GENERATED ALWAYS AS (id * 2) STORED); \
+         CREATE INDEX places_name_trgm ON public.places USING gin ((name::text) gin_trgm_ops); \
          INSERT INTO public.places (id, name, geom) VALUES \
              (1, 'Here', extensions.ST_SetSRID(extensions.ST_MakePoint(13.4, 52.5), 4326)), \
-             (2, 'There', NULL); \
-         INSERT INTO extensions.spatial_ref_sys (srid, auth_name, auth_srid, srtext, proj4text) \
-             VALUES (990001, 'pgward', 990001, '', '+proj=longlat +datum=WGS84');",
+             (2, 'There', NULL);",
     );
     db
 }
@@ -101,7 +103,19 @@ fn a_schema_scope_brings_the_extensions_it_uses_and_their_schemas() {
     ] {
         assert!(evidence.contains(needed), "{needed}: {evidence}");
     }
-    assert!(!evidence.contains("postgis"), "{evidence}");
+    assert!(
+        !evidence.contains("postgis") && !evidence.contains("pg_trgm"),
+        "{evidence}"
+    );
+    // citext[] is citext's too, not an object outside the scope.
+    assert!(
+        report["matrix"]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["id"] != "scope.outside"),
+        "{report}"
+    );
     let schemas = check_row(&report, "scope.schemas");
     assert!(
         schemas["evidence"]
@@ -152,6 +166,23 @@ fn a_schema_scope_brings_the_extensions_it_uses_and_their_schemas() {
         serde_json::json!(["public"])
     );
     assert_drill_passed(&drill(&ws, &manifest));
+
+    // Only exclusions: pg_dump dumps every extension, also those living in
+    // the excluded schema, which every restore then creates.
+    let db = cluster().create_database("ext_excluded");
+    cluster().psql(
+        &db,
+        "CREATE SCHEMA extensions; CREATE EXTENSION citext SCHEMA extensions; \
+         CREATE TABLE public.t (x extensions.citext); INSERT INTO public.t VALUES ('A');",
+    );
+    let res = backup(&ws.repo(), &db, &["--exclude-schema", "extensions"]);
+    res.assert_ok();
+    let manifest = manifest_of(&ws, &res);
+    assert_eq!(
+        manifest["dependencies"]["schemas"],
+        serde_json::json!(["extensions"])
+    );
+    assert_drill_passed(&drill(&ws, &manifest));
 }
 
 #[test]
@@ -162,9 +193,10 @@ fn table_scopes_bring_extensions_and_an_extensions_configuration_table_can_be_na
     let res = backup(&ws.repo(), &db, &["--table", "public.places"]);
     res.assert_ok();
     let manifest = manifest_of(&ws, &res);
+    // The index's operator class is pg_trgm's.
     assert_eq!(
         names(&manifest["dependencies"]["extensions"], "name"),
-        vec!["citext", "postgis"]
+        vec!["citext", "pg_trgm", "postgis"]
     );
     let out = assert_drill_passed(&drill(&ws, &manifest));
     let notes = out["record"]["notes"].to_string();
@@ -173,6 +205,29 @@ fn table_scopes_bring_extensions_and_an_extensions_configuration_table_can_be_na
         "{out}"
     );
     assert!(notes.contains("extensions.spatial_ref_sys"), "{out}");
+
+    // A backup role must be able to read it, as pg_dump will.
+    let role = format!("bk_{db}");
+    cluster().psql(
+        &db,
+        &format!(
+            "CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA extensions TO {role}; \
+             REVOKE SELECT ON extensions.spatial_ref_sys FROM PUBLIC;"
+        ),
+    );
+    let check = run(pgward(&ws.repo()).env("PGUSER", &role).args([
+        "--json",
+        "check",
+        "--dbname",
+        &db,
+        "--table",
+        "extensions.spatial_ref_sys",
+    ]));
+    assert_eq!(check.code, 1, "{}", check.stderr);
+    assert_eq!(
+        check_row(&check.json(), "privilege.table-select")["evidence"],
+        format!("role {role} has no SELECT on table extensions.spatial_ref_sys")
+    );
 
     // Before, "table extensions.spatial_ref_sys in scope does not exist".
     let res = backup(&ws.repo(), &db, &["--table", "extensions.spatial_ref_sys"]);
@@ -196,7 +251,12 @@ fn a_dependency_outside_the_scope_fails_check_and_refuses_the_backup() {
          CREATE DOMAIN shared.email AS text CHECK (VALUE LIKE '%@%'); \
          CREATE SCHEMA app; \
          CREATE TABLE app.users (id int PRIMARY KEY, mail shared.email); \
-         INSERT INTO app.users VALUES (1, 'a@example.org');",
+         INSERT INTO app.users VALUES (1, 'a@example.org'); \
+         CREATE TABLE app.m (d date) PARTITION BY RANGE (d); \
+         CREATE TABLE app.m_2024 PARTITION OF app.m FOR VALUES FROM ('2024-01-01') TO ('2025-01-01'); \
+         CREATE SCHEMA \"Sales\"; \
+         CREATE TABLE \"Sales\".orders (id int PRIMARY KEY); \
+         INSERT INTO \"Sales\".orders VALUES (1), (2);",
     );
 
     let check = pgward_json(&ws, &db, &["check", "--schema", "app"]);
@@ -227,6 +287,30 @@ fn a_dependency_outside_the_scope_fails_check_and_refuses_the_backup() {
         "a refused backup writes nothing"
     );
 
+    // A partition alone needs its parent.
+    let check = pgward_json(&ws, &db, &["check", "--table", "app.m_2024"]);
+    assert_eq!(check.code, 1, "{}", check.stderr);
+    let row = check_row(&check.json(), "scope.outside");
+    assert!(
+        row["evidence"]
+            .as_str()
+            .unwrap()
+            .starts_with("table app.m (needed by table app.m_2024)"),
+        "{row}"
+    );
+    assert_eq!(row["hint"], "add app.m to scope.tables", "{row}");
+
+    // A table scope's own schema, as named (not quoted), is created by
+    // every restore.
+    let res = backup(&ws.repo(), &db, &["--table", "\"Sales\".orders"]);
+    res.assert_ok();
+    let manifest = manifest_of(&ws, &res);
+    assert_eq!(
+        manifest["dependencies"]["schemas"],
+        serde_json::json!(["Sales"])
+    );
+    assert_drill_passed(&drill(&ws, &manifest));
+
     // Including the schema removes the dependency.
     backup(&ws.repo(), &db, &["--schema", "app", "--schema", "shared"]).assert_ok();
 
@@ -250,6 +334,26 @@ fn a_dependency_outside_the_scope_fails_check_and_refuses_the_backup() {
     assert_eq!(
         manifest["dependencies"]["outside"][0]["identity"], "shared.email",
         "{manifest}"
+    );
+    // The drill prepares its scratch database from the source, says so,
+    // and does not count what it prepared as the backup's.
+    let res = run(pgward(&ws.repo())
+        .args([
+            "--json",
+            "drill",
+            manifest["id"].as_str().unwrap(),
+            "--config",
+        ])
+        .arg(&config));
+    let out = assert_drill_passed(&res);
+    let preparation = &out["record"]["checks"][0];
+    assert_eq!(preparation["name"], "preparation", "{out}");
+    assert!(
+        preparation["detail"]
+            .as_str()
+            .unwrap()
+            .contains("of schema shared) 2 objects the backup does not hold"),
+        "{out}"
     );
 }
 
@@ -286,7 +390,7 @@ fn a_partial_restore_brings_the_extensions_its_table_uses() {
         .unwrap()
         .to_string();
     assert!(
-        selection.contains("with the extensions they use: citext, postgis"),
+        selection.contains("with the extensions they use: citext, pg_trgm, postgis"),
         "{selection}"
     );
     assert!(!selection.contains("left out"), "{selection}");
@@ -303,7 +407,15 @@ fn a_partial_restore_brings_the_extensions_its_table_uses() {
             &target,
             "SELECT string_agg(extname, ',' ORDER BY extname) FROM pg_extension"
         ),
-        "citext,plpgsql,postgis"
+        "citext,pg_trgm,plpgsql,postgis"
+    );
+    // The index that needs pg_trgm came along too.
+    assert_eq!(
+        scalar_rows(
+            &target,
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'places_name_trgm'"
+        ),
+        "1"
     );
 
     // A database where the operator created the extensions first counts
@@ -313,8 +425,9 @@ fn a_partial_restore_brings_the_extensions_its_table_uses() {
     cluster().psql(
         &prepared,
         "CREATE SCHEMA extensions; CREATE EXTENSION citext SCHEMA extensions; \
-         CREATE EXTENSION postgis SCHEMA extensions;",
+         CREATE EXTENSION postgis SCHEMA extensions; CREATE EXTENSION hstore;",
     );
+    // hstore is not the backup's: the comparison does not hold it against it.
     restore(&prepared).assert_ok();
     assert_eq!(
         scalar_rows(&prepared, "SELECT count(*) FROM public.places"),

@@ -67,10 +67,13 @@ impl OutsideObject {
     pub fn remedy(&self, scope: &Scope) -> String {
         let Some(schema) = &self.schema else {
             return format!(
-                "a {} is in no schema, so no scope can include it: create it in the target first and set [scope] standalone = false",
-                self.kind
+                "{} {} is in no schema, so no scope can include it: create it in the target first and set [scope] standalone = false",
+                self.kind, self.identity
             );
         };
+        if self.kind == "index" {
+            return "an index comes with its table: bring that table into the scope".to_string();
+        }
         let relation = matches!(
             self.kind.as_str(),
             "table" | "view" | "materialized view" | "sequence" | "foreign table"
@@ -83,8 +86,8 @@ impl OutsideObject {
                 return format!("add {} to scope.tables", self.identity);
             }
             return format!(
-                "pg_dump --table never dumps a {}: back up schema {schema} (scope.schemas) instead of single tables, or create it in the target first and set [scope] standalone = false",
-                self.kind
+                "pg_dump --table dumps only tables, not {} {}: back up schema {schema} (scope.schemas) instead of single tables, or create it in the target first and set [scope] standalone = false",
+                self.kind, self.identity
             );
         }
         if relation
@@ -180,6 +183,12 @@ pub(crate) fn dependencies(
                          OR (m.classid = 'pg_catalog.pg_namespace'::pg_catalog.regclass AND d.deptype = 'n'))
                     AND NOT (d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
                              AND d.objid IN (SELECT oid FROM excluded WHERE oid IS NOT NULL))
+                    -- A partition depends on its parent automatically, but
+                    -- is dumped only if itself in scope.
+                    AND NOT (d.deptype = 'a' AND d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                             AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                             AND EXISTS (SELECT 1 FROM pg_catalog.pg_class p
+                                          WHERE p.oid = d.objid AND p.relispartition))
                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e
                                      WHERE e.classid = d.classid AND e.objid = d.objid AND e.deptype = 'e')),
              refs AS (
@@ -187,7 +196,13 @@ pub(crate) fn dependencies(
                         pg_catalog.min(pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid)) AS needed_by
                    FROM members m
                    JOIN pg_catalog.pg_depend d ON d.classid = m.classid AND d.objid = m.objid
-                  WHERE d.deptype = 'n' AND d.refobjid >= {FIRST_USER_OID}
+                  WHERE d.refobjid >= {FIRST_USER_OID}
+                    AND (d.deptype = 'n'
+                         -- a partition needs its parent
+                         OR (d.deptype = 'a' AND d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                             AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                             AND EXISTS (SELECT 1 FROM pg_catalog.pg_class p
+                                          WHERE p.oid = d.objid AND p.relispartition)))
                     AND NOT EXISTS (SELECT 1 FROM members x
                                      WHERE x.classid = d.refclassid AND x.objid = d.refobjid)
                   GROUP BY 1, 2
@@ -197,14 +212,32 @@ pub(crate) fn dependencies(
                  SELECT e.refclassid, e.refobjid, pg_catalog.pg_describe_object(s.classid, s.objid, 0)
                    FROM seeds s
                    JOIN pg_catalog.pg_depend e ON e.classid = s.classid AND e.objid = s.objid
-                  WHERE e.deptype = 'e')
+                  WHERE e.deptype = 'e'),
+             -- What each reference belongs to, up its automatic and internal
+             -- dependencies: an extension's array type belongs to its type,
+             -- an index on its table to a constraint of that table.
+             owners(refclassid, refobjid, classid, objid, depth) AS (
+                 SELECT refclassid, refobjid, refclassid, refobjid, 0 FROM refs
+                 UNION ALL
+                 SELECT o.refclassid, o.refobjid, d.refclassid, d.refobjid, o.depth + 1
+                   FROM owners o
+                   JOIN pg_catalog.pg_depend d ON d.classid = o.classid AND d.objid = o.objid
+                  WHERE d.deptype IN ('a', 'i') AND o.depth < 4)
              SELECT r.refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass,
                     CASE WHEN r.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass THEN r.refobjid
-                         ELSE (SELECT e.refobjid FROM pg_catalog.pg_depend e
-                                WHERE e.classid = r.refclassid AND e.objid = r.refobjid
+                         ELSE (SELECT e.refobjid FROM owners o
+                                 JOIN pg_catalog.pg_depend e ON e.classid = o.classid AND e.objid = o.objid
+                                WHERE o.refclassid = r.refclassid AND o.refobjid = r.refobjid
                                   AND e.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
-                                  AND e.deptype = 'e' LIMIT 1) END,
-                    i.type, i.schema, i.identity, r.needed_by
+                                  AND e.deptype = 'e'
+                                ORDER BY o.depth LIMIT 1) END,
+                    i.type,
+                    -- pg_identify_object quotes names; the schema as named.
+                    CASE WHEN r.refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass
+                         THEN (SELECT n.nspname::text FROM pg_catalog.pg_namespace n WHERE n.oid = r.refobjid)
+                         ELSE (SELECT n.nspname::text FROM pg_catalog.pg_namespace n
+                                WHERE pg_catalog.quote_ident(n.nspname) = i.schema) END,
+                    i.identity, r.needed_by
                FROM refs r, pg_catalog.pg_identify_object(r.refclassid, r.refobjid, 0) i
               ORDER BY i.identity"
         ),
@@ -226,7 +259,7 @@ pub(crate) fn dependencies(
                 extension_seeds.push((oid, needed_by));
             }
         } else if is_schema {
-            schemas.insert(identity);
+            schemas.extend(schema);
         } else {
             outside.push(OutsideObject {
                 kind,
@@ -275,6 +308,20 @@ pub(crate) fn dependencies(
         });
     }
 
+    // With only exclusions pg_dump dumps every extension, also one that
+    // lives in an excluded schema (which it then does not create).
+    if scope.schemas.is_empty() && scope.tables.is_empty() {
+        for row in client.query(
+            &format!(
+                "SELECT n.nspname::text FROM pg_catalog.pg_extension e \
+                   JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace \
+                  WHERE e.oid >= {FIRST_USER_OID}"
+            ),
+            &[],
+        )? {
+            schemas.insert(row.get(0));
+        }
+    }
     // Schemas the dump creates need no preparing; system schemas exist.
     for extension in &extensions {
         schemas.insert(extension.schema.clone());

@@ -119,6 +119,8 @@ struct Relation {
     schema_acl: Vec<String>,
     row_security_blocks: bool,
     forced: bool,
+    /// An extension's configuration table.
+    of_extension: bool,
 }
 
 /// pg_dump dumps large objects unless the scope names schemas or tables.
@@ -142,7 +144,8 @@ impl CatalogSession {
                         COALESCE(n.nspacl, pg_catalog.acldefault('n', n.nspowner))::text[], \
                         c.relrowsecurity AND NOT r.rolsuper AND NOT r.rolbypassrls \
                           AND (c.relforcerowsecurity OR NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')), \
-                        c.relforcerowsecurity \
+                        c.relforcerowsecurity, \
+                        NOT ({USER_RELATION}) \
                    FROM pg_catalog.pg_class c \
                    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
                    JOIN pg_catalog.pg_roles r ON r.rolname = current_user \
@@ -151,7 +154,9 @@ impl CatalogSession {
                         AND d.deptype IN ('a', 'i') AND c.relkind = 'S' \
                    LEFT JOIN pg_catalog.pg_class own_c ON own_c.oid = d.refobjid \
                    LEFT JOIN pg_catalog.pg_namespace own_n ON own_n.oid = own_c.relnamespace \
-                  WHERE c.relkind IN ('r', 'p', 'S') AND {USER_RELATION} \
+                  WHERE c.relkind IN ('r', 'p', 'S') \
+                    AND ({USER_RELATION} \
+                         OR EXISTS (SELECT 1 FROM pg_catalog.pg_extension e WHERE c.oid = ANY (e.extconfig))) \
                   ORDER BY 1, 2"),
                 &[],
             )
@@ -176,10 +181,23 @@ impl CatalogSession {
                 schema_acl: r.get(10),
                 row_security_blocks: r.get(11),
                 forced: r.get(12),
+                of_extension: r.get(13),
             })
             .collect();
 
         let in_scope = |rel: &Relation| -> bool {
+            // An extension's configuration table: pg_dump reads its user
+            // rows in a whole-database dump, and in a narrowed one that
+            // names it. (A narrowed scope that includes the extension dumps
+            // them too; that case is not checked here.)
+            if rel.of_extension {
+                let narrowed = !scope.schemas.is_empty() || !scope.tables.is_empty();
+                return if narrowed {
+                    scope.tables().contains(&rel.name)
+                } else {
+                    scope.includes(&rel.name)
+                };
+            }
             if rel.kind == 'S' && !scope.tables.is_empty() {
                 // With named tables pg_dump takes the sequences they own.
                 return scope.includes(&rel.name)

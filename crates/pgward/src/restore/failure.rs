@@ -15,12 +15,46 @@
 //! and, when it went on after errors, ends with `pg_restore: warning:
 //! errors ignored on restore: N`.
 
-/// At most this many errors are told in full; the rest are counted.
-const MAX_ERRORS: usize = 10;
+/// At most this many errors are told in full; the rest are counted (the
+/// message goes into notifications too).
+const MAX_ERRORS: usize = 5;
 /// At most this many explaining lines per error.
-const MAX_LINES: usize = 8;
+const MAX_LINES: usize = 6;
 /// Longer lines are cut.
-const MAX_LINE_CHARS: usize = 300;
+const MAX_LINE_CHARS: usize = 240;
+
+/// Words after which PostgreSQL quotes a name, not a value.
+const NAMED_BY: &[&str] = &[
+    "type ",
+    "relation ",
+    "table ",
+    "column ",
+    "constraint ",
+    "function ",
+    "schema ",
+    "index ",
+    "extension ",
+    "role ",
+    "sequence ",
+    "view ",
+    "database ",
+    "operator ",
+    "trigger ",
+    "domain ",
+    "collation ",
+    "language ",
+    "method ",
+    "policy ",
+    "rule ",
+];
+
+/// Server lines that can explain an error without quoting a row: which
+/// function or statement it happened in.
+const CONTEXT_WITHOUT_DATA: &[&str] = &[
+    "CONTEXT:  SQL function ",
+    "CONTEXT:  PL/pgSQL function ",
+    "CONTEXT:  SQL statement ",
+];
 
 /// One error and the lines that explain it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,9 +68,10 @@ struct ErrorBlock {
 }
 
 /// pg_restore's failure as one line: how many errors, the first with its
-/// explanation, then the others. With `redact` (an encrypted backup), lines
-/// that can carry row values (DETAIL, a COPY's CONTEXT, a value quoted in a
-/// COPY's error) are left out.
+/// explanation, then the others. With `redact` (an encrypted backup), what
+/// can carry row values is left out: DETAIL and HINT lines, CONTEXT lines
+/// other than the function or statement an error happened in (and any that
+/// mentions a COPY), and every quoted value in an error that is not a name.
 pub(crate) fn describe(diagnostics: &str, redact: bool) -> Option<String> {
     let blocks = parse(diagnostics);
     let first = blocks.first()?;
@@ -68,15 +103,19 @@ pub(crate) fn describe(diagnostics: &str, redact: bool) -> Option<String> {
 }
 
 fn render(block: &ErrorBlock, redact: bool) -> String {
-    let copy_error = block.message.contains("COPY failed");
-    let mut message = block.message.clone();
-    if redact && copy_error {
-        message = without_quoted_values(&message);
-    }
+    let message = if redact {
+        without_quoted_values(&block.message)
+    } else {
+        block.message.clone()
+    };
     let mut parts = vec![cut(&message)];
     for line in &block.explained_by {
-        let row_data = line.starts_with("DETAIL:") || line.starts_with("CONTEXT:  COPY ");
-        if redact && row_data {
+        let may_quote_data = line.starts_with("DETAIL:")
+            || line.starts_with("HINT:")
+            || (line.starts_with("CONTEXT:")
+                && (!CONTEXT_WITHOUT_DATA.iter().any(|p| line.starts_with(p))
+                    || line.contains("COPY")));
+        if redact && may_quote_data {
             continue;
         }
         parts.push(cut(line));
@@ -87,20 +126,25 @@ fn render(block: &ErrorBlock, redact: bool) -> String {
     parts.join(" | ")
 }
 
-/// `invalid input syntax for type integer: "x1"` -> `... integer: "…"`.
+/// `invalid input syntax for type integer: "x1"` -> `... integer: "…"`;
+/// a quoted name (`type "earth"`, `relation "t"`) stays.
 fn without_quoted_values(text: &str) -> String {
     let mut out = String::new();
     let mut rest = text;
-    while let Some(start) = rest.find(": \"") {
-        out.push_str(&rest[..start + 3]);
-        out.push('…');
-        let after = &rest[start + 3..];
-        match after.find('"') {
-            Some(end) => rest = &after[end..],
-            None => {
-                rest = "\"";
-            }
+    while let Some(start) = rest.find('"') {
+        let before = &rest[..start];
+        out.push_str(before);
+        let after = &rest[start + 1..];
+        let end = after.find('"').unwrap_or(after.len());
+        let is_name = NAMED_BY.iter().any(|w| out.ends_with(w));
+        out.push('"');
+        if is_name {
+            out.push_str(&after[..end]);
+        } else {
+            out.push('…');
         }
+        out.push('"');
+        rest = after.get(end + 1..).unwrap_or("");
     }
     out.push_str(rest);
     out
@@ -251,6 +295,26 @@ pg_restore: warning: errors ignored on restore: 3
             "{text}"
         );
         assert!(text.contains("during inlining"), "{text}");
+        assert!(
+            text.contains("type \"public.citext\" does not exist"),
+            "{text}"
+        );
+
+        let stderr = "pg_restore: error: could not execute query: ERROR:  value \"99999999999\" is out of range for type integer
+HINT:  \"0101000020E6\" <-- parse error at position 12
+CONTEXT:  PL/pgSQL function public.check_row() line 3 at RAISE
+COPY accounts, line 7: \"7\tsecret@example.org\"
+pg_restore: error: could not execute query: ERROR:  invalid input syntax for type json
+DETAIL:  Token \"secret\" is invalid.
+CONTEXT:  JSON data, line 1: {\"card\": secret...
+";
+        let text = describe(stderr, true).unwrap();
+        for leak in ["99999999999", "0101000020E6", "secret", "card"] {
+            assert!(!text.contains(leak), "{leak}: {text}");
+        }
+        assert!(text.contains("value \"…\" is out of range"), "{text}");
+        let text = describe(stderr, false).unwrap();
+        assert!(text.contains("secret@example.org"), "{text}");
     }
 
     #[test]
@@ -268,11 +332,11 @@ pg_restore: warning: errors ignored on restore: 3
             "{text}"
         );
         assert!(
-            text.contains("ERROR: e9") && !text.contains("ERROR: e10"),
+            text.contains("ERROR: e4") && !text.contains("ERROR: e5"),
             "{text}"
         );
         assert!(
-            text.ends_with("|| and 15 more || pg_restore counted 40 errors"),
+            text.ends_with("|| and 20 more || pg_restore counted 40 errors"),
             "{text}"
         );
         assert_eq!(describe("pg_restore: creating TABLE x\n", false), None);

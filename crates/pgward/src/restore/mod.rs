@@ -16,6 +16,7 @@
 pub mod compare;
 mod failure;
 mod load;
+pub(crate) mod preparation;
 pub mod selection;
 pub mod source;
 pub mod target;
@@ -164,11 +165,18 @@ pub fn run(
     }
     // Schemas the target already has for the extensions created in it:
     // the archive's CREATE SCHEMA of them is skipped, as for public.
-    let present_schemas = match &state {
-        TargetState::Empty(schemas) if !options.drop_existing => schemas.clone(),
-        _ => Vec::new(),
+    let present = match &state {
+        TargetState::Empty(present) if !options.drop_existing => present.clone(),
+        _ => target::Present::default(),
     };
+    let present_schemas = present.schemas.clone();
     let mut restoring = Restoring::begin(config, &repo, &manifest)?;
+    restoring.present = present;
+    // A scope meant for a prepared database: the target is prepared from
+    // the source as a drill's is (see `preparation`).
+    if let Some(preparation) = preparation::Preparation::needed_for(&manifest, config, env)? {
+        restoring.prepare_target_with(preparation);
+    }
     let prepared = restoring.prepare(source, options, &present_schemas, progress)?;
     if let Some(error) = restoring.interrupted() {
         return Err(error);
@@ -306,6 +314,11 @@ pub(crate) struct Restoring<'a> {
     prepare_ms: u64,
     /// `[drill] accept`.
     accept: Vec<String>,
+    /// What a drill creates in its scratch database before restoring
+    /// (`[scope] standalone = false`).
+    preparation: Option<preparation::Preparation>,
+    /// What the (empty) target held before the restore: not the archive's.
+    present: target::Present,
 }
 
 impl<'a> Restoring<'a> {
@@ -333,7 +346,15 @@ impl<'a> Restoring<'a> {
             started: Instant::now(),
             prepare_ms: 0,
             accept: config.drill.accept.clone(),
+            preparation: None,
+            present: target::Present::default(),
         })
+    }
+
+    /// Have the database restored into prepared first (a drill of a scope
+    /// meant for a prepared database).
+    pub(crate) fn prepare_target_with(&mut self, preparation: preparation::Preparation) {
+        self.preparation = Some(preparation);
     }
 
     /// Everything that can refuse the restore before a database is touched.
@@ -414,12 +435,45 @@ impl<'a> Restoring<'a> {
         // Schemas the scope's objects and extensions live in that the dump
         // does not create (recorded at backup time).
         server.create_schemas(dbname, &manifest.dependencies.schemas)?;
+        let existing: Vec<String> = manifest
+            .dependencies
+            .schemas
+            .iter()
+            .cloned()
+            .chain(["public".to_string()])
+            .collect();
+        let preparation = match &self.preparation {
+            Some(p) => Some(p.run(
+                &self.pg_dump,
+                &database,
+                &prepared.toc,
+                &existing,
+                options.no_owner,
+                options.no_acl,
+            )?),
+            None => None,
+        };
+        // Not the archive's: what the preparation created, and the
+        // extensions (with their schemas) the target held before.
+        let mut not_restored: std::collections::BTreeSet<compare::ObjectKey> = preparation
+            .as_ref()
+            .map(|p| p.objects.clone())
+            .unwrap_or_default();
+        let unqualified = |kind: &str, name: String| (kind.to_string(), "-".to_string(), name);
+        for extension in &self.present.extensions {
+            not_restored.insert(unqualified("EXTENSION", extension.clone()));
+            not_restored.insert(unqualified("COMMENT", format!("EXTENSION {extension}")));
+        }
+        for schema in &self.present.schemas {
+            not_restored.insert(unqualified("SCHEMA", schema.clone()));
+        }
         server.adopt_schemas(dbname, &prepared.adopted, options.no_owner)?;
         let schema_list = self.scratch.schema_list.clone();
         let entries = prepared.entries.clone();
         let restored = compare::RestoredAs {
             database: &database,
             created_schemas: &manifest.dependencies.schemas,
+            prepared_objects: &not_restored,
             no_owner: options.no_owner,
             no_acl: options.no_acl,
             entries: entries.as_ref(),
@@ -521,6 +575,9 @@ impl<'a> Restoring<'a> {
         };
         let restore_ms = self.prepare_ms + data_ms + post_data_ms;
         let mut checks = table_checks?;
+        if let Some(preparation) = &preparation {
+            checks.insert(0, preparation.check.clone());
+        }
         if let Some(chosen) = &entries {
             let left_out = options.selection.left_out(&prepared.toc, chosen);
             let extensions = Selection::extensions(&prepared.toc, chosen);

@@ -95,6 +95,12 @@ impl Selection {
                 .filter(|d| !container_ids.contains(d))
                 .collect()
         };
+        let extension_ids: BTreeSet<i64> = toc
+            .entries
+            .iter()
+            .filter(|e| e.desc == "EXTENSION")
+            .map(|e| e.dump_id)
+            .collect();
         loop {
             let before = chosen.len();
             for entry in &toc.entries {
@@ -104,10 +110,25 @@ impl Selection {
                 let on_container = dependencies.is_empty()
                     && !entry.dependencies.is_empty()
                     && matches!(entry.desc.as_str(), "COMMENT" | "ACL" | "SECURITY LABEL");
-                if all_chosen && (!dependencies.is_empty() || on_container) {
+                // Something of chosen objects that needs an extension (an
+                // index with an operator class of pg_trgm) brings it along.
+                let all_available = entry
+                    .dependencies
+                    .iter()
+                    .all(|d| chosen.contains(d) || extension_ids.contains(d));
+                if all_chosen && on_container {
                     chosen.insert(entry.dump_id);
+                } else if all_available && !dependencies.is_empty() {
+                    chosen.insert(entry.dump_id);
+                    chosen.extend(
+                        entry
+                            .dependencies
+                            .iter()
+                            .filter(|d| extension_ids.contains(d)),
+                    );
                 }
             }
+            chosen.extend(needed_extensions(toc, &chosen));
             if chosen.len() == before {
                 break;
             }
@@ -156,7 +177,9 @@ impl Selection {
 }
 
 /// The EXTENSION entries that entries in `chosen` depend on, with the
-/// extensions and schemas those depend on, until nothing changes.
+/// extensions and schemas those depend on, until nothing changes, and the
+/// user's rows of their configuration tables (TABLE DATA that depends on
+/// the extension, not a table): an extension comes as pg_dump dumped it.
 fn needed_extensions(toc: &Toc, chosen: &BTreeSet<i64>) -> BTreeSet<i64> {
     let by_id: std::collections::HashMap<i64, &crate::pipeline::archive::TocEntry> =
         toc.entries.iter().map(|e| (e.dump_id, e)).collect();
@@ -176,6 +199,27 @@ fn needed_extensions(toc: &Toc, chosen: &BTreeSet<i64>) -> BTreeSet<i64> {
             if wanted && !chosen.contains(&dependency) && needed.insert(dependency) {
                 frontier.push(dependency);
             }
+        }
+    }
+    let extensions: BTreeSet<i64> = toc
+        .entries
+        .iter()
+        .filter(|e| e.desc == "EXTENSION")
+        .map(|e| e.dump_id)
+        .filter(|id| chosen.contains(id) || needed.contains(id))
+        .collect();
+    let schemas = container_entries(toc);
+    for entry in &toc.entries {
+        // Its table is the extension's, so it depends on the extension
+        // (and the schema) in its stead.
+        let configuration = entry.desc == "TABLE DATA"
+            && entry.dependencies.iter().any(|d| extensions.contains(d))
+            && entry
+                .dependencies
+                .iter()
+                .all(|d| extensions.contains(d) || schemas.contains(d));
+        if configuration && !chosen.contains(&entry.dump_id) {
+            needed.insert(entry.dump_id);
         }
     }
     needed

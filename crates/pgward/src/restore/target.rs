@@ -20,14 +20,22 @@ pub struct RestoreServer {
     pub system_identifier: Option<String>,
 }
 
+/// What an empty target holds all the same.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Present {
+    /// Its extensions (plpgsql aside).
+    pub extensions: Vec<String>,
+    /// Schemas, other than public, that hold only extensions' objects.
+    pub schemas: Vec<String>,
+}
+
 /// What is at the target name now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetState {
     Absent,
     /// Holds no user objects; extensions do not count (one may create the
-    /// extensions a backup needs before restoring it). These are the
-    /// schemas, other than public, that hold only extensions' objects.
-    Empty(Vec<String>),
+    /// extensions a backup needs before restoring it).
+    Empty(Present),
     /// Exists and holds this many user objects.
     NotEmpty(i64),
 }
@@ -147,13 +155,18 @@ impl RestoreServer {
                       + (SELECT count(*) FROM own_function f JOIN pg_catalog.pg_namespace n ON n.oid = f.nsp \
                           WHERE n.nspname !~ '^pg_' AND n.nspname <> 'information_schema') \
                       + (SELECT count(*) FROM pg_catalog.pg_largeobject_metadata), \
-                        ARRAY(SELECT name FROM schemas WHERE of_extensions ORDER BY name)",
+                        ARRAY(SELECT name FROM schemas WHERE of_extensions ORDER BY name), \
+                        ARRAY(SELECT extname::text FROM pg_catalog.pg_extension \
+                               WHERE extname <> 'plpgsql' ORDER BY 1)",
                 &[],
             )
             .map_err(|e| query_error("cannot inspect the target database", e))?;
         let objects: i64 = row.get(0);
         Ok(if objects == 0 {
-            TargetState::Empty(row.get(1))
+            TargetState::Empty(Present {
+                schemas: row.get(1),
+                extensions: row.get(2),
+            })
         } else {
             TargetState::NotEmpty(objects)
         })

@@ -16,6 +16,7 @@
 mod schema;
 mod tables;
 
+pub(crate) use schema::{ObjectKey, objects_missing_from, run_capturing};
 pub use tables::{FinishedItems, compare_tables};
 
 use crate::connection::ConnectionTarget;
@@ -35,6 +36,10 @@ pub struct RestoredAs<'a> {
     /// Schemas pgward created before pg_restore, as the manifest records
     /// (the archive does not create them).
     pub created_schemas: &'a [String],
+    /// What was in the database before pg_restore and is not the
+    /// archive's: what a preparation created (`[scope] standalone = false`,
+    /// see [`crate::restore::preparation`]), extensions the target held.
+    pub prepared_objects: &'a BTreeSet<ObjectKey>,
     pub no_owner: bool,
     pub no_acl: bool,
     /// The entries restored; `None` for the whole archive.

@@ -123,8 +123,14 @@ pub(super) fn compare_schema(
 
     let archive = objects(&from_archive);
     let mut database = objects(&from_database);
+    // What pgward created or found there before pg_restore is not the
+    // archive's, unless the archive creates it too.
+    let in_archive: BTreeSet<ObjectKey> = archive.iter().map(SchemaObject::key).collect();
     database.retain(|o| {
-        !(o.kind == "SCHEMA" && o.schema == "-" && restored.created_schemas.contains(&o.name))
+        let created =
+            o.kind == "SCHEMA" && o.schema == "-" && restored.created_schemas.contains(&o.name);
+        let not_restored = restored.prepared_objects.contains(&o.key());
+        in_archive.contains(&o.key()) || !(created || not_restored)
     });
     Ok(SchemaComparison {
         objects: archive.len(),
@@ -293,17 +299,32 @@ fn objects(schema: &str) -> Vec<SchemaObject<'_>> {
     fn separator(line: &&str) -> bool {
         line.is_empty() || *line == "--"
     }
+    // pg_dump sets the tablespace and access method for the next table
+    // just before that table's header: they are that table's lines, not
+    // the previous object's (which may be one the other side lacks).
+    let mut for_next: Vec<&str> = Vec::new();
     for line in normalise(schema) {
         if let Some((name, kind, schema)) = header(line) {
             objects.push(SchemaObject {
                 kind,
                 schema,
                 name,
-                lines: Vec::new(),
+                lines: std::mem::take(&mut for_next),
             });
+        }
+        if line.starts_with("SET default_tablespace = ")
+            || line.starts_with("SET default_table_access_method = ")
+        {
+            for_next.push(line);
+            continue;
         }
         objects.last_mut().expect("never empty").lines.push(line);
     }
+    objects
+        .last_mut()
+        .expect("never empty")
+        .lines
+        .extend(for_next);
     for object in &mut objects {
         while object.lines.last().is_some_and(separator) {
             object.lines.pop();
@@ -312,6 +333,52 @@ fn objects(schema: &str) -> Vec<SchemaObject<'_>> {
         object.lines.drain(..leading);
     }
     objects
+}
+
+/// An object of a schema-only dump by its header: (type, schema, name),
+/// as pg_dump writes them from the archive entry (`-` for no schema).
+pub(crate) type ObjectKey = (String, String, String);
+
+/// The objects in `dump` (a plain schema-only pg_dump) that the archive
+/// `toc` does not create, each with its SQL, after `dump`'s preamble (its
+/// session settings, keyed `PREAMBLE`). Extensions and their comments stay
+/// even when the archive has them (pg_dump writes `CREATE EXTENSION IF NOT
+/// EXISTS`), because the other objects may need them first, keyed as
+/// `None`: they are not the dump's own. Schemas in `existing` are left out:
+/// they are there.
+pub(crate) fn objects_missing_from(
+    dump: &str,
+    toc: &Toc,
+    existing: &[String],
+) -> Vec<(Option<ObjectKey>, String)> {
+    let in_archive: BTreeSet<ObjectKey> = toc
+        .entries
+        .iter()
+        .map(|e| {
+            let schema = if e.namespace.is_empty() {
+                "-"
+            } else {
+                &e.namespace
+            };
+            (e.desc.clone(), schema.to_string(), e.tag.clone())
+        })
+        .collect();
+    let mut missing = Vec::new();
+    for object in objects(dump) {
+        let key = object.key();
+        let of_extension = object.kind == "EXTENSION"
+            || (object.kind == "COMMENT" && object.name.starts_with("EXTENSION "));
+        if object.kind == "SCHEMA" && existing.contains(&object.name) {
+            continue;
+        }
+        let own = object.kind != "PREAMBLE" && !of_extension;
+        if own && in_archive.contains(&key) {
+            continue;
+        }
+        let sql: String = object.lines.iter().map(|l| format!("{l}\n")).collect();
+        missing.push((own.then_some(key), sql));
+    }
+    missing
 }
 
 /// `-- Name: N; Type: T; Schema: S; Owner: O` -> (N, T, S).
@@ -405,7 +472,7 @@ fn same_lines(a: &[&str], b: &[&str]) -> bool {
 
 /// Runs a tool to completion, feeding it `input` on stdin when given, and
 /// returns its stdout.
-fn run_capturing(
+pub(crate) fn run_capturing(
     command: std::process::Command,
     input: Option<&[u8]>,
     what: &str,
