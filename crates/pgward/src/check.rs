@@ -440,7 +440,7 @@ fn dependency_rows(scope: &crate::scope::Scope, needs: &ScopeDependencies, m: &m
                     "{} is outside the scope, which is meant for a prepared database ([scope] standalone = false)",
                     object.describe()
                 ),
-                "a drill or restore of this scope creates it in the database it restores into, read from this source database (which must then be reachable)",
+                "a drill creates it in its scratch database, read from this source database (which must then be reachable); a restore needs it in the target (restore into the prepared database with stock tools)",
             );
         }
     }

@@ -87,9 +87,13 @@ pub fn run(
     let mut restoring = Restoring::begin(config, &repo, &manifest)?;
     // A scope meant for a prepared database is drilled into one prepared
     // from the source (see `restore::preparation`).
+    // The schemas it creates are taken over where the archive creates
+    // them too (an excluded table's schema), as public is.
+    let mut prepared_schemas = Vec::new();
     if let Some(preparation) =
         crate::restore::preparation::Preparation::needed_for(&manifest, config, env)?
     {
+        prepared_schemas = preparation.schemas.clone();
         restoring.prepare_target_with(preparation);
     }
     let scratch = scratch_name(&manifest.id);
@@ -102,7 +106,7 @@ pub fn run(
             let scratch = &scratch;
             let manifest = &manifest;
             let creating = scope.spawn(move || server.create(scratch, encoding(manifest)));
-            let prepared = restoring.prepare(source, &options.restore, &[], progress);
+            let prepared = restoring.prepare(source, &options.restore, &prepared_schemas, progress);
             let created = creating.join().expect("creating a database does not panic");
             (prepared, Some(created))
         }),

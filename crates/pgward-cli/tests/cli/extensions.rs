@@ -250,8 +250,11 @@ fn a_dependency_outside_the_scope_fails_check_and_refuses_the_backup() {
         "CREATE SCHEMA shared; \
          CREATE DOMAIN shared.email AS text CHECK (VALUE LIKE '%@%'); \
          CREATE SCHEMA app; \
-         CREATE TABLE app.users (id int PRIMARY KEY, mail shared.email); \
-         INSERT INTO app.users VALUES (1, 'a@example.org'); \
+         CREATE TABLE shared.countries (code text PRIMARY KEY); \
+         INSERT INTO shared.countries VALUES ('DE'), ('FR'); \
+         CREATE TABLE app.users (id int PRIMARY KEY, mail shared.email, \
+                                 country text REFERENCES shared.countries); \
+         INSERT INTO app.users VALUES (1, 'a@example.org', 'DE'); \
          CREATE TABLE app.m (d date) PARTITION BY RANGE (d); \
          CREATE TABLE app.m_2024 PARTITION OF app.m FOR VALUES FROM ('2024-01-01') TO ('2025-01-01'); \
          CREATE SCHEMA \"Sales\"; \
@@ -261,21 +264,39 @@ fn a_dependency_outside_the_scope_fails_check_and_refuses_the_backup() {
 
     let check = pgward_json(&ws, &db, &["check", "--schema", "app"]);
     assert_eq!(check.code, 1, "{}", check.stderr);
-    let row = check_row(&check.json(), "scope.outside");
-    assert_eq!(row["status"], "FAIL", "{row}");
+    let report = check.json();
+    let outside: Vec<&Value> = report["matrix"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["id"] == "scope.outside")
+        .collect();
+    let evidence: Vec<&str> = outside
+        .iter()
+        .map(|r| r["evidence"].as_str().unwrap())
+        .collect();
+    assert_eq!(evidence.len(), 3, "{evidence:#?}");
     assert!(
-        row["evidence"]
-            .as_str()
-            .unwrap()
-            .starts_with("type shared.email (needed by column mail of table app.users)"),
-        "{row}"
+        evidence[0].starts_with("table shared.countries (needed by constraint users_country_fkey"),
+        "{evidence:#?}"
     );
     assert!(
-        row["hint"]
+        evidence[1].starts_with("index shared.countries_pkey"),
+        "{evidence:#?}"
+    );
+    assert!(
+        evidence[2].starts_with("type shared.email (needed by column mail of table app.users)"),
+        "{evidence:#?}"
+    );
+    for row in &outside {
+        assert_eq!(row["status"], "FAIL", "{row}");
+    }
+    assert!(
+        outside[2]["hint"]
             .as_str()
             .unwrap()
             .starts_with("add schema shared to scope.schemas"),
-        "{row}"
+        "{report}"
     );
 
     let res = backup(&ws.repo(), &db, &["--schema", "app"]);
@@ -324,7 +345,16 @@ fn a_dependency_outside_the_scope_fails_check_and_refuses_the_backup() {
         .args(["--json", "check", "--dbname", &db, "--config"])
         .arg(&config));
     check.assert_ok();
-    assert_eq!(check_row(&check.json(), "scope.outside")["status"], "WARN");
+    assert!(
+        check.json()["matrix"]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["id"] == "scope.outside")
+            .all(|i| i["status"] == "WARN"),
+        "{}",
+        check.stdout
+    );
     let res = run(pgward(&ws.repo())
         .args(["--json", "backup", "--dbname", &db, "--config"])
         .arg(&config));
@@ -332,7 +362,7 @@ fn a_dependency_outside_the_scope_fails_check_and_refuses_the_backup() {
     let manifest = manifest_of(&ws, &res);
     assert_eq!(manifest["scope"]["standalone"], false, "{manifest}");
     assert_eq!(
-        manifest["dependencies"]["outside"][0]["identity"], "shared.email",
+        manifest["dependencies"]["outside"][2]["identity"], "shared.email",
         "{manifest}"
     );
     // The drill prepares its scratch database from the source, says so,
@@ -348,13 +378,27 @@ fn a_dependency_outside_the_scope_fails_check_and_refuses_the_backup() {
     let out = assert_drill_passed(&res);
     let preparation = &out["record"]["checks"][0];
     assert_eq!(preparation["name"], "preparation", "{out}");
+    let detail = preparation["detail"].as_str().unwrap();
     assert!(
-        preparation["detail"]
-            .as_str()
-            .unwrap()
-            .contains("of schema shared) 2 objects the backup does not hold"),
+        detail.contains("of schema shared, and the rows of shared.countries)")
+            && !detail.contains("could not be created"),
         "{out}"
     );
+    // The lookup table's rows came along: the foreign key to it restored.
+    assert!(
+        checks_named(&out, "schema").contains("equals the archive's"),
+        "{out}"
+    );
+}
+
+fn checks_named(out: &Value, name: &str) -> String {
+    out["record"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .map(|c| c["detail"].as_str().unwrap().to_string())
+        .unwrap_or_default()
 }
 
 #[test]

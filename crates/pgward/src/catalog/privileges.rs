@@ -119,8 +119,8 @@ struct Relation {
     schema_acl: Vec<String>,
     row_security_blocks: bool,
     forced: bool,
-    /// An extension's configuration table.
-    of_extension: bool,
+    /// The extension whose configuration table this is.
+    configuration_of: Option<String>,
 }
 
 /// pg_dump dumps large objects unless the scope names schemas or tables.
@@ -145,7 +145,8 @@ impl CatalogSession {
                         c.relrowsecurity AND NOT r.rolsuper AND NOT r.rolbypassrls \
                           AND (c.relforcerowsecurity OR NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')), \
                         c.relforcerowsecurity, \
-                        NOT ({USER_RELATION}) \
+                        (SELECT e.extname::text FROM pg_catalog.pg_extension e \
+                          WHERE c.oid = ANY (e.extconfig) LIMIT 1) \
                    FROM pg_catalog.pg_class c \
                    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
                    JOIN pg_catalog.pg_roles r ON r.rolname = current_user \
@@ -181,19 +182,30 @@ impl CatalogSession {
                 schema_acl: r.get(10),
                 row_security_blocks: r.get(11),
                 forced: r.get(12),
-                of_extension: r.get(13),
+                configuration_of: r.get(13),
             })
             .collect();
 
+        // A narrowed scope's dump includes the extensions it needs, and
+        // with them the user's rows of their configuration tables.
+        let narrowed = !scope.schemas.is_empty() || !scope.tables.is_empty();
+        let included: Vec<String> = if narrowed {
+            self.dependencies(scope)?
+                .extensions
+                .into_iter()
+                .map(|e| e.name)
+                .collect()
+        } else {
+            Vec::new()
+        };
         let in_scope = |rel: &Relation| -> bool {
             // An extension's configuration table: pg_dump reads its user
-            // rows in a whole-database dump, and in a narrowed one that
-            // names it. (A narrowed scope that includes the extension dumps
-            // them too; that case is not checked here.)
-            if rel.of_extension {
-                let narrowed = !scope.schemas.is_empty() || !scope.tables.is_empty();
+            // rows in a whole-database dump (unless its schema or itself is
+            // excluded), with an extension a narrowed dump includes, and
+            // where the scope names it.
+            if let Some(extension) = &rel.configuration_of {
                 return if narrowed {
-                    scope.tables().contains(&rel.name)
+                    scope.tables().contains(&rel.name) || included.contains(extension)
                 } else {
                     scope.includes(&rel.name)
                 };

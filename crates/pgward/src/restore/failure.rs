@@ -49,12 +49,8 @@ const NAMED_BY: &[&str] = &[
 ];
 
 /// Server lines that can explain an error without quoting a row: which
-/// function or statement it happened in.
-const CONTEXT_WITHOUT_DATA: &[&str] = &[
-    "CONTEXT:  SQL function ",
-    "CONTEXT:  PL/pgSQL function ",
-    "CONTEXT:  SQL statement ",
-];
+/// function it happened in.
+const CONTEXT_WITHOUT_DATA: &[&str] = &["CONTEXT:  SQL function ", "CONTEXT:  PL/pgSQL function "];
 
 /// One error and the lines that explain it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,9 +65,11 @@ struct ErrorBlock {
 
 /// pg_restore's failure as one line: how many errors, the first with its
 /// explanation, then the others. With `redact` (an encrypted backup), what
-/// can carry row values is left out: DETAIL and HINT lines, CONTEXT lines
-/// other than the function or statement an error happened in (and any that
-/// mentions a COPY), and every quoted value in an error that is not a name.
+/// can carry row values is left out: DETAIL, HINT and QUERY lines, CONTEXT
+/// lines other than the function an error happened in (and any that
+/// mentions a COPY), and an error's text from its first quoted value that
+/// is not a name. (Unquoted values in an error's text, such as a
+/// function's own RAISE message, cannot be told from the rest.)
 pub(crate) fn describe(diagnostics: &str, redact: bool) -> Option<String> {
     let blocks = parse(diagnostics);
     let first = blocks.first()?;
@@ -112,6 +110,7 @@ fn render(block: &ErrorBlock, redact: bool) -> String {
     for line in &block.explained_by {
         let may_quote_data = line.starts_with("DETAIL:")
             || line.starts_with("HINT:")
+            || line.starts_with("QUERY:")
             || (line.starts_with("CONTEXT:")
                 && (!CONTEXT_WITHOUT_DATA.iter().any(|p| line.starts_with(p))
                     || line.contains("COPY")));
@@ -126,25 +125,29 @@ fn render(block: &ErrorBlock, redact: bool) -> String {
     parts.join(" | ")
 }
 
-/// `invalid input syntax for type integer: "x1"` -> `... integer: "…"`;
-/// a quoted name (`type "earth"`, `relation "t"`) stays.
+/// `invalid input syntax for type integer: "x1"` -> `... integer: "…`:
+/// the text is cut at the first quoted value; quoted names before it
+/// (`COPY failed for table "t"`, `type "earth"`) stay. A value may hold
+/// quotes of its own (`"{"New York",Paris}"`), so nothing after it is kept.
 fn without_quoted_values(text: &str) -> String {
     let mut out = String::new();
     let mut rest = text;
     while let Some(start) = rest.find('"') {
-        let before = &rest[..start];
-        out.push_str(before);
+        out.push_str(&rest[..start]);
         let after = &rest[start + 1..];
-        let end = after.find('"').unwrap_or(after.len());
         let is_name = NAMED_BY.iter().any(|w| out.ends_with(w));
-        out.push('"');
-        if is_name {
-            out.push_str(&after[..end]);
-        } else {
-            out.push('…');
+        match after.find('"') {
+            Some(end) if is_name => {
+                out.push('"');
+                out.push_str(&after[..end]);
+                out.push('"');
+                rest = &after[end + 1..];
+            }
+            _ => {
+                out.push_str("\"…");
+                return out;
+            }
         }
-        out.push('"');
-        rest = after.get(end + 1..).unwrap_or("");
     }
     out.push_str(rest);
     out
@@ -291,7 +294,7 @@ pg_restore: warning: errors ignored on restore: 3
         let text = describe(STDERR, true).unwrap();
         assert!(!text.contains("4111"), "{text}");
         assert!(
-            text.contains("COPY failed for table \"secrets\": ERROR: invalid input syntax for type integer: \"…\""),
+            text.contains("COPY failed for table \"secrets\": ERROR: invalid input syntax for type integer: \"…"),
             "{text}"
         );
         assert!(text.contains("during inlining"), "{text}");
@@ -312,9 +315,19 @@ CONTEXT:  JSON data, line 1: {\"card\": secret...
         for leak in ["99999999999", "0101000020E6", "secret", "card"] {
             assert!(!text.contains(leak), "{leak}: {text}");
         }
-        assert!(text.contains("value \"…\" is out of range"), "{text}");
+        assert!(text.contains("ERROR: value \"…"), "{text}");
         let text = describe(stderr, false).unwrap();
         assert!(text.contains("secret@example.org"), "{text}");
+
+        // A value with quotes of its own, and a statement's literals.
+        let stderr = "pg_restore: error: could not execute query: ERROR:  malformed array literal: \"{\"New York\",Paris}\"
+QUERY:  INSERT INTO t VALUES ('Berlin')
+CONTEXT:  SQL statement \"INSERT INTO t VALUES ('Berlin')\"
+";
+        let text = describe(stderr, true).unwrap();
+        for leak in ["New York", "Paris", "Berlin"] {
+            assert!(!text.contains(leak), "{leak}: {text}");
+        }
     }
 
     #[test]

@@ -172,11 +172,6 @@ pub fn run(
     let present_schemas = present.schemas.clone();
     let mut restoring = Restoring::begin(config, &repo, &manifest)?;
     restoring.present = present;
-    // A scope meant for a prepared database: the target is prepared from
-    // the source as a drill's is (see `preparation`).
-    if let Some(preparation) = preparation::Preparation::needed_for(&manifest, config, env)? {
-        restoring.prepare_target_with(preparation);
-    }
     let prepared = restoring.prepare(source, options, &present_schemas, progress)?;
     if let Some(error) = restoring.interrupted() {
         return Err(error);
@@ -443,14 +438,7 @@ impl<'a> Restoring<'a> {
             .chain(["public".to_string()])
             .collect();
         let preparation = match &self.preparation {
-            Some(p) => Some(p.run(
-                &self.pg_dump,
-                &database,
-                &prepared.toc,
-                &existing,
-                options.no_owner,
-                options.no_acl,
-            )?),
+            Some(p) => Some(p.run(&self.pg_dump, &database, &prepared.toc, &existing)?),
             None => None,
         };
         // Not the archive's: what the preparation created, and the

@@ -178,8 +178,9 @@ impl Selection {
 
 /// The EXTENSION entries that entries in `chosen` depend on, with the
 /// extensions and schemas those depend on, until nothing changes, and the
-/// user's rows of their configuration tables (TABLE DATA that depends on
-/// the extension, not a table): an extension comes as pg_dump dumped it.
+/// user's rows of their configuration tables and the values of their
+/// configuration sequences (TABLE DATA and SEQUENCE SET that depend on the
+/// extension, not a table): an extension comes as pg_dump dumped it.
 fn needed_extensions(toc: &Toc, chosen: &BTreeSet<i64>) -> BTreeSet<i64> {
     let by_id: std::collections::HashMap<i64, &crate::pipeline::archive::TocEntry> =
         toc.entries.iter().map(|e| (e.dump_id, e)).collect();
@@ -212,7 +213,7 @@ fn needed_extensions(toc: &Toc, chosen: &BTreeSet<i64>) -> BTreeSet<i64> {
     for entry in &toc.entries {
         // Its table is the extension's, so it depends on the extension
         // (and the schema) in its stead.
-        let configuration = entry.desc == "TABLE DATA"
+        let configuration = matches!(entry.desc.as_str(), "TABLE DATA" | "SEQUENCE SET")
             && entry.dependencies.iter().any(|d| extensions.contains(d))
             && entry
                 .dependencies
