@@ -389,6 +389,41 @@ fn a_dependency_outside_the_scope_fails_check_and_refuses_the_backup() {
         checks_named(&out, "schema").contains("equals the archive's"),
         "{out}"
     );
+
+    // An excluded table in a schema the backup holds: the drill prepares
+    // it inside the archive's own schema.
+    cluster().psql(
+        &db,
+        "CREATE TABLE app.kinds (k text PRIMARY KEY); INSERT INTO app.kinds VALUES ('a'); \
+         CREATE TABLE app.items (id int PRIMARY KEY, kind text REFERENCES app.kinds);
+         INSERT INTO app.items VALUES (1, 'a');",
+    );
+    let config = ws.file(
+        "excluded.toml",
+        "[scope]\nschemas = [\"app\", \"shared\"]\nexclude-tables = [\"app.kinds\"]\nstandalone = false\n",
+    );
+    let res = run(pgward(&ws.repo())
+        .args(["--json", "backup", "--dbname", &db, "--config"])
+        .arg(&config));
+    res.assert_ok();
+    let manifest = manifest_of(&ws, &res);
+    assert_eq!(
+        manifest["dependencies"]["outside"][0]["identity"], "app.kinds",
+        "{manifest}"
+    );
+    let res = run(pgward(&ws.repo())
+        .args([
+            "--json",
+            "drill",
+            manifest["id"].as_str().unwrap(),
+            "--config",
+        ])
+        .arg(&config));
+    let out = assert_drill_passed(&res);
+    assert!(
+        checks_named(&out, "preparation").contains("and the rows of app.kinds)"),
+        "{out}"
+    );
 }
 
 fn checks_named(out: &Value, name: &str) -> String {
