@@ -57,6 +57,15 @@ fn manifest_of(ws: &Workspace, backup: &Run) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// `pgward --json ARGS... --config CONFIG` with the repository of `ws`.
+fn with_config(ws: &Workspace, config: &std::path::Path, args: &[&str]) -> Run {
+    run(pgward(&ws.repo())
+        .arg("--json")
+        .args(args)
+        .arg("--config")
+        .arg(config))
+}
+
 fn drill(ws: &Workspace, manifest: &Value) -> Run {
     run(pgward(&ws.repo()).args(["--json", "drill", manifest["id"].as_str().unwrap()]))
 }
@@ -341,9 +350,7 @@ fn a_dependency_outside_the_scope_fails_check_and_refuses_the_backup() {
         "prepared.toml",
         "[scope]\nschemas = [\"app\"]\nstandalone = false\n",
     );
-    let check = run(pgward(&ws.repo())
-        .args(["--json", "check", "--dbname", &db, "--config"])
-        .arg(&config));
+    let check = with_config(&ws, &config, &["check", "--dbname", &db]);
     check.assert_ok();
     assert!(
         check.json()["matrix"]["items"]
@@ -355,9 +362,7 @@ fn a_dependency_outside_the_scope_fails_check_and_refuses_the_backup() {
         "{}",
         check.stdout
     );
-    let res = run(pgward(&ws.repo())
-        .args(["--json", "backup", "--dbname", &db, "--config"])
-        .arg(&config));
+    let res = with_config(&ws, &config, &["backup", "--dbname", &db]);
     res.assert_ok();
     let manifest = manifest_of(&ws, &res);
     assert_eq!(manifest["scope"]["standalone"], false, "{manifest}");
@@ -367,14 +372,7 @@ fn a_dependency_outside_the_scope_fails_check_and_refuses_the_backup() {
     );
     // The drill prepares its scratch database from the source, says so,
     // and does not count what it prepared as the backup's.
-    let res = run(pgward(&ws.repo())
-        .args([
-            "--json",
-            "drill",
-            manifest["id"].as_str().unwrap(),
-            "--config",
-        ])
-        .arg(&config));
+    let res = with_config(&ws, &config, &["drill", manifest["id"].as_str().unwrap()]);
     let out = assert_drill_passed(&res);
     let preparation = &out["record"]["checks"][0];
     assert_eq!(preparation["name"], "preparation", "{out}");
@@ -402,23 +400,14 @@ fn a_dependency_outside_the_scope_fails_check_and_refuses_the_backup() {
         "excluded.toml",
         "[scope]\nschemas = [\"app\", \"shared\"]\nexclude-tables = [\"app.kinds\"]\nstandalone = false\n",
     );
-    let res = run(pgward(&ws.repo())
-        .args(["--json", "backup", "--dbname", &db, "--config"])
-        .arg(&config));
+    let res = with_config(&ws, &config, &["backup", "--dbname", &db]);
     res.assert_ok();
     let manifest = manifest_of(&ws, &res);
     assert_eq!(
         manifest["dependencies"]["outside"][0]["identity"], "app.kinds",
         "{manifest}"
     );
-    let res = run(pgward(&ws.repo())
-        .args([
-            "--json",
-            "drill",
-            manifest["id"].as_str().unwrap(),
-            "--config",
-        ])
-        .arg(&config));
+    let res = with_config(&ws, &config, &["drill", manifest["id"].as_str().unwrap()]);
     let out = assert_drill_passed(&res);
     assert!(
         checks_named(&out, "preparation").contains("and the rows of app.kinds)"),
